@@ -1,0 +1,7 @@
+"""turborank: fast, faithful JinaBERT rerankers."""
+
+from turborank.config import JinaBertConfig
+from turborank.reranker import DEFAULT_MODEL, Reranker
+
+__version__ = "0.1.0"
+__all__ = ["DEFAULT_MODEL", "JinaBertConfig", "Reranker", "__version__"]

@@ -1,0 +1,162 @@
+"""JinaBERT configuration: parsed from config.json, validated, with the ALiBi slope scheme resolved."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from turborank.kernels.alibi_slopes import SLOPE_SCHEMES, slopes_differ
+
+logger = logging.getLogger("turborank")
+
+_REQUIRED_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+_FEED_FORWARD_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}
+# The public JinaBERT code lives in this hub repo; checkpoints that point at it use standard slopes.
+_PUBLIC_IMPLEMENTATION = "jina-bert-implementation"
+
+
+@dataclasses.dataclass(frozen=True)
+class JinaBertConfig:
+    """The architecture facts turborank needs (spec §1), validated.
+
+    ``alibi_scheme`` is "standard" or "jina-reranker-v1" (spec §4); ``alibi_scheme_reason`` says how it
+    was chosen, for logs and ``turborank verify``.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    feed_forward_type: str = "geglu"
+    num_labels: int = 1
+    alibi_scheme: str = "standard"
+    alibi_scheme_reason: str = "default"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def glu_activation(self) -> str:
+        return _FEED_FORWARD_ACTIVATIONS[self.feed_forward_type]
+
+    def __post_init__(self) -> None:
+        for name in (*_REQUIRED_INT_FIELDS, "type_vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"config field 'hidden_size' ({self.hidden_size}) is not divisible by "
+                f"'num_attention_heads' ({self.num_attention_heads})"
+            )
+        if self.feed_forward_type not in _FEED_FORWARD_ACTIVATIONS:
+            raise ValueError(
+                f"config field 'feed_forward_type' is {self.feed_forward_type!r}; turborank supports "
+                f"{sorted(_FEED_FORWARD_ACTIVATIONS)} (the gated JinaBERT MLP)"
+            )
+        if self.alibi_scheme not in SLOPE_SCHEMES:
+            raise ValueError(f"ALiBi slope scheme {self.alibi_scheme!r} is not one of {SLOPE_SCHEMES}")
+        if self.num_labels != 1:
+            raise ValueError(
+                f"config declares {self.num_labels} labels; a reranker has a single-logit classifier"
+            )
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"config field 'layer_norm_eps' must be a float in (0, 1), got {eps!r}")
+
+    @classmethod
+    def from_dict(
+        cls, raw: dict[str, Any], source: str = "config.json", slopes: str | None = None
+    ) -> JinaBertConfig:
+        """Build from a config.json mapping. Errors name the field and ``source``."""
+        try:
+            return cls._from_dict(raw, slopes)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, slopes: str | None = None) -> JinaBertConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        return cls.from_dict(raw, source=str(path), slopes=slopes)
+
+    @classmethod
+    def _from_dict(cls, raw: dict[str, Any], slopes: str | None) -> JinaBertConfig:
+        missing = [name for name in (*_REQUIRED_INT_FIELDS, "position_embedding_type") if name not in raw]
+        if missing:
+            raise ValueError(f"missing required field(s) {missing}")
+        position = raw["position_embedding_type"]
+        if position != "alibi":
+            raise ValueError(
+                f"config field 'position_embedding_type' is {position!r}; turborank implements the ALiBi "
+                "JinaBERT rerankers only ('absolute' is the original BERT family)"
+            )
+        if "feed_forward_type" not in raw:
+            raise ValueError("missing required field 'feed_forward_type' (expected 'geglu' or 'reglu')")
+        scheme, reason = _resolve_alibi_scheme(raw.get("auto_map"), slopes)
+        values = {name: raw[name] for name in _REQUIRED_INT_FIELDS}
+        for name in ("type_vocab_size", "layer_norm_eps", "pad_token_id", "feed_forward_type"):
+            if name in raw:
+                values[name] = raw[name]
+        config = cls(**values, num_labels=_num_labels(raw), alibi_scheme=scheme, alibi_scheme_reason=reason)
+        if slopes_differ(config.num_attention_heads):
+            log = logger.warning if reason.startswith("default") else logger.info
+            log(
+                "ALiBi slopes: %r scheme for %d heads (%s)",
+                config.alibi_scheme,
+                config.num_attention_heads,
+                reason,
+            )
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _num_labels(raw: dict[str, Any]) -> int:
+    # The reranker configs carry neither field; HF would then assume 2, but the checkpoint holds 1.
+    if "num_labels" in raw:
+        return raw["num_labels"]
+    if isinstance(raw.get("id2label"), dict):
+        return len(raw["id2label"])
+    return 1
+
+
+def _resolve_alibi_scheme(auto_map: Any, override: str | None) -> tuple[str, str]:
+    """Spec §4: local remote code (the reranker repos) -> jina-reranker-v1; the public implementation
+    repo -> standard; an explicit override always wins."""
+    if override is not None:
+        if override not in SLOPE_SCHEMES:
+            raise ValueError(f"slopes={override!r} is not one of {SLOPE_SCHEMES}")
+        return override, "set by the caller"
+    if not isinstance(auto_map, dict) or not auto_map:
+        return "standard", "default: config.json has no auto_map to tell the code lineage"
+    targets = [str(v) for value in auto_map.values() for v in (value if isinstance(value, list) else [value])]
+    if any(_PUBLIC_IMPLEMENTATION in target for target in targets):
+        return "standard", "auto_map points at jinaai/jina-bert-implementation"
+    if all("--" not in target for target in targets):
+        return "jina-reranker-v1", "auto_map points at the checkpoint's own modeling_bert.py"
+    return "standard", f"default: auto_map points at unrecognised remote code {targets}"

@@ -1,0 +1,70 @@
+"""Resolve a local checkpoint directory or a Hugging Face hub id to a directory on disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# What scoring and `turborank verify` need; the weights of other formats are never downloaded.
+CHECKPOINT_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "*.py",
+]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
+    """A local directory as is; otherwise a hub id through huggingface_hub (cache first).
+
+    Raises FileNotFoundError for a path that does not exist and is not a hub id, and OSError with
+    the reason when the hub cannot be reached and the snapshot is not cached.
+    """
+    text = str(path_or_hub_id)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(
+                f"{path}: expected a checkpoint directory (config.json, model.safetensors, ...)"
+            )
+        return path
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{text}: no such checkpoint directory (and not a hub id of the form org/name)"
+        )
+    return _download(text, revision)
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise OSError(
+            f"{repo_id}: not a local directory, and huggingface_hub is not installed to fetch it from the hub"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES))
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise OSError(
+            f"{repo_id}: no accessible repository of that name on the Hugging Face Hub ({exc})"
+        ) from None
+    except RevisionNotFoundError as exc:
+        raise OSError(f"{repo_id}: revision {revision!r} not found on the Hugging Face Hub ({exc})") from None
+    except LocalEntryNotFoundError:
+        raise OSError(
+            f"{repo_id}: the Hugging Face Hub is unreachable (offline, HF_HUB_OFFLINE=1, or no network) and "
+            "the model is not in the local cache; download it where the hub is reachable, or pass a local "
+            "checkpoint directory"
+        ) from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise OSError(f"{repo_id}: could not download from the Hugging Face Hub ({exc})") from None

@@ -1,0 +1,154 @@
+"""The JinaBERT cross-encoder forward over packed (unpadded) sequences."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from turborank.config import JinaBertConfig
+from turborank.kernels.alibi_slopes import alibi_slopes
+from turborank.ops import Ops
+
+
+def _buffer(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor, requires_grad=False)
+
+
+class _Layer(nn.Module):
+    def __init__(self, weights: dict[str, torch.Tensor], prefix: str) -> None:
+        super().__init__()
+        w = {name[len(prefix) :]: t for name, t in weights.items() if name.startswith(prefix)}
+        # One [3H, H] projection instead of three: a single GEMM reads x once.
+        self.qkv_weight = _buffer(
+            torch.cat([w[f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
+        )
+        self.qkv_bias = _buffer(torch.cat([w[f"attention.self.{n}.bias"] for n in ("query", "key", "value")]))
+        self.out_weight = _buffer(w["attention.output.dense.weight"])
+        self.out_bias = _buffer(w["attention.output.dense.bias"])
+        self.ln1_weight = _buffer(w["attention.output.LayerNorm.weight"])
+        self.ln1_bias = _buffer(w["attention.output.LayerNorm.bias"])
+        self.gated_weight = _buffer(w["mlp.gated_layers.weight"])
+        self.wo_weight = _buffer(w["mlp.wo.weight"])
+        self.wo_bias = _buffer(w["mlp.wo.bias"])
+        self.ln2_weight = _buffer(w["mlp.layernorm.weight"])
+        self.ln2_bias = _buffer(w["mlp.layernorm.bias"])
+
+
+class JinaBertReranker(nn.Module):
+    """JinaBERT encoder + pooler + single-logit classifier.
+
+    Inputs are packed: the tokens of all sequences concatenated, ``cu_seqlens`` [batch + 1] int32
+    offsets. No padding token is ever computed. The last layer runs attention for the token-0 query
+    rows only and its MLP on those rows only; that is exact for CLS pooling and removes about one
+    layer's worth of work.
+    """
+
+    def __init__(self, config: JinaBertConfig, weights: dict[str, torch.Tensor], ops: Ops) -> None:
+        super().__init__()
+        self.config = config
+        self.ops = ops
+        self.word_embeddings = _buffer(weights["bert.embeddings.word_embeddings.weight"])
+        self.token_type_embeddings = _buffer(weights["bert.embeddings.token_type_embeddings.weight"])
+        self.emb_ln_weight = _buffer(weights["bert.embeddings.LayerNorm.weight"])
+        self.emb_ln_bias = _buffer(weights["bert.embeddings.LayerNorm.bias"])
+        self.layers = nn.ModuleList(
+            _Layer(weights, f"bert.encoder.layer.{i}.") for i in range(config.num_hidden_layers)
+        )
+        # Pooler and classifier stay fp32 whatever the run dtype: the logit and its sigmoid are taken
+        # in fp32 (a bf16 sigmoid of a large logit saturates to exactly 1.0).
+        self.pooler_weight = _buffer(weights["bert.pooler.dense.weight"].float())
+        self.pooler_bias = _buffer(weights["bert.pooler.dense.bias"].float())
+        self.classifier_weight = _buffer(weights["classifier.weight"].float())
+        self.classifier_bias = _buffer(weights["classifier.bias"].float())
+        self.register_buffer(
+            "slopes", alibi_slopes(config.num_attention_heads, config.alibi_scheme), persistent=False
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.word_embeddings.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.word_embeddings.device
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw logits.
+
+        Args:
+            input_ids: [total_tokens] int64, sequences concatenated.
+            cu_seqlens: [batch + 1] int32 offsets, cu_seqlens[0] == 0; every sequence non-empty.
+            max_seqlen: the longest sequence (Python int: no device sync needed).
+            token_type_ids: [total_tokens] or None for all zeros.
+        Returns:
+            [batch] fp32 logits.
+        """
+        cfg, ops = self.config, self.ops
+        x = ops.embedding_layer_norm(
+            input_ids,
+            token_type_ids,
+            self.word_embeddings,
+            self.token_type_embeddings,
+            self.emb_ln_weight,
+            self.emb_ln_bias,
+            cfg.layer_norm_eps,
+        )
+        first_rows = cu_seqlens[:-1].long()
+        batch = first_rows.shape[0]
+        cls_cu_seqlens = torch.arange(batch + 1, device=cu_seqlens.device, dtype=torch.int32)
+        for index, layer in enumerate(self.layers):
+            if index < len(self.layers) - 1:
+                x = self._layer(layer, x, cu_seqlens, max_seqlen, None, cu_seqlens, max_seqlen)
+            else:
+                x = self._layer(layer, x, cu_seqlens, max_seqlen, first_rows, cls_cu_seqlens, 1)
+        pooled = torch.tanh(F.linear(x.float(), self.pooler_weight, self.pooler_bias))
+        return F.linear(pooled, self.classifier_weight, self.classifier_bias)[:, 0]
+
+    def _layer(
+        self,
+        layer: _Layer,
+        x: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        query_rows: torch.Tensor | None,
+        cu_seqlens_q: torch.Tensor,
+        max_seqlen_q: int,
+    ) -> torch.Tensor:
+        """One post-norm layer. With ``query_rows`` only those rows are queried and returned."""
+        cfg, ops = self.config, self.ops
+        H, heads, d = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
+        if query_rows is None:
+            qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias).view(-1, 3, heads, d)
+            q, k, v = qkv.unbind(1)
+            residual = x
+        else:
+            residual = x[query_rows]
+            q = F.linear(residual, layer.qkv_weight[:H], layer.qkv_bias[:H]).view(-1, heads, d)
+            kv = F.linear(x, layer.qkv_weight[H:], layer.qkv_bias[H:]).view(-1, 2, heads, d)
+            k, v = kv.unbind(1)
+        ctx = ops.alibi_attention(
+            q, k, v, cu_seqlens_q, cu_seqlens, max_seqlen_q, max_seqlen, self.slopes
+        ).reshape(-1, H)
+        x = ops.add_layer_norm(
+            F.linear(ctx, layer.out_weight, layer.out_bias),
+            residual,
+            layer.ln1_weight,
+            layer.ln1_bias,
+            cfg.layer_norm_eps,
+        )
+        gated = ops.gelu_glu(F.linear(x, layer.gated_weight), cfg.glu_activation)
+        return ops.add_layer_norm(
+            F.linear(gated, layer.wo_weight, layer.wo_bias),
+            x,
+            layer.ln2_weight,
+            layer.ln2_bias,
+            cfg.layer_norm_eps,
+        )

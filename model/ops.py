@@ -1,0 +1,69 @@
+"""Per-op dispatch between the Triton kernels and their PyTorch references.
+
+"auto" picks Triton for CUDA tensors and PyTorch otherwise; "torch" and "triton" force one side for
+every op, and a dict sets ops one by one. Nothing falls back silently: forcing an implementation that
+cannot run raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import torch
+
+from turborank import kernels
+
+BACKENDS = ("auto", "torch", "triton")
+OP_NAMES = ("embedding_layer_norm", "alibi_attention", "gelu_glu", "add_layer_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+    """The implementation chosen for each op of the forward, and which backend each came from."""
+
+    embedding_layer_norm: Callable[..., torch.Tensor]
+    alibi_attention: Callable[..., torch.Tensor]
+    gelu_glu: Callable[..., torch.Tensor]
+    add_layer_norm: Callable[..., torch.Tensor]
+    backends: dict[str, str]
+
+
+def _impl(op: str, backend: str) -> Callable[..., torch.Tensor]:
+    # kernels exports each op's Triton function as `op` and its PyTorch reference as `op_ref`.
+    return getattr(kernels, op if backend == "triton" else f"{op}_ref")
+
+
+def triton_can_run(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
+    """Choose each op's implementation for ``device``.
+
+    Args:
+        backend: "auto" | "torch" | "triton", or a dict {op name: backend} to set ops one by one
+            (ops left out are "auto").
+    """
+    per_op = backend if isinstance(backend, dict) else dict.fromkeys(OP_NAMES, backend)
+    unknown = set(per_op) - set(OP_NAMES)
+    if unknown:
+        raise ValueError(f"unknown op name(s) {sorted(unknown)}; ops are {OP_NAMES}")
+    choice = {}
+    for op in OP_NAMES:
+        name = per_op.get(op, "auto")
+        if name not in BACKENDS:
+            raise ValueError(f"backend {name!r} for op {op!r} is not one of {BACKENDS}")
+        if name == "auto":
+            name = "triton" if device.type == "cuda" else "torch"
+        choice[op] = name
+    if "triton" in choice.values():
+        if not kernels.TRITON_AVAILABLE:
+            raise ValueError("backend 'triton' needs the triton package (Linux only); use backend='torch'")
+        if not triton_can_run(device):
+            raise ValueError(
+                "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
+                f"the model is on {device}. Use backend='torch' on CPU."
+            )
+    return Ops(**{op: _impl(op, name) for op, name in choice.items()}, backends=choice)

@@ -1,0 +1,266 @@
+"""The user-facing API: ``Reranker.from_pretrained(...).rank(query, documents)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from turborank.config import JinaBertConfig
+from turborank.hub import resolve_checkpoint
+from turborank.modeling import JinaBertReranker
+from turborank.ops import resolve_ops
+from turborank.tokenization import EncodedPairs, PairTokenizer
+from turborank.weights import find_weights_file, load_weights
+
+logger = logging.getLogger("turborank")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device}: turborank runs on 'cpu' or 'cuda'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype {dtype} is not one of {sorted(DTYPES)}")
+    return dtype
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group pair indices longest first, so each batch holds sequences of similar length.
+
+    A batch holds at most ``batch_size`` pairs and at most ``max_batch_tokens`` tokens counted as
+    if padded to its longest member (that bounds the PyTorch path's padded attention too); a pair
+    longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            current = batches[-1]
+            longest = lengths[current[0]]
+            if len(current) < batch_size and (len(current) + 1) * longest <= max_batch_tokens:
+                current.append(index)
+                continue
+        batches.append([index])
+    return batches
+
+
+class Reranker:
+    """A JinaBERT cross-encoder: scores (query, document) pairs.
+
+    Scores follow the reference conventions: ``compute_score`` and ``rank`` return sigmoid(logit);
+    ``predict(..., activation=False)`` returns raw logits.
+    """
+
+    def __init__(self, model: JinaBertReranker, tokenizer: PairTokenizer, name: str = "") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        slopes: str | None = None,
+        backend: str | dict[str, str] = "auto",
+        revision: str | None = None,
+    ) -> Reranker:
+        """Load a checkpoint directory or hub id.
+
+        Args:
+            device: "cpu", "cuda", "cuda:N"; None/"auto" = CUDA when available.
+            dtype: "float32" | "bfloat16" | "float16" or a torch dtype; None = bf16 on CUDA, fp32 on CPU.
+            slopes: override the ALiBi slope scheme ("standard" | "jina-reranker-v1"); None = chosen
+                from config.json's auto_map (spec §4).
+            backend: "auto" | "torch" | "triton", or {op: backend} per op.
+        """
+        directory = resolve_checkpoint(path_or_hub_id, revision)
+        config = JinaBertConfig.from_file(directory / "config.json", slopes=slopes)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        ops = resolve_ops(backend, device)
+        tokenizer = PairTokenizer.from_directory(directory, config.max_position_embeddings)
+        weights = load_weights(find_weights_file(directory), config, dtype)
+        model = JinaBertReranker(config, weights, ops).to(device).eval()
+        logger.info(
+            "loaded %s on %s as %s, ops %s, ALiBi %s",
+            directory,
+            device,
+            dtype,
+            ops.backends,
+            config.alibi_scheme,
+        )
+        return cls(model, tokenizer, name=str(path_or_hub_id))
+
+    @property
+    def config(self) -> JinaBertConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    def compute_score(
+        self,
+        pairs: Sequence[Sequence[str]] | Sequence[str],
+        batch_size: int = 32,
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+        max_batch_tokens: int = 16384,
+    ) -> float | list[float]:
+        """sigmoid(logit) per pair, like the reference ``compute_score``: a float when there is one
+        pair (given as (query, document) or as a one-element list), else a list in input order."""
+        scores = self.predict(
+            _as_pairs(pairs),
+            batch_size=batch_size,
+            max_length=max_length,
+            truncation=truncation,
+            max_batch_tokens=max_batch_tokens,
+        )
+        return scores[0] if len(scores) == 1 else scores
+
+    def predict(
+        self,
+        pairs: Sequence[Sequence[str]],
+        activation: bool = True,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+        max_batch_tokens: int = 16384,
+    ) -> list[float]:
+        """One score per pair in input order: sigmoid(logit), or the raw logit with activation=False."""
+        pairs = _as_pairs(pairs)
+        if not pairs:
+            return []
+        encoded = self.tokenizer.encode_pairs(pairs, max_length=max_length, truncation=truncation)
+        logits = self.score_encoded(encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        scores = torch.sigmoid(logits) if activation else logits
+        return scores.tolist()
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+        max_batch_tokens: int = 16384,
+    ) -> list[dict[str, Any]]:
+        """Documents sorted best first: [{"corpus_id": index in ``documents``, "score": sigmoid
+        score[, "text": document]}], cut to ``top_k``. Ties keep input order."""
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise ValueError("documents must be a list of strings")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        pairs = [(query, doc) for doc in documents]
+        _check_query(query)
+        scores = self.predict(
+            pairs,
+            batch_size=batch_size,
+            max_length=max_length,
+            truncation=truncation,
+            max_batch_tokens=max_batch_tokens,
+        )
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_k]
+        results = []
+        for i in order:
+            item: dict[str, Any] = {"corpus_id": i, "score": scores[i]}
+            if return_documents:
+                item["text"] = documents[i]
+            results.append(item)
+        return results
+
+    def score_encoded(
+        self, encoded: EncodedPairs, batch_size: int = 32, max_batch_tokens: int = 16384
+    ) -> torch.Tensor:
+        """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted."""
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(
+                f"batch_size ({batch_size}) and max_batch_tokens ({max_batch_tokens}) must be >= 1"
+            )
+        lengths = encoded.lengths
+        device = self.device
+        logits = torch.empty(len(lengths), dtype=torch.float32, device=device)
+        for batch in plan_batches(lengths, batch_size, max_batch_tokens):
+            input_ids, cu_seqlens, max_seqlen, type_ids = _pack(encoded, batch)
+            out = self.model(
+                input_ids.to(device, non_blocking=True),
+                cu_seqlens.to(device, non_blocking=True),
+                max_seqlen,
+                None if type_ids is None else type_ids.to(device, non_blocking=True),
+            )
+            logits[torch.tensor(batch, device=device)] = out
+        return logits.cpu()
+
+
+def _pack(
+    encoded: EncodedPairs, batch: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    lengths = [len(encoded.input_ids[i]) for i in batch]
+    input_ids = torch.tensor([t for i in batch for t in encoded.input_ids[i]], dtype=torch.long)
+    cu_seqlens = torch.zeros(len(batch) + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
+    type_ids = None
+    if encoded.token_type_ids is not None:
+        type_ids = torch.tensor([t for i in batch for t in encoded.token_type_ids[i]], dtype=torch.long)
+    return input_ids, cu_seqlens, max(lengths), type_ids
+
+
+def _check_query(query: object) -> None:
+    if not isinstance(query, str):
+        raise ValueError(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty")
+
+
+def _as_pairs(pairs: object) -> list[tuple[str, str]]:
+    """Validate and normalise to a list of (query, document) tuples; one bare pair is accepted."""
+    if isinstance(pairs, (list, tuple)) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+        pairs = [pairs]
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise ValueError("pairs must be a list of (query, document) string pairs")
+    out = []
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"pair {index} is not a (query, document) pair: {pair!r:.80}")
+        query, document = pair
+        if not isinstance(document, str):
+            raise ValueError(f"pair {index}: document must be a string, got {type(document).__name__}")
+        try:
+            _check_query(query)
+        except ValueError as exc:
+            raise ValueError(f"pair {index}: {exc}") from None
+        out.append((query, document))
+    return out

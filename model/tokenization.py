@@ -1,0 +1,203 @@
+"""Pair tokenisation with the checkpoint's own tokenizer.json (post-processor builds the pair template)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+TRUNCATION_STRATEGIES = ("longest_first", "only_second")
+# HF writes int(1e30) when a tokenizer has no limit of its own.
+_NO_LIMIT = 10**9
+
+
+class TruncationWarning(UserWarning):
+    """Raised (as a warning) whenever a pair was cut to fit ``max_length``."""
+
+
+@dataclasses.dataclass
+class EncodedPairs:
+    """Token ids of each pair, in input order.
+
+    ``token_type_ids`` is None when the reference tokenizer does not emit them (RoBERTa-style): the
+    model then uses zeros, as the HF reference does.
+    """
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    truncated: int
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+class PairTokenizer:
+    """Encodes (query, document) pairs as ``<s> query </s></s> document </s>`` (or whatever the
+    checkpoint's post-processor defines), truncating to a token budget.
+
+    Thread-safe: each (max_length, strategy) gets its own configured copy of the tokenizer.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        model_max_length: int,
+        emits_token_type_ids: bool = False,
+        source: str = "tokenizer.json",
+    ) -> None:
+        self._base = tokenizer.to_str()
+        self.model_max_length = model_max_length
+        self.emits_token_type_ids = emits_token_type_ids
+        self.source = source
+        self._configured: dict[tuple[int, str], Tokenizer] = {}
+        self._lock = threading.Lock()
+        probe = self._tokenizer(model_max_length, "longest_first")
+        self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
+        if self.num_special_tokens == 0:
+            raise ValueError(
+                f"{source}: the tokenizer has no post-processor adding special tokens to a pair; the "
+                "classifier pools token 0, so the pair template (<s> q </s></s> d </s>) is required"
+            )
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, max_position_embeddings: int) -> PairTokenizer:
+        """Load tokenizer.json, and tokenizer_config.json when present (model_max_length, class)."""
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{directory}: no tokenizer.json (turborank uses the fast tokenizer file the reranker ships)"
+            )
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ValueError(f"{path}: not a valid tokenizers file ({exc})") from None
+        settings = _read_tokenizer_config(directory / "tokenizer_config.json")
+        limit = settings.get("model_max_length")
+        model_max_length = max_position_embeddings
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT:
+            model_max_length = min(int(limit), max_position_embeddings)
+        tokenizer = _check_special_tokens(tokenizer, settings, path)
+        return cls(tokenizer, model_max_length, _emits_token_type_ids(settings), source=str(path))
+
+    def _tokenizer(self, max_length: int, strategy: str) -> Tokenizer:
+        key = (max_length, strategy)
+        with self._lock:
+            tok = self._configured.get(key)
+            if tok is None:
+                tok = Tokenizer.from_str(self._base)
+                tok.no_padding()
+                tok.enable_truncation(max_length, strategy=strategy)
+                self._configured[key] = tok
+            return tok
+
+    def check_max_length(self, max_length: int | None) -> int:
+        if max_length is None:
+            return self.model_max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            raise ValueError(f"max_length must be an integer, got {max_length!r}")
+        if not self.num_special_tokens < max_length <= self.model_max_length:
+            raise ValueError(
+                f"max_length={max_length} is outside the model's range "
+                f"({self.num_special_tokens + 1}..{self.model_max_length})"
+            )
+        return max_length
+
+    def encode_pairs(
+        self,
+        pairs: list[tuple[str, str]],
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+    ) -> EncodedPairs:
+        """Tokenise pairs. Truncation "longest_first" (the HF reference default) trims the longer side
+        token by token; "only_second" keeps the query whole and cuts the document. A warning counts
+        every truncated pair."""
+        max_length = self.check_max_length(max_length)
+        if truncation not in TRUNCATION_STRATEGIES:
+            raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
+        try:
+            encodings = self._tokenizer(max_length, truncation).encode_batch(pairs)
+        except Exception as exc:  # tokenizers raises a bare Exception
+            if truncation == "only_second":
+                self._raise_query_too_long(pairs, max_length)
+            raise ValueError(f"tokenisation failed: {exc}") from None
+        truncated = sum(1 for enc in encodings if enc.overflowing)
+        if truncated:
+            warnings.warn(
+                f"{truncated} of {len(pairs)} pairs were longer than max_length={max_length} tokens and "
+                f"were truncated ({truncation})",
+                TruncationWarning,
+                stacklevel=3,
+            )
+        return EncodedPairs(
+            input_ids=[enc.ids for enc in encodings],
+            token_type_ids=[enc.type_ids for enc in encodings] if self.emits_token_type_ids else None,
+            truncated=truncated,
+        )
+
+    def _raise_query_too_long(self, pairs: list[tuple[str, str]], max_length: int) -> None:
+        # With only_second the tokenizer errors without saying which query is too long.
+        room = max_length - self.num_special_tokens - 1
+        plain = Tokenizer.from_str(self._base)
+        plain.no_truncation()
+        for query in dict.fromkeys(query for query, _ in pairs):
+            n = len(plain.encode(query, add_special_tokens=False).ids)
+            if n > room:
+                raise ValueError(
+                    f"query of {n} tokens does not fit max_length={max_length} with truncation='only_second' "
+                    f"(at most {room} query tokens leave room for the document); shorten the query or use "
+                    "truncation='longest_first'"
+                )
+
+
+def _read_tokenizer_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return raw
+
+
+def _token_text(value: Any) -> str | None:
+    # tokenizer_config stores special tokens as strings or as AddedToken dicts {"content": ...}.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _check_special_tokens(tokenizer: Tokenizer, settings: dict[str, Any], path: Path) -> Tokenizer:
+    """The first token of an encoded pair is what the pooler reads: make sure it is the declared
+    <s>/[CLS] token when tokenizer_config.json names one."""
+    cls_text = _token_text(settings.get("cls_token")) or _token_text(settings.get("bos_token"))
+    if cls_text is None:
+        return tokenizer
+    cls_id = tokenizer.token_to_id(cls_text)
+    if cls_id is None:
+        raise ValueError(
+            f"{path}: tokenizer_config.json names cls/bos token {cls_text!r}, absent from the vocab"
+        )
+    first = tokenizer.encode("a", "b").ids[:1]
+    if first != [cls_id]:
+        raise ValueError(
+            f"{path}: an encoded pair starts with id {first}, not the {cls_text!r} token ({cls_id}) the "
+            "classifier pools; the post-processor does not match tokenizer_config.json"
+        )
+    return tokenizer
+
+
+def _emits_token_type_ids(settings: dict[str, Any]) -> bool:
+    """Whether HF's tokenizer would hand token_type_ids to the model (else the model uses zeros)."""
+    names = settings.get("model_input_names")
+    if isinstance(names, list):
+        return "token_type_ids" in names
+    return str(settings.get("tokenizer_class", "")).startswith("Bert")

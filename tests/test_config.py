@@ -1,0 +1,92 @@
+import json
+import logging
+
+import pytest
+
+from turborank.config import JinaBertConfig
+from turborank.testing import make_config
+
+
+def _write(tmp_path, raw) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw) if not isinstance(raw, str) else raw)
+    return path
+
+
+def test_turbo_config_parses():
+    cfg = JinaBertConfig.from_dict(make_config("turbo"))
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim) == (384, 6, 12, 32)
+    assert cfg.num_labels == 1  # absent from the file; the checkpoint's classifier has one output
+    assert cfg.glu_activation == "gelu"
+
+
+@pytest.mark.parametrize(
+    "auto_map,scheme",
+    [("local", "jina-reranker-v1"), ("public", "standard"), (None, "standard")],
+)
+def test_scheme_from_auto_map(auto_map, scheme):
+    assert JinaBertConfig.from_dict(make_config("turbo", auto_map=auto_map)).alibi_scheme == scheme
+
+
+def test_scheme_override_wins():
+    cfg = JinaBertConfig.from_dict(make_config("turbo", auto_map="local"), slopes="standard")
+    assert cfg.alibi_scheme == "standard" and cfg.alibi_scheme_reason == "set by the caller"
+
+
+def test_scheme_logged_for_twelve_heads(caplog):
+    with caplog.at_level(logging.INFO, logger="turborank"):
+        JinaBertConfig.from_dict(make_config("turbo", auto_map="local"))
+    assert "'jina-reranker-v1' scheme for 12 heads" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="turborank"):
+        JinaBertConfig.from_dict(make_config("turbo", num_attention_heads=8))
+    assert "scheme" not in caplog.text  # power of two: both schemes agree, nothing to say
+
+
+def test_unknown_auto_map_warns(caplog):
+    raw = make_config("turbo", auto_map=None)
+    with caplog.at_level(logging.WARNING, logger="turborank"):
+        JinaBertConfig.from_dict(raw)
+    assert "no auto_map" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"position_embedding_type": "absolute"}, "'position_embedding_type' is 'absolute'"),
+        ({"feed_forward_type": "original"}, "'feed_forward_type' is 'original'"),
+        ({"hidden_size": 380}, "'hidden_size' \\(380\\) is not divisible by 'num_attention_heads' \\(12\\)"),
+        ({"num_hidden_layers": 0}, "'num_hidden_layers' must be a positive integer, got 0"),
+        ({"vocab_size": "61056"}, "'vocab_size' must be a positive integer"),
+        ({"num_labels": 2}, "declares 2 labels"),
+        ({"layer_norm_eps": -1}, "'layer_norm_eps' must be a float"),
+    ],
+)
+def test_invalid_fields_name_field_and_file(tmp_path, change, message):
+    path = _write(tmp_path, {**make_config("turbo"), **change})
+    with pytest.raises(ValueError, match=message) as info:
+        JinaBertConfig.from_file(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "field", ["hidden_size", "num_attention_heads", "position_embedding_type", "feed_forward_type"]
+)
+def test_missing_field(tmp_path, field):
+    raw = make_config("turbo")
+    del raw[field]
+    with pytest.raises(ValueError, match=f"{field}") as info:
+        JinaBertConfig.from_file(_write(tmp_path, raw))
+    assert "config.json" in str(info.value)
+
+
+def test_bad_json_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        JinaBertConfig.from_file(_write(tmp_path, "{not json"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        JinaBertConfig.from_file(tmp_path / "nope" / "config.json")
+
+
+def test_bad_slopes_override():
+    with pytest.raises(ValueError, match="slopes='alibi' is not one of"):
+        JinaBertConfig.from_dict(make_config("turbo"), slopes="alibi")

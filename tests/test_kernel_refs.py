@@ -1,0 +1,146 @@
+"""The PyTorch references of each op against direct formulas in fp64."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, alibi_slopes, gelu_glu_ref
+
+# The package exports the function `alibi_attention` under the module's name; fetch the module itself.
+attention_module = importlib.import_module("turborank.kernels.alibi_attention")
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    return cu
+
+
+def dense_attention(q, k, v, lengths_q, lengths_k, slopes):
+    """Per sequence, a materialised [heads, Lq, Lk] bias, fp64."""
+    out, oq, ok = [], 0, 0
+    d = q.shape[-1]
+    for lq, lk in zip(lengths_q, lengths_k, strict=True):
+        qs, ks, vs = (t.double().transpose(0, 1) for t in (q[oq : oq + lq], k[ok : ok + lk], v[ok : ok + lk]))
+        i = torch.arange(lq, dtype=torch.float64)[:, None]
+        j = torch.arange(lk, dtype=torch.float64)[None, :]
+        bias = -slopes.double()[:, None, None] * (i - j).abs()
+        probs = torch.softmax(qs @ ks.transpose(1, 2) / math.sqrt(d) + bias, dim=-1)
+        out.append((probs @ vs).transpose(0, 1))
+        oq, ok = oq + lq, ok + lk
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("lengths", [[1], [2], [17], [64, 97], [129, 1, 300, 5]])
+@pytest.mark.parametrize("heads,d", [(12, 32), (6, 64), (3, 128)])
+def test_alibi_attention_ref_matches_dense(lengths, heads, d):
+    gen = torch.Generator().manual_seed(sum(lengths) + d)
+    total = sum(lengths)
+    q, k, v = (torch.randn(total, heads, d, generator=gen) for _ in range(3))
+    slopes = alibi_slopes(heads, "jina-reranker-v1")
+    cu = _cu(lengths)
+    got = alibi_attention_ref(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    assert got.shape == q.shape and got.dtype == q.dtype
+    torch.testing.assert_close(
+        got.double(), dense_attention(q, k, v, lengths, lengths, slopes), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_alibi_attention_ref_query_prefix():
+    """Queries that are a prefix of each sequence (token 0 only, as in the last layer)."""
+    lengths_k, lengths_q = [5, 40, 1, 77], [1, 1, 1, 1]
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(sum(lengths_q), 4, 32, generator=gen)
+    k, v = (torch.randn(sum(lengths_k), 4, 32, generator=gen) for _ in range(2))
+    slopes = alibi_slopes(4)
+    got = alibi_attention_ref(q, k, v, _cu(lengths_q), _cu(lengths_k), 1, max(lengths_k), slopes)
+    torch.testing.assert_close(
+        got.double(), dense_attention(q, k, v, lengths_q, lengths_k, slopes), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_alibi_attention_ref_blocking_is_exact(monkeypatch):
+    """Query blocks of a few rows give the same result as one block."""
+    lengths = [300, 129]
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(sum(lengths), 6, 32, generator=gen) for _ in range(3))
+    args = (q, k, v, _cu(lengths), _cu(lengths), 300, 300, alibi_slopes(6))
+    whole = alibi_attention_ref(*args)
+    monkeypatch.setattr(attention_module, "_SCORE_BLOCK_BYTES", 4 * 2 * 300 * 7)  # 7 query rows per block
+    torch.testing.assert_close(alibi_attention_ref(*args), whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_alibi_attention_ref_half_dtypes(dtype):
+    lengths = [33, 70]
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(sum(lengths), 4, 32, generator=gen) for _ in range(3))
+    slopes = alibi_slopes(4)
+    cu = _cu(lengths)
+    got = alibi_attention_ref(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, 70, 70, slopes)
+    assert got.dtype == dtype
+    want = dense_attention(q, k, v, lengths, lengths, slopes)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-2 if dtype == torch.bfloat16 else 4e-3)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("shape", [(1, 2), (7, 3072), (33, 258)])
+def test_gelu_glu_ref(activation, shape):
+    u = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    half = shape[1] // 2
+    gate, lin = u[:, :half], u[:, half:]
+    act = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2))) if activation == "gelu" else gate.clamp(min=0)
+    got = gelu_glu_ref(u.float(), activation)
+    torch.testing.assert_close(got.double(), act * lin, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_glu_ref_is_not_tanh_gelu():
+    u = torch.full((1, 2), 1.5)
+    exact = gelu_glu_ref(u)
+    tanh_form = torch.nn.functional.gelu(u[:, :1], approximate="tanh") * u[:, 1:]
+    assert (exact - tanh_form).abs().item() > 1e-4
+
+
+def test_gelu_glu_ref_rejects_bad_input():
+    with pytest.raises(ValueError, match="even last dimension"):
+        gelu_glu_ref(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="unknown GLU activation 'silu'"):
+        gelu_glu_ref(torch.zeros(2, 4), "silu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_layer_norm_ref(dtype, with_residual):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(37, 384, generator=gen) * 3 + 1
+    r = torch.randn(37, 384, generator=gen) if with_residual else None
+    w, b = torch.randn(384, generator=gen), torch.randn(384, generator=gen)
+    h = x.double() + (r.double() if with_residual else 0)
+    want = (h - h.mean(-1, keepdim=True)) / torch.sqrt(
+        h.var(-1, unbiased=False, keepdim=True) + 1e-12
+    ) * w.double() + b.double()
+    got = add_layer_norm_ref(x.to(dtype), None if r is None else r.to(dtype), w.to(dtype), b.to(dtype), 1e-12)
+    assert got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.float16: 1e-1, torch.bfloat16: 2.5e-1}[dtype]
+    # Half inputs are rounded before the add; compare against the fp64 result of the rounded inputs.
+    if dtype != torch.float32:
+        h = x.to(dtype).double() + (r.to(dtype).double() if with_residual else 0)
+        wd, bd = w.to(dtype).double(), b.to(dtype).double()
+        want = (h - h.mean(-1, keepdim=True)) / torch.sqrt(
+            h.var(-1, unbiased=False, keepdim=True) + 1e-12
+        ) * wd + bd
+        tol = 2 * torch.finfo(dtype).eps * want.abs().max().item()
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+
+
+def test_add_layer_norm_ref_constant_row_is_finite():
+    """eps = 1e-12 would vanish in fp16; fp32 statistics keep a constant row finite."""
+    x = torch.full((2, 64), 3.0, dtype=torch.float16)
+    got = add_layer_norm_ref(
+        x, None, torch.ones(64, dtype=torch.float16), torch.zeros(64, dtype=torch.float16), 1e-12
+    )
+    assert torch.isfinite(got).all()

@@ -1,0 +1,34 @@
+"""The repository keeps its promises: README's test command is what CI runs; the code is ruff-clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_test_command() -> str:
+    match = re.search(
+        r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S
+    )
+    assert match, "README.md must show the test command after <!-- test-command -->"
+    return match.group(1).strip()
+
+
+def test_ci_runs_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = _readme_test_command()
+    assert command in ci.splitlines(), f"{command!r} not a line of .ci/run"
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff not installed")
+    proc = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

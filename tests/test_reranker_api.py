@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import sample_pairs
+from turborank import Reranker
+from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
+from turborank.ops import OP_NAMES
+from turborank.reranker import plan_batches
+
+
+@pytest.fixture(scope="module")
+def reranker(small_ckpt):
+    return Reranker.from_pretrained(small_ckpt, device="cpu")
+
+
+def test_defaults_on_cpu(reranker):
+    assert reranker.device.type == "cpu" and reranker.dtype == torch.float32
+    assert reranker.max_length == 8192
+    assert reranker.model.ops.backends == dict.fromkeys(OP_NAMES, "torch")
+
+
+def test_compute_score_single_pair_is_a_float(reranker):
+    score = reranker.compute_score((MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS[0]))
+    assert isinstance(score, float) and 0 < score < 1
+    assert reranker.compute_score([[MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS[0]]]) == score
+    many = reranker.compute_score([(MODEL_CARD_QUERY, d) for d in MODEL_CARD_DOCUMENTS])
+    assert isinstance(many, list) and len(many) == 10 and many[0] == pytest.approx(score, abs=1e-6)
+
+
+def test_predict_activation(reranker):
+    pairs = sample_pairs(5, seed=21)
+    logits = reranker.predict(pairs, activation=False)
+    scores = reranker.predict(pairs)
+    assert scores == pytest.approx([1 / (1 + math.exp(-x)) for x in logits], abs=1e-7)
+    assert any(x < 0 for x in logits) or any(x > 1 for x in logits)  # raw logits, not probabilities
+
+
+def test_rank_order_and_ids(reranker):
+    docs = MODEL_CARD_DOCUMENTS
+    scores = reranker.predict([(MODEL_CARD_QUERY, d) for d in docs])
+    ranked = reranker.rank(MODEL_CARD_QUERY, docs, return_documents=True)
+    assert [r["score"] for r in ranked] == sorted(scores, reverse=True)
+    for item in ranked:
+        assert item["score"] == scores[item["corpus_id"]]
+        assert item["text"] == docs[item["corpus_id"]]
+    assert sorted(r["corpus_id"] for r in ranked) == list(range(len(docs)))
+    top = reranker.rank(MODEL_CARD_QUERY, docs, top_k=3)
+    assert top == [{"corpus_id": r["corpus_id"], "score": r["score"]} for r in ranked[:3]]
+
+
+def test_rank_empty_documents(reranker):
+    assert reranker.rank("query", []) == []
+    assert reranker.predict([]) == []
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda r: r.rank("", ["doc"]), "query is empty"),
+        (lambda r: r.rank("   ", ["doc"]), "query is empty"),
+        (lambda r: r.rank(None, ["doc"]), "query must be a string"),
+        (lambda r: r.rank("q", "a single string"), "documents must be a list"),
+        (lambda r: r.rank("q", ["ok", 3]), "pair 1: document must be a string"),
+        (lambda r: r.rank("q", ["ok"], top_k=0), "top_k must be a positive integer"),
+        (lambda r: r.predict([("q",)]), "pair 0 is not a \\(query, document\\) pair"),
+        (lambda r: r.predict("q"), "pairs must be a list"),
+        (lambda r: r.predict([("q", "d"), ("", "d")]), "pair 1: query is empty"),
+        (lambda r: r.predict([("q", "d")], batch_size=0), "batch_size \\(0\\)"),
+        (lambda r: r.predict([("q", "d")], max_length=10**6), "outside the model's range"),
+    ],
+)
+def test_bad_input_is_rejected_clearly(reranker, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(reranker)
+
+
+def test_from_pretrained_argument_errors(small_ckpt, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="dtype 'float8' is not one of"):
+        Reranker.from_pretrained(small_ckpt, device="cpu", dtype="float8")
+    with pytest.raises(ValueError, match="backend 'cuda' for op"):
+        Reranker.from_pretrained(small_ckpt, device="cpu", backend="cuda")
+    with pytest.raises(ValueError, match="backend 'triton' needs a CUDA device"):
+        Reranker.from_pretrained(small_ckpt, device="cpu", backend="triton")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Reranker.from_pretrained(small_ckpt, device="cuda")
+
+
+def test_half_dtypes_on_cpu_stay_close_to_fp32(small_ckpt, reranker):
+    pairs = sample_pairs(6, seed=22, max_words=200)
+    want = torch.tensor(reranker.predict(pairs, activation=False))
+    for dtype in ("bfloat16", "float16"):
+        half = Reranker.from_pretrained(small_ckpt, device="cpu", dtype=dtype)
+        assert half.dtype == getattr(torch, dtype)
+        got = torch.tensor(half.predict(pairs, activation=False))
+        assert (got - want).abs().max() < 0.25  # a sanity bound; the tight rule lives in the kernel tests
+
+
+def test_plan_batches_sorted_bounded_complete():
+    lengths = [5, 300, 17, 8192, 40, 40, 1, 999]
+    batches = plan_batches(lengths, batch_size=3, max_batch_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * lengths[batch[0]] <= 1000
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    assert [8192] in [[lengths[i] for i in b] for b in batches]  # over budget: alone, never dropped

@@ -1,0 +1,129 @@
+import json
+import shutil
+import warnings
+
+import pytest
+
+from tests.conftest import sample_pairs
+from turborank.tokenization import PairTokenizer, TruncationWarning
+
+
+@pytest.fixture(scope="module")
+def tok(small_ckpt):
+    return PairTokenizer.from_directory(small_ckpt, 8192)
+
+
+def test_pair_template_from_post_processor(tok, small_ckpt):
+    enc = tok.encode_pairs([("a query", "a document")])
+    ids = enc.input_ids[0]
+    vocab = json.loads((small_ckpt / "tokenizer.json").read_text())["model"]["vocab"]
+    s, e = vocab["<s>"], vocab["</s>"]
+    assert ids[0] == s and ids[-1] == e and ids.count(e) == 3
+    assert enc.token_type_ids is None  # RoBERTa-style: the model uses zeros, like the reference
+    assert tok.num_special_tokens == 4
+
+
+def test_matches_transformers_tokenizer(small_ckpt, tok):
+    """HF's pair encoding and truncation on the same tokenizer.json. (PreTrainedTokenizerFast, not
+    AutoTokenizer: transformers 5 rebuilds a RobertaTokenizer from vocab/merges and drops the
+    normalizer of tokenizer.json; the 4.4x releases the remote code needs load the file as is.)"""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(small_ckpt / "tokenizer.json"))
+    pairs = sample_pairs(20, seed=3, max_words=300)
+    for max_length in (8192, 64):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            ours = tok.encode_pairs(pairs, max_length=max_length).input_ids
+        theirs = hf([q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=max_length)
+        assert ours == theirs["input_ids"]
+
+
+def test_truncation_warns_with_count(tok):
+    pairs = [("q", "word " * 200), ("q", "short"), ("q", "word " * 300)]
+    with pytest.warns(TruncationWarning, match="2 of 3 pairs were longer than max_length=64"):
+        enc = tok.encode_pairs(pairs, max_length=64)
+    assert enc.truncated == 2
+    assert max(enc.lengths) == 64
+
+
+def test_no_warning_when_nothing_is_cut(tok):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tok.encode_pairs([("q", "short doc")], max_length=64).truncated == 0
+
+
+def test_only_second_keeps_the_query_whole(tok):
+    query = "alpha beta gamma delta"  # about 20 tokens: the pair budget is 40
+    with pytest.warns(TruncationWarning):
+        longest = tok.encode_pairs([(query, "word " * 500)], max_length=40, truncation="longest_first")
+    with pytest.warns(TruncationWarning):
+        only_second = tok.encode_pairs([(query, "word " * 500)], max_length=40, truncation="only_second")
+    full_query = tok.encode_pairs([(query, "")]).input_ids[0][:-2]  # <s> query </s>
+    assert only_second.input_ids[0][: len(full_query)] == full_query
+    assert longest.input_ids[0][: len(full_query)] != full_query
+    assert len(only_second.input_ids[0]) == len(longest.input_ids[0]) == 40
+
+
+def test_only_second_query_too_long_is_explained(tok):
+    with pytest.raises(
+        ValueError, match="query of \\d+ tokens does not fit max_length=16 with truncation='only_second'"
+    ):
+        tok.encode_pairs([("long query " * 20, "doc")], max_length=16, truncation="only_second")
+
+
+@pytest.mark.parametrize(
+    "max_length,message",
+    [(9000, "outside the model's range \\(5..8192\\)"), (4, "outside"), ("64", "must be an integer")],
+)
+def test_bad_max_length(tok, max_length, message):
+    with pytest.raises(ValueError, match=message):
+        tok.encode_pairs([("q", "d")], max_length=max_length)
+
+
+def test_bad_truncation(tok):
+    with pytest.raises(ValueError, match="truncation='left'"):
+        tok.encode_pairs([("q", "d")], truncation="left")
+
+
+def test_model_max_length_from_tokenizer_config(small_ckpt, tmp_path):
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    cfg = json.loads((target / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 1024
+    (target / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert PairTokenizer.from_directory(target, 8192).model_max_length == 1024
+    cfg["model_max_length"] = int(1e30)  # HF's "no limit" sentinel
+    (target / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert PairTokenizer.from_directory(target, 8192).model_max_length == 8192
+
+
+def test_tokenizer_errors(small_ckpt, tmp_path):
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    (target / "tokenizer_config.json").write_text("{oops")
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        PairTokenizer.from_directory(target, 8192)
+    (target / "tokenizer_config.json").unlink()
+    (target / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizers file"):
+        PairTokenizer.from_directory(target, 8192)
+    (target / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        PairTokenizer.from_directory(target, 8192)
+
+
+def test_missing_post_processor_rejected(small_ckpt, tmp_path):
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    raw = json.loads((target / "tokenizer.json").read_text())
+    raw["post_processor"] = None
+    (target / "tokenizer.json").write_text(json.dumps(raw))
+    (target / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match="no post-processor adding special tokens"):
+        PairTokenizer.from_directory(target, 8192)
+
+
+def test_cls_token_mismatch_rejected(small_ckpt, tmp_path):
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    cfg = json.loads((target / "tokenizer_config.json").read_text())
+    cfg["cls_token"] = "<mask>"
+    (target / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="starts with id \\[0\\], not the '<mask>' token"):
+        PairTokenizer.from_directory(target, 8192)

@@ -1,0 +1,259 @@
+"""Triton kernels against their ``*_ref``: in Triton's CPU interpreter here (small shapes), full size
+on a GPU (the same file; lengths up to 8192, bf16).
+
+Half-precision rule (flash-attention's): the kernel's error against an fp32 reference may be at
+most twice the error of plain PyTorch computing in that same half dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from turborank.kernels import (
+    TRITON_AVAILABLE,
+    add_layer_norm,
+    add_layer_norm_ref,
+    alibi_attention,
+    alibi_attention_padded,
+    alibi_attention_padded_ref,
+    alibi_attention_ref,
+    alibi_slopes,
+    embedding_layer_norm,
+    embedding_layer_norm_ref,
+    gelu_glu,
+    gelu_glu_ref,
+)
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+pytestmark = pytest.mark.skipif(
+    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs triton and a GPU or TRITON_INTERPRET=1",
+)
+# Triton's interpreter computes tl.dot on bf16 operands wrongly (garbage, seen with triton 3.9), so
+# bf16 attention is checked on GPUs only; bf16 elementwise kernels are fine in the interpreter.
+HALF_DTYPES = [torch.float16, torch.bfloat16] if GPU else [torch.float16]
+LENGTH_SETS = [[1], [2], [17], [64, 97], [129, 1, 300, 5], [16, 32, 48]]
+if GPU:
+    LENGTH_SETS += [[1024] * 8, [8192], [8192, 1, 4097, 333, 2048], [513] * 33]
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    return cu.to(DEVICE)
+
+
+def _qkv(total: int, heads: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    return tuple(torch.randn(total, heads, d, generator=gen, device=DEVICE).to(dtype) for _ in range(3))
+
+
+def _eager_same_dtype(q, k, v, lengths, slopes):
+    """Plain PyTorch attention in the inputs' dtype (what the HF reference does in half precision)."""
+    out, offset = [], 0
+    scale = 1 / math.sqrt(q.shape[-1])
+    for n in lengths:
+        qs, ks, vs = (t[offset : offset + n].transpose(0, 1) for t in (q, k, v))
+        pos = torch.arange(n, device=q.device)
+        bias = (-slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()).to(q.dtype)
+        probs = torch.softmax(qs @ ks.transpose(1, 2) * scale + bias, dim=-1)
+        out.append((probs @ vs).transpose(0, 1))
+        offset += n
+    return torch.cat(out)
+
+
+def _heads_dims():
+    return [(12, 32), (4, 64), (2, 128)]
+
+
+@pytest.mark.parametrize("lengths", LENGTH_SETS, ids=lambda x: "-".join(map(str, x[:5])))
+@pytest.mark.parametrize("heads,d", _heads_dims())
+def test_attention_fp32_matches_ref(lengths, heads, d):
+    if not GPU and sum(lengths) * heads * d > 300 * 12 * 32 * 2:
+        pytest.skip("too slow for the interpreter")
+    q, k, v = _qkv(sum(lengths), heads, d, torch.float32, seed=sum(lengths) + d)
+    slopes = alibi_slopes(heads, "jina-reranker-v1", device=DEVICE)
+    cu = _cu(lengths)
+    got = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    want = alibi_attention_ref(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("lengths", LENGTH_SETS, ids=lambda x: "-".join(map(str, x[:5])))
+def test_attention_half_within_twice_pytorch_error(dtype, lengths):
+    heads, d = 12, 32
+    if not GPU and sum(lengths) > 300:
+        pytest.skip("too slow for the interpreter")
+    q32, k32, v32 = _qkv(sum(lengths), heads, d, torch.float32, seed=len(lengths))
+    q, k, v = q32.to(dtype), k32.to(dtype), v32.to(dtype)
+    slopes = alibi_slopes(heads, "jina-reranker-v1", device=DEVICE)
+    cu = _cu(lengths)
+    # The fp32 reference sees the same rounded inputs: the comparison is about the computation.
+    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu, cu, max(lengths), max(lengths), slopes)
+    got = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    pytorch_error = (_eager_same_dtype(q, k, v, lengths, slopes).float() - want).abs().max().item()
+    kernel_error = (got.float() - want).abs().max().item()
+    assert got.dtype == dtype
+    assert kernel_error <= 2 * pytorch_error + 1e-5, (kernel_error, pytorch_error)
+
+
+def test_attention_query_prefix_token0_rows():
+    lengths_k = [5, 40, 1, 77] if not GPU else [5, 4000, 1, 8192]
+    heads, d = 12, 32
+    q, _, _ = _qkv(len(lengths_k), heads, d, torch.float32, seed=3)
+    _, k, v = _qkv(sum(lengths_k), heads, d, torch.float32, seed=4)
+    slopes = alibi_slopes(heads, device=DEVICE)
+    cu_q, cu_k = _cu([1] * len(lengths_k)), _cu(lengths_k)
+    got = alibi_attention(q, k, v, cu_q, cu_k, 1, max(lengths_k), slopes)
+    want = alibi_attention_ref(q, k, v, cu_q, cu_k, 1, max(lengths_k), slopes)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_attention_fused_qkv_views():
+    """q, k, v as strided views of one [T, 3, heads, d] projection, as the model passes them."""
+    lengths = [33, 70]
+    qkv = torch.randn(sum(lengths), 3, 6, 32, device=DEVICE)
+    q, k, v = qkv.unbind(1)
+    slopes = alibi_slopes(6, device=DEVICE)
+    cu = _cu(lengths)
+    got = alibi_attention(q, k, v, cu, cu, 70, 70, slopes)
+    want = alibi_attention_ref(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, 70, 70, slopes)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_attention_does_not_read_past_the_ends():
+    """Memory right after the last token is NaN: any out-of-bounds read poisons the output."""
+    lengths = [17, 3, 29] if not GPU else [17, 3, 2900, 8191]
+    total, heads, d = sum(lengths), 4, 32
+    storage = torch.full((3, total + 64, heads, d), float("nan"), device=DEVICE)
+    storage[:, :total] = torch.randn(3, total, heads, d, device=DEVICE)
+    q, k, v = storage[0, :total], storage[1, :total], storage[2, :total]
+    cu = _cu(lengths)
+    out = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), alibi_slopes(heads, device=DEVICE))
+    assert torch.isfinite(out).all()
+
+
+def test_padded_layout_ignores_poisoned_padding_and_matches_varlen():
+    key_lengths = [40, 1, 17] if not GPU else [4000, 1, 1700, 4096]
+    batch, seqlen, heads, d = len(key_lengths), max(key_lengths), 4, 32
+    q, k, v = (torch.randn(batch, seqlen, heads, d, device=DEVICE) for _ in range(3))
+    lengths = torch.tensor(key_lengths, dtype=torch.int32, device=DEVICE)
+    for b, n in enumerate(key_lengths):  # keys and values past each length must never be used
+        k[b, n:] = float("nan")
+        v[b, n:] = float("nan")
+    slopes = alibi_slopes(heads, device=DEVICE)
+    got = alibi_attention_padded(q, k, v, lengths, slopes)
+    want = alibi_attention_padded_ref(q, k.nan_to_num(), v.nan_to_num(), lengths, slopes)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+    # Valid rows equal the packed (varlen) kernel's rows for the same sequences.
+    valid = torch.arange(seqlen, device=DEVICE)[None, :] < lengths[:, None]
+    cu = _cu(key_lengths)
+    packed = alibi_attention(q[valid], k[valid], v[valid], cu, cu, seqlen, seqlen, slopes)
+    torch.testing.assert_close(got[valid], packed, rtol=1e-5, atol=2e-5)
+
+
+def test_attention_repeated_runs_are_bitwise_equal():
+    lengths = [97, 5] if not GPU else [8192, 97, 5]
+    q, k, v = _qkv(sum(lengths), 12, 32, HALF_DTYPES[-1], seed=5)
+    cu = _cu(lengths)
+    slopes = alibi_slopes(12, device=DEVICE)
+    first = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    for _ in range(2):
+        assert torch.equal(alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes), first)
+
+
+@pytest.mark.skipif(not GPU, reason="the interpreter does not compile")
+def test_attention_does_not_recompile_per_length():
+    import importlib
+
+    kernel = importlib.import_module("turborank.kernels.alibi_attention")._alibi_attention_kernel
+    slopes = alibi_slopes(12, device=DEVICE)
+
+    def run(lengths):
+        q, k, v = _qkv(sum(lengths), 12, 32, torch.bfloat16, seed=0)
+        cu = _cu(lengths)
+        alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+
+    run([300, 200])
+    compiled = (
+        sum(len(c) for c in kernel.device_caches.values()) if hasattr(kernel, "device_caches") else None
+    )
+    for lengths in ([301], [1000, 17], [4097], [7, 8191, 33]):
+        run(lengths)
+    if compiled is not None:
+        assert sum(len(c) for c in kernel.device_caches.values()) == compiled
+
+
+def test_attention_rejects_bad_input():
+    q, k, v = _qkv(10, 2, 32, torch.float32, seed=0)
+    cu = _cu([10])
+    slopes = alibi_slopes(2, device=DEVICE)
+    with pytest.raises(ValueError, match="cu_seqlens_q must be a 1-D int32"):
+        alibi_attention(q, k, v, cu.long(), cu, 10, 10, slopes)
+    with pytest.raises(ValueError, match="slopes must be fp32 \\[2\\]"):
+        alibi_attention(q, k, v, cu, cu, 10, 10, slopes.half())
+    with pytest.raises(ValueError, match="q, k, v must share one of"):
+        alibi_attention(q, k.half(), v, cu, cu, 10, 10, slopes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("shape", [(1, 2), (7, 3072), (33, 258), (5, 4098)])
+def test_gelu_glu(dtype, activation, shape):
+    u = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
+    got = gelu_glu(u, activation)
+    want = gelu_glu_ref(u, activation)
+    assert got.dtype == dtype and got.shape == want.shape
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        # Both compute in fp32 and round once: one unit in the last place apart, plus the fp32
+        # cancellation of 1 + erf(x) deep in the negative tail (outputs ~1e-5 of the largest).
+        floor = 1e-5 * want.float().abs().max().item()
+        torch.testing.assert_close(got.float(), want.float(), rtol=torch.finfo(dtype).eps, atol=floor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows,hidden", [(1, 384), (37, 384), (5, 100), (3, 1024)])
+@pytest.mark.parametrize("residual", ["none", "full", "broadcast"])
+def test_add_layer_norm(dtype, rows, hidden, residual):
+    x = (torch.randn(rows, hidden, device=DEVICE) * 4 + 2).to(dtype)
+    res = {
+        "none": None,
+        "full": torch.randn(rows, hidden, device=DEVICE).to(dtype),
+        "broadcast": torch.randn(hidden, device=DEVICE).to(dtype).expand(rows, hidden),
+    }[residual]
+    w, b = torch.randn(hidden, device=DEVICE).to(dtype), torch.randn(hidden, device=DEVICE).to(dtype)
+    got = add_layer_norm(x, res, w, b, 1e-12)
+    want = add_layer_norm_ref(x, res, w, b, 1e-12)
+    assert got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps * want.float().abs().max().item()
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("with_types", [True, False])
+def test_embedding_layer_norm(with_types):
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    words, types = (
+        torch.randn(500, 384, device=DEVICE, generator=gen),
+        torch.randn(2, 384, device=DEVICE, generator=gen),
+    )
+    ids = torch.randint(0, 500, (77,), device=DEVICE, generator=gen)
+    type_ids = torch.randint(0, 2, (77,), device=DEVICE, generator=gen) if with_types else None
+    w, b = torch.randn(384, device=DEVICE, generator=gen), torch.randn(384, device=DEVICE, generator=gen)
+    got = embedding_layer_norm(ids, type_ids, words, types, w, b, 1e-12)
+    torch.testing.assert_close(
+        got, embedding_layer_norm_ref(ids, type_ids, words, types, w, b, 1e-12), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_layer_norm_rejects_bad_shapes():
+    x = torch.randn(4, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="x must be \\[rows, 32\\]"):
+        add_layer_norm(x, None, torch.ones(32, device=DEVICE), torch.zeros(32, device=DEVICE), 1e-12)
