@@ -64,6 +64,8 @@ class JinaBertReranker(nn.Module):
         self.register_buffer(
             "slopes", alibi_slopes(config.num_attention_heads, config.alibi_scheme), persistent=False
         )
+        # Exact for CLS pooling; switchable so benchmarks can measure what it saves.
+        self.last_layer_token0_only = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -105,10 +107,12 @@ class JinaBertReranker(nn.Module):
         batch = first_rows.shape[0]
         cls_cu_seqlens = torch.arange(batch + 1, device=cu_seqlens.device, dtype=torch.int32)
         for index, layer in enumerate(self.layers):
-            if index < len(self.layers) - 1:
+            if index < len(self.layers) - 1 or not self.last_layer_token0_only:
                 x = self._layer(layer, x, cu_seqlens, max_seqlen, None, cu_seqlens, max_seqlen)
             else:
                 x = self._layer(layer, x, cu_seqlens, max_seqlen, first_rows, cls_cu_seqlens, 1)
+        if not self.last_layer_token0_only:
+            x = x[first_rows]
         pooled = torch.tanh(F.linear(x.float(), self.pooler_weight, self.pooler_bias))
         return F.linear(pooled, self.classifier_weight, self.classifier_bias)[:, 0]
 

@@ -106,3 +106,16 @@ def test_reglu_checkpoint_matches_eager(tmp_path):
     reranker = Reranker.from_pretrained(ckpt, device="cpu")
     seqs = [random_ids(random.Random(1), n) for n in (40, 9)]
     assert_fp32_parity(_packed_logits(reranker, seqs), _eager(ckpt, "jina-reranker-v1").logits(seqs))
+
+
+def test_last_layer_token0_only_is_exact(small, small_eager):
+    rng = random.Random(9)
+    seqs = [random_ids(rng, n) for n in (70, 1, 33)]
+    fast = _packed_logits(small, seqs)
+    small.model.last_layer_token0_only = False
+    try:
+        full = _packed_logits(small, seqs)
+    finally:
+        small.model.last_layer_token0_only = True
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
+    assert_fp32_parity(full, small_eager.logits(seqs))

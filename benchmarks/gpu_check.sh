@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One prepared check for a lent GPU machine (no network): install in place, run the GPU test subset
+# and the kernel + model benchmarks, write everything under $OUT. Meant to finish in under 8 minutes.
+#   OUT=/some/dir bash benchmarks/gpu_check.sh [--full]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/local}"
+mkdir -p "$OUT"
+quick="--quick"
+[ "${1:-}" = "--full" ] && quick=""
+py=python3
+
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $py -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+# Offline install: the image has setuptools and every runtime dependency.
+$py -m pip install --quiet --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
+  || { echo "install failed"; tail -5 "$OUT/install.log"; }
+
+status=0
+timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_model.py \
+  tests/test_batch_invariance.py --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1 || status=1
+tail -15 "$OUT/gpu_tests.log"
+
+timeout 150 $py -m benchmarks.gpu_kernels --out "$OUT" $quick > "$OUT/gpu_kernels.log" 2>&1 || status=1
+tail -30 "$OUT/gpu_kernels.log"
+timeout 150 $py -m benchmarks.gpu_model --out "$OUT" $quick > "$OUT/gpu_model.log" 2>&1 || status=1
+tail -30 "$OUT/gpu_model.log"
+exit $status

@@ -1,0 +1,226 @@
+"""Kernel benchmarks on a GPU: each turborank kernel against what a user would otherwise run.
+
+    python -m benchmarks.gpu_kernels [--out DIR] [--quick]
+
+alibi_attention (bf16, 12 heads, d=32) vs SDPA with a materialised bf16 bias (built once, outside
+the timing: the cost the HF reference pays per layer is the attention with that bias), vs
+FlexAttention with a symmetric ALiBi ``score_mod`` (torch.compile'd; a document mask for packed
+batches), and flash-attn's ``alibi_slopes`` when importable (flash-attn's ALiBi is |i - j| symmetric
+for non-causal attention). gelu_glu and add_layer_norm vs eager PyTorch and torch.compile.
+Outputs are checked against the fp32 reference before anything is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from benchmarks.report import write_report
+from turborank.kernels import (
+    add_layer_norm,
+    add_layer_norm_ref,
+    alibi_attention,
+    alibi_attention_ref,
+    alibi_slopes,
+    gelu_glu,
+    gelu_glu_ref,
+)
+
+H200_BF16_TFLOPS = 790.0  # dense bf16 GEMM, measured on the lent H200 (device notes)
+H200_TBPS = 4.8
+
+
+def _bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    return cu.cuda()
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> float:
+    err = (got.float() - want.float()).abs().max().item()
+    if not err <= tol:
+        raise AssertionError(f"{name}: max error {err:.3g} > {tol:.3g}; not timing a wrong result")
+    return err
+
+
+def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dict]:
+    dtype = torch.bfloat16
+    total, batch, longest = sum(lengths), len(lengths), max(lengths)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(total, heads, d, device="cuda", generator=gen, dtype=dtype) for _ in range(3))
+    slopes = alibi_slopes(heads, "jina-reranker-v1", device="cuda")
+    cu = _cu(lengths)
+    flops = 4 * heads * d * sum(n * n for n in lengths)
+    shape = f"{batch}x{longest}" if len(set(lengths)) == 1 else f"mixed {batch} seqs, {total} tok"
+    want = alibi_attention_ref(q, k, v, cu, cu, longest, longest, slopes)
+    rows = []
+
+    def row(engine: str, ms: float, err: float) -> None:
+        tflops = flops / ms / 1e9
+        rows.append(
+            {
+                "op": "alibi_attention",
+                "shape": shape,
+                "engine": engine,
+                "ms": ms,
+                "TFLOP/s": tflops,
+                "% of bf16 peak": 100 * tflops / H200_BF16_TFLOPS,
+                "max_err": err,
+            }
+        )
+
+    ours = lambda: alibi_attention(q, k, v, cu, cu, longest, longest, slopes)
+    row("turborank", _bench(ours), _check("turborank", ours(), want, 2e-2))
+
+    uniform = len(set(lengths)) == 1
+    if uniform:  # batched layouts for the baselines
+        qb, kb, vb = (t.view(batch, longest, heads, d).transpose(1, 2) for t in (q, k, v))
+        pos = torch.arange(longest, device="cuda")
+        bias = (-slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()).to(dtype)[None]
+        sdpa = lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
+        got = sdpa().transpose(1, 2).reshape(total, heads, d)
+        row("sdpa + materialised bias", _bench(sdpa), _check("sdpa", got, want, 5e-2))
+        del bias
+
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+
+        def alibi_mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx - kv_idx).abs()
+
+        if uniform:
+            fq, fk, fv = (t.view(batch, longest, heads, d).transpose(1, 2).contiguous() for t in (q, k, v))
+            run = lambda: flex(fq, fk, fv, score_mod=alibi_mod)
+            got = run().transpose(1, 2).reshape(total, heads, d)
+        else:
+            doc = torch.repeat_interleave(
+                torch.arange(batch, device="cuda"), torch.tensor(lengths, device="cuda")
+            )
+            mask = create_block_mask(lambda b, h, qi, ki: doc[qi] == doc[ki], None, None, total, total)
+            fq, fk, fv = (t.transpose(0, 1)[None].contiguous() for t in (q, k, v))
+            run = lambda: flex(fq, fk, fv, score_mod=alibi_mod, block_mask=mask)
+            got = run()[0].transpose(0, 1)
+        row("flex_attention (compiled)", _bench(run), _check("flex", got, want, 5e-2))
+    except Exception as exc:  # report, do not hide: the row says why it is missing
+        rows.append(
+            {"op": "alibi_attention", "shape": shape, "engine": "flex_attention", "error": repr(exc)[:200]}
+        )
+
+    try:
+        from flash_attn import flash_attn_varlen_func
+
+        fa = lambda: flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, alibi_slopes=slopes)
+        row("flash-attn alibi_slopes", _bench(fa), _check("flash-attn", fa(), want, 5e-2))
+    except ImportError:
+        pass
+    return rows
+
+
+def elementwise_rows(tokens: int) -> list[dict]:
+    rows = []
+    dtype = torch.bfloat16
+    u = torch.randn(tokens, 3072, device="cuda", dtype=dtype)
+    eager_glu = lambda u: F.gelu(u[:, :1536]) * u[:, 1536:]
+    compiled_glu = torch.compile(eager_glu)
+    want = gelu_glu_ref(u)
+    glu_bytes = u.numel() * 2 + tokens * 1536 * 2
+    for engine, fn in (
+        ("turborank", lambda: gelu_glu(u)),
+        ("eager", lambda: eager_glu(u)),
+        ("torch.compile", lambda: compiled_glu(u)),
+    ):
+        err = _check(f"gelu_glu {engine}", fn(), want, 0.1)
+        ms = _bench(fn)
+        rows.append(
+            {
+                "op": "gelu_glu",
+                "shape": f"{tokens}x3072",
+                "engine": engine,
+                "ms": ms,
+                "GB/s": glu_bytes / ms / 1e6,
+                "% of HBM": 100 * glu_bytes / ms / 1e9 / H200_TBPS,
+                "max_err": err,
+            }
+        )
+
+    x, r = (torch.randn(tokens, 384, device="cuda", dtype=dtype) for _ in range(2))
+    w, b = torch.randn(384, device="cuda", dtype=dtype), torch.randn(384, device="cuda", dtype=dtype)
+    eager_ln = lambda x, r: F.layer_norm((x.float() + r.float()), (384,), w.float(), b.float(), 1e-12).to(
+        dtype
+    )
+    compiled_ln = torch.compile(eager_ln)
+    want = add_layer_norm_ref(x, r, w, b, 1e-12)
+    ln_bytes = 3 * x.numel() * 2
+    for engine, fn in (
+        ("turborank", lambda: add_layer_norm(x, r, w, b, 1e-12)),
+        ("eager", lambda: eager_ln(x, r)),
+        ("torch.compile", lambda: compiled_ln(x, r)),
+    ):
+        err = _check(f"add_layer_norm {engine}", fn(), want, 0.1)
+        ms = _bench(fn)
+        rows.append(
+            {
+                "op": "add_layer_norm",
+                "shape": f"{tokens}x384",
+                "engine": engine,
+                "ms": ms,
+                "GB/s": ln_bytes / ms / 1e6,
+                "% of HBM": 100 * ln_bytes / ms / 1e9 / H200_TBPS,
+                "max_err": err,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/local")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu_kernels needs a CUDA GPU")
+    shapes = [[1024] * 8, [8192]]
+    if not args.quick:
+        shapes += [[128] * 64, [512] * 16, [2048] * 4, [4096] * 2, [30 + (i * 397) % 1970 for i in range(64)]]
+    rows = []
+    for lengths in shapes:
+        rows += attention_rows(lengths)
+    rows += elementwise_rows(8192)
+    if not args.quick:
+        rows += elementwise_rows(65536)
+    columns = [
+        "op",
+        "shape",
+        "engine",
+        "ms",
+        "TFLOP/s",
+        "% of bf16 peak",
+        "GB/s",
+        "% of HBM",
+        "max_err",
+        "error",
+    ]
+    write_report(
+        args.out,
+        "gpu_kernels",
+        rows,
+        columns,
+        notes=[
+            f"bf16; d=32, 12 heads; softmax scale 1/sqrt(32); "
+            f"peak figures assumed: {H200_BF16_TFLOPS} TFLOP/s, "
+            f"{H200_TBPS} TB/s"
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
