@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from turborank.jsonl import iter_jsonl, read_lines
 from turborank.reranker import DEFAULT_MODEL, DTYPES
 
 # Errors a user can cause (bad input, missing files, unreachable hub): one line, no traceback.
@@ -88,29 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 def read_documents(path: Path) -> list[str]:
     """Plain text: one document per non-blank line. JSONL (.jsonl): a JSON string or an object with
     a "text" field per line. Errors name the file and line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such documents file") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
     if path.suffix != ".jsonl":
-        return [line for line in lines if line.strip()]
+        return [line for line in read_lines(path) if line.strip()]
     documents = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-        if isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
+    for number, item in iter_jsonl(path):
+        text = item.get("text") if isinstance(item, dict) else item
+        if not isinstance(text, str):
             raise ValueError(
                 f'{path}:{number}: expected a JSON string or an object with a string "text" field'
             )
-        documents.append(item)
+        documents.append(text)
     return documents
 
 

@@ -6,13 +6,13 @@ directory that holds ``modeling_bert.py`` / ``configuration_bert.py`` next to th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
+from turborank.jsonl import iter_jsonl
 from turborank.reranker import Reranker, resolve_device
 
 
@@ -30,14 +30,9 @@ def sample_pairs() -> list[tuple[str, str]]:
 
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """JSONL of [query, document] arrays."""
     pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+    for number, item in iter_jsonl(path):
         if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
             raise ValueError(f"{path}:{number}: expected a JSON array [query, document]")
         pairs.append((item[0], item[1]))
