@@ -8,6 +8,7 @@ transformers release): the implementation users would otherwise run.
 from __future__ import annotations
 
 import random
+import warnings
 
 import torch
 
@@ -24,6 +25,11 @@ class TurborankEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.reranker.tokenizer.encode_pairs([("q", text)]).input_ids[0])
+
+    def pair_lengths(self, pairs: list[tuple[str, str]], max_length: int) -> list[int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.reranker.tokenizer.encode_pairs(pairs, max_length=max_length).lengths
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 32) -> torch.Tensor:
         encoded = self.reranker.tokenizer.encode_pairs(pairs, max_length=max_length)
@@ -51,6 +57,12 @@ class HFReferenceEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer("q", text)["input_ids"])
 
+    def pair_lengths(self, pairs: list[tuple[str, str]], max_length: int) -> list[int]:
+        encoded = self.tokenizer(
+            [q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=max_length
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
     @torch.inference_mode()
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 32) -> torch.Tensor:
         out = []
@@ -68,7 +80,13 @@ class HFReferenceEngine:
         return torch.cat(out)
 
 
-ENGINES = {"turborank": TurborankEngine, "hf": HFReferenceEngine}
+# name -> (engine class, turborank backend). "turborank" dispatches per device (Triton on CUDA);
+# "turborank-torch" forces the PyTorch path, for GPU comparisons.
+ENGINES = {
+    "turborank": (TurborankEngine, "auto"),
+    "turborank-torch": (TurborankEngine, "torch"),
+    "hf": (HFReferenceEngine, "auto"),
+}
 
 
 def pairs_of_length(engine, n: int, tokens: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -82,3 +100,38 @@ def pairs_of_length(engine, n: int, tokens: int, seed: int = 0) -> list[tuple[st
         assert engine.count_tokens(doc) >= tokens
         pairs.append((random_text(rng, 6), doc))
     return pairs
+
+
+def document_of_length(engine, rng: random.Random, tokens: int) -> str:
+    """A document whose pair with the query "q" is ``tokens`` tokens long (bisection on word count)."""
+    from turborank.testing import random_text
+
+    words = random_text(rng, tokens).split(" ")
+    lo, hi = 1, len(words)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if engine.count_tokens(" ".join(words[:mid])) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
+def make_workload(engine, spec: str, seed: int = 0) -> tuple[list[tuple[str, str]], int]:
+    """(pairs, max_length) for a workload spec.
+
+    "card": the model-card example, 1 query and 10 short documents. "NxL": N pairs of L tokens.
+    "mixed:N:LO-HI": N documents of LO..HI tokens (uniform, seeded), one query.
+    """
+    from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
+
+    if spec == "card":
+        return [(MODEL_CARD_QUERY, d) for d in MODEL_CARD_DOCUMENTS], 8192
+    if spec.startswith("mixed:"):
+        _, n, span = spec.split(":")
+        lo, hi = (int(x) for x in span.split("-"))
+        rng = random.Random(seed)
+        docs = [document_of_length(engine, rng, rng.randint(lo, hi)) for _ in range(int(n))]
+        return [("what does this document say about the query", d) for d in docs], 8192
+    n, tokens = (int(x) for x in spec.split("x"))
+    return pairs_of_length(engine, n, tokens, seed), tokens

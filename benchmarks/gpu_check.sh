@@ -30,4 +30,7 @@ timeout 150 $py -m benchmarks.gpu_kernels --out "$OUT" $quick > "$OUT/gpu_kernel
 tail -30 "$OUT/gpu_kernels.log"
 timeout 150 $py -m benchmarks.gpu_model --out "$OUT" $quick > "$OUT/gpu_model.log" 2>&1 || status=1
 tail -30 "$OUT/gpu_model.log"
+# The suite's GPU cases (turborank Triton vs its PyTorch path; the HF reference code is not on the image).
+timeout 120 $py -m benchmarks.run --device cuda --quick --out "$OUT" > "$OUT/suite.log" 2>&1 || status=1
+tail -25 "$OUT/suite.log"
 exit $status

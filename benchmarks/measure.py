@@ -1,6 +1,9 @@
 """One measurement in a fresh process: throughput, latency and peak memory of one engine on one case.
 
-    python -m benchmarks.measure CHECKPOINT --engine turborank --pairs 10 --tokens 512 [--repeats 5] [--json]
+    python -m benchmarks.measure CHECKPOINT --engine turborank --workload 10x512 [--repeats 5]
+
+Workloads (benchmarks.engines.make_workload): "card" (model-card example), "NxL" (N pairs of L
+tokens), "mixed:N:LO-HI" (N documents of LO..HI tokens). Prints one JSON line.
 
 Memory: the process's peak resident set over the whole run (model load included), and the peak
 during the timed forwards alone (Linux: VmHWM after resetting it through /proc/self/clear_refs),
@@ -11,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import time
 
 import torch
 
-from benchmarks.engines import ENGINES, pairs_of_length
+from benchmarks.engines import ENGINES, make_workload
 
 
 def _status_mib(field: str) -> float:
@@ -40,8 +44,7 @@ def _reset_peak() -> bool:
 def measure(
     checkpoint: str,
     engine_name: str,
-    n_pairs: int,
-    tokens: int,
+    workload: str,
     repeats: int,
     device: str,
     dtype: str,
@@ -49,19 +52,22 @@ def measure(
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    engine = ENGINES[engine_name](checkpoint, device=device, dtype=dtype)
-    pairs = pairs_of_length(engine, n_pairs, tokens)
-    engine.logits(pairs, max_length=tokens)  # warm-up: allocator, kernels, lazy init
+    engine_cls, backend = ENGINES[engine_name]
+    engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend)
+    pairs, max_length = make_workload(engine, workload)
+    tokens = sum(engine.pair_lengths(pairs, max_length))
+    engine.logits(pairs, max_length=max_length)  # warm-up: allocator, kernels, lazy init
     peak_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     resident = _status_mib("VmRSS")
     reset = _reset_peak()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        engine.logits(pairs, max_length=tokens)
+        engine.logits(pairs, max_length=max_length)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    times.sort()
     median = statistics.median(times)
     versions = {"torch": torch.__version__}
     if engine_name == "hf":
@@ -71,17 +77,21 @@ def measure(
     return {
         "versions": versions,
         "engine": engine_name,
-        "pairs": n_pairs,
-        "tokens_per_pair": tokens,
+        "workload": workload,
+        "pairs": len(pairs),
+        "tokens": tokens,
         "device": device,
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "median_s": median,
-        "min_s": min(times),
-        "pairs_per_s": n_pairs / median,
+        "p99_s": times[math.ceil(0.99 * len(times)) - 1],  # nearest rank
+        "min_s": times[0],
+        "pairs_per_s": len(pairs) / median,
+        "tokens_per_s": tokens / median,
         "peak_rss_mib": max(peak_after_load, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "forward_peak_over_resident_mib": (_status_mib("VmHWM") - resident) if reset else None,
+        # Clamped: pages freed after the resident-set reading can leave the new peak below it.
+        "forward_peak_over_resident_mib": max(0.0, _status_mib("VmHWM") - resident) if reset else None,
     }
 
 
@@ -89,27 +99,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="turborank")
-    parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--workload", default="10x512")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    print(
-        json.dumps(
-            measure(
-                args.checkpoint,
-                args.engine,
-                args.pairs,
-                args.tokens,
-                args.repeats,
-                args.device,
-                args.dtype,
-                args.threads,
-            )
-        )
+    result = measure(
+        args.checkpoint, args.engine, args.workload, args.repeats, args.device, args.dtype, args.threads
     )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
