@@ -22,15 +22,15 @@ $py -m pip install --quiet --no-deps --no-build-isolation -e . > "$OUT/install.l
   || { echo "install failed"; tail -5 "$OUT/install.log"; }
 
 status=0
-timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_model.py \
+timeout 200 $py -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_model.py \
   tests/test_batch_invariance.py --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1 || status=1
 tail -15 "$OUT/gpu_tests.log"
 
-timeout 150 $py -m benchmarks.gpu_kernels --out "$OUT" $quick > "$OUT/gpu_kernels.log" 2>&1 || status=1
+timeout 100 $py -m benchmarks.gpu_kernels --out "$OUT" $quick > "$OUT/gpu_kernels.log" 2>&1 || status=1
 tail -30 "$OUT/gpu_kernels.log"
-timeout 150 $py -m benchmarks.gpu_model --out "$OUT" $quick > "$OUT/gpu_model.log" 2>&1 || status=1
+timeout 100 $py -m benchmarks.gpu_model --out "$OUT" $quick > "$OUT/gpu_model.log" 2>&1 || status=1
 tail -30 "$OUT/gpu_model.log"
 # The suite's GPU cases (turborank Triton vs its PyTorch path; the HF reference code is not on the image).
-timeout 120 $py -m benchmarks.run --device cuda --quick --out "$OUT" > "$OUT/suite.log" 2>&1 || status=1
+timeout 80 $py -m benchmarks.run --device cuda --quick --out "$OUT" > "$OUT/suite.log" 2>&1 || status=1
 tail -25 "$OUT/suite.log"
 exit $status
