@@ -1,6 +1,6 @@
 """pytest-benchmark regression guards for the CPU path (small synthetic checkpoint; seconds in CI).
 
-Figures from these runs are not targets; `benchmarks.compare_reference` produces the comparison
+Figures from these runs are not targets; `python -m benchmarks.run` produces the comparison
 figures. Run alone with `python -m pytest benchmarks/bench_cpu.py --benchmark-only`.
 """
 

@@ -75,6 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--truncation", default="longest_first", choices=["longest_first", "only_second"])
     rank.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    serve = sub.add_parser("serve", help="HTTP rerank server: Jina/Cohere /v1/rerank and TEI /rerank")
+    _add_model_options(serve, DEFAULT_MODEL)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--max-batch-tokens", type=int, default=16384, help="token budget of one forward")
+    serve.add_argument("--max-client-batch-size", type=int, default=32, help="documents per request")
+    serve.add_argument("--max-concurrent-requests", type=int, default=512, help="beyond it: 429")
+    serve.add_argument(
+        "--max-input-length", type=int, default=None, help="tokens per pair (default: model max)"
+    )
+    serve.add_argument("--auto-truncate", action="store_true", help="truncate long inputs instead of 422")
+    serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="beyond it: 413")
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
     verify = sub.add_parser("verify", help="compare scores with the checkpoint's own HF modeling code")
     _add_model_options(verify, None)
     verify.add_argument(
@@ -138,6 +154,37 @@ def _rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from turborank.serving.app import ServeSettings
+        from turborank.serving.server import serve
+    except ImportError as exc:
+        raise ImportError(
+            f"turborank serve needs the serve extra: pip install 'turborank[serve]' ({exc})"
+        ) from None
+    for name in (
+        "port",
+        "max_batch_tokens",
+        "max_client_batch_size",
+        "max_concurrent_requests",
+        "max_body_bytes",
+    ):
+        if getattr(args, name) < 1:
+            return _fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    reranker = _load(args)
+    settings = ServeSettings(
+        model_name=args.model,
+        max_batch_tokens=args.max_batch_tokens,
+        max_client_batch_size=args.max_client_batch_size,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_input_length=args.max_input_length or reranker.max_length,
+        auto_truncate=args.auto_truncate,
+        max_body_bytes=args.max_body_bytes,
+    )
+    serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from turborank.verify import read_pairs, verify_against_reference
 
@@ -167,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
         try:
-            return _rank(args) if args.command == "rank" else _verify(args)
+            return {"rank": _rank, "serve": _serve, "verify": _verify}[args.command](args)
         except USER_ERRORS as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_second")
+TRUNCATION_DIRECTIONS = ("right", "left")
 # HF writes int(1e30) when a tokenizer has no limit of its own.
 _NO_LIMIT = 10**9
 
@@ -30,11 +31,24 @@ class EncodedPairs:
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
-    truncated: int
+    was_truncated: list[bool]
 
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
+
+    @property
+    def truncated(self) -> int:
+        return sum(self.was_truncated)
+
+    def select(self, indices: list[int]) -> EncodedPairs:
+        """The pairs at ``indices``, in that order."""
+        types = self.token_type_ids
+        return EncodedPairs(
+            input_ids=[self.input_ids[i] for i in indices],
+            token_type_ids=None if types is None else [types[i] for i in indices],
+            was_truncated=[self.was_truncated[i] for i in indices],
+        )
 
 
 class PairTokenizer:
@@ -55,7 +69,7 @@ class PairTokenizer:
         self.model_max_length = model_max_length
         self.emits_token_type_ids = emits_token_type_ids
         self.source = source
-        self._configured: dict[tuple[int, str], Tokenizer] = {}
+        self._configured: dict[tuple[int, str, str], Tokenizer] = {}
         self._lock = threading.Lock()
         probe = self._tokenizer(model_max_length, "longest_first")
         self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
@@ -86,14 +100,14 @@ class PairTokenizer:
         tokenizer = _check_special_tokens(tokenizer, settings, path)
         return cls(tokenizer, model_max_length, _emits_token_type_ids(settings), source=str(path))
 
-    def _tokenizer(self, max_length: int, strategy: str) -> Tokenizer:
-        key = (max_length, strategy)
+    def _tokenizer(self, max_length: int, strategy: str, direction: str = "right") -> Tokenizer:
+        key = (max_length, strategy, direction)
         with self._lock:
             tok = self._configured.get(key)
             if tok is None:
                 tok = Tokenizer.from_str(self._base)
                 tok.no_padding()
-                tok.enable_truncation(max_length, strategy=strategy)
+                tok.enable_truncation(max_length, strategy=strategy, direction=direction)
                 self._configured[key] = tok
             return tok
 
@@ -114,21 +128,27 @@ class PairTokenizer:
         pairs: list[tuple[str, str]],
         max_length: int | None = None,
         truncation: str = "longest_first",
+        direction: str = "right",
+        warn: bool = True,
     ) -> EncodedPairs:
         """Tokenise pairs. Truncation "longest_first" (the HF reference default) trims the longer side
-        token by token; "only_second" keeps the query whole and cuts the document. A warning counts
-        every truncated pair."""
+        token by token; "only_second" keeps the query whole and cuts the document; ``direction``
+        "left" cuts from the start instead of the end. Unless ``warn`` is False, a warning counts
+        every truncated pair; ``EncodedPairs.was_truncated`` says which."""
         max_length = self.check_max_length(max_length)
         if truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
+        if direction not in TRUNCATION_DIRECTIONS:
+            raise ValueError(f"direction={direction!r}; expected one of {TRUNCATION_DIRECTIONS}")
         try:
-            encodings = self._tokenizer(max_length, truncation).encode_batch(pairs)
+            encodings = self._tokenizer(max_length, truncation, direction).encode_batch(pairs)
         except Exception as exc:  # tokenizers raises a bare Exception
             if truncation == "only_second":
                 self._raise_query_too_long(pairs, max_length)
             raise ValueError(f"tokenisation failed: {exc}") from None
-        truncated = sum(1 for enc in encodings if enc.overflowing)
-        if truncated:
+        was_truncated = [bool(enc.overflowing) for enc in encodings]
+        truncated = sum(was_truncated)
+        if truncated and warn:
             warnings.warn(
                 f"{truncated} of {len(pairs)} pairs were longer than max_length={max_length} tokens and "
                 f"were truncated ({truncation})",
@@ -138,7 +158,7 @@ class PairTokenizer:
         return EncodedPairs(
             input_ids=[enc.ids for enc in encodings],
             token_type_ids=[enc.type_ids for enc in encodings] if self.emits_token_type_ids else None,
-            truncated=truncated,
+            was_truncated=was_truncated,
         )
 
     def _raise_query_too_long(self, pairs: list[tuple[str, str]], max_length: int) -> None:

@@ -109,6 +109,8 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
         (["rank", "--model", "/nonexistent/dir", "--query", "q", "d"], 1, "no such checkpoint directory"),
         (["rank", "--query", "q", "--documents-file", "/nonexistent.txt"], 1, "txt: no such file"),
         (["verify"], 2, "the following arguments are required: --model"),
+        (["serve", "--port", "0"], 1, "--port must be >= 1"),
+        (["serve", "--max-batch-tokens", "-5"], 1, "--max-batch-tokens must be >= 1"),
     ],
 )
 def test_bad_arguments_one_line_no_traceback(capsys, args, code, message):

@@ -1,0 +1,1 @@
+"""HTTP serving: `turborank serve` (FastAPI + uvicorn, the `serve` extra)."""

@@ -1,0 +1,214 @@
+"""Dynamic batching: requests are packed into forwards by a token budget on one worker thread.
+
+The event loop tokenises (in a thread pool), submits a ticket and awaits its future; the worker
+thread owns the model. Batches are formed round-robin across queued requests, one pair each per
+round, and the requests served by a forward move to the back of the queue, so the next forward
+starts with one that was not: a small request waits for at most one forward of a huge one.
+A failure inside a forward (an exception, or a non-finite score) fails only the requests that had
+pairs in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from turborank.tokenization import EncodedPairs
+
+
+class BatchError(RuntimeError):
+    """A forward that held some of this request's pairs failed."""
+
+
+@dataclasses.dataclass(eq=False)
+class Ticket:
+    encoded: EncodedPairs
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    pending: collections.deque
+    logits: list[float | None]
+    enqueued_at: float
+    started_at: float | None = None
+    done: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return sum(1 for x in self.logits if x is None)
+
+
+def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class BatchScheduler:
+    """Owns the model on one thread; see the module docstring.
+
+    Args:
+        score: callable(EncodedPairs) -> fp32 logits tensor, in order (``Reranker.score_encoded``).
+        max_batch_tokens: token budget of one forward (a pair longer than it runs alone).
+        max_batch_pairs: cap on pairs per forward.
+        observe: optional callback(event, **values) for metrics.
+    """
+
+    def __init__(
+        self,
+        score: Callable[[EncodedPairs], torch.Tensor],
+        max_batch_tokens: int,
+        max_batch_pairs: int = 1024,
+        observe: Callable[..., None] | None = None,
+    ) -> None:
+        self._score = score
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_pairs = max_batch_pairs
+        self._observe = observe or (lambda event, **values: None)
+        self._cond = threading.Condition()
+        self._queue: list[Ticket] = []
+        self._in_flight = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="turborank-batcher", daemon=True)
+        self.last_success: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, encoded: EncodedPairs) -> Ticket:
+        """Queue tokenised pairs; call from the event loop. Await ``ticket.future`` for the logits."""
+        loop = asyncio.get_running_loop()
+        n = len(encoded.input_ids)
+        ticket = Ticket(
+            encoded, loop, loop.create_future(), collections.deque(range(n)), [None] * n, time.perf_counter()
+        )
+        if n == 0:
+            ticket.future.set_result([])
+            return ticket
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("scheduler is stopped")
+            self._queue.append(ticket)
+            self._cond.notify()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> int:
+        """Drop the ticket's pairs that have not started; returns how many were dropped."""
+        with self._cond:
+            dropped = len(ticket.pending)
+            ticket.pending.clear()
+            ticket.done = True
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+        ticket.loop.call_soon_threadsafe(ticket.future.cancel)
+        return dropped
+
+    @property
+    def queued_pairs(self) -> int:
+        with self._cond:
+            return sum(len(t.pending) for t in self._queue)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until nothing is queued or running; True when drained in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _form_batch(self) -> list[tuple[Ticket, int]]:
+        batch: list[tuple[Ticket, int]] = []
+        tokens = 0
+        active = [t for t in self._queue if t.pending]
+        while active and len(batch) < self.max_batch_pairs:
+            for ticket in list(active):
+                length = len(ticket.encoded.input_ids[ticket.pending[0]])
+                if batch and tokens + length > self.max_batch_tokens:
+                    active.remove(ticket)
+                    continue
+                batch.append((ticket, ticket.pending.popleft()))
+                tokens += length
+                if ticket.started_at is None:
+                    ticket.started_at = time.perf_counter()
+                    self._observe("queue", seconds=ticket.started_at - ticket.enqueued_at)
+                if not ticket.pending:
+                    active.remove(ticket)
+                    self._queue.remove(ticket)
+                if len(batch) >= self.max_batch_pairs:
+                    break
+        served = dict.fromkeys(ticket for ticket, _ in batch)
+        self._queue = [t for t in self._queue if t not in served] + [t for t in served if t in self._queue]
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = self._form_batch()
+                self._in_flight += 1
+            try:
+                self._forward(batch)
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    self._cond.notify_all()
+
+    def _forward(self, batch: list[tuple[Ticket, int]]) -> None:
+        tickets = list(dict.fromkeys(ticket for ticket, _ in batch))
+        parts = [ticket.encoded.select([i]) for ticket, i in batch]
+        encoded = EncodedPairs(
+            input_ids=[p.input_ids[0] for p in parts],
+            token_type_ids=None if parts[0].token_type_ids is None else [p.token_type_ids[0] for p in parts],
+            was_truncated=[p.was_truncated[0] for p in parts],
+        )
+        start = time.perf_counter()
+        try:
+            logits = self._score(encoded)
+            if not bool(torch.isfinite(logits).all()):
+                raise BatchError("the model produced a non-finite score")
+        except Exception as exc:
+            error = exc if isinstance(exc, BatchError) else BatchError(f"forward failed: {exc}")
+            self._observe("batch_failed", pairs=len(batch))
+            for ticket in tickets:
+                self._fail(ticket, error)
+            return
+        self.last_success = time.monotonic()
+        self._observe(
+            "batch", pairs=len(batch), tokens=sum(encoded.lengths), seconds=time.perf_counter() - start
+        )
+        values = logits.tolist()
+        for (ticket, index), value in zip(batch, values, strict=True):
+            ticket.logits[index] = value
+        for ticket in tickets:
+            if not ticket.done and ticket.remaining == 0:
+                ticket.done = True
+                ticket.loop.call_soon_threadsafe(_resolve, ticket.future, list(ticket.logits))
+
+    def _fail(self, ticket: Ticket, error: BaseException) -> None:
+        with self._cond:
+            ticket.pending.clear()
+            ticket.done = True
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+        ticket.loop.call_soon_threadsafe(_resolve, ticket.future, None, error)

@@ -1,0 +1,353 @@
+"""The HTTP server, driven over loopback: a real uvicorn on a free port (CPU, small checkpoint)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import sample_pairs
+from turborank import Reranker
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+import uvicorn  # noqa: E402
+
+from turborank.serving.app import ServeSettings, create_app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(reranker: Reranker, before_start=None, wait_for="/ready", **limits):
+    """uvicorn serving the app in a thread on a free port; yields (url, server state)."""
+    settings = ServeSettings(model_name="test-model", **limits)
+    app = create_app(reranker, settings)
+    if before_start is not None:
+        before_start(app.state.turborank)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + wait_for, timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.05)
+    try:
+        yield url, app.state.turborank
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def metric(url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def reranker(small_ckpt):
+    return Reranker.from_pretrained(small_ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(reranker):
+    with running_server(
+        reranker, max_client_batch_size=16, max_input_length=512, max_body_bytes=200_000
+    ) as s:
+        yield s
+
+
+def slowed(reranker: Reranker, seconds: float, poison: list[int] | None = None):
+    """The reranker's batch scorer, slowed down per forward, with NaN for a poison token sequence."""
+    real = reranker.score_encoded
+
+    def score(encoded, **kwargs):
+        time.sleep(seconds)
+        logits = real(encoded, **kwargs)
+        for i, ids in enumerate(encoded.input_ids):
+            if ids == poison:
+                logits[i] = float("nan")
+        return logits
+
+    return score
+
+
+# --- both API shapes give Reranker.rank's scores and order --------------------------------------------
+
+
+def test_v1_rerank_matches_api(server, reranker):
+    url, _ = server
+    docs = [d for _, d in sample_pairs(9, seed=41)]
+    want = reranker.rank("what is alibi", docs, return_documents=True)
+    body = httpx.post(
+        url + "/v1/rerank",
+        json={"query": "what is alibi", "documents": docs[:4] + [{"text": d} for d in docs[4:]]},
+    ).json()
+    assert [r["index"] for r in body["results"]] == [w["corpus_id"] for w in want]
+    for got, ref in zip(body["results"], want, strict=True):
+        assert got["relevance_score"] == pytest.approx(ref["score"], abs=1e-6)
+        assert got["document"]["text"] == ref["text"]
+    assert body["model"] == "test-model"
+    assert body["usage"]["total_tokens"] == sum(
+        reranker.tokenizer.encode_pairs([("what is alibi", d) for d in docs]).lengths
+    )
+    top = httpx.post(
+        url + "/v1/rerank",
+        json={"query": "what is alibi", "documents": docs, "top_n": 2, "return_documents": False},
+    ).json()
+    assert [r["index"] for r in top["results"]] == [w["corpus_id"] for w in want[:2]]
+    assert "document" not in top["results"][0]
+
+
+def test_tei_rerank_matches_api(server, reranker):
+    url, _ = server
+    docs = [d for _, d in sample_pairs(7, seed=42)]
+    want = reranker.rank("query words", docs)
+    body = httpx.post(
+        url + "/rerank", json={"query": "query words", "texts": docs, "return_text": True}
+    ).json()
+    assert [r["index"] for r in body] == [w["corpus_id"] for w in want]
+    assert [r["score"] for r in body] == pytest.approx([w["score"] for w in want], abs=1e-6)
+    assert body[0]["text"] == docs[body[0]["index"]]
+    raw = httpx.post(url + "/rerank", json={"query": "query words", "texts": docs, "raw_scores": True}).json()
+    logits = reranker.predict([("query words", d) for d in docs], activation=False)
+    assert sorted(r["score"] for r in raw) == pytest.approx(sorted(logits), abs=1e-5)
+
+
+def test_health_info_metrics(server):
+    url, _ = server
+    assert httpx.get(url + "/health").json() == {"status": "ok"}
+    info = httpx.get(url + "/info").json()
+    assert info["max_input_length"] == 512 and info["device"] == "cpu" and info["dtype"] == "float32"
+    text = httpx.get(url + "/metrics").text
+    for name in (
+        "turborank_requests_total",
+        "turborank_request_duration_seconds_bucket",
+        "turborank_batch_pairs_bucket",
+        "turborank_queue_duration_seconds_bucket",
+        "turborank_tokens_total",
+        "turborank_errors_total",
+    ):
+        assert name in text
+
+
+def test_concurrent_clients_get_their_own_results(server, reranker):
+    url, _ = server
+    queries = [f"query number {i} about topic {i * 7}" for i in range(12)]
+    docs = [d for _, d in sample_pairs(6, seed=43)]
+    want = {q: reranker.predict([(q, d) for d in docs]) for q in queries}
+
+    def call(query):
+        body = httpx.post(url + "/rerank", json={"query": query, "texts": docs}, timeout=60).json()
+        return query, {r["index"]: r["score"] for r in body}
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        for query, got in pool.map(call, queries):
+            assert [got[i] for i in range(len(docs))] == pytest.approx(want[query], abs=1e-6)
+    assert metric(url, "turborank_batch_pairs_count") >= 1
+
+
+# --- errors: JSON {error, error_type} with the right status ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path,body,status,error_type",
+    [
+        ("/v1/rerank", {"query": "", "documents": ["a"]}, 400, "empty"),
+        ("/v1/rerank", {"query": "q", "documents": []}, 400, "empty"),
+        ("/rerank", {"query": "   ", "texts": ["a"]}, 400, "empty"),
+        ("/rerank", {"query": "q", "texts": []}, 400, "empty"),
+        ("/rerank", b"{not json", 400, "validation"),
+        ("/v1/rerank", b"[1, 2]", 400, "validation"),
+        ("/rerank", {"query": "q", "texts": "a string"}, 422, "validation"),
+        ("/v1/rerank", {"query": "q", "documents": [3]}, 422, "validation"),
+        ("/rerank", {"query": "q", "texts": ["d"] * 17}, 422, "validation"),
+        ("/rerank", {"query": "q", "texts": ["word " * 1000]}, 422, "validation"),
+        ("/rerank", {"query": "q", "texts": ["x" * 300_000]}, 413, "payload_too_large"),
+    ],
+)
+def test_error_codes(server, path, body, status, error_type):
+    url, _ = server
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = httpx.post(url + path, **kwargs)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error_type"] == error_type and payload["error"]
+
+
+def test_too_long_input_is_truncated_on_request(server, reranker):
+    url, _ = server
+    long_doc = "word " * 1000
+    body = httpx.post(
+        url + "/rerank", json={"query": "q", "texts": [long_doc, "short"], "truncate": True}
+    ).json()
+    want = reranker.predict([("q", long_doc), ("q", "short")], max_length=512)
+    assert {r["index"]: r["score"] for r in body} == pytest.approx(dict(enumerate(want)), abs=1e-6)
+    assert metric(url, "turborank_truncated_pairs_total") >= 1
+    left = httpx.post(
+        url + "/rerank",
+        json={"query": "q", "texts": [long_doc + "end"], "truncate": True, "truncation_direction": "Left"},
+    )
+    assert left.status_code == 200
+
+
+def test_auto_truncate_server(reranker):
+    with running_server(reranker, max_input_length=64, auto_truncate=True) as (url, _):
+        response = httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["word " * 300]})
+        assert response.status_code == 200
+        assert response.json()["usage"]["total_tokens"] == 64
+
+
+def test_nan_fails_only_its_batch_and_server_keeps_serving(reranker, monkeypatch):
+    poison = reranker.tokenizer.encode_pairs([("q", "poison document")]).input_ids[0]
+    with running_server(reranker) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 0.0, poison))
+        bad = httpx.post(url + "/rerank", json={"query": "q", "texts": ["fine", "poison document"]})
+        assert bad.status_code == 500 and bad.json()["error_type"] == "backend"
+        assert "non-finite" in bad.json()["error"]
+        good = httpx.post(url + "/rerank", json={"query": "q", "texts": ["fine", "also fine"]})
+        assert good.status_code == 200 and len(good.json()) == 2
+        assert httpx.get(url + "/ready").status_code == 200
+        assert metric(url, "turborank_failed_batches_total") == 1
+
+
+def test_queue_full_gives_429_with_retry_after(reranker, monkeypatch):
+    with running_server(reranker, max_concurrent_requests=1) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 1.0))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.post, url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=30)
+            time.sleep(0.3)
+            rejected = httpx.post(url + "/rerank", json={"query": "q", "texts": ["b"]})
+            assert rejected.status_code == 429 and rejected.headers["retry-after"]
+            assert rejected.json()["error_type"] == "overloaded"
+            assert slow.result().status_code == 200
+
+
+def test_draining_gives_503(reranker):
+    with running_server(reranker) as (url, state):
+        state.draining = True
+        response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]})
+        assert response.status_code == 503 and response.json()["error_type"] == "unhealthy"
+        assert httpx.get(url + "/ready").status_code == 503
+        state.draining = False
+
+
+def test_not_ready_gives_503(reranker):
+    def broken(encoded, **kwargs):
+        raise RuntimeError("device lost")
+
+    def patch(state):
+        state.scheduler._score = broken
+
+    with running_server(reranker, before_start=patch, wait_for="/health") as (url, _):
+        ready = httpx.get(url + "/ready")
+        assert ready.status_code == 503 and ready.json()["error_type"] == "unhealthy"
+        response = httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["a"]})
+        assert response.status_code == 503 and "not ready" in response.json()["error"]
+
+
+def test_client_disconnect_drops_its_queued_work(reranker, monkeypatch):
+    with running_server(reranker, max_batch_tokens=64) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 0.3))
+        docs = [f"document number {i} with a few words" for i in range(16)]  # ~1 pair per forward
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/rerank", json={"query": "q", "texts": docs}, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while metric(url, "turborank_dropped_pairs_total") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(url, "turborank_dropped_pairs_total") > 0
+        assert state.scheduler.drain(timeout=10)
+        assert httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=30).status_code == 200
+
+
+def test_small_request_is_not_starved_by_a_huge_one(reranker, monkeypatch):
+    with running_server(reranker, max_batch_tokens=256, max_client_batch_size=64) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 0.05))
+        huge = [f"long document {i} " + "word " * 60 for i in range(64)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            big = pool.submit(httpx.post, url + "/rerank", json={"query": "q", "texts": huge}, timeout=120)
+            time.sleep(0.2)
+            start = time.monotonic()
+            small = httpx.post(url + "/rerank", json={"query": "q", "texts": ["tiny"]}, timeout=120)
+            small_seconds = time.monotonic() - start
+            assert small.status_code == 200
+            assert not big.done(), "the huge request should still be running when the small one returns"
+            assert big.result().status_code == 200
+        assert small_seconds < 2.0  # round-robin: one or two forwards, not the huge request's ~30
+
+
+# --- the real command: `turborank serve`, SIGTERM drains and exits 0 ---------------------------------
+
+
+def test_serve_command_drains_on_sigterm(small_ckpt):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "turborank.cli",
+            "serve",
+            "--model",
+            str(small_ckpt),
+            "--device",
+            "cpu",
+            "--port",
+            str(port),
+            "--max-batch-tokens",
+            "2048",
+            "--max-client-batch-size",
+            "64",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stdout.read() if proc.stdout else ""
+            )
+            time.sleep(0.1)
+        docs = [" ".join(["paragraph"] * 700) + f" {i}" for i in range(48)]  # ~5,600 tokens each
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            inflight = pool.submit(
+                httpx.post, url + "/rerank", json={"query": "q", "texts": docs}, timeout=120
+            )
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            response = inflight.result()
+        assert response.status_code == 200 and len(response.json()) == 48
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
