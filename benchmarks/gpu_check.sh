@@ -17,9 +17,14 @@ py=python3
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-# Offline install: the image has setuptools and every runtime dependency.
+# Offline install: the image has setuptools and every runtime dependency. The server's extra
+# (FastAPI, uvicorn) is not on the image: benchmarks/fetch_device_wheels.sh prepares it, carried.
 $py -m pip install --quiet --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
   || { echo "install failed"; tail -5 "$OUT/install.log"; }
+if [ -d .device-wheels ]; then
+  $py -m pip install --quiet --no-index --find-links .device-wheels fastapi uvicorn >> "$OUT/install.log" 2>&1 \
+    || echo "serve extra: install from .device-wheels failed"
+fi
 
 status=0
 timeout 200 $py -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_model.py \
@@ -33,4 +38,9 @@ tail -30 "$OUT/gpu_model.log"
 # The suite's GPU cases (turborank Triton vs its PyTorch path; the HF reference code is not on the image).
 timeout 80 $py -m benchmarks.run --device cuda --quick --out "$OUT" > "$OUT/suite.log" 2>&1 || status=1
 tail -25 "$OUT/suite.log"
+if $py -c "import fastapi, uvicorn" 2>/dev/null; then
+  timeout 60 $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 8 --soak 20 \
+    --out "$OUT" > "$OUT/load_test.log" 2>&1 || status=1
+  tail -12 "$OUT/load_test.log"
+fi
 exit $status

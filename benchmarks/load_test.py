@@ -96,7 +96,7 @@ async def _phase(url: str, rate: float, seconds: float, docs: int, seed: int) ->
     }
 
 
-def _start_server(checkpoint: Path, port: int, extra: list[str]) -> subprocess.Popen:
+def _start_server(checkpoint: Path, port: int, device: str, extra: list[str]) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -107,7 +107,7 @@ def _start_server(checkpoint: Path, port: int, extra: list[str]) -> subprocess.P
         "--port",
         str(port),
         "--device",
-        "cpu",
+        device,
         "--log-level",
         "warning",
         *extra,
@@ -140,6 +140,9 @@ def main() -> None:
         "--soak-rate", type=float, default=None, help="default: half the best throughput seen"
     )
     parser.add_argument("--docs", type=int, default=10)
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="for the started server"
+    )
     parser.add_argument("--server-args", default="", help="extra `turborank serve` arguments")
     parser.add_argument("--out", default="benchmarks/results/local")
     args = parser.parse_args()
@@ -149,7 +152,7 @@ def main() -> None:
     if url is None:
         port = _free_port()
         checkpoint = make_checkpoint(tempfile.mkdtemp(), args.preset)
-        proc = _start_server(checkpoint, port, args.server_args.split())
+        proc = _start_server(checkpoint, port, args.device, args.server_args.split())
         url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -192,7 +195,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=120)
             print(f"server exit code after SIGTERM: {code}")
-    origin = f"started here: synthetic {args.preset} checkpoint, CPU" if proc else "external"
+    origin = f"started here: synthetic {args.preset} checkpoint, {args.device}" if proc else "external"
     columns = [
         "phase",
         "offered_rps",
