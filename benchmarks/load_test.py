@@ -213,7 +213,7 @@ def main() -> None:
     ]
     write_report(
         args.out,
-        "load_test",
+        f"load_test_{args.device}_{args.preset}",
         rows,
         columns,
         notes=[

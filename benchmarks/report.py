@@ -53,6 +53,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    name = f"{name}_{info['date'][:10]}"  # results are kept per day, never overwritten by a later one
     (out / f"{name}.json").write_text(
         json.dumps({"machine": info, "rows": rows, "notes": notes or []}, indent=2)
     )

@@ -212,17 +212,24 @@ class Reranker:
             )
         lengths = encoded.lengths
         device = self.device
-        logits = torch.empty(len(lengths), dtype=torch.float32, device=device)
+        outputs, order = [], []
+        # No host sync between batches: the next batch is packed while the device runs this one;
+        # the logits come back in one copy at the end.
         for batch in plan_batches(lengths, batch_size, max_batch_tokens):
             input_ids, cu_seqlens, max_seqlen, type_ids = _pack(encoded, batch)
-            out = self.model(
-                input_ids.to(device, non_blocking=True),
-                cu_seqlens.to(device, non_blocking=True),
-                max_seqlen,
-                None if type_ids is None else type_ids.to(device, non_blocking=True),
+            outputs.append(
+                self.model(
+                    input_ids.to(device, non_blocking=True),
+                    cu_seqlens.to(device, non_blocking=True),
+                    max_seqlen,
+                    None if type_ids is None else type_ids.to(device, non_blocking=True),
+                )
             )
-            logits[torch.tensor(batch, device=device)] = out
-        return logits.cpu()
+            order += batch
+        logits = torch.empty(len(lengths), dtype=torch.float32)
+        if order:
+            logits[torch.tensor(order)] = torch.cat(outputs).cpu()
+        return logits
 
 
 def _pack(
