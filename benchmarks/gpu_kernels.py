@@ -125,59 +125,59 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
     return rows
 
 
-def elementwise_rows(tokens: int) -> list[dict]:
+def _memory_bound_rows(op: str, shape: str, engines: dict, want: torch.Tensor, nbytes: int) -> list[dict]:
     rows = []
+    for engine, fn in engines.items():
+        err = _check(f"{op} {engine}", fn(), want, 0.1)
+        ms = _bench(fn)
+        rows.append(
+            {
+                "op": op,
+                "shape": shape,
+                "engine": engine,
+                "ms": ms,
+                "GB/s": nbytes / ms / 1e6,
+                "% of HBM": 100 * nbytes / ms / 1e9 / H200_TBPS,
+                "max_err": err,
+            }
+        )
+    return rows
+
+
+def elementwise_rows(tokens: int) -> list[dict]:
     dtype = torch.bfloat16
     u = torch.randn(tokens, 3072, device="cuda", dtype=dtype)
     eager_glu = lambda u: F.gelu(u[:, :1536]) * u[:, 1536:]
     compiled_glu = torch.compile(eager_glu)
-    want = gelu_glu_ref(u)
-    glu_bytes = u.numel() * 2 + tokens * 1536 * 2
-    for engine, fn in (
-        ("turborank", lambda: gelu_glu(u)),
-        ("eager", lambda: eager_glu(u)),
-        ("torch.compile", lambda: compiled_glu(u)),
-    ):
-        err = _check(f"gelu_glu {engine}", fn(), want, 0.1)
-        ms = _bench(fn)
-        rows.append(
-            {
-                "op": "gelu_glu",
-                "shape": f"{tokens}x3072",
-                "engine": engine,
-                "ms": ms,
-                "GB/s": glu_bytes / ms / 1e6,
-                "% of HBM": 100 * glu_bytes / ms / 1e9 / H200_TBPS,
-                "max_err": err,
-            }
-        )
-
+    rows = _memory_bound_rows(
+        "gelu_glu",
+        f"{tokens}x3072",
+        {
+            "turborank": lambda: gelu_glu(u),
+            "eager": lambda: eager_glu(u),
+            "torch.compile": lambda: compiled_glu(u),
+        },
+        gelu_glu_ref(u),
+        u.numel() * 2 + tokens * 1536 * 2,
+    )
     x, r = (torch.randn(tokens, 384, device="cuda", dtype=dtype) for _ in range(2))
     w, b = torch.randn(384, device="cuda", dtype=dtype), torch.randn(384, device="cuda", dtype=dtype)
-    eager_ln = lambda x, r: F.layer_norm((x.float() + r.float()), (384,), w.float(), b.float(), 1e-12).to(
-        dtype
-    )
+
+    def eager_ln(x, r):
+        return F.layer_norm(x.float() + r.float(), (384,), w.float(), b.float(), 1e-12).to(dtype)
+
     compiled_ln = torch.compile(eager_ln)
-    want = add_layer_norm_ref(x, r, w, b, 1e-12)
-    ln_bytes = 3 * x.numel() * 2
-    for engine, fn in (
-        ("turborank", lambda: add_layer_norm(x, r, w, b, 1e-12)),
-        ("eager", lambda: eager_ln(x, r)),
-        ("torch.compile", lambda: compiled_ln(x, r)),
-    ):
-        err = _check(f"add_layer_norm {engine}", fn(), want, 0.1)
-        ms = _bench(fn)
-        rows.append(
-            {
-                "op": "add_layer_norm",
-                "shape": f"{tokens}x384",
-                "engine": engine,
-                "ms": ms,
-                "GB/s": ln_bytes / ms / 1e6,
-                "% of HBM": 100 * ln_bytes / ms / 1e9 / H200_TBPS,
-                "max_err": err,
-            }
-        )
+    rows += _memory_bound_rows(
+        "add_layer_norm",
+        f"{tokens}x384",
+        {
+            "turborank": lambda: add_layer_norm(x, r, w, b, 1e-12),
+            "eager": lambda: eager_ln(x, r),
+            "torch.compile": lambda: compiled_ln(x, r),
+        },
+        add_layer_norm_ref(x, r, w, b, 1e-12),
+        3 * x.numel() * 2,
+    )
     return rows
 
 
