@@ -91,6 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
 
+    ev = sub.add_parser("eval", help="rerank a first-stage run on a BEIR-format dataset and score it")
+    _add_model_options(ev, DEFAULT_MODEL)
+    ev.add_argument(
+        "--data", type=Path, required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/"
+    )
+    first = ev.add_mutually_exclusive_group(required=True)
+    first.add_argument("--run", type=Path, help="first-stage run (TREC format)")
+    first.add_argument("--bm25", action="store_true", help="build the first stage with BM25 (bm25s)")
+    ev.add_argument("--top-k", type=int, default=100, help="documents reranked per query")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--output", type=Path, default=Path("run.trec"), help="reranked run (TREC format)")
+    ev.add_argument("--batch-tokens", type=int, default=16384, help="token budget of one forward")
+    ev.add_argument("--max-length", type=int, default=None, help="tokens per pair (default: model max)")
+    ev.add_argument("--long-doc", choices=["truncate", "chunk"], default="truncate")
+    ev.add_argument("--chunk-overlap", type=int, default=128)
+    ev.add_argument("--chunk-aggregate", choices=["max", "mean"], default="max")
+    ev.add_argument("--shard", default=None, help="i/n: this process takes shard i (0-based) of n, by query")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    merge = sub.add_parser("merge-runs", help="merge shard runs; with --data, score the merged run")
+    merge.add_argument("runs", nargs="+", type=Path)
+    merge.add_argument("--output", type=Path, required=True)
+    merge.add_argument("--data", type=Path, default=None)
+    merge.add_argument("--split", default="test")
+
     verify = sub.add_parser("verify", help="compare scores with the checkpoint's own HF modeling code")
     _add_model_options(verify, None)
     verify.add_argument(
@@ -185,6 +210,134 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/n, for example 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < n (shards are numbered from 0)")
+    return index, count
+
+
+def _print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows))
+        return
+    names = list(next(iter(rows.values())))
+    print(f"{'':<12}" + "".join(f"{n:>12}" for n in names))
+    for label, values in rows.items():
+        print(
+            f"{label:<12}"
+            + "".join(f"{values[n]:>12.4f}" if n != "queries" else f"{values[n]:>12}" for n in names)
+        )
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import time
+
+    from turborank.beir import load_corpus, load_qrels, load_queries
+    from turborank.evaluation import RerankOptions, rerank_run, shard_queries
+    from turborank.ir_metrics import evaluate
+    from turborank.trec import read_run
+
+    shard = _parse_shard(args.shard)
+    options = RerankOptions(
+        top_k=args.top_k,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        long_doc=args.long_doc,
+        chunk_overlap=args.chunk_overlap,
+        chunk_aggregate=args.chunk_aggregate,
+    )
+    corpus, queries = load_corpus(args.data), load_queries(args.data)
+    qrels = load_qrels(args.data, args.split)
+    if args.run is not None:
+        first_stage = read_run(args.run)
+        unknown = sorted(set(first_stage) - set(queries))
+        if unknown:
+            raise ValueError(f"{args.run}: queries {unknown[:5]} are not in {args.data / 'queries.jsonl'}")
+    qids = shard_queries([q for q in qrels if q in queries], shard)
+    if args.bm25:
+        from turborank.first_stage import bm25_run
+
+        first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
+    qids = [q for q in qids if first_stage.get(q)]
+    if not qids:
+        return _fail("no query has both judgments and first-stage results")
+    reranker = _load(args)
+    total = sum(min(args.top_k, len(first_stage[q])) for q in qids)
+    progress = _progress_bar(total)
+    start = time.perf_counter()
+    interrupted = False
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as out:
+        try:
+            reranked, stats = rerank_run(
+                reranker, queries, corpus, first_stage, qids, options, out, on_progress=progress.update
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+    progress.close()
+    seconds = time.perf_counter() - start
+    if interrupted:
+        reranked, stats = read_run(args.output), None
+        print(
+            f"turborank: interrupted: {len(reranked)} of {len(qids)} queries are in {args.output} "
+            "(a valid partial run)",
+            file=sys.stderr,
+        )
+    rows = {
+        "first stage": evaluate(qrels, {q: first_stage[q] for q in (reranked if interrupted else qids)}),
+        "reranked": evaluate(qrels, reranked),
+    }
+    _print_metrics(rows, args.json)
+    if stats is not None:
+        cut = (
+            f"{stats.truncated} pairs truncated to the token limit"
+            if options.long_doc == "truncate"
+            else f"{stats.chunked} documents scored as {stats.windows} windows in all"
+        )
+        print(
+            f"turborank: reranked {stats.documents} documents for {stats.queries} queries in {seconds:.1f} s "
+            f"({stats.documents / max(seconds, 1e-9):.1f} docs/s); {cut}; run written to {args.output}",
+            file=sys.stderr,
+        )
+    return 130 if interrupted else 0
+
+
+def _progress_bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+
+        class _Silent:
+            def update(self, n: int) -> None: ...
+
+            def close(self) -> None: ...
+
+        return _Silent()
+    return tqdm(total=total, unit="doc", desc="reranking", file=sys.stderr, disable=None, smoothing=0.1)
+
+
+def _merge_runs(args: argparse.Namespace) -> int:
+    from turborank.trec import merge_runs
+
+    merged = merge_runs(args.runs, args.output)
+    print(
+        f"turborank: {len(merged)} queries from {len(args.runs)} runs written to {args.output}",
+        file=sys.stderr,
+    )
+    if args.data is not None:
+        from turborank.beir import load_qrels
+        from turborank.ir_metrics import evaluate
+
+        _print_metrics({"merged": evaluate(load_qrels(args.data, args.split), merged)}, as_json=False)
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from turborank.verify import read_pairs, verify_against_reference
 
@@ -214,7 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
         try:
-            return {"rank": _rank, "serve": _serve, "verify": _verify}[args.command](args)
+            commands = {
+                "rank": _rank,
+                "serve": _serve,
+                "verify": _verify,
+                "eval": _eval,
+                "merge-runs": _merge_runs,
+            }
+            return commands[args.command](args)
         except USER_ERRORS as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:

@@ -19,6 +19,8 @@ from turborank.weights import find_weights_file, load_weights
 logger = logging.getLogger("turborank")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LONG_DOC_MODES = ("truncate", "chunk")
+CHUNK_AGGREGATES = ("max", "mean")
 DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
 
 
@@ -131,22 +133,12 @@ class Reranker:
         return self.tokenizer.model_max_length
 
     def compute_score(
-        self,
-        pairs: Sequence[Sequence[str]] | Sequence[str],
-        batch_size: int = 32,
-        max_length: int | None = None,
-        truncation: str = "longest_first",
-        max_batch_tokens: int = 16384,
+        self, pairs: Sequence[Sequence[str]] | Sequence[str], **options: Any
     ) -> float | list[float]:
         """sigmoid(logit) per pair, like the reference ``compute_score``: a float when there is one
-        pair (given as (query, document) or as a one-element list), else a list in input order."""
-        scores = self.predict(
-            _as_pairs(pairs),
-            batch_size=batch_size,
-            max_length=max_length,
-            truncation=truncation,
-            max_batch_tokens=max_batch_tokens,
-        )
+        pair (given as (query, document) or as a one-element list), else a list in input order.
+        ``options`` are those of ``predict``."""
+        scores = self.predict(_as_pairs(pairs), **options)
         return scores[0] if len(scores) == 1 else scores
 
     def predict(
@@ -157,13 +149,39 @@ class Reranker:
         max_length: int | None = None,
         truncation: str = "longest_first",
         max_batch_tokens: int = 16384,
+        long_doc: str = "truncate",
+        chunk_overlap: int = 128,
+        chunk_aggregate: str = "max",
     ) -> list[float]:
-        """One score per pair in input order: sigmoid(logit), or the raw logit with activation=False."""
+        """One score per pair in input order: sigmoid(logit), or the raw logit with activation=False.
+
+        Args:
+            batch_size, max_batch_tokens: at most this many pairs / padded tokens per forward.
+            max_length: tokens per pair (default: the model maximum).
+            truncation: "longest_first" (the reference default) or "only_second" (query kept whole).
+            long_doc: "truncate" cuts pairs longer than ``max_length`` (counted in a
+                TruncationWarning); "chunk" scores such a document as overlapping windows of
+                ``max_length`` tokens, each with the whole query, sharing ``chunk_overlap`` tokens,
+                and aggregates the window logits with ``chunk_aggregate`` ("max" or "mean").
+        """
         pairs = _as_pairs(pairs)
+        if long_doc not in LONG_DOC_MODES:
+            raise ValueError(f"long_doc={long_doc!r}; expected one of {LONG_DOC_MODES}")
+        if chunk_aggregate not in CHUNK_AGGREGATES:
+            raise ValueError(f"chunk_aggregate={chunk_aggregate!r}; expected one of {CHUNK_AGGREGATES}")
         if not pairs:
             return []
-        encoded = self.tokenizer.encode_pairs(pairs, max_length=max_length, truncation=truncation)
-        logits = self.score_encoded(encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        if long_doc == "truncate":
+            encoded = self.tokenizer.encode_pairs(pairs, max_length=max_length, truncation=truncation)
+            logits = self.score_encoded(encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        else:
+            windows, owners = self.tokenizer.encode_chunked(
+                pairs, max_length=max_length, overlap=chunk_overlap
+            )
+            window_logits = self.score_encoded(
+                windows, batch_size=batch_size, max_batch_tokens=max_batch_tokens
+            )
+            logits = aggregate_windows(window_logits, owners, len(pairs), chunk_aggregate)
         scores = torch.sigmoid(logits) if activation else logits
         return scores.tolist()
 
@@ -173,26 +191,17 @@ class Reranker:
         documents: Sequence[str],
         top_k: int | None = None,
         return_documents: bool = False,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        truncation: str = "longest_first",
-        max_batch_tokens: int = 16384,
+        **options: Any,
     ) -> list[dict[str, Any]]:
         """Documents sorted best first: [{"corpus_id": index in ``documents``, "score": sigmoid
-        score[, "text": document]}], cut to ``top_k``. Ties keep input order."""
+        score[, "text": document]}], cut to ``top_k``. Ties keep input order. ``options`` are
+        those of ``predict`` (except ``activation``)."""
         if isinstance(documents, str) or not isinstance(documents, Sequence):
             raise ValueError("documents must be a list of strings")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-        pairs = [(query, doc) for doc in documents]
         _check_query(query)
-        scores = self.predict(
-            pairs,
-            batch_size=batch_size,
-            max_length=max_length,
-            truncation=truncation,
-            max_batch_tokens=max_batch_tokens,
-        )
+        scores = self.predict([(query, doc) for doc in documents], **options)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_k]
         results = []
         for i in order:
@@ -230,6 +239,15 @@ class Reranker:
         if order:
             logits[torch.tensor(order)] = torch.cat(outputs).cpu()
         return logits
+
+
+def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, how: str) -> torch.Tensor:
+    """Per-pair logits from per-window logits: the max, or the mean, over each pair's windows."""
+    index = torch.tensor(owners, dtype=torch.long)
+    if how == "max":
+        return torch.full((n,), float("-inf")).scatter_reduce(0, index, window_logits, reduce="amax")
+    sums = torch.zeros(n).index_add_(0, index, window_logits)
+    return sums / torch.bincount(index, minlength=n).float()
 
 
 def _pack(

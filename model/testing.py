@@ -212,17 +212,78 @@ def make_checkpoint(
     return directory
 
 
+def make_beir_dataset(
+    directory: str | Path,
+    n_queries: int = 12,
+    n_documents: int = 120,
+    long_documents: int = 4,
+    seed: int = 0,
+    split: str = "test",
+) -> Path:
+    """A BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) with planted answers.
+
+    Each query is a few topic words of its own; one to three documents per query repeat them among
+    random filler and are judged relevant (so BM25 finds them). ``long_documents`` documents are
+    3,000 to 20,000 words long; every other one of them is relevant to a query, its topic words
+    planted at a random depth.
+    """
+    directory = Path(directory)
+    (directory / "qrels").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    topics = [
+        [f"{random_text(rng, 1).strip('.').lower()}{rng.randrange(1000)}x" for _ in range(rng.randint(2, 4))]
+        for _ in range(n_queries)
+    ]
+    corpus, qrels = [], []
+
+    def filler(words: int) -> list[str]:
+        return random_text(rng, words).split(" ")
+
+    for q, words in enumerate(topics):
+        for _ in range(rng.randint(1, 3)):
+            body = filler(rng.randint(20, 120))
+            for word in words:
+                body.insert(rng.randrange(len(body) + 1), word)
+            corpus.append({"_id": f"d{len(corpus)}", "title": "", "text": " ".join(body)})
+            qrels.append((f"q{q}", corpus[-1]["_id"]))
+    for i in range(long_documents):
+        body = filler(rng.randint(3000, 20000))
+        if i % 2 == 0:
+            q = rng.randrange(n_queries)
+            at = rng.randrange(len(body))
+            body[at:at] = topics[q]
+            qrels.append((f"q{q}", f"d{len(corpus)}"))
+        corpus.append({"_id": f"d{len(corpus)}", "title": "Long document", "text": " ".join(body)})
+    while len(corpus) < n_documents:
+        corpus.append({"_id": f"d{len(corpus)}", "title": "", "text": " ".join(filler(rng.randint(20, 150)))})
+    rng.shuffle(corpus)
+    with open(directory / "corpus.jsonl", "w") as f:
+        f.writelines(json.dumps(doc) + "\n" for doc in corpus)
+    with open(directory / "queries.jsonl", "w") as f:
+        f.writelines(
+            json.dumps({"_id": f"q{q}", "text": " ".join(words)}) + "\n" for q, words in enumerate(topics)
+        )
+    with open(directory / "qrels" / f"{split}.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        f.writelines(f"{q}\t{d}\t1\n" for q, d in qrels)
+    return directory
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Write a synthetic JinaBERT reranker checkpoint (random weights)."
+        description="Write a synthetic JinaBERT reranker checkpoint (random weights), or a BEIR dataset."
     )
     parser.add_argument("directory")
+    parser.add_argument("--beir", action="store_true", help="write a synthetic BEIR dataset there instead")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--auto-map", choices=[*sorted(AUTO_MAPS), "none"], default="local")
     args = parser.parse_args()
+    if args.beir:
+        print(make_beir_dataset(args.directory, seed=args.seed))
+        return
     auto_map = None if args.auto_map == "none" else args.auto_map
     print(make_checkpoint(args.directory, args.preset, seed=args.seed, auto_map=auto_map))
 

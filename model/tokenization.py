@@ -69,7 +69,7 @@ class PairTokenizer:
         self.model_max_length = model_max_length
         self.emits_token_type_ids = emits_token_type_ids
         self.source = source
-        self._configured: dict[tuple[int, str, str], Tokenizer] = {}
+        self._configured: dict[tuple[int, str, str, int], Tokenizer] = {}
         self._lock = threading.Lock()
         probe = self._tokenizer(model_max_length, "longest_first")
         self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
@@ -100,14 +100,16 @@ class PairTokenizer:
         tokenizer = _check_special_tokens(tokenizer, settings, path)
         return cls(tokenizer, model_max_length, _emits_token_type_ids(settings), source=str(path))
 
-    def _tokenizer(self, max_length: int, strategy: str, direction: str = "right") -> Tokenizer:
-        key = (max_length, strategy, direction)
+    def _tokenizer(
+        self, max_length: int, strategy: str, direction: str = "right", stride: int = 0
+    ) -> Tokenizer:
+        key = (max_length, strategy, direction, stride)
         with self._lock:
             tok = self._configured.get(key)
             if tok is None:
                 tok = Tokenizer.from_str(self._base)
                 tok.no_padding()
-                tok.enable_truncation(max_length, strategy=strategy, direction=direction)
+                tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction=direction)
                 self._configured[key] = tok
             return tok
 
@@ -160,6 +162,41 @@ class PairTokenizer:
             token_type_ids=[enc.type_ids for enc in encodings] if self.emits_token_type_ids else None,
             was_truncated=was_truncated,
         )
+
+    def encode_chunked(
+        self, pairs: list[tuple[str, str]], max_length: int | None = None, overlap: int = 128
+    ) -> tuple[EncodedPairs, list[int]]:
+        """Every pair as one or more windows of at most ``max_length`` tokens: the query whole in
+        each, the document cut into consecutive pieces that share ``overlap`` tokens. Nothing is
+        lost. Returns the windows and, per window, the index of its pair."""
+        max_length = self.check_max_length(max_length)
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+            raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
+        # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
+        # overlap does not fit the document part of a window.
+        plain = self._tokenizer(self.model_max_length, "longest_first")
+        for query in dict.fromkeys(q for q, _ in pairs):
+            query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
+            room = max_length - self.num_special_tokens - query_tokens
+            if room < 1:
+                self._raise_query_too_long([(query, "")], max_length)
+            if overlap >= room:
+                raise ValueError(
+                    f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "
+                    f"max_length={max_length} leaves beside this query"
+                )
+        encodings = self._tokenizer(max_length, "only_second", "right", overlap).encode_batch(pairs)
+        windows, owners = [], []
+        for index, enc in enumerate(encodings):
+            for window in (enc, *enc.overflowing):
+                windows.append(window)
+                owners.append(index)
+        encoded = EncodedPairs(
+            input_ids=[w.ids for w in windows],
+            token_type_ids=[w.type_ids for w in windows] if self.emits_token_type_ids else None,
+            was_truncated=[False] * len(windows),
+        )
+        return encoded, owners
 
     def _raise_query_too_long(self, pairs: list[tuple[str, str]], max_length: int) -> None:
         # With only_second the tokenizer errors without saying which query is too long.

@@ -71,6 +71,12 @@ def test_rank_empty_documents(reranker):
         (lambda r: r.predict([("q", "d"), ("", "d")]), "pair 1: query is empty"),
         (lambda r: r.predict([("q", "d")], batch_size=0), "batch_size \\(0\\)"),
         (lambda r: r.predict([("q", "d")], max_length=10**6), "outside the model's range"),
+        (lambda r: r.predict([("q", "d")], long_doc="split"), "long_doc='split'"),
+        (lambda r: r.predict([("q", "d")], long_doc="chunk", chunk_aggregate="sum"), "chunk_aggregate='sum'"),
+        (
+            lambda r: r.predict([("q", "d")], long_doc="chunk", max_length=16, chunk_overlap=12),
+            "chunk overlap 12",
+        ),
     ],
 )
 def test_bad_input_is_rejected_clearly(reranker, call, message):

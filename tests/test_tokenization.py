@@ -1,3 +1,4 @@
+import itertools
 import json
 import shutil
 import warnings
@@ -127,3 +128,17 @@ def test_cls_token_mismatch_rejected(small_ckpt, tmp_path):
     (target / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="starts with id \\[0\\], not the '<mask>' token"):
         PairTokenizer.from_directory(target, 8192)
+
+
+def test_chunked_windows_cover_the_document_with_overlap(tok):
+    query, doc = "a query here", " ".join(f"w{i}" for i in range(80))
+    windows, owners = tok.encode_chunked([(query, doc), ("q2", "short")], max_length=40, overlap=8)
+    assert owners.count(1) == 1 and owners[-1] == 1
+    assert max(windows.lengths) == 40 and not any(windows.was_truncated)
+    prefix = len(tok.encode_pairs([(query, "")]).input_ids[0]) - 1  # <s> query </s></s>
+    pieces = [ids[prefix:-1] for ids, owner in zip(windows.input_ids, owners, strict=True) if owner == 0]
+    for left, right in itertools.pairwise(pieces):
+        assert left[-8:] == right[:8]
+    rebuilt = pieces[0] + [t for piece in pieces[1:] for t in piece[8:]]
+    whole = tok.encode_pairs([(query, doc)]).input_ids[0]
+    assert rebuilt == whole[prefix:-1]

@@ -1,0 +1,155 @@
+"""Reranking a first-stage run: large length-sorted batches across queries, tokenisation running
+ahead on its own thread, the run written query by query so an interrupted job leaves a valid file."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import queue
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+import torch
+
+from turborank.reranker import LONG_DOC_MODES, Reranker, aggregate_windows
+from turborank.trec import Run, write_query
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankOptions:
+    top_k: int = 100
+    max_length: int | None = None
+    batch_tokens: int = 16384
+    batch_size: int = 256
+    long_doc: str = "truncate"
+    chunk_overlap: int = 128
+    chunk_aggregate: str = "max"
+    pairs_per_group: int = 4096  # pairs tokenised and scored together, across queries
+
+    def __post_init__(self) -> None:
+        if self.long_doc not in LONG_DOC_MODES:
+            raise ValueError(f"long_doc={self.long_doc!r}; expected one of {LONG_DOC_MODES}")
+        for name in ("top_k", "batch_tokens", "batch_size", "pairs_per_group"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class RerankStats:
+    queries: int = 0
+    documents: int = 0
+    truncated: int = 0  # pairs cut to max_length (long_doc="truncate")
+    chunked: int = 0  # documents scored as several windows (long_doc="chunk")
+    windows: int = 0
+
+
+def shard_queries(qids: list[str], shard: tuple[int, int] | None) -> list[str]:
+    """Queries of shard i of n (0 <= i < n): every n-th query id in sorted order, starting at i."""
+    ordered = sorted(qids)
+    if shard is None:
+        return ordered
+    index, count = shard
+    return ordered[index::count]
+
+
+def _groups(qids: list[str], first_stage: Run, options: RerankOptions) -> list[list[str]]:
+    groups, current, pairs = [], [], 0
+    for qid in qids:
+        current.append(qid)
+        pairs += min(options.top_k, len(first_stage.get(qid, [])))
+        if pairs >= options.pairs_per_group:
+            groups.append(current)
+            current, pairs = [], 0
+    return groups + ([current] if current else [])
+
+
+def rerank_run(
+    reranker: Reranker,
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    first_stage: Run,
+    qids: list[str],
+    options: RerankOptions,
+    out: TextIO,
+    tag: str = "turborank",
+    on_progress: Callable[[int], None] = lambda documents: None,
+) -> tuple[Run, RerankStats]:
+    """Rerank the top ``options.top_k`` of ``first_stage`` for ``qids`` and write each query's
+    ranking to ``out`` as soon as it is scored (flushed per group of queries).
+
+    Raises ValueError when the run names a document missing from the corpus. On KeyboardInterrupt
+    the queries written so far form a valid run.
+    """
+    for qid in qids:
+        for docid, _ in first_stage.get(qid, [])[: options.top_k]:
+            if docid not in corpus:
+                raise ValueError(f"first-stage run: document {docid!r} of query {qid!r} is not in the corpus")
+    tokenizer = reranker.tokenizer
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for group in _groups(qids, first_stage, options):
+                if stop.is_set():
+                    return
+                candidates = {q: [d for d, _ in first_stage.get(q, [])[: options.top_k]] for q in group}
+                pairs = [(queries[q], corpus[d]) for q in group for d in candidates[q]]
+                if options.long_doc == "truncate":
+                    encoded = tokenizer.encode_pairs(pairs, options.max_length, warn=False)
+                    owners = None
+                else:
+                    encoded, owners = tokenizer.encode_chunked(
+                        pairs, options.max_length, options.chunk_overlap
+                    )
+                ready.put((group, candidates, encoded, owners))
+            ready.put(None)
+        except BaseException as exc:  # surfaces in the consumer
+            ready.put(exc)
+
+    producer = threading.Thread(target=produce, name="turborank-tokenize", daemon=True)
+    producer.start()
+    reranked: Run = {}
+    stats = RerankStats()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            group, candidates, encoded, owners = item
+            logits = reranker.score_encoded(
+                encoded, batch_size=options.batch_size, max_batch_tokens=options.batch_tokens
+            )
+            n_pairs = sum(len(c) for c in candidates.values())
+            if owners is None:
+                stats.truncated += encoded.truncated
+            else:
+                counts = torch.bincount(torch.tensor(owners), minlength=n_pairs)
+                stats.chunked += int((counts > 1).sum())
+                stats.windows += len(owners)
+                logits = aggregate_windows(logits, owners, n_pairs, options.chunk_aggregate)
+            scores = torch.sigmoid(logits).tolist()
+            offset = 0
+            # One write per group: an interrupt lands between groups, never inside a query.
+            lines = io.StringIO()
+            for qid in group:
+                docs = candidates[qid]
+                mine = scores[offset : offset + len(docs)]
+                offset += len(docs)
+                # Best first; ties keep the first stage's order.
+                order = sorted(range(len(docs)), key=lambda i: -mine[i])
+                reranked[qid] = [(docs[i], mine[i]) for i in order]
+                write_query(lines, qid, reranked[qid], tag)
+                stats.queries += 1
+                stats.documents += len(docs)
+            out.write(lines.getvalue())
+            out.flush()
+            on_progress(n_pairs)
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.1)
+    return reranked, stats

@@ -1,0 +1,29 @@
+"""A BM25 first stage (bm25s) for datasets that come without a run."""
+
+from __future__ import annotations
+
+import logging
+
+from turborank.trec import Run
+
+
+def bm25_run(corpus: dict[str, str], queries: dict[str, str], top_k: int) -> Run:
+    """Top ``top_k`` documents per query by BM25 (bm25s defaults, English stopwords)."""
+    try:
+        import bm25s
+    except ImportError:
+        raise ImportError("--bm25 needs the eval extra: pip install 'turborank[eval]'") from None
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs its index build at DEBUG
+    doc_ids = list(corpus)
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize([corpus[d] for d in doc_ids], stopwords="en", show_progress=False), show_progress=False
+    )
+    qids = list(queries)
+    k = min(top_k, len(doc_ids))
+    tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", show_progress=False)
+    indices, scores = retriever.retrieve(tokens, k=k, show_progress=False)
+    return {
+        qid: [(doc_ids[int(i)], float(s)) for i, s in zip(indices[row], scores[row], strict=True)]
+        for row, qid in enumerate(qids)
+    }

@@ -1,0 +1,309 @@
+"""`turborank eval` on a synthetic BEIR-format dataset, long documents, shards, interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import warnings
+
+import pytest
+
+from turborank import Reranker
+from turborank.beir import load_corpus, load_qrels, load_queries
+from turborank.cli import main
+from turborank.testing import make_beir_dataset, random_text
+from turborank.tokenization import TruncationWarning
+from turborank.trec import read_run
+
+ir_measures = pytest.importorskip("ir_measures")
+pytest.importorskip("bm25s")
+
+from turborank.ir_metrics import evaluate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_beir_dataset(
+        tmp_path_factory.mktemp("beir"), n_queries=10, n_documents=80, long_documents=4, seed=3
+    )
+
+
+@pytest.fixture(scope="module")
+def reranker(small_ckpt):
+    return Reranker.from_pretrained(small_ckpt, device="cpu")
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dataset_has_long_documents_and_planted_answers(dataset, reranker):
+    corpus, queries, qrels = load_corpus(dataset), load_queries(dataset), load_qrels(dataset)
+    lengths = reranker.tokenizer.encode_pairs(
+        [("q", d) for d in corpus.values()], max_length=8192, warn=False
+    )
+    assert sum(enc for enc in lengths.was_truncated) >= 3  # documents past 8,192 tokens
+    assert set(qrels) == set(queries)
+    for qid, judged in qrels.items():
+        words = queries[qid].split()
+        assert all(all(w in corpus[d] for w in words) for d in judged)
+
+
+def test_metrics_match_the_library_on_hand_built_runs():
+    qrels = {"q1": {"d1": 1, "d2": 1}, "q2": {"d3": 2}, "q3": {"d9": 1}}
+    run = {
+        "q1": [("d1", 3.0), ("x", 2.0), ("d2", 1.0)],  # relevant at ranks 1 and 3
+        "q2": [("x", 2.0), ("d3", 1.0)],  # relevant at rank 2
+        "q3": [(f"x{i}", 100.0 - i) for i in range(20)],  # nothing relevant retrieved
+    }
+    ours = evaluate(qrels, run)
+    direct = ir_measures.calc_aggregate(
+        [ir_measures.nDCG @ 10, ir_measures.RR @ 10, ir_measures.R @ 100, ir_measures.Success @ 10],
+        qrels,
+        {q: dict(docs) for q, docs in run.items()},
+    )
+    assert ours["NDCG@10"] == pytest.approx(direct[ir_measures.nDCG @ 10])
+    assert ours["MRR@10"] == pytest.approx(direct[ir_measures.RR @ 10])
+    assert ours["Recall@100"] == pytest.approx(direct[ir_measures.R @ 100])
+    assert ours["HitRate@10"] == pytest.approx(direct[ir_measures.Success @ 10])
+    # And by hand: NDCG@10 with gains 2^rel - 1 (pytrec_eval uses rel as the gain).
+    q1 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    q2 = (1 / math.log2(3)) / 1
+    assert ours["NDCG@10"] == pytest.approx((q1 + q2 + 0) / 3)
+    assert ours["MRR@10"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert ours["HitRate@10"] == pytest.approx(2 / 3)
+    assert ours["queries"] == 3
+
+
+def test_eval_bm25_end_to_end_matches_reranker_rank(dataset, reranker, small_ckpt, tmp_path, capsys):
+    output = tmp_path / "run.trec"
+    code, out, err = run_cli(
+        [
+            "eval",
+            "--model",
+            str(small_ckpt),
+            "--data",
+            str(dataset),
+            "--bm25",
+            "--top-k",
+            "8",
+            "--output",
+            str(output),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert set(metrics) == {"first stage", "reranked"}
+    assert metrics["first stage"]["queries"] == metrics["reranked"]["queries"] == 10
+    assert metrics["first stage"]["HitRate@10"] == 1.0  # BM25 finds the planted topic words
+    assert "docs/s" in err and "pairs truncated" in err
+    run = read_run(output)
+    corpus, queries = load_corpus(dataset), load_queries(dataset)
+    for qid, ranked in run.items():
+        docs = [d for d, _ in ranked]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            want = reranker.rank(queries[qid], [corpus[d] for d in docs])
+        assert [docs[w["corpus_id"]] for w in want] == docs
+        assert [s for _, s in ranked] == pytest.approx([w["score"] for w in want], abs=1e-6)
+
+
+def test_eval_with_a_first_stage_run_file(dataset, reranker, small_ckpt, tmp_path, capsys):
+    corpus_ids = sorted(load_corpus(dataset))
+    rng = random.Random(0)
+    first = tmp_path / "first.trec"
+    with open(first, "w") as f:
+        for qid in sorted(load_qrels(dataset)):
+            for rank, doc in enumerate(rng.sample(corpus_ids, 5), 1):
+                f.write(f"{qid} Q0 {doc} {rank} {10 - rank} bm25\n")
+    output = tmp_path / "reranked.trec"
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--model",
+            str(small_ckpt),
+            "--data",
+            str(dataset),
+            "--run",
+            str(first),
+            "--output",
+            str(output),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    reranked, first_stage = read_run(output), read_run(first)
+    assert set(reranked) == set(first_stage)
+    for qid in reranked:
+        assert sorted(d for d, _ in reranked[qid]) == sorted(d for d, _ in first_stage[qid])
+
+
+def test_shards_merge_to_the_unsharded_run(dataset, small_ckpt, tmp_path, capsys):
+    base = ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--bm25", "--top-k", "5"]
+    assert run_cli([*base, "--output", str(tmp_path / "all.trec")], capsys)[0] == 0
+    for i in range(3):
+        assert run_cli([*base, "--shard", f"{i}/3", "--output", str(tmp_path / f"s{i}.trec")], capsys)[0] == 0
+    code, out, _ = run_cli(
+        [
+            "merge-runs",
+            *(str(tmp_path / f"s{i}.trec") for i in range(3)),
+            "--output",
+            str(tmp_path / "merged.trec"),
+            "--data",
+            str(dataset),
+        ],
+        capsys,
+    )
+    assert code == 0 and "NDCG@10" in out
+    merged, whole = read_run(tmp_path / "merged.trec"), read_run(tmp_path / "all.trec")
+    assert merged.keys() == whole.keys()
+    for qid in whole:
+        assert [d for d, _ in merged[qid]] == [d for d, _ in whole[qid]]
+        assert [s for _, s in merged[qid]] == pytest.approx([s for _, s in whole[qid]], abs=1e-6)
+    code, _, err = run_cli(
+        [
+            "merge-runs",
+            str(tmp_path / "s0.trec"),
+            str(tmp_path / "s0.trec"),
+            "--output",
+            str(tmp_path / "bad.trec"),
+        ],
+        capsys,
+    )
+    assert code == 1 and "shards must not overlap" in err
+
+
+def test_interrupt_leaves_a_valid_partial_run(dataset, small_ckpt, tmp_path, capsys, monkeypatch):
+    import turborank.evaluation as evaluation
+
+    # Groups of two queries, so the interrupt lands after two complete groups.
+    monkeypatch.setattr(
+        evaluation,
+        "_groups",
+        lambda qids, first_stage, options: [qids[i : i + 2] for i in range(0, len(qids), 2)],
+    )
+    real = Reranker.score_encoded
+    calls = {"n": 0}
+
+    def interrupt_third_group(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Reranker, "score_encoded", interrupt_third_group)
+    output = tmp_path / "partial.trec"
+    code, out, err = run_cli(
+        [
+            "eval",
+            "--model",
+            str(small_ckpt),
+            "--data",
+            str(dataset),
+            "--bm25",
+            "--top-k",
+            "3",
+            "--output",
+            str(output),
+        ],
+        capsys,
+    )
+    assert code == 130 and "valid partial run" in err
+    run = read_run(output)  # parses: no half-written line
+    assert len(run) == 4 and all(len(docs) == 3 for docs in run.values())
+    assert "reranked" in out
+
+
+def test_chunking_finds_a_passage_beyond_8192_tokens_that_truncation_misses(reranker):
+    """The passage the model likes best among 300, buried after more than 8,192 tokens of the
+    passages it likes least: truncation never sees it; 80-token windows do."""
+    rng = random.Random(5)
+    query = "where is the planted passage"
+    passages = [random_text(rng, 20) for _ in range(300)]
+    logits = reranker.predict([(query, p) for p in passages], activation=False)
+    order = sorted(range(len(passages)), key=lambda i: -logits[i])
+    best, worst = passages[order[0]], [passages[i] for i in order[-60:]]
+    head = " ".join(rng.choice(worst) for _ in range(460))
+    long_doc = head + " " + best + " " + " ".join(rng.choice(worst) for _ in range(5))
+    prefix = reranker.tokenizer.encode_pairs([(query, head)], max_length=8192, warn=False)
+    assert prefix.was_truncated == [True]  # the passage starts after token 8,192
+    competitors = [passages[i] for i in order[100:105]]  # better than two thirds of the passages
+    docs = [long_doc, *competitors]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        truncated = reranker.rank(query, docs)
+    chunked = reranker.rank(query, docs, long_doc="chunk", max_length=80, chunk_overlap=40)
+    assert truncated[-1]["corpus_id"] == 0
+    assert chunked[0]["corpus_id"] == 0
+    mean = reranker.rank(
+        query, docs, long_doc="chunk", max_length=80, chunk_overlap=40, chunk_aggregate="mean"
+    )
+    assert [r["corpus_id"] for r in mean][-1] == 0  # averaging over ~300 windows drowns it again
+
+
+def test_eval_chunk_mode_reports_windows(dataset, small_ckpt, tmp_path, capsys):
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--model",
+            str(small_ckpt),
+            "--data",
+            str(dataset),
+            "--bm25",
+            "--top-k",
+            "4",
+            "--long-doc",
+            "chunk",
+            "--max-length",
+            "512",
+            "--output",
+            str(tmp_path / "c.trec"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "documents scored as" in err
+    assert read_run(tmp_path / "c.trec")
+
+
+@pytest.mark.parametrize(
+    "target,content,message",
+    [
+        ("corpus.jsonl", '{"_id": "d1", "text": "a"}\n{oops\n', "corpus.jsonl:2: invalid JSON"),
+        ("corpus.jsonl", '{"text": "no id"}\n', 'corpus.jsonl:1: expected an object with an "_id"'),
+        ("queries.jsonl", '{"_id": "q1", "text": 5}\n', "queries.jsonl:1: field 'text' must be a string"),
+        ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1 d1 1\n", "test.tsv:2: expected 3 tab-separated"),
+        ("qrels/test.tsv", "q1\td1\thigh\n", "test.tsv:1: score 'high' is not an integer"),
+    ],
+)
+def test_malformed_files_name_file_and_line(dataset, small_ckpt, tmp_path, capsys, target, content, message):
+    import shutil
+
+    data = shutil.copytree(dataset, tmp_path / "data")
+    (data / target).write_text(content)
+    code, _, err = run_cli(["eval", "--model", str(small_ckpt), "--data", str(data), "--bm25"], capsys)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q0 Q0 d1 1 2.0\n")
+    code, _, err = run_cli(
+        ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--run", str(bad)], capsys
+    )
+    assert code == 1 and "bad.trec:1: expected 6 fields" in err
+    missing = tmp_path / "missing.trec"
+    missing.write_text("q0 Q0 nosuchdoc 1 2.0 x\n")
+    code, _, err = run_cli(
+        ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--run", str(missing)], capsys
+    )
+    assert code == 1 and "'nosuchdoc' of query 'q0' is not in the corpus" in err
+    code, _, err = run_cli(
+        ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--bm25", "--shard", "3/3"], capsys
+    )
+    assert code == 1 and "0 <= i < n" in err
