@@ -22,8 +22,8 @@ cat "$OUT/machine.txt"
 $py -m pip install --quiet --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
   || { echo "install failed"; tail -5 "$OUT/install.log"; }
 if [ -d .device-wheels ]; then
-  $py -m pip install --quiet --no-index --find-links .device-wheels fastapi uvicorn >> "$OUT/install.log" 2>&1 \
-    || echo "serve extra: install from .device-wheels failed"
+  $py -m pip install --quiet --no-index --find-links .device-wheels fastapi uvicorn ir-measures bm25s \
+    >> "$OUT/install.log" 2>&1 || echo "serve/eval extras: install from .device-wheels failed"
 fi
 
 status=0
@@ -42,5 +42,12 @@ if $py -c "import fastapi, uvicorn" 2>/dev/null; then
   timeout 60 $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 8 --soak 20 \
     --out "$OUT" > "$OUT/load_test.log" 2>&1 || status=1
   tail -12 "$OUT/load_test.log"
+fi
+if $py -c "import ir_measures, bm25s" 2>/dev/null; then
+  $py -m turborank.testing "$OUT/ckpt" --preset turbo > /dev/null && $py -m turborank.testing "$OUT/beir" --beir > /dev/null
+  timeout 60 $py -m turborank.cli eval --model "$OUT/ckpt" --data "$OUT/beir" --bm25 --top-k 100 --device cuda \
+    --output "$OUT/beir/run.trec" > "$OUT/eval.log" 2>&1 || status=1
+  tail -5 "$OUT/eval.log"
+  rm -rf "$OUT/ckpt"
 fi
 exit $status
