@@ -34,6 +34,10 @@ def reranker(small_ckpt):
     return Reranker.from_pretrained(small_ckpt, device="cpu")
 
 
+def eval_args(checkpoint, data) -> list[str]:
+    return ["eval", "--model", str(checkpoint), "--data", str(data)]
+
+
 def run_cli(args, capsys):
     code = main(args)
     out, err = capsys.readouterr()
@@ -82,11 +86,7 @@ def test_eval_bm25_end_to_end_matches_reranker_rank(dataset, reranker, small_ckp
     output = tmp_path / "run.trec"
     code, out, err = run_cli(
         [
-            "eval",
-            "--model",
-            str(small_ckpt),
-            "--data",
-            str(dataset),
+            *eval_args(small_ckpt, dataset),
             "--bm25",
             "--top-k",
             "8",
@@ -124,11 +124,7 @@ def test_eval_with_a_first_stage_run_file(dataset, reranker, small_ckpt, tmp_pat
     output = tmp_path / "reranked.trec"
     code, _, err = run_cli(
         [
-            "eval",
-            "--model",
-            str(small_ckpt),
-            "--data",
-            str(dataset),
+            *eval_args(small_ckpt, dataset),
             "--run",
             str(first),
             "--output",
@@ -144,7 +140,7 @@ def test_eval_with_a_first_stage_run_file(dataset, reranker, small_ckpt, tmp_pat
 
 
 def test_shards_merge_to_the_unsharded_run(dataset, small_ckpt, tmp_path, capsys):
-    base = ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--bm25", "--top-k", "5"]
+    base = [*eval_args(small_ckpt, dataset), "--bm25", "--top-k", "5"]
     assert run_cli([*base, "--output", str(tmp_path / "all.trec")], capsys)[0] == 0
     for i in range(3):
         assert run_cli([*base, "--shard", f"{i}/3", "--output", str(tmp_path / f"s{i}.trec")], capsys)[0] == 0
@@ -200,11 +196,7 @@ def test_interrupt_leaves_a_valid_partial_run(dataset, small_ckpt, tmp_path, cap
     output = tmp_path / "partial.trec"
     code, out, err = run_cli(
         [
-            "eval",
-            "--model",
-            str(small_ckpt),
-            "--data",
-            str(dataset),
+            *eval_args(small_ckpt, dataset),
             "--bm25",
             "--top-k",
             "3",
@@ -249,11 +241,7 @@ def test_chunking_finds_a_passage_beyond_8192_tokens_that_truncation_misses(rera
 def test_eval_chunk_mode_reports_windows(dataset, small_ckpt, tmp_path, capsys):
     code, _, err = run_cli(
         [
-            "eval",
-            "--model",
-            str(small_ckpt),
-            "--data",
-            str(dataset),
+            *eval_args(small_ckpt, dataset),
             "--bm25",
             "--top-k",
             "4",
@@ -286,24 +274,18 @@ def test_malformed_files_name_file_and_line(dataset, small_ckpt, tmp_path, capsy
 
     data = shutil.copytree(dataset, tmp_path / "data")
     (data / target).write_text(content)
-    code, _, err = run_cli(["eval", "--model", str(small_ckpt), "--data", str(data), "--bm25"], capsys)
+    code, _, err = run_cli([*eval_args(small_ckpt, data), "--bm25"], capsys)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
     bad = tmp_path / "bad.trec"
     bad.write_text("q0 Q0 d1 1 2.0\n")
-    code, _, err = run_cli(
-        ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--run", str(bad)], capsys
-    )
+    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--run", str(bad)], capsys)
     assert code == 1 and "bad.trec:1: expected 6 fields" in err
     missing = tmp_path / "missing.trec"
     missing.write_text("q0 Q0 nosuchdoc 1 2.0 x\n")
-    code, _, err = run_cli(
-        ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--run", str(missing)], capsys
-    )
+    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--run", str(missing)], capsys)
     assert code == 1 and "'nosuchdoc' of query 'q0' is not in the corpus" in err
-    code, _, err = run_cli(
-        ["eval", "--model", str(small_ckpt), "--data", str(dataset), "--bm25", "--shard", "3/3"], capsys
-    )
+    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--shard", "3/3"], capsys)
     assert code == 1 and "0 <= i < n" in err
