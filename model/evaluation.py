@@ -12,7 +12,7 @@ from typing import TextIO
 
 import torch
 
-from turborank.reranker import LONG_DOC_MODES, Reranker, aggregate_windows
+from turborank.reranker import Reranker, check_long_doc_options
 from turborank.trec import Run, write_query
 
 
@@ -28,8 +28,7 @@ class RerankOptions:
     pairs_per_group: int = 4096  # pairs tokenised and scored together, across queries
 
     def __post_init__(self) -> None:
-        if self.long_doc not in LONG_DOC_MODES:
-            raise ValueError(f"long_doc={self.long_doc!r}; expected one of {LONG_DOC_MODES}")
+        check_long_doc_options(self.long_doc, self.chunk_aggregate)
         for name in ("top_k", "batch_tokens", "batch_size", "pairs_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -85,7 +84,6 @@ def rerank_run(
         for docid, _ in first_stage.get(qid, [])[: options.top_k]:
             if docid not in corpus:
                 raise ValueError(f"first-stage run: document {docid!r} of query {qid!r} is not in the corpus")
-    tokenizer = reranker.tokenizer
     ready: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -96,13 +94,13 @@ def rerank_run(
                     return
                 candidates = {q: [d for d, _ in first_stage.get(q, [])[: options.top_k]] for q in group}
                 pairs = [(queries[q], corpus[d]) for q in group for d in candidates[q]]
-                if options.long_doc == "truncate":
-                    encoded = tokenizer.encode_pairs(pairs, options.max_length, warn=False)
-                    owners = None
-                else:
-                    encoded, owners = tokenizer.encode_chunked(
-                        pairs, options.max_length, options.chunk_overlap
-                    )
+                encoded, owners = reranker.encode(
+                    pairs,
+                    options.max_length,
+                    long_doc=options.long_doc,
+                    chunk_overlap=options.chunk_overlap,
+                    warn=False,
+                )
                 ready.put((group, candidates, encoded, owners))
             ready.put(None)
         except BaseException as exc:  # surfaces in the consumer
@@ -117,17 +115,16 @@ def rerank_run(
             if isinstance(item, BaseException):
                 raise item
             group, candidates, encoded, owners = item
-            logits = reranker.score_encoded(
-                encoded, batch_size=options.batch_size, max_batch_tokens=options.batch_tokens
-            )
             n_pairs = sum(len(c) for c in candidates.values())
+            logits = reranker.pair_logits(
+                encoded, owners, n_pairs, options.chunk_aggregate, options.batch_size, options.batch_tokens
+            )
             if owners is None:
                 stats.truncated += encoded.truncated
             else:
                 counts = torch.bincount(torch.tensor(owners), minlength=n_pairs)
                 stats.chunked += int((counts > 1).sum())
                 stats.windows += len(owners)
-                logits = aggregate_windows(logits, owners, n_pairs, options.chunk_aggregate)
             scores = torch.sigmoid(logits).tolist()
             offset = 0
             # One write per group: an interrupt lands between groups, never inside a query.

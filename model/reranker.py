@@ -165,25 +165,42 @@ class Reranker:
                 and aggregates the window logits with ``chunk_aggregate`` ("max" or "mean").
         """
         pairs = _as_pairs(pairs)
-        if long_doc not in LONG_DOC_MODES:
-            raise ValueError(f"long_doc={long_doc!r}; expected one of {LONG_DOC_MODES}")
-        if chunk_aggregate not in CHUNK_AGGREGATES:
-            raise ValueError(f"chunk_aggregate={chunk_aggregate!r}; expected one of {CHUNK_AGGREGATES}")
+        check_long_doc_options(long_doc, chunk_aggregate)
         if not pairs:
             return []
-        if long_doc == "truncate":
-            encoded = self.tokenizer.encode_pairs(pairs, max_length=max_length, truncation=truncation)
-            logits = self.score_encoded(encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-        else:
-            windows, owners = self.tokenizer.encode_chunked(
-                pairs, max_length=max_length, overlap=chunk_overlap
-            )
-            window_logits = self.score_encoded(
-                windows, batch_size=batch_size, max_batch_tokens=max_batch_tokens
-            )
-            logits = aggregate_windows(window_logits, owners, len(pairs), chunk_aggregate)
+        encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
+        logits = self.pair_logits(encoded, owners, len(pairs), chunk_aggregate, batch_size, max_batch_tokens)
         scores = torch.sigmoid(logits) if activation else logits
         return scores.tolist()
+
+    def encode(
+        self,
+        pairs: list[tuple[str, str]],
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+        long_doc: str = "truncate",
+        chunk_overlap: int = 128,
+        warn: bool = True,
+    ) -> tuple[EncodedPairs, list[int] | None]:
+        """Token ids to score: one sequence per pair ("truncate"; owners None), or the windows of
+        every pair with, per window, the index of its pair ("chunk")."""
+        check_long_doc_options(long_doc, "max")
+        if long_doc == "truncate":
+            return self.tokenizer.encode_pairs(pairs, max_length, truncation, warn=warn), None
+        return self.tokenizer.encode_chunked(pairs, max_length, chunk_overlap)
+
+    def pair_logits(
+        self,
+        encoded: EncodedPairs,
+        owners: list[int] | None,
+        n_pairs: int,
+        chunk_aggregate: str = "max",
+        batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+    ) -> torch.Tensor:
+        """fp32 logits [n_pairs] on CPU for what ``encode`` returned; windows are aggregated per pair."""
+        logits = self.score_encoded(encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        return logits if owners is None else aggregate_windows(logits, owners, n_pairs, chunk_aggregate)
 
     def rank(
         self,
@@ -239,6 +256,13 @@ class Reranker:
         if order:
             logits[torch.tensor(order)] = torch.cat(outputs).cpu()
         return logits
+
+
+def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:
+    if long_doc not in LONG_DOC_MODES:
+        raise ValueError(f"long_doc={long_doc!r}; expected one of {LONG_DOC_MODES}")
+    if chunk_aggregate not in CHUNK_AGGREGATES:
+        raise ValueError(f"chunk_aggregate={chunk_aggregate!r}; expected one of {CHUNK_AGGREGATES}")
 
 
 def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, how: str) -> torch.Tensor:

@@ -41,13 +41,14 @@ class EncodedPairs:
     def truncated(self) -> int:
         return sum(self.was_truncated)
 
-    def select(self, indices: list[int]) -> EncodedPairs:
-        """The pairs at ``indices``, in that order."""
-        types = self.token_type_ids
-        return EncodedPairs(
-            input_ids=[self.input_ids[i] for i in indices],
-            token_type_ids=None if types is None else [types[i] for i in indices],
-            was_truncated=[self.was_truncated[i] for i in indices],
+    @classmethod
+    def gather(cls, picks: list[tuple[EncodedPairs, int]]) -> EncodedPairs:
+        """One EncodedPairs of the pair at each (source, index), in that order."""
+        with_types = bool(picks) and picks[0][0].token_type_ids is not None
+        return cls(
+            input_ids=[source.input_ids[i] for source, i in picks],
+            token_type_ids=[source.token_type_ids[i] for source, i in picks] if with_types else None,
+            was_truncated=[source.was_truncated[i] for source, i in picks],
         )
 
 

@@ -289,3 +289,14 @@ def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
     assert code == 1 and "'nosuchdoc' of query 'q0' is not in the corpus" in err
     code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--shard", "3/3"], capsys)
     assert code == 1 and "0 <= i < n" in err
+
+
+def test_rerank_options_are_validated():
+    from turborank.evaluation import RerankOptions
+
+    with pytest.raises(ValueError, match="chunk_aggregate='sum'"):
+        RerankOptions(chunk_aggregate="sum")
+    with pytest.raises(ValueError, match="long_doc='split'"):
+        RerankOptions(long_doc="split")
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        RerankOptions(top_k=0)

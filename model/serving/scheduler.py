@@ -176,12 +176,7 @@ class BatchScheduler:
 
     def _forward(self, batch: list[tuple[Ticket, int]]) -> None:
         tickets = list(dict.fromkeys(ticket for ticket, _ in batch))
-        parts = [ticket.encoded.select([i]) for ticket, i in batch]
-        encoded = EncodedPairs(
-            input_ids=[p.input_ids[0] for p in parts],
-            token_type_ids=None if parts[0].token_type_ids is None else [p.token_type_ids[0] for p in parts],
-            was_truncated=[p.was_truncated[0] for p in parts],
-        )
+        encoded = EncodedPairs.gather([(ticket.encoded, i) for ticket, i in batch])
         start = time.perf_counter()
         try:
             logits = self._score(encoded)
