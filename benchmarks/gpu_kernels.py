@@ -6,7 +6,8 @@ alibi_attention (bf16, 12 heads, d=32) vs SDPA with a materialised bf16 bias (bu
 the timing: the cost the HF reference pays per layer is the attention with that bias), vs
 FlexAttention with a symmetric ALiBi ``score_mod`` (torch.compile'd; a document mask for packed
 batches), and flash-attn's ``alibi_slopes`` when importable (flash-attn's ALiBi is |i - j| symmetric
-for non-causal attention). gelu_glu and add_layer_norm vs eager PyTorch and torch.compile.
+for non-causal attention). gelu_glu and add_layer_norm vs eager PyTorch and torch.compile; the fused
+GEGLU GEMM (gelu_glu_linear) vs cuBLAS followed by gelu_glu.
 Outputs are checked against the fp32 reference before anything is timed.
 """
 
@@ -26,6 +27,8 @@ from turborank.kernels import (
     alibi_attention_ref,
     alibi_slopes,
     gelu_glu,
+    gelu_glu_linear,
+    gelu_glu_linear_ref,
     gelu_glu_ref,
 )
 
@@ -181,6 +184,43 @@ def elementwise_rows(tokens: int) -> list[dict]:
     return rows
 
 
+def gelu_glu_linear_rows(tokens: int, hidden: int = 384, inner: int = 1536) -> list[dict]:
+    """The fused GEGLU GEMM against what the model runs by default (cuBLAS, then the gelu_glu
+    kernel), cuBLAS + eager PyTorch, and torch.compile of matmul + gate. The decision rule of the
+    issue: the fused kernel becomes the default only if it beats "cuBLAS + gelu_glu" here."""
+    dtype = torch.bfloat16
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(tokens, hidden, device="cuda", dtype=dtype, generator=gen)
+    weight = (torch.randn(2 * inner, hidden, device="cuda", generator=gen) * hidden**-0.5).to(dtype)
+    want = gelu_glu_linear_ref(x.float(), weight.float())
+    eager = lambda: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, weight))
+    compiled = torch.compile(lambda x, w: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, w)))
+    engines = {
+        "turborank fused": lambda: gelu_glu_linear(x, weight),
+        "cuBLAS + gelu_glu (default)": lambda: gelu_glu(F.linear(x, weight)),
+        "cuBLAS + eager": eager,
+        "torch.compile": lambda: compiled(x, weight),
+    }
+    flops = 2 * tokens * hidden * 2 * inner
+    rows = []
+    for engine, fn in engines.items():
+        err = _check(f"gelu_glu_linear {engine}", fn(), want, 5e-2)
+        ms = _bench(fn)
+        tflops = flops / ms / 1e9
+        rows.append(
+            {
+                "op": "gelu_glu_linear",
+                "shape": f"{tokens}x{hidden} @ {2 * inner}",
+                "engine": engine,
+                "ms": ms,
+                "TFLOP/s": tflops,
+                "% of bf16 peak": 100 * tflops / H200_BF16_TFLOPS,
+                "max_err": err,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/local")
@@ -195,8 +235,11 @@ def main() -> None:
     for lengths in shapes:
         rows += attention_rows(lengths)
     rows += elementwise_rows(8192)
+    rows += gelu_glu_linear_rows(8192)
     if not args.quick:
         rows += elementwise_rows(65536)
+        rows += gelu_glu_linear_rows(65536)
+        rows += gelu_glu_linear_rows(5120)  # 10 x 512
     columns = [
         "op",
         "shape",

@@ -17,6 +17,7 @@ from turborank.kernels.alibi_attention import (
 )
 from turborank.kernels.alibi_slopes import SLOPE_SCHEMES, alibi_slope_values, alibi_slopes, slopes_differ
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu, gelu_glu_ref
+from turborank.kernels.gelu_glu_linear import gelu_glu_linear, gelu_glu_linear_ref
 
 # Triton ships wheels for Linux only; elsewhere the ``*_ref`` functions run and the Triton ones raise.
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -36,6 +37,8 @@ __all__ = [
     "embedding_layer_norm",
     "embedding_layer_norm_ref",
     "gelu_glu",
+    "gelu_glu_linear",
+    "gelu_glu_linear_ref",
     "gelu_glu_ref",
     "slopes_differ",
 ]

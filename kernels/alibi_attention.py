@@ -144,6 +144,18 @@ def _launch_config(head_dim: int, max_seqlen_q: int) -> tuple[int, int, int, int
     return 128, 32, 8, 2
 
 
+def _check_launch_config(config: tuple[int, int, int, int]) -> None:
+    ok = len(config) == 4 and all(isinstance(c, int) and c > 0 for c in config)
+    if ok:
+        block_m, block_n, warps, _ = config
+        ok = all(b >= 16 and b & (b - 1) == 0 for b in (block_m, block_n)) and warps in (1, 2, 4, 8, 16)
+    if not ok:
+        raise ValueError(
+            "launch_config must be (BLOCK_M, BLOCK_N, num_warps, num_stages) with power-of-two blocks "
+            f">= 16 and num_warps in 1..16 (a power of two), got {config!r}"
+        )
+
+
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, dims: int) -> None:
     if triton is None:
         raise RuntimeError("triton is not installed; use the PyTorch path (backend='torch')")
@@ -170,12 +182,30 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.
 
 
 def _launch(
-    q, k, v, out, slopes, cu_q, cu_k, seqlens_k, batch, len_q, max_seqlen_q, softmax_scale, strides, varlen
+    q,
+    k,
+    v,
+    out,
+    slopes,
+    cu_q,
+    cu_k,
+    seqlens_k,
+    batch,
+    len_q,
+    max_seqlen_q,
+    softmax_scale,
+    strides,
+    varlen,
+    launch_config,
 ):
     head_dim = q.shape[-1]
     heads = q.shape[-2]
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
-    block_m, block_n, warps, stages = _launch_config(head_dim, max_seqlen_q)
+    if launch_config is None:
+        launch_config = _launch_config(head_dim, max_seqlen_q)
+    else:
+        _check_launch_config(launch_config)
+    block_m, block_n, warps, stages = launch_config
     grid = (triton.cdiv(max_seqlen_q, block_m), batch, heads)
     _alibi_attention_kernel[grid](
         q,
@@ -211,6 +241,8 @@ def alibi_attention(
     max_seqlen_k: int,
     slopes: torch.Tensor,
     softmax_scale: float | None = None,
+    *,
+    launch_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Triton flash attention over packed sequences with a symmetric ALiBi bias; see ``alibi_attention_ref``.
 
@@ -221,6 +253,8 @@ def alibi_attention(
         max_seqlen_q: Python int, sizes the grid. max_seqlen_k is accepted for API symmetry with
             flash-attention; the key loop reads each length from cu_seqlens_k.
         slopes: fp32 [heads].
+        launch_config: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the built-in choice;
+            for tuning (benchmarks/tune_attention.py). BLOCK_M and BLOCK_N must be powers of two >= 16.
     Returns:
         [total_q, heads, d] in q's dtype. Never materialises a score or bias matrix: each [BLOCK_M,
         BLOCK_N] tile's bias is computed in registers, softmax is online in fp32 with exp2.
@@ -266,6 +300,7 @@ def alibi_attention(
         softmax_scale,
         strides,
         varlen=True,
+        launch_config=launch_config,
     )
 
 
@@ -276,6 +311,8 @@ def alibi_attention_padded(
     key_lengths: torch.Tensor,
     slopes: torch.Tensor,
     softmax_scale: float | None = None,
+    *,
+    launch_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Triton, padded layout: q, k, v [batch, L, heads, d]; ``key_lengths`` int32 [batch].
 
@@ -309,6 +346,7 @@ def alibi_attention_padded(
         softmax_scale,
         strides,
         varlen=False,
+        launch_config=launch_config,
     )
 
 

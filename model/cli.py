@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    serve.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay CUDA graphs for small batches (< 128 pairs, <= 4096 tokens; each shape bucket is "
+        "captured on first use); needs CUDA and the Triton backend",
+    )
 
     ev = sub.add_parser("eval", help="rerank a first-stage run on a BEIR-format dataset and score it")
     _add_model_options(ev, DEFAULT_MODEL)
@@ -147,7 +153,12 @@ def _load(args: argparse.Namespace):
     from turborank.reranker import Reranker
 
     return Reranker.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, slopes=args.slopes, backend=args.backend
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        slopes=args.slopes,
+        backend=args.backend,
+        cuda_graphs=getattr(args, "cuda_graphs", False),
     )
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from turborank.config import JinaBertConfig
 from turborank.kernels.alibi_slopes import alibi_slopes
+from turborank.kernels.gelu_glu_linear import gelu_glu_linear
 from turborank.ops import Ops
 
 
@@ -66,6 +67,18 @@ class JinaBertReranker(nn.Module):
         )
         # Exact for CLS pooling; switchable so benchmarks can measure what it saves.
         self.last_layer_token0_only = True
+        self.fused_gelu_glu_gemm = False
+
+    def use_fused_gelu_glu_gemm(self, enabled: bool = True) -> None:
+        """Run the MLP up-projection and its gate as one Triton GEMM (``gelu_glu_linear``) instead
+        of the matmul followed by the ``gelu_glu`` op. Off by default: it is kept only where a GPU
+        benchmark shows it faster (benchmarks.gpu_kernels). Needs the Triton ``gelu_glu`` op."""
+        if enabled and self.ops.backends["gelu_glu"] != "triton":
+            raise ValueError(
+                "the fused GEGLU GEMM is a Triton kernel; the gelu_glu op here is "
+                f"{self.ops.backends['gelu_glu']!r} (load with backend='triton' or on CUDA)"
+            )
+        self.fused_gelu_glu_gemm = enabled
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,7 +161,10 @@ class JinaBertReranker(nn.Module):
             layer.ln1_bias,
             cfg.layer_norm_eps,
         )
-        gated = ops.gelu_glu(F.linear(x, layer.gated_weight), cfg.glu_activation)
+        if self.fused_gelu_glu_gemm:
+            gated = gelu_glu_linear(x, layer.gated_weight, cfg.glu_activation)
+        else:
+            gated = ops.gelu_glu(F.linear(x, layer.gated_weight), cfg.glu_activation)
         return ops.add_layer_norm(
             F.linear(gated, layer.wo_weight, layer.wo_bias),
             x,

@@ -175,3 +175,10 @@ def test_console_script_installed(small_ckpt):
         [exe, "rank", "--model", "/no/such", "--query", "q", "d"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 1 and proc.stderr.startswith("turborank: error:")
+
+
+def test_serve_cuda_graphs_on_cpu_is_a_clear_error(small_ckpt, capsys):
+    pytest.importorskip("fastapi")
+    code, _, err = run(["serve", "--model", str(small_ckpt), "--device", "cpu", "--cuda-graphs"], capsys)
+    assert code == 1 and "CUDA graphs need the model on a CUDA device" in err
+    assert err.count("\n") == 1

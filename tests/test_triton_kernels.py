@@ -263,3 +263,18 @@ def test_layer_norm_rejects_bad_shapes():
     x = torch.randn(4, 64, device=DEVICE)
     with pytest.raises(ValueError, match="x must be \\[rows, 32\\]"):
         add_layer_norm(x, None, torch.ones(32, device=DEVICE), torch.zeros(32, device=DEVICE), 1e-12)
+
+
+def test_attention_launch_config_override():
+    """The tuner's candidate tiles give the same attention; malformed ones are refused."""
+    lengths = [37, 5, 64]
+    q, k, v = _qkv(sum(lengths), 2, 32, torch.float32, seed=4)
+    slopes = alibi_slopes(2, device=DEVICE)
+    cu = _cu(lengths)
+    want = alibi_attention_ref(q, k, v, cu, cu, 64, 64, slopes)
+    for config in ((16, 32, 1, 1), (32, 16, 2, 2)):
+        got = alibi_attention(q, k, v, cu, cu, 64, 64, slopes, launch_config=config)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for bad in ((24, 16, 4, 2), (16, 8, 4, 2), (16, 16, 3, 2), (16, 16, 4)):
+        with pytest.raises(ValueError, match="launch_config must be"):
+            alibi_attention(q, k, v, cu, cu, 64, 64, slopes, launch_config=bad)

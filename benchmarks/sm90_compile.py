@@ -1,0 +1,344 @@
+"""Compile every Triton kernel for an H100/H200 (sm_90) on a machine without a GPU, at the launch
+configurations our launchers really choose, and report what ptxas made of each: registers per
+thread, spilled bytes (local memory), shared memory, and whether Hopper's wgmma was used.
+
+Why: a GPU session is short and rare; a kernel that does not compile for sm_90, spills, or asks for
+more shared memory than an SM has should be caught here, not there. The launchers are run for real
+on CPU tensors with each kernel swapped for a recorder, so the configurations compiled are exactly
+the ones the code picks for those shapes. Triton's own ptxas and cuobjdump (shipped in its wheel)
+do the work; no CUDA driver is needed.
+
+    python -m benchmarks.sm90_compile [--out DIR] [--quick]
+
+Must run without TRITON_INTERPRET=1 (the interpreter replaces the kernels with Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import torch
+
+KERNEL_MODULES = ("alibi_attention", "gelu_glu", "gelu_glu_linear", "add_layer_norm")
+# Hopper: 227 KiB of shared memory per block at most (opt-in), 255 registers per thread.
+SHARED_LIMIT = 227 * 1024
+TRITON_TYPES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
+
+
+@dataclasses.dataclass
+class Launch:
+    kernel: str
+    problem: str
+    fn: object
+    args: tuple
+    kwargs: dict
+
+
+@dataclasses.dataclass
+class Compiled:
+    kernel: str
+    problems: list[str]
+    config: str
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    wgmma: bool
+
+
+class _Recorder:
+    """Stands in for a JITFunction: ``kernel[grid](*args, **kwargs)`` records instead of running."""
+
+    def __init__(self, fn, name: str, sink: list[Launch], problem: list[str]) -> None:
+        self.fn, self.name, self.sink, self.problem = fn, name, sink, problem
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.sink.append(Launch(self.name, self.problem[0], self.fn, args, kwargs))
+
+        return record
+
+
+@contextmanager
+def recording() -> Iterator[tuple[list[Launch], list[str]]]:
+    """Swap every kernel of turborank.kernels for a recorder while the block runs."""
+    from triton.runtime.jit import JITFunction
+
+    launches: list[Launch] = []
+    problem = [""]
+    swapped = []
+    for module_name in KERNEL_MODULES:
+        module = importlib.import_module(f"turborank.kernels.{module_name}")
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                swapped.append((module, attr, value))
+                setattr(module, attr, _Recorder(value, attr.strip("_"), launches, problem))
+    try:
+        yield launches, problem
+    finally:
+        for module, attr, value in swapped:
+            setattr(module, attr, value)
+
+
+def problems(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
+    """(name, call) for the shapes the rerankers run: the calls go through the public functions."""
+    from turborank.kernels import (
+        add_layer_norm,
+        alibi_attention,
+        alibi_attention_padded,
+        embedding_layer_norm,
+        gelu_glu,
+        gelu_glu_linear,
+    )
+
+    dtypes = (torch.bfloat16, torch.float32) if quick else (torch.bfloat16, torch.float16, torch.float32)
+    dims = (32, 64) if quick else (32, 64, 128)
+    for dtype in dtypes:
+        tag = TRITON_TYPES[dtype]
+        for d in dims:
+            heads = 384 // d if d < 128 else 8
+            slopes = torch.ones(heads)
+            for length in (1, 16, 512, 8192):
+                lengths = [length] if length > 16 else [length] * 8
+                q, k, v = torch.zeros(sum(lengths), 3, heads, d, dtype=dtype).unbind(1)
+                cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+                m = max(lengths)
+                yield (
+                    f"alibi_attention {tag} d={d} L={length}",
+                    partial(alibi_attention, q, k, v, cu, cu, m, m, slopes),
+                )
+            # The token-0 queries of the last layer: one query row per sequence.
+            kv = torch.zeros(512, heads, d, dtype=dtype)
+            yield (
+                f"alibi_attention {tag} d={d} token-0 queries",
+                partial(alibi_attention, kv[:1], kv, kv, _cu([1]), _cu([512]), 1, 512, slopes),
+            )
+        if not quick:
+            qp = torch.zeros(2, 128, 12, 32, dtype=dtype)
+            key_lengths = torch.tensor([128, 7], dtype=torch.int32)
+            yield (
+                f"alibi_attention_padded {tag} d=32",
+                partial(alibi_attention_padded, qp, qp, qp, key_lengths, torch.ones(12)),
+            )
+        for inner in (384, 1536, 3072):
+            u = torch.zeros(4, 2 * inner, dtype=dtype)
+            yield f"gelu_glu {tag} I={inner}", partial(gelu_glu, u, "gelu")
+        x, w = torch.zeros(64, 384, dtype=dtype), torch.zeros(2 * 1536, 384, dtype=dtype)
+        yield f"gelu_glu_linear {tag} K=384 I=1536", partial(gelu_glu_linear, x, w, "gelu")
+        for hidden in (192, 384, 768, 1024):
+            x = torch.zeros(4, hidden, dtype=dtype)
+            w = torch.ones(hidden, dtype=dtype)
+            yield f"add_layer_norm {tag} H={hidden}", partial(add_layer_norm, x, x, w, w, 1e-12)
+        ids = torch.zeros(4, dtype=torch.long)
+        table, types = torch.zeros(64, 384, dtype=dtype), torch.zeros(2, 384, dtype=dtype)
+        w = torch.ones(384, dtype=dtype)
+        yield (
+            f"embedding_layer_norm {tag} H=384",
+            partial(embedding_layer_norm, ids, ids, table, types, w, w, 1e-12),
+        )
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def candidate_problems() -> Iterator[tuple[str, Callable[[], object]]]:
+    """benchmarks.tune_attention's candidate tiles, bf16, d=32 and 64, long and token-0 queries."""
+    from benchmarks.tune_attention import CANDIDATES, TOKEN0_CANDIDATES
+    from turborank.kernels import alibi_attention
+
+    for d in (32, 64):
+        heads = 384 // d
+        q = torch.zeros(1024, heads, d, dtype=torch.bfloat16)
+        slopes = torch.ones(heads)
+        for config in CANDIDATES:
+            yield (
+                f"d={d} L=1024 {config}",
+                partial(
+                    alibi_attention,
+                    q,
+                    q,
+                    q,
+                    _cu([1024]),
+                    _cu([1024]),
+                    1024,
+                    1024,
+                    slopes,
+                    launch_config=config,
+                ),
+            )
+        for config in TOKEN0_CANDIDATES:
+            yield (
+                f"d={d} token-0 {config}",
+                partial(
+                    alibi_attention, q[:1], q, q, _cu([1]), _cu([1024]), 1, 1024, slopes, launch_config=config
+                ),
+            )
+
+
+def _signature(launch: Launch) -> tuple[dict, dict, dict, dict]:
+    """Triton's (signature, constexprs, attrs, options) for a recorded launch, as its JIT would build."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    fn = launch.fn
+    names = fn.arg_names
+    values = dict(zip(names, launch.args, strict=False))  # the rest come as keywords
+    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    values.update({k: v for k, v in launch.kwargs.items() if k not in options})
+    constexpr_names = {names[i] for i in fn.constexprs}
+    no_specialize = {names[i] if isinstance(i, int) else i for i in fn.do_not_specialize}
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(names):
+        value = values[name]
+        if name in constexpr_names or value is None:
+            signature[name] = "constexpr"
+            constexprs[name] = value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + TRITON_TYPES[value.dtype]
+            # Our allocations are 16-byte aligned, as CUDA's caching allocator guarantees.
+            attrs[(index,)] = CUDABackend.parse_attr("D")
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if name not in no_specialize and value % 16 == 0 and value != 0:
+                attrs[(index,)] = CUDABackend.parse_attr("D")
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"{launch.kernel}: argument {name} has unsupported type {type(value).__name__}")
+    return signature, constexprs, attrs, options
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def compile_launch(launch: Launch, arch: int = 90) -> tuple[str, dict]:
+    """Compile for sm_``arch``; returns (config text, resource usage)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs, options = _signature(launch)
+    source = ASTSource(launch.fn, signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        dump = subprocess.run(
+            [_tool("cuobjdump"), "--dump-resource-usage", cubin.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    usage = dict(re.findall(r"\b(REG|LOCAL):(\d+)", dump))
+    shown = {k: v for k, v in constexprs.items() if v is not None}
+    config = " ".join(f"{k}={v}" for k, v in {**shown, **options}.items())
+    return config, {
+        "registers": int(usage["REG"]),
+        "spill_bytes": int(usage["LOCAL"]),
+        "shared_bytes": int(kernel.metadata.shared),
+        "wgmma": "versionMajor = 3" in kernel.asm["ttgir"],
+    }
+
+
+def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("sm90_compile must run without TRITON_INTERPRET=1")
+    with recording() as (launches, problem):
+        for name, call in candidate_problems() if candidates else problems(quick):
+            problem[0] = name
+            call()
+    results: dict[tuple, Compiled] = {}
+    for launch in launches:
+        signature, constexprs, _, options = _signature(launch)
+        key = (
+            launch.kernel,
+            repr(sorted(signature.items())),
+            repr(sorted(constexprs.items())),
+            repr(options),
+        )
+        if key in results:
+            results[key].problems.append(launch.problem)
+            continue
+        config, usage = compile_launch(launch)
+        results[key] = Compiled(launch.kernel, [launch.problem], config, **usage)
+    return list(results.values())
+
+
+def _markdown(rows: list[Compiled], versions: str) -> str:
+    lines = [
+        f"# sm_90 compile report ({versions}, {datetime.date.today().isoformat()})",
+        "",
+        "Compiled for sm_90 (H100/H200) by Triton's bundled ptxas on a machine without a GPU, at the",
+        "configurations the launchers chose for the shapes in 'used for'. regs: registers per thread",
+        "(255 at most); spill B: local-memory bytes per thread; shared B: shared memory per block.",
+        "",
+        "| kernel | used for | config | regs | spill B | shared B | wgmma |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        used = "; ".join(r.problems)
+        lines.append(
+            f"| {r.kernel} | {used} | {r.config} | {r.registers} | {r.spill_bytes} | {r.shared_bytes} "
+            f"| {'yes' if r.wgmma else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write sm90_compile_triton<version>_<date>.{json,md} here")
+    parser.add_argument("--quick", action="store_true", help="bf16 and fp32, head_dim 32 and 64 only")
+    parser.add_argument(
+        "--candidates", action="store_true", help="the attention tiles benchmarks.tune_attention times"
+    )
+    args = parser.parse_args(argv)
+    import triton
+
+    versions = f"triton {triton.__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}"
+    rows = report(args.quick, args.candidates)
+    text = _markdown(rows, versions)
+    print(text)
+    problems_found = [
+        f"{r.kernel} [{r.config}]: {r.spill_bytes} bytes spilled" for r in rows if r.spill_bytes
+    ] + [
+        f"{r.kernel} [{r.config}]: {r.shared_bytes} bytes of shared memory > {SHARED_LIMIT}"
+        for r in rows
+        if r.shared_bytes > SHARED_LIMIT
+    ]
+    for line in problems_found:
+        print("WARNING:", line)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        day = datetime.date.today().isoformat()
+        name = f"sm90_compile{'_candidates' if args.candidates else ''}_triton{triton.__version__}_{day}"
+        (args.out / f"{name}.md").write_text(text)
+        payload = {"versions": versions, "kernels": [dataclasses.asdict(r) for r in rows]}
+        (args.out / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Time alibi_attention's candidate tile configurations on a GPU, per workload, and show how far the
+built-in choice (`_launch_config`) is from the best one measured.
+
+    python -m benchmarks.tune_attention [--out DIR] [--quick]
+
+Every candidate's output is checked against the fp32 reference before it is timed. The candidates
+are those that compile for sm_90 without spilling (see ``python -m benchmarks.sm90_compile
+--candidates``); the tuned choice is then written into ``_launch_config`` by hand, with the table
+that justifies it committed under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from functools import partial
+
+import torch
+
+from benchmarks.report import write_report
+from turborank.kernels import alibi_slopes
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages)
+CANDIDATES = (
+    (64, 64, 4, 3),
+    (64, 128, 4, 3),
+    (128, 32, 4, 3),
+    (128, 64, 4, 3),
+    (128, 64, 8, 3),
+    (128, 128, 8, 2),
+    (128, 128, 8, 3),
+    (256, 64, 8, 3),
+    (256, 128, 16, 2),
+)
+TOKEN0_CANDIDATES = ((16, 64, 4, 2), (16, 128, 4, 2), (16, 128, 4, 3), (16, 256, 4, 2), (16, 256, 8, 2))
+
+
+def workloads(quick: bool) -> list[tuple[str, list[int], bool]]:
+    """(name, sequence lengths, token-0 queries only)."""
+    mixed = [30 + (i * 397) % 1970 for i in range(64)]
+    rows = [("8x1024", [1024] * 8, False), ("1x8192", [8192], False), ("64 mixed 30..2000", mixed, False)]
+    rows.append(("token-0 queries, 64 x 512", [512] * 64, True))
+    if not quick:
+        rows += [("64x128", [128] * 64, False), ("16x512", [512] * 16, False)]
+    return rows
+
+
+def tune(dtype: torch.dtype, d: int, heads: int, quick: bool) -> list[dict]:
+    import triton
+
+    module = importlib.import_module("turborank.kernels.alibi_attention")
+    tag = str(dtype).removeprefix("torch.")
+    rows = []
+    for name, lengths, token0 in workloads(quick):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        total = sum(lengths)
+        q, k, v = (torch.randn(total, heads, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+        slopes = alibi_slopes(heads, "jina-reranker-v1", device="cuda")
+        cu_k = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        if token0:
+            q = q[cu_k[:-1].long()].contiguous()
+            cu_q = torch.arange(len(lengths) + 1, dtype=torch.int32, device="cuda")
+            max_q, flops = 1, 4 * heads * d * total
+        else:
+            cu_q, max_q, flops = cu_k, max(lengths), 4 * heads * d * sum(n * n for n in lengths)
+        want = module.alibi_attention_ref(q, k, v, cu_q, cu_k, max_q, max(lengths), slopes)
+        default = module._launch_config(d, max_q)
+        timed = {}
+        for config in TOKEN0_CANDIDATES if token0 else CANDIDATES:
+            run = partial(
+                module.alibi_attention, q, k, v, cu_q, cu_k, max_q, max(lengths), slopes, launch_config=config
+            )
+
+            try:
+                err = (run().float() - want).abs().max().item()
+            except Exception as exc:  # a config may not fit this GPU's shared memory; say so, go on
+                rows.append(
+                    {"dtype": tag, "d": d, "workload": name, "config": str(config), "error": str(exc)}
+                )
+                continue
+            if not err <= (2e-2 if dtype != torch.float32 else 1e-4):
+                raise AssertionError(f"{name} {config}: max error {err:.3g}; not timing a wrong result")
+            ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+            timed[config] = ms
+            rows.append(
+                {
+                    "dtype": tag,
+                    "d": d,
+                    "workload": name,
+                    "config": str(config),
+                    "ms": ms,
+                    "TFLOP/s": flops / ms / 1e9,
+                    "max_err": err,
+                    "default": config == default,
+                }
+            )
+        best = min(timed, key=timed.get)
+        for row in rows:
+            if row["workload"] == name and row["d"] == d and row["dtype"] == tag and "ms" in row:
+                row["x best"] = row["ms"] / timed[best]
+        print(
+            f"{tag} d={d} {name}: best {best} {timed[best]:.4f} ms; default {default} "
+            f"{timed.get(default, float('nan')):.4f} ms",
+            flush=True,
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/local")
+    parser.add_argument("--quick", action="store_true", help="bf16, d=32 only; four workloads")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.tune_attention needs a CUDA GPU")
+    rows = tune(torch.bfloat16, 32, 12, args.quick)
+    if not args.quick:
+        rows += tune(torch.bfloat16, 64, 12, args.quick)
+        rows += tune(torch.float16, 32, 12, args.quick)
+    columns = ["dtype", "d", "workload", "config", "default", "ms", "x best", "TFLOP/s", "max_err", "error"]
+    write_report(
+        args.out,
+        "tune_attention",
+        rows,
+        columns,
+        notes=["config = (BLOCK_M, BLOCK_N, num_warps, num_stages); x best = ms / best ms for the workload"],
+    )
+
+
+if __name__ == "__main__":
+    main()

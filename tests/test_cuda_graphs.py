@@ -1,0 +1,118 @@
+"""CUDA graphs for small batches: the bucket layout (checked on CPU by running it eagerly, which is
+what a graph replays) and, on a GPU, capture and replay against the eager forward."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.conftest import sample_pairs
+from turborank import Reranker
+from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward, bucket_layout, choose_bucket
+from turborank.kernels import TRITON_AVAILABLE
+
+GPU = torch.cuda.is_available()
+
+
+def test_choose_bucket_leaves_room_for_a_dummy_sequence():
+    assert choose_bucket([10]) == (2, 64)
+    assert choose_bucket([30, 34]) == (4, 128)  # 64 tokens + 2 dummies do not fit 64
+    assert choose_bucket([10] * 7) == (8, 128)
+    assert choose_bucket([10] * 8) == (16, 128)  # 8 pairs need a 9th slot
+    assert choose_bucket([4096]) is None
+    assert choose_bucket([1] * PAIR_BUCKETS[-1]) is None
+    assert choose_bucket([]) is None
+    assert choose_bucket([100] * 10, max_tokens=512) is None
+    assert choose_bucket([100] * 10, max_pairs=8) is None
+    for lengths in ([1], [63], [64], [2000, 1000, 95], [7] * 100):
+        pairs, tokens = choose_bucket(lengths)
+        assert pairs > len(lengths) and tokens >= sum(lengths) + pairs - len(lengths)
+        assert pairs in PAIR_BUCKETS and tokens in TOKEN_BUCKETS
+
+
+def test_bucket_layout_rows_all_belong_to_non_empty_sequences():
+    ids = [[0, 5, 6], [0, 7], [0, 8, 9, 10, 11]]
+    types = [[0, 1, 1], [0, 1], [0, 0, 1, 1, 1]]
+    flat = bucket_layout(ids, types, (8, 64))
+    tokens, pairs = 64, 8
+    assert flat.shape == (2 * tokens + pairs + 1,)
+    assert flat[:10].tolist() == [0, 5, 6, 0, 7, 0, 8, 9, 10, 11]
+    assert flat[tokens : tokens + 10].tolist() == [0, 1, 1, 0, 1, 0, 0, 1, 1, 1]
+    assert flat[tokens + 10 : 2 * tokens].eq(0).all()
+    cu = flat[2 * tokens :]
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    assert lengths[:3] == [3, 2, 5]
+    assert lengths[3] == 64 - 10 - 4 and lengths[4:] == [1] * 4  # the spare tokens, then 1 each
+    assert cu[0] == 0 and cu[-1] == tokens and min(lengths) >= 1
+    for bucket in ((4, 10), (3, 64)):  # no spare token; no dummy slot
+        with pytest.raises(ValueError, match="do not fit bucket"):
+            bucket_layout(ids, None, bucket)
+
+
+def test_capture_needs_cuda_and_triton(small_ckpt):
+    model = Reranker.from_pretrained(small_ckpt, device="cpu", backend="torch").model
+    with pytest.raises(ValueError, match="CUDA device"):
+        CudaGraphForward(model)
+    with pytest.raises(ValueError, match="bucket"):
+        CudaGraphForward(model, capture=False).capture_buckets([(8, 8)])
+
+
+def _engines(checkpoint, device, backend):
+    plain = Reranker.from_pretrained(checkpoint, device=device, dtype="float32", backend=backend)
+    graphed = Reranker.from_pretrained(checkpoint, device=device, dtype="float32", backend=backend)
+    return plain, graphed
+
+
+@pytest.mark.parametrize("n,max_words", [(1, 5), (10, 40), (13, 1200), (40, 30)])
+def test_bucketed_layout_gives_the_unbucketed_logits(small_ckpt, n, max_words):
+    """capture=False runs exactly the graph's layout (dummies, spare tokens, max_seqlen = bucket
+    tokens) eagerly: real sequences must not notice it. 40 pairs make two batches (32 + 8), both
+    bucketed; 13 pairs of up to 1,200 words exceed the largest token bucket and run eagerly."""
+    plain, graphed = _engines(small_ckpt, "cpu", "torch")
+    runner = graphed.enable_cuda_graphs(capture=False)
+    pairs = sample_pairs(n, seed=n, max_words=max_words)
+    want = plain.predict(pairs, activation=False)
+    got = graphed.predict(pairs, activation=False, max_batch_tokens=10**6)  # 32 pairs per batch
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-5
+    assert runner.batches == {1: 1, 10: 1, 13: 0, 40: 2}[n]
+
+
+@pytest.mark.skipif(
+    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs triton and a GPU or TRITON_INTERPRET=1",
+)
+def test_bucketed_layout_with_triton_kernels(small_ckpt):
+    """The kernels' grid is sized by the bucket's max_seqlen, far above the real lengths."""
+    device = "cuda" if GPU else "cpu"
+    plain, graphed = _engines(small_ckpt, device, "triton")
+    graphed.enable_cuda_graphs(capture=False)
+    pairs = sample_pairs(3, seed=5, max_words=12)
+    want = plain.predict(pairs, activation=False)
+    got = graphed.predict(pairs, activation=False)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
+
+
+@pytest.mark.skipif(not GPU, reason="CUDA graph capture needs a GPU")
+def test_graph_replays_match_eager_forward(small_ckpt):
+    plain, graphed = _engines(small_ckpt, "cuda", "triton")
+    runner = graphed.enable_cuda_graphs()
+    for seed, n, words in ((1, 10, 40), (2, 10, 40), (3, 3, 200), (4, 1, 3), (5, 10, 40)):
+        pairs = sample_pairs(n, seed=seed, max_words=words)
+        want = plain.predict(pairs, activation=False)
+        got = graphed.predict(pairs, activation=False)
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4, (seed, n)
+    assert runner.captured  # the batches above went through graphs
+    # Many batches of one bucket in one call: each output is copied out before the next replay.
+    pairs = sample_pairs(100, seed=9, max_words=30)
+    want = plain.predict(pairs, activation=False, batch_size=8)
+    got = graphed.predict(pairs, activation=False, batch_size=8)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
+
+
+@pytest.mark.skipif(not GPU, reason="CUDA graph capture needs a GPU")
+def test_graphs_refuse_the_pytorch_attention(small_ckpt):
+    reranker = Reranker.from_pretrained(small_ckpt, device="cuda", backend="torch")
+    with pytest.raises(ValueError, match="Triton ops"):
+        reranker.enable_cuda_graphs()

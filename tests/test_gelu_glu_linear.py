@@ -1,0 +1,100 @@
+"""The fused GEGLU GEMM against ``F.linear`` + ``gelu_glu_ref``: interpreter here, full size on a GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import sample_pairs
+from turborank import Reranker
+from turborank.kernels import TRITON_AVAILABLE, gelu_glu_linear, gelu_glu_linear_ref
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+pytestmark = pytest.mark.skipif(
+    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs triton and a GPU or TRITON_INTERPRET=1",
+)
+# (tokens, hidden, intermediate): odd sizes for every tile tail, and the rerankers' own.
+SHAPES = [(1, 32, 16), (17, 100, 50), (64, 64, 64), (33, 384, 96)]
+if GPU:
+    SHAPES += [(8192, 384, 1536), (4097, 768, 3072), (513, 384, 1536)]
+# The interpreter's bf16 tl.dot is wrong (see test_triton_kernels); bf16 runs on GPUs.
+HALF_DTYPES = [torch.float16, torch.bfloat16] if GPU else [torch.float16]
+
+
+def _inputs(m: int, k: int, inner: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(m, k, device=DEVICE, generator=gen)
+    weight = torch.randn(2 * inner, k, device=DEVICE, generator=gen) * k**-0.5 * 2  # pre-activations ~N(0, 4)
+    return x, weight
+
+
+def _exact(x: torch.Tensor, weight: torch.Tensor, activation: str) -> torch.Tensor:
+    u = F.linear(x.double(), weight.double())
+    gate, linear = u.chunk(2, dim=-1)
+    return (F.gelu(gate) if activation == "gelu" else F.relu(gate)) * linear
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("m,k,inner", SHAPES)
+def test_fp32_matches_reference(m, k, inner, activation):
+    x, weight = _inputs(m, k, inner, seed=m + k)
+    got = gelu_glu_linear(x, weight, activation)
+    want = gelu_glu_linear_ref(x, weight, activation)
+    assert got.shape == (m, inner) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("m,k,inner", SHAPES)
+def test_half_within_twice_pytorch_error(m, k, inner, dtype):
+    x, weight = _inputs(m, k, inner, seed=m * k)
+    x, weight = x.to(dtype), weight.to(dtype)
+    exact = _exact(x, weight, "gelu")
+    ours = (gelu_glu_linear(x, weight).double() - exact).abs().max().item()
+    pytorch = (gelu_glu_linear_ref(x, weight).double() - exact).abs().max().item()
+    assert ours <= 2 * pytorch + 1e-6
+
+
+def test_no_reads_past_the_ends():
+    """x is a view into a NaN-filled buffer (NaN rows below it, NaN columns right of it): a masked
+    load that slipped would turn outputs into NaN."""
+    m, k, inner = 19, 40, 24
+    x, weight = _inputs(m, k, inner, seed=3)
+    buffer = torch.full((m + 16, k + 24), float("nan"), device=DEVICE)
+    buffer[:m, :k] = x
+    wbuffer = torch.full((2 * inner + 8, k + 8), float("nan"), device=DEVICE)
+    wbuffer[: 2 * inner, :k] = weight
+    got = gelu_glu_linear(buffer[:m, :k], wbuffer[: 2 * inner, :k])
+    torch.testing.assert_close(got, gelu_glu_linear_ref(x, weight), rtol=1e-5, atol=1e-5)
+    assert gelu_glu_linear(buffer[:0, :k], weight).shape == (0, inner)
+
+
+def test_rejects_bad_input():
+    x, weight = _inputs(4, 32, 8, seed=0)
+    with pytest.raises(ValueError, match="weight \\[2I, K\\]"):
+        gelu_glu_linear(x, weight[:, :16])
+    with pytest.raises(ValueError, match="weight \\[2I, K\\]"):
+        gelu_glu_linear(x, weight[:15])
+    with pytest.raises(ValueError, match="share dtype"):
+        gelu_glu_linear(x, weight.half())
+    with pytest.raises(ValueError, match="unknown GLU activation"):
+        gelu_glu_linear(x, weight, "swish")
+    with pytest.raises(ValueError, match="contiguous rows"):
+        gelu_glu_linear(x.t().contiguous().t(), weight)
+
+
+def test_model_with_fused_gemm_matches_unfused(small_ckpt):
+    reranker = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="triton")
+    pairs = sample_pairs(3, seed=21, max_words=30)
+    want = reranker.predict(pairs, activation=False)
+    reranker.model.use_fused_gelu_glu_gemm(True)
+    got = reranker.predict(pairs, activation=False)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
+    torch_path = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="torch")
+    with pytest.raises(ValueError, match="fused GEGLU GEMM is a Triton kernel"):
+        torch_path.model.use_fused_gelu_glu_gemm(True)

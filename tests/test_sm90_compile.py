@@ -1,0 +1,64 @@
+"""Every kernel compiles for an H100/H200 (sm_90) at the configurations the launchers choose, with
+the shared memory an SM has; no GPU needed (Triton's own ptxas does the work). Catches, on CPU, what
+the interpreter cannot: code that only breaks when compiled (dot shapes, layouts, shared memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from turborank.kernels import TRITON_AVAILABLE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_nvidia_backend() -> bool:
+    if not TRITON_AVAILABLE:
+        return False
+    import triton
+
+    return (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists()
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs triton with its NVIDIA backend (ptxas)")
+def test_kernels_compile_for_sm90(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sm90_compile", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (report,) = tmp_path.glob("sm90_compile_triton*.json")
+    rows = json.loads(report.read_text())["kernels"]
+    kernels = {row["kernel"] for row in rows}
+    assert kernels == {
+        "alibi_attention_kernel",
+        "gelu_glu_kernel",
+        "gelu_glu_linear_kernel",
+        "add_layer_norm_kernel",
+    }
+    used_for = " ".join(p for row in rows for p in row["problems"])
+    for problem in (
+        "bf16 d=32 L=8192",
+        "bf16 d=32 token-0 queries",
+        "fp32 d=64 L=512",
+        "embedding_layer_norm",
+    ):
+        assert problem in used_for
+    for row in rows:
+        assert 0 < row["registers"] <= 255, row
+        assert row["shared_bytes"] <= 227 * 1024, row
+    # Hopper's tensor-core path for the half-precision attention tiles of long sequences.
+    for problem in ("bf16 d=32 L=8192", "gelu_glu_linear bf16"):
+        assert any(row["wgmma"] for row in rows if problem in " ".join(row["problems"])), problem
