@@ -17,8 +17,8 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-import triton
 
+from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import write_report
 from turborank.kernels import (
     add_layer_norm,
@@ -37,13 +37,13 @@ H200_TBPS = 4.8
 
 
 def _bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return ENV.bench(fn)
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu.cuda()
+    return cu.to(ENV.device)
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> float:
@@ -54,11 +54,11 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> floa
 
 
 def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dict]:
-    dtype = torch.bfloat16
+    dtype, device = ENV.dtype, ENV.device
     total, batch, longest = sum(lengths), len(lengths), max(lengths)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(total, heads, d, device="cuda", generator=gen, dtype=dtype) for _ in range(3))
-    slopes = alibi_slopes(heads, "jina-reranker-v1", device="cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(total, heads, d, device=device, generator=gen, dtype=dtype) for _ in range(3))
+    slopes = alibi_slopes(heads, "jina-reranker-v1", device=device)
     cu = _cu(lengths)
     flops = 4 * heads * d * sum(n * n for n in lengths)
     shape = f"{batch}x{longest}" if len(set(lengths)) == 1 else f"mixed {batch} seqs, {total} tok"
@@ -85,7 +85,7 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
     uniform = len(set(lengths)) == 1
     if uniform:  # batched layouts for the baselines
         qb, kb, vb = (t.view(batch, longest, heads, d).transpose(1, 2) for t in (q, k, v))
-        pos = torch.arange(longest, device="cuda")
+        pos = torch.arange(longest, device=device)
         bias = (-slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()).to(dtype)[None]
         sdpa = lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
         got = sdpa().transpose(1, 2).reshape(total, heads, d)
@@ -95,7 +95,7 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        flex = torch.compile(flex_attention, dynamic=False)
+        flex = flex_attention if ENV.smoke else torch.compile(flex_attention, dynamic=False)
 
         def alibi_mod(score, b, h, q_idx, kv_idx):
             return score - slopes[h] * (q_idx - kv_idx).abs()
@@ -106,9 +106,11 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
             got = run().transpose(1, 2).reshape(total, heads, d)
         else:
             doc = torch.repeat_interleave(
-                torch.arange(batch, device="cuda"), torch.tensor(lengths, device="cuda")
+                torch.arange(batch, device=device), torch.tensor(lengths, device=device)
             )
-            mask = create_block_mask(lambda b, h, qi, ki: doc[qi] == doc[ki], None, None, total, total)
+            mask = create_block_mask(
+                lambda b, h, qi, ki: doc[qi] == doc[ki], None, None, total, total, device=device
+            )
             fq, fk, fv = (t.transpose(0, 1)[None].contiguous() for t in (q, k, v))
             run = lambda: flex(fq, fk, fv, score_mod=alibi_mod, block_mask=mask)
             got = run()[0].transpose(0, 1)
@@ -148,10 +150,10 @@ def _memory_bound_rows(op: str, shape: str, engines: dict, want: torch.Tensor, n
 
 
 def elementwise_rows(tokens: int) -> list[dict]:
-    dtype = torch.bfloat16
-    u = torch.randn(tokens, 3072, device="cuda", dtype=dtype)
+    dtype, device = ENV.dtype, ENV.device
+    u = torch.randn(tokens, 3072, device=device, dtype=dtype)
     eager_glu = lambda u: F.gelu(u[:, :1536]) * u[:, 1536:]
-    compiled_glu = torch.compile(eager_glu)
+    compiled_glu = ENV.compile(eager_glu)
     rows = _memory_bound_rows(
         "gelu_glu",
         f"{tokens}x3072",
@@ -161,15 +163,15 @@ def elementwise_rows(tokens: int) -> list[dict]:
             "torch.compile": lambda: compiled_glu(u),
         },
         gelu_glu_ref(u),
-        u.numel() * 2 + tokens * 1536 * 2,
+        (u.numel() + tokens * 1536) * u.element_size(),
     )
-    x, r = (torch.randn(tokens, 384, device="cuda", dtype=dtype) for _ in range(2))
-    w, b = torch.randn(384, device="cuda", dtype=dtype), torch.randn(384, device="cuda", dtype=dtype)
+    x, r = (torch.randn(tokens, 384, device=device, dtype=dtype) for _ in range(2))
+    w, b = torch.randn(384, device=device, dtype=dtype), torch.randn(384, device=device, dtype=dtype)
 
     def eager_ln(x, r):
         return F.layer_norm(x.float() + r.float(), (384,), w.float(), b.float(), 1e-12).to(dtype)
 
-    compiled_ln = torch.compile(eager_ln)
+    compiled_ln = ENV.compile(eager_ln)
     rows += _memory_bound_rows(
         "add_layer_norm",
         f"{tokens}x384",
@@ -179,7 +181,7 @@ def elementwise_rows(tokens: int) -> list[dict]:
             "torch.compile": lambda: compiled_ln(x, r),
         },
         add_layer_norm_ref(x, r, w, b, 1e-12),
-        3 * x.numel() * 2,
+        3 * x.numel() * x.element_size(),
     )
     return rows
 
@@ -188,13 +190,13 @@ def gelu_glu_linear_rows(tokens: int, hidden: int = 384, inner: int = 1536) -> l
     """The fused GEGLU GEMM against what the model runs by default (cuBLAS, then the gelu_glu
     kernel), cuBLAS + eager PyTorch, and torch.compile of matmul + gate. The decision rule of the
     issue: the fused kernel becomes the default only if it beats "cuBLAS + gelu_glu" here."""
-    dtype = torch.bfloat16
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(tokens, hidden, device="cuda", dtype=dtype, generator=gen)
-    weight = (torch.randn(2 * inner, hidden, device="cuda", generator=gen) * hidden**-0.5).to(dtype)
+    dtype, device = ENV.dtype, ENV.device
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, hidden, device=device, dtype=dtype, generator=gen)
+    weight = (torch.randn(2 * inner, hidden, device=device, generator=gen) * hidden**-0.5).to(dtype)
     want = gelu_glu_linear_ref(x.float(), weight.float())
     eager = lambda: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, weight))
-    compiled = torch.compile(lambda x, w: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, w)))
+    compiled = ENV.compile(lambda x, w: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, w)))
     engines = {
         "turborank fused": lambda: gelu_glu_linear(x, weight),
         "cuBLAS + gelu_glu (default)": lambda: gelu_glu(F.linear(x, weight)),
@@ -225,17 +227,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/local")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny shapes: runs, measures nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.gpu_kernels needs a CUDA GPU")
-    shapes = [[1024] * 8, [8192]]
+    configure(args.smoke, "benchmarks.gpu_kernels")
+    args.quick = args.quick or args.smoke
+    shapes = [[1024] * 8, [8192]] if not args.smoke else [[24] * 2, [37, 5]]
     if not args.quick:
         shapes += [[128] * 64, [512] * 16, [2048] * 4, [4096] * 2, [30 + (i * 397) % 1970 for i in range(64)]]
     rows = []
     for lengths in shapes:
         rows += attention_rows(lengths)
-    rows += elementwise_rows(8192)
-    rows += gelu_glu_linear_rows(8192)
+    tokens = 8192 if not args.smoke else 33
+    rows += elementwise_rows(tokens)
+    rows += gelu_glu_linear_rows(tokens) if not args.smoke else gelu_glu_linear_rows(tokens, 64, 48)
     if not args.quick:
         rows += elementwise_rows(65536)
         rows += gelu_glu_linear_rows(65536)
@@ -258,7 +262,9 @@ def main() -> None:
         rows,
         columns,
         notes=[
-            f"bf16; d=32, 12 heads; softmax scale 1/sqrt(32); "
+            f"{str(ENV.dtype).removeprefix('torch.')} on {ENV.device}"
+            f"{' (SMOKE RUN: nothing here is a measurement)' if ENV.smoke else ''}; d=32, 12 heads; "
+            "softmax scale 1/sqrt(32); "
             f"peak figures assumed: {H200_BF16_TFLOPS} TFLOP/s, "
             f"{H200_TBPS} TB/s"
         ],

@@ -1,17 +1,23 @@
 """Whole-model benchmarks on a GPU: the turbo shapes (synthetic weights), bf16.
 
-    python -m benchmarks.gpu_model [--out DIR] [--quick] [--checkpoint DIR]
+    python -m benchmarks.gpu_model [--out DIR] [--quick] [--checkpoint DIR] [--smoke]
 
 Cases: one 8,192-token document (latency, activation memory), 10 x 512-token pairs (forward latency
 and pairs/s, plus pairs/s at a larger steady-state batch), the model-card example end to end
-(p50/p99 of ``rank`` from strings), each for the Triton and the PyTorch backends, and the effect of
-running the last layer for the token-0 rows only. GPU time is measured with CUDA events around
-forwards whose inputs are already on the device; "end to end" includes tokenisation.
+(p50/p99 of ``rank`` from strings), each for the Triton and the PyTorch backends; the effect of
+running the last layer for the token-0 rows only and of the fused GEGLU GEMM; and the small-request
+path: the model card from token ids, host enqueue time against GPU time, eager against CUDA-graph
+replay. GPU time is measured with CUDA events around forwards whose inputs are already on the
+device; "end to end" includes tokenisation. ``--smoke`` runs every case on CPU with tiny sizes and
+measures nothing (see benchmarks/gpu_env.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import random
 import statistics
 import tempfile
 import time
@@ -19,6 +25,7 @@ import warnings
 
 import torch
 
+from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import write_report
 from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
@@ -26,30 +33,52 @@ from turborank.testing import make_checkpoint, random_text
 from turborank.tokenization import TruncationWarning
 
 
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    long: int = 8192  # one long document
+    pairs: int = 10  # the "10 x 512" case
+    pair_tokens: int = 512
+    big_batch: int = 256  # steady-state throughput batch of pair_tokens each
+    iters: int = 50
+    latency_iters: int = 1000  # host-timed small requests
+    card_documents: int = len(MODEL_CARD_DOCUMENTS)
+
+    def quick(self) -> Sizes:
+        return dataclasses.replace(self, iters=20, latency_iters=200)
+
+
+SMOKE_SIZES = Sizes(long=40, pairs=3, pair_tokens=24, big_batch=4, iters=1, latency_iters=1, card_documents=2)
+
+
 def _packed(n: int, tokens: int, vocab: int = 1500) -> tuple[torch.Tensor, torch.Tensor, int]:
     gen = torch.Generator().manual_seed(n * tokens)
     ids = torch.randint(5, vocab, (n * tokens,), generator=gen)
     ids[::tokens] = 0
     cu = torch.arange(0, (n + 1) * tokens, tokens, dtype=torch.int32)
-    return ids.cuda(), cu.cuda(), tokens
+    return ids.to(ENV.device), cu.to(ENV.device), tokens
 
 
 def _time_forward(model, inputs, iters: int) -> list[float]:
-    ids, cu, max_len = inputs
-    for _ in range(3):
-        model(ids, cu, max_len)
+    """Milliseconds per forward: CUDA events on a GPU, the host clock in smoke mode."""
+    for _ in range(3 if not ENV.smoke else 1):
+        model(*inputs)
     times = []
     for _ in range(iters):
+        if ENV.smoke:
+            times.append(ENV.bench(lambda: model(*inputs)))
+            continue
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        model(ids, cu, max_len)
+        model(*inputs)
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
     return times
 
 
-def _activation_peak_mib(model, inputs) -> float:
+def _activation_peak_mib(model, inputs) -> float | None:
+    if ENV.smoke:
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -58,14 +87,31 @@ def _activation_peak_mib(model, inputs) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def model_rows(reranker: Reranker, backend: str, quick: bool) -> list[dict]:
+def _percentiles(fn, iters: int) -> tuple[float, float]:
+    for _ in range(10 if not ENV.smoke else 0):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, math.ceil(len(times) * 0.99) - 1)]
+
+
+def model_rows(reranker: Reranker, backend: str, sizes: Sizes) -> list[dict]:
     model = reranker.model
     rows = []
-    iters = 20 if quick else 50
-    cases = [("1 x 8192", 1, 8192), ("10 x 512", 10, 512), ("256 x 512", 256, 512)]
+    long_case = (f"1 x {sizes.long}", 1, sizes.long)
+    pair_case = (f"{sizes.pairs} x {sizes.pair_tokens}", sizes.pairs, sizes.pair_tokens)
+    cases = [
+        long_case,
+        pair_case,
+        (f"{sizes.big_batch} x {sizes.pair_tokens}", sizes.big_batch, sizes.pair_tokens),
+    ]
     for name, n, tokens in cases:
         inputs = _packed(n, tokens)
-        times = _time_forward(model, inputs, iters)
+        times = _time_forward(model, inputs, sizes.iters)
         p50 = statistics.median(times)
         rows.append(
             {
@@ -78,14 +124,14 @@ def model_rows(reranker: Reranker, backend: str, quick: bool) -> list[dict]:
             }
         )
     # What the token-0-only last layer saves, on the long document.
-    inputs = _packed(1, 8192)
+    inputs = _packed(1, sizes.long)
     model.last_layer_token0_only = False
-    full = statistics.median(_time_forward(model, inputs, iters))
+    full = statistics.median(_time_forward(model, inputs, sizes.iters))
     model.last_layer_token0_only = True
-    fast = statistics.median(_time_forward(model, inputs, iters))
+    fast = statistics.median(_time_forward(model, inputs, sizes.iters))
     rows.append(
         {
-            "case": "1 x 8192, last layer all rows",
+            "case": f"{long_case[0]}, last layer all rows",
             "backend": backend,
             "p50_ms": full,
             "note": f"token-0-only last layer saves {100 * (full - fast) / full:.1f}%",
@@ -93,11 +139,11 @@ def model_rows(reranker: Reranker, backend: str, quick: bool) -> list[dict]:
     )
     if backend == "triton":
         # The fused GEGLU GEMM (opt-in) against the default cuBLAS + gelu_glu, whole model.
-        for name, n, tokens in (("10 x 512", 10, 512), ("1 x 8192", 1, 8192)):
+        for name, n, tokens in (pair_case, long_case):
             inputs = _packed(n, tokens)
-            default = statistics.median(_time_forward(model, inputs, iters))
+            default = statistics.median(_time_forward(model, inputs, sizes.iters))
             model.use_fused_gelu_glu_gemm(True)
-            fused = statistics.median(_time_forward(model, inputs, iters))
+            fused = statistics.median(_time_forward(model, inputs, sizes.iters))
             model.use_fused_gelu_glu_gemm(False)
             rows.append(
                 {
@@ -108,89 +154,69 @@ def model_rows(reranker: Reranker, backend: str, quick: bool) -> list[dict]:
                 }
             )
     # End to end from strings, the model-card example.
-    for _ in range(5):
-        reranker.rank(MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS)
-    latencies = []
-    for _ in range(100 if not quick else 30):
-        start = time.perf_counter()
-        reranker.rank(MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS)
-        latencies.append((time.perf_counter() - start) * 1e3)
-    latencies.sort()
+    documents = MODEL_CARD_DOCUMENTS[: sizes.card_documents]
+    p50, p99 = _percentiles(lambda: reranker.rank(MODEL_CARD_QUERY, documents), sizes.iters * 2)
     rows.append(
         {
             "case": "model card (1 query, 10 docs), end to end",
             "backend": backend,
-            "p50_ms": latencies[len(latencies) // 2],
-            "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+            "p50_ms": p50,
+            "p99_ms": p99,
         }
     )
-    # End to end 10 x 512 from strings (tokenisation included).
-    rng = __import__("random").Random(0)
-    pairs = [("query", random_text(rng, 600)) for _ in range(10)]
+    # End to end pairs of pair_tokens from strings (tokenisation included).
+    rng = random.Random(0)
+    pairs = [("query", random_text(rng, sizes.pair_tokens + 100)) for _ in range(sizes.pairs)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)
-        reranker.predict(pairs, max_length=512)
+        reranker.predict(pairs, max_length=sizes.pair_tokens)
         start = time.perf_counter()
-        for _ in range(10):
-            reranker.predict(pairs, max_length=512)
-        torch.cuda.synchronize()
-    per_call = (time.perf_counter() - start) / 10
+        for _ in range(10 if not ENV.smoke else 1):
+            reranker.predict(pairs, max_length=sizes.pair_tokens)
+        ENV.synchronize()
+        per_call = (time.perf_counter() - start) / (10 if not ENV.smoke else 1)
     rows.append(
         {
-            "case": "10 x 512, end to end",
+            "case": f"{pair_case[0]}, end to end",
             "backend": backend,
             "p50_ms": per_call * 1e3,
-            "pairs/s": 10 / per_call,
+            "pairs/s": sizes.pairs / per_call,
         }
     )
     return rows
 
 
-def _percentiles(fn, iters: int) -> tuple[float, float]:
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return times[len(times) // 2], times[max(0, int(len(times) * 0.99) - 1)]
-
-
-def small_request_rows(checkpoint: str, quick: bool) -> list[dict]:
+def small_request_rows(checkpoint: str, sizes: Sizes) -> list[dict]:
     """The model-card request (1 query, 10 short documents) from token ids to logits on the host:
     host launch overhead, then eager vs CUDA-graph replay (issue target: p50 < 1 ms on an H200)."""
-    reranker = Reranker.from_pretrained(checkpoint, device="cuda", dtype="bfloat16", backend="triton")
-    encoded, _ = reranker.encode([(MODEL_CARD_QUERY, doc) for doc in MODEL_CARD_DOCUMENTS])
-    iters = 200 if quick else 1000
+    reranker = Reranker.from_pretrained(checkpoint, device=ENV.device, dtype=ENV.dtype, backend="triton")
+    documents = MODEL_CARD_DOCUMENTS[: sizes.card_documents]
+    encoded, _ = reranker.encode([(MODEL_CARD_QUERY, doc) for doc in documents])
     rows = []
     # Host time to enqueue one eager forward (no sync) against the GPU time it then takes.
-    ids, cu, max_len, types = _pack_for(encoded)
+    inputs = _pack_for(encoded)
     model = reranker.model
-    for _ in range(5):
-        model(ids, cu, max_len, types)
-    torch.cuda.synchronize()
+    gpu_ms = statistics.median(_time_forward(model, inputs, sizes.iters))
+    ENV.synchronize()
     start = time.perf_counter()
-    model(ids, cu, max_len, types)
+    model(*inputs)
     host_ms = (time.perf_counter() - start) * 1e3
-    torch.cuda.synchronize()
-    gpu_ms = statistics.median(_time_forward(model, (ids, cu, max_len), 50))
+    ENV.synchronize()
     rows.append(
         {
-            "case": "model card forward: host enqueue vs GPU time",
+            "case": "model card forward: GPU time (host enqueue in note)",
             "backend": "triton",
             "p50_ms": gpu_ms,
             "note": f"host enqueue {host_ms:.3f} ms for {len(encoded.lengths)} pairs, "
             f"{sum(encoded.lengths)} tokens",
         }
     )
-    p50, p99 = _percentiles(lambda: reranker.score_encoded(encoded), iters)
+    p50, p99 = _percentiles(lambda: reranker.score_encoded(encoded), sizes.latency_iters)
     rows.append(
         {"case": "model card from token ids, eager", "backend": "triton", "p50_ms": p50, "p99_ms": p99}
     )
-    runner = reranker.enable_cuda_graphs()
-    p50, p99 = _percentiles(lambda: reranker.score_encoded(encoded), iters)
+    runner = reranker.enable_cuda_graphs(capture=not ENV.smoke)
+    p50, p99 = _percentiles(lambda: reranker.score_encoded(encoded), sizes.latency_iters)
     rows.append(
         {
             "case": "model card from token ids, CUDA graph",
@@ -200,7 +226,9 @@ def small_request_rows(checkpoint: str, quick: bool) -> list[dict]:
             "note": f"buckets captured: {runner.captured}",
         }
     )
-    p50, p99 = _percentiles(lambda: reranker.rank(MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS), iters // 2)
+    p50, p99 = _percentiles(
+        lambda: reranker.rank(MODEL_CARD_QUERY, documents), max(1, sizes.latency_iters // 2)
+    )
     rows.append(
         {
             "case": "model card end to end (strings), CUDA graph",
@@ -212,15 +240,15 @@ def small_request_rows(checkpoint: str, quick: bool) -> list[dict]:
     return rows
 
 
-def _pack_for(encoded) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+def _pack_for(encoded) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
     lengths = encoded.lengths
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(lengths).cumsum(0)
     ids = torch.tensor([t for seq in encoded.input_ids for t in seq])
-    types = (
-        torch.tensor([t for seq in encoded.token_type_ids for t in seq]) if encoded.token_type_ids else None
-    )
-    return ids.cuda(), cu.cuda(), max(lengths), None if types is None else types.cuda()
+    types = None
+    if encoded.token_type_ids is not None:
+        types = torch.tensor([t for seq in encoded.token_type_ids for t in seq]).to(ENV.device)
+    return ids.to(ENV.device), cu.to(ENV.device), max(lengths), types
 
 
 def main() -> None:
@@ -228,25 +256,30 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/local")
     parser.add_argument("--checkpoint", default=None, help="default: a synthetic turbo-shaped checkpoint")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny sizes: runs, measures nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.gpu_model needs a CUDA GPU")
-    checkpoint = args.checkpoint or make_checkpoint(tempfile.mkdtemp(), "turbo")
+    configure(args.smoke, "benchmarks.gpu_model")
+    sizes = SMOKE_SIZES if args.smoke else Sizes().quick() if args.quick else Sizes()
+    preset = "small" if args.smoke else "turbo"
+    checkpoint = args.checkpoint or make_checkpoint(tempfile.mkdtemp(), preset)
     rows = []
     for backend in ("triton", "torch"):
-        reranker = Reranker.from_pretrained(checkpoint, device="cuda", dtype="bfloat16", backend=backend)
-        rows += model_rows(reranker, backend, args.quick)
+        reranker = Reranker.from_pretrained(checkpoint, device=ENV.device, dtype=ENV.dtype, backend=backend)
+        rows += model_rows(reranker, backend, sizes)
         del reranker
-        torch.cuda.empty_cache()
-    rows += small_request_rows(checkpoint, args.quick)
+        if not ENV.smoke:
+            torch.cuda.empty_cache()
+    rows += small_request_rows(checkpoint, sizes)
     columns = ["case", "backend", "p50_ms", "min_ms", "p99_ms", "pairs/s", "activation_peak_MiB", "note"]
+    dtype = str(ENV.dtype).removeprefix("torch.")
     write_report(
         args.out,
         "gpu_model",
         rows,
         columns,
         notes=[
-            "turbo shapes (6 layers, 384 hidden, 12 heads), synthetic weights, bf16",
+            f"{preset} shapes, synthetic weights, {dtype} on {ENV.device}"
+            + (" (SMOKE RUN: nothing here is a measurement)" if ENV.smoke else ""),
             "forward rows: CUDA events around model(ids, cu_seqlens, max_seqlen), inputs on device",
         ],
     )

@@ -17,6 +17,7 @@ from functools import partial
 
 import torch
 
+from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import write_report
 from turborank.kernels import alibi_slopes
 
@@ -37,6 +38,8 @@ TOKEN0_CANDIDATES = ((16, 64, 4, 2), (16, 128, 4, 2), (16, 128, 4, 3), (16, 256,
 
 def workloads(quick: bool) -> list[tuple[str, list[int], bool]]:
     """(name, sequence lengths, token-0 queries only)."""
+    if ENV.smoke:
+        return [("2 x 40", [40, 40], False), ("token-0 queries, 3 x 20", [20] * 3, True)]
     mixed = [30 + (i * 397) % 1970 for i in range(64)]
     rows = [("8x1024", [1024] * 8, False), ("1x8192", [8192], False), ("64 mixed 30..2000", mixed, False)]
     rows.append(("token-0 queries, 64 x 512", [512] * 64, True))
@@ -46,27 +49,30 @@ def workloads(quick: bool) -> list[tuple[str, list[int], bool]]:
 
 
 def tune(dtype: torch.dtype, d: int, heads: int, quick: bool) -> list[dict]:
-    import triton
-
     module = importlib.import_module("turborank.kernels.alibi_attention")
     tag = str(dtype).removeprefix("torch.")
     rows = []
     for name, lengths, token0 in workloads(quick):
-        gen = torch.Generator(device="cuda").manual_seed(0)
+        device = ENV.device
+        gen = torch.Generator(device=device).manual_seed(0)
         total = sum(lengths)
-        q, k, v = (torch.randn(total, heads, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-        slopes = alibi_slopes(heads, "jina-reranker-v1", device="cuda")
-        cu_k = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        q, k, v = (torch.randn(total, heads, d, device=device, dtype=dtype, generator=gen) for _ in range(3))
+        slopes = alibi_slopes(heads, "jina-reranker-v1", device=device)
+        cu_k = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
         if token0:
             q = q[cu_k[:-1].long()].contiguous()
-            cu_q = torch.arange(len(lengths) + 1, dtype=torch.int32, device="cuda")
+            cu_q = torch.arange(len(lengths) + 1, dtype=torch.int32, device=device)
             max_q, flops = 1, 4 * heads * d * total
         else:
             cu_q, max_q, flops = cu_k, max(lengths), 4 * heads * d * sum(n * n for n in lengths)
         want = module.alibi_attention_ref(q, k, v, cu_q, cu_k, max_q, max(lengths), slopes)
         default = module._launch_config(d, max_q)
+        candidates = TOKEN0_CANDIDATES if token0 else CANDIDATES
+        if ENV.smoke:  # the interpreter is slow at large tiles; two candidates show the mechanics
+            candidates = ((16, 16, 1, 1), (32, 16, 1, 1))
+        candidates = tuple(dict.fromkeys((*candidates, default)))  # the built-in choice is always timed
         timed = {}
-        for config in TOKEN0_CANDIDATES if token0 else CANDIDATES:
+        for config in candidates:
             run = partial(
                 module.alibi_attention, q, k, v, cu_q, cu_k, max_q, max(lengths), slopes, launch_config=config
             )
@@ -80,7 +86,7 @@ def tune(dtype: torch.dtype, d: int, heads: int, quick: bool) -> list[dict]:
                 continue
             if not err <= (2e-2 if dtype != torch.float32 else 1e-4):
                 raise AssertionError(f"{name} {config}: max error {err:.3g}; not timing a wrong result")
-            ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+            ms = ENV.bench(run)
             timed[config] = ms
             rows.append(
                 {
@@ -110,11 +116,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/local")
     parser.add_argument("--quick", action="store_true", help="bf16, d=32 only; four workloads")
+    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny shapes: runs, measures nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.tune_attention needs a CUDA GPU")
-    rows = tune(torch.bfloat16, 32, 12, args.quick)
-    if not args.quick:
+    configure(args.smoke, "benchmarks.tune_attention")
+    rows = tune(ENV.dtype, 32, 12, args.quick)
+    if not args.quick and not args.smoke:
         rows += tune(torch.bfloat16, 64, 12, args.quick)
         rows += tune(torch.float16, 32, 12, args.quick)
     columns = ["dtype", "d", "workload", "config", "default", "ms", "x best", "TFLOP/s", "max_err", "error"]
@@ -123,7 +129,10 @@ def main() -> None:
         "tune_attention",
         rows,
         columns,
-        notes=["config = (BLOCK_M, BLOCK_N, num_warps, num_stages); x best = ms / best ms for the workload"],
+        notes=[
+            "config = (BLOCK_M, BLOCK_N, num_warps, num_stages); x best = ms / best ms for the workload"
+            + ("; SMOKE RUN: nothing here is a measurement" if ENV.smoke else "")
+        ],
     )
 
 
