@@ -1,13 +1,33 @@
 #!/usr/bin/env bash
-# Downloads the wheels `turborank serve` and `turborank eval` need that the lent GPU image lacks
-# (FastAPI, uvicorn, Starlette, pydantic; ir-measures, pytrec-eval-terrier, bm25s) for its Python
-# 3.12 on x86-64, into .device-wheels/ (git-ignored). Name that
-# folder in the device tool's `carry`; benchmarks/gpu_check.sh installs from it with no network.
+# Prepares .device-wheels/ (git-ignored) for a lent GPU machine, which has no network; name that
+# folder in the device tool's `carry` and benchmarks/gpu_check.sh installs from it.
+#   bash benchmarks/fetch_device_wheels.sh [REFERENCE_CODE_DIR]
+# - the wheels `turborank serve` and `turborank eval` need that the image lacks (FastAPI, uvicorn,
+#   Starlette, pydantic; ir-measures, pytrec-eval-terrier, bm25s), for its Python 3.12 on x86-64;
+# - with REFERENCE_CODE_DIR (a folder holding the JinaBERT `modeling_bert.py` and
+#   `configuration_bert.py`): a copy of that code and the transformers 4.46 stack it runs on
+#   (transformers, tokenizers 0.20, huggingface_hub < 1; the image's transformers 5 cannot load it)
+#   into .device-wheels/hf/, so the suite compares against the HF reference on the GPU too.
+#   The reference code is never committed; this folder is ignored by git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+download() {
+  python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 "$@"
+}
+rm -rf .device-wheels  # one version of each package: two stop an offline install
 mkdir -p .device-wheels
-python3 -m pip download --quiet --dest .device-wheels --only-binary=:all: --python-version 3.12 \
-  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --implementation cp \
-  fastapi uvicorn starlette pydantic pydantic-core annotated-types typing-inspection \
-  ir-measures pytrec-eval-terrier bm25s
-ls .device-wheels
+download --dest .device-wheels fastapi uvicorn ir-measures bm25s
+# The image has NumPy and SciPy (bm25s needs them); they would take most of the 64 MiB that travels.
+rm -f .device-wheels/numpy-*.whl .device-wheels/scipy-*.whl
+if [ -n "${1:-}" ]; then
+  for f in modeling_bert.py configuration_bert.py; do
+    [ -f "$1/$f" ] || { echo "no $f in $1" >&2; exit 2; }
+  done
+  mkdir -p .device-wheels/hf/code
+  cp "$1/modeling_bert.py" "$1/configuration_bert.py" .device-wheels/hf/code/
+  # --no-deps: the image has the rest of what transformers needs (numpy, regex, safetensors, ...).
+  download --no-deps --dest .device-wheels/hf transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.36.2
+fi
+du -sh .device-wheels
+find .device-wheels -name '*.whl' | sort

@@ -58,9 +58,25 @@ step gpu_tests 200 $py -m pytest -q -p no:cacheprovider tests/test_triton_kernel
   --junitxml="$WORK/gpu_tests.xml"
 step gpu_kernels 90 $py -m benchmarks.gpu_kernels --out "$WORK" $quick
 step gpu_model 90 $py -m benchmarks.gpu_model --out "$WORK" $quick
+# The suite's GPU cases: turborank (Triton) vs its PyTorch path, and vs the HF reference code when
+# fetch_device_wheels.sh packed it (with the transformers 4.46 stack it needs, installed aside in
+# /tmp/hfsite and put first on the reference process's path only).
+suite_args=()
+suite_limit=70
+if [ -f .device-wheels/hf/code/modeling_bert.py ]; then
+  if $py -m pip install --quiet --no-index --no-deps --target /tmp/hfsite .device-wheels/hf/*.whl \
+    >> "$WORK/install.log" 2>&1; then
+    printf '#!/bin/sh\nPYTHONPATH=/tmp/hfsite${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$(command -v $py)" \
+      > /tmp/hfpython
+    chmod +x /tmp/hfpython
+    suite_args=(--reference-code .device-wheels/hf/code --hf-python /tmp/hfpython)
+    suite_limit=150
+  else
+    echo "HF reference: install from .device-wheels/hf failed (see install.log)"
+  fi
+fi
+step suite $suite_limit $py -m benchmarks.run --device cuda --quick --out "$WORK" "${suite_args[@]}"
 step tune_attention 80 $py -m benchmarks.tune_attention --out "$WORK" $quick
-# The suite's GPU cases (turborank Triton vs its PyTorch path; the HF reference code is not on the image).
-step suite 70 $py -m benchmarks.run --device cuda --quick --out "$WORK"
 if $py -c "import fastapi, uvicorn" 2>/dev/null; then
   step load_test 50 $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 8 \
     --soak 15 --out "$WORK"

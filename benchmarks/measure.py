@@ -7,7 +7,8 @@ tokens), "mixed:N:LO-HI" (N documents of LO..HI tokens). Prints one JSON line.
 
 Memory: the process's peak resident set over the whole run (model load included), and the peak
 during the timed forwards alone (Linux: VmHWM after resetting it through /proc/self/clear_refs),
-minus the resident set before them. A fresh process per measurement keeps runs apart.
+minus the resident set before them; on a GPU, the CUDA allocator's peak during the forwards over what
+was allocated before them. A fresh process per measurement keeps runs apart.
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ def measure(
     peak_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     resident = _status_mib("VmRSS")
     reset = _reset_peak()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        allocated = torch.cuda.memory_allocated()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         engine.logits(pairs, max_length=max_length)
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     times.sort()
@@ -92,6 +98,10 @@ def measure(
         "peak_rss_mib": max(peak_after_load, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         # Clamped: pages freed after the resident-set reading can leave the new peak below it.
         "forward_peak_over_resident_mib": max(0.0, _status_mib("VmHWM") - resident) if reset else None,
+        # On a GPU: device memory the forwards took beyond what was allocated before them (weights,
+        # and whatever the engine keeps, such as the reference's ALiBi buffer).
+        "gpu_forward_peak_mib": (torch.cuda.max_memory_allocated() - allocated) / 2**20 if cuda else None,
+        "gpu_allocated_before_mib": allocated / 2**20 if cuda else None,
     }
 
 

@@ -209,6 +209,8 @@ def main() -> None:
         "forward_peak_over_resident_mib",
         "error",
     ]
+    if args.device == "cuda":
+        columns[-3:-1] = ["gpu_allocated_before_mib", "gpu_forward_peak_mib"]
     title = f"{args.device}, {dtype}, {date}: " + ", ".join(
         f"{k} {v}" for k, v in info.items() if k != "date"
     )

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import sample_pairs
 from turborank import Reranker
@@ -116,3 +117,43 @@ def test_graphs_refuse_the_pytorch_attention(small_ckpt):
     reranker = Reranker.from_pretrained(small_ckpt, device="cuda", backend="torch")
     with pytest.raises(ValueError, match="Triton ops"):
         reranker.enable_cuda_graphs()
+
+
+class _SyncDetector(TorchDispatchMode):
+    """Records the ATen ops that make a CUDA host wait for the device (or need data on the host)."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "unique", "item")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if any(s in name for s in self.SYNCING):
+            self.found.append(name)
+        if "index" in name:  # a boolean mask as an index runs nonzero inside the kernel
+            flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+            if any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
+                self.found.append(f"{name} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(
+    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs triton and a GPU or TRITON_INTERPRET=1",
+)
+def test_triton_forward_has_no_host_sync(small_ckpt):
+    """What a CUDA graph needs: no op of the Triton-path forward waits on the device. The PyTorch
+    path is checked too, to show the detector finds what it looks for (its attention masks)."""
+    device = "cuda" if GPU else "cpu"
+    inputs = bucket_layout([[0, 5, 6, 7], [0, 8, 9]], [[0, 0, 1, 1], [0, 1, 1]], (4, 64))
+    found = {}
+    for backend in ("triton", "torch"):
+        model = Reranker.from_pretrained(small_ckpt, device=device, dtype="float32", backend=backend).model
+        flat = inputs.to(device)
+        with _SyncDetector() as detector:
+            model(flat[:64], flat[128:].to(torch.int32), 64, flat[64:128])
+        found[backend] = detector.found
+    assert found["triton"] == []
+    assert found["torch"], found
