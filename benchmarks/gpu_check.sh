@@ -53,7 +53,11 @@ if [ -d .device-wheels ]; then
     >> "$WORK/install.log" 2>&1 || echo "serve/eval extras: install from .device-wheels failed"
 fi
 
-step gpu_tests 200 $py -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py \
+# Triton compiles each kernel variant on the host: spread the test files over 4 processes when
+# pytest-xdist is there (the image has it; the GPU is shared, memory is ample).
+xdist=()
+$py -c "import xdist" 2>/dev/null && xdist=(-n 4)
+step gpu_tests 200 $py -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_triton_kernels.py \
   tests/test_triton_model.py tests/test_cuda_graphs.py tests/test_gelu_glu_linear.py tests/test_batch_invariance.py \
   --junitxml="$WORK/gpu_tests.xml"
 step gpu_kernels 90 $py -m benchmarks.gpu_kernels --out "$WORK" $quick
@@ -88,6 +92,7 @@ if $py -c "import ir_measures, bm25s" 2>/dev/null; then
   rm -rf "$WORK/ckpt" "$WORK/beir"
 fi
 
+$py -m benchmarks.targets "$WORK" > /dev/null 2>&1 || echo "targets: could not judge (see the reports)"
 {
   echo "# gpu_check $(head -1 "$WORK/machine.txt")"
   echo
@@ -95,9 +100,11 @@ fi
   echo
   cat "$WORK/steps.txt"
   echo
+  cat "$WORK/targets.md" 2>/dev/null
+  echo
   echo '## tests'
   tail -8 "$WORK/gpu_tests.log" 2>/dev/null
-  for f in "$WORK"/*.md; do
+  for f in "$WORK"/*_20*.md; do
     [ -e "$f" ] && { echo; cat "$f"; }
   done
 } > "$OUT/summary.md"
