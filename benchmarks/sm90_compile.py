@@ -62,6 +62,7 @@ class Compiled:
     spill_bytes: int
     shared_bytes: int
     wgmma: bool
+    ctas_per_sm: int
 
 
 class _Recorder:
@@ -255,12 +256,24 @@ def compile_launch(launch: Launch, arch: int = 90) -> tuple[str, dict]:
     usage = dict(re.findall(r"\b(REG|LOCAL):(\d+)", dump))
     shown = {k: v for k, v in constexprs.items() if v is not None}
     config = " ".join(f"{k}={v}" for k, v in {**shown, **options}.items())
+    registers, shared = int(usage["REG"]), int(kernel.metadata.shared)
     return config, {
-        "registers": int(usage["REG"]),
+        "registers": registers,
         "spill_bytes": int(usage["LOCAL"]),
-        "shared_bytes": int(kernel.metadata.shared),
+        "shared_bytes": shared,
         "wgmma": "versionMajor = 3" in kernel.asm["ttgir"],
+        "ctas_per_sm": ctas_per_sm(registers, shared, options.get("num_warps", 4)),
     }
+
+
+def ctas_per_sm(registers: int, shared_bytes: int, warps: int) -> int:
+    """Blocks an H100/H200 SM holds at once: 64 Ki registers (allocated per warp in units of 256,
+    i.e. per thread in units of 8), 228 KiB shared memory (1 KiB reserved per block), 64 warps,
+    32 blocks. The fewer, the less latency the SM can hide."""
+    per_warp = -(-registers // 8) * 8 * 32
+    by_registers = 65536 // (per_warp * warps)
+    by_shared = 228 * 1024 // (shared_bytes + 1024)
+    return min(by_registers, by_shared, 64 // warps, 32)
 
 
 def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
@@ -293,16 +306,17 @@ def _markdown(rows: list[Compiled], versions: str) -> str:
         "",
         "Compiled for sm_90 (H100/H200) by Triton's bundled ptxas on a machine without a GPU, at the",
         "configurations the launchers chose for the shapes in 'used for'. regs: registers per thread",
-        "(255 at most); spill B: local-memory bytes per thread; shared B: shared memory per block.",
+        "(255 at most); spill B: local-memory bytes per thread; shared B: shared memory per block;",
+        "CTAs/SM: blocks one SM holds at once by registers, shared memory and warps.",
         "",
-        "| kernel | used for | config | regs | spill B | shared B | wgmma |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+        "| kernel | used for | config | regs | spill B | shared B | CTAs/SM | wgmma |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         used = "; ".join(r.problems)
         lines.append(
             f"| {r.kernel} | {used} | {r.config} | {r.registers} | {r.spill_bytes} | {r.shared_bytes} "
-            f"| {'yes' if r.wgmma else 'no'} |"
+            f"| {r.ctas_per_sm} | {'yes' if r.wgmma else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 

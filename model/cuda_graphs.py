@@ -18,6 +18,7 @@ tests check this on CPU with ``capture=False``, which runs the same layout eager
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 
 import torch
@@ -94,7 +95,10 @@ class CudaGraphForward:
         self.max_pairs, self.max_tokens = max_pairs, max_tokens
         self.capture = capture
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self._pool = torch.cuda.graph_pool_handle() if capture else None
+        self._pool = None
+        if capture:
+            with torch.cuda.device(model.device):
+                self._pool = torch.cuda.graph_pool_handle()
         self._lock = threading.Lock()
         self.batches = 0  # batches run through a bucket (replayed, or eagerly with capture=False)
 
@@ -125,6 +129,10 @@ class CudaGraphForward:
             logits = self._forward(static, bucket)
         return graph, static, logits
 
+    def _on_device(self):
+        """The model's GPU as the current device: streams, pools and graphs are per device."""
+        return torch.cuda.device(self.model.device) if self.capture else contextlib.nullcontext()
+
     def capture_buckets(self, buckets: list[tuple[int, int]]) -> None:
         """Capture these buckets now (a server does it at start-up, not on a user's request)."""
         for pairs, tokens in buckets:
@@ -133,7 +141,7 @@ class CudaGraphForward:
                     f"bucket ({pairs}, {tokens}): pairs must be one of {PAIR_BUCKETS}, tokens one of "
                     f"{TOKEN_BUCKETS}, and tokens > pairs"
                 )
-        with self._lock:
+        with self._lock, self._on_device():
             for bucket in buckets:
                 if bucket not in self._graphs:
                     self._graphs[bucket] = self._capture(bucket)
@@ -153,7 +161,7 @@ class CudaGraphForward:
         # Pinned memory from PyTorch's caching host allocator: the copy is asynchronous and the
         # block is not reused before the copy has run.
         flat = flat.pin_memory()
-        with self._lock:
+        with self._lock, self._on_device():
             if bucket not in self._graphs:
                 self._graphs[bucket] = self._capture(bucket)
             graph, static, logits = self._graphs[bucket]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.sm90_compile import ctas_per_sm
 from turborank.kernels import TRITON_AVAILABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +63,11 @@ def test_kernels_compile_for_sm90(tmp_path):
     # Hopper's tensor-core path for the half-precision attention tiles of long sequences.
     for problem in ("bf16 d=32 L=8192", "gelu_glu_linear bf16"):
         assert any(row["wgmma"] for row in rows if problem in " ".join(row["problems"])), problem
+
+
+def test_occupancy_arithmetic():
+    assert ctas_per_sm(254, 12288, 4) == 2  # 256 regs x 128 threads = 32 Ki of the 64 Ki
+    assert ctas_per_sm(162, 12288, 8) == 1  # 168 x 256 threads = 42 Ki
+    assert ctas_per_sm(32, 0, 4) == 16  # warps bound: 64 / 4
+    assert ctas_per_sm(32, 150 * 1024, 4) == 1  # shared memory bound
+    assert ctas_per_sm(16, 0, 1) == 32  # block-count bound
