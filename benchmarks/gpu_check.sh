@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (no network): install in place, run the GPU test subset
 # and the kernel + model benchmarks, write the results under $OUT. Finishes in under 8 minutes:
-# each step has its own limit and a step is skipped when the whole budget would be exceeded.
+# each step has its own limit, cut to what is left of the budget.
 #   OUT=/some/dir bash benchmarks/gpu_check.sh [--full]
 # The device tool brings back at most 8 files from $OUT, so the steps write into a work folder that
 # is packed into $OUT/gpu_check.tar.gz; $OUT/summary.md gathers the tables and the test tail.
@@ -14,26 +14,28 @@ mkdir -p "$WORK"
 quick="--quick"
 [ "${1:-}" = "--full" ] && quick=""
 py=python3
-BUDGET_S=${BUDGET_S:-470}
+BUDGET_S=${BUDGET_S:-510}
 start=$(date +%s)
 status=0
 export PYTHONUNBUFFERED=1
 
-# step NAME LIMIT_S CMD...: run CMD with a limit, its output in $WORK/NAME.log; skip it when the
-# time left is below its limit.
+# step NAME LIMIT_S CMD...: run CMD with its output in $WORK/NAME.log, for LIMIT_S seconds or what is
+# left of the budget if less; skipped when under 30 s are left. The Python steps rewrite their
+# report after each section, so a step stopped at its limit keeps what it finished.
 step() {
   local name=$1 limit=$2
   shift 2
   local left=$((BUDGET_S - ($(date +%s) - start)))
-  if [ "$left" -lt "$limit" ]; then
+  if [ "$left" -lt 30 ]; then
     echo "== $name: skipped, ${left}s left of the ${BUDGET_S}s budget" | tee -a "$WORK/steps.txt"
     return
   fi
+  [ "$left" -lt "$limit" ] && limit=$left
   local t0=$(date +%s)
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
   local rc=$?
   [ $rc -ne 0 ] && status=1
-  echo "== $name: rc=$rc in $(($(date +%s) - t0))s" | tee -a "$WORK/steps.txt"
+  echo "== $name: rc=$rc in $(($(date +%s) - t0))s (limit ${limit}s)" | tee -a "$WORK/steps.txt"
   tail -25 "$WORK/$name.log"
 }
 
@@ -60,8 +62,8 @@ $py -c "import xdist" 2>/dev/null && xdist=(-n 4)
 step gpu_tests 200 $py -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_triton_kernels.py \
   tests/test_triton_model.py tests/test_cuda_graphs.py tests/test_gelu_glu_linear.py tests/test_batch_invariance.py \
   --junitxml="$WORK/gpu_tests.xml"
-step gpu_kernels 90 $py -m benchmarks.gpu_kernels --out "$WORK" $quick
-step gpu_model 90 $py -m benchmarks.gpu_model --out "$WORK" $quick
+step gpu_kernels 150 $py -m benchmarks.gpu_kernels --out "$WORK" $quick
+step gpu_model 120 $py -m benchmarks.gpu_model --out "$WORK" $quick
 # The suite's GPU cases: turborank (Triton) vs its PyTorch path, and vs the HF reference code when
 # fetch_device_wheels.sh packed it (with the transformers 4.46 stack it needs, installed aside in
 # /tmp/hfsite and put first on the reference process's path only).
@@ -80,7 +82,7 @@ if [ -f .device-wheels/hf/code/modeling_bert.py ]; then
   fi
 fi
 step suite $suite_limit $py -m benchmarks.run --device cuda --quick --out "$WORK" "${suite_args[@]}"
-step tune_attention 80 $py -m benchmarks.tune_attention --out "$WORK" $quick
+step tune_attention 100 $py -m benchmarks.tune_attention --out "$WORK" $quick
 if $py -c "import fastapi, uvicorn" 2>/dev/null; then
   step load_test 50 $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 8 \
     --soak 15 --out "$WORK"

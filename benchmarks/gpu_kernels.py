@@ -14,12 +14,14 @@ Outputs are checked against the fp32 reference before anything is timed.
 from __future__ import annotations
 
 import argparse
+import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.gpu_env import ENV, configure
-from benchmarks.report import write_report
+from benchmarks.report import run_sections
 from turborank.kernels import (
     add_layer_norm,
     add_layer_norm_ref,
@@ -84,13 +86,16 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
 
     uniform = len(set(lengths)) == 1
     if uniform:  # batched layouts for the baselines
-        qb, kb, vb = (t.view(batch, longest, heads, d).transpose(1, 2) for t in (q, k, v))
-        pos = torch.arange(longest, device=device)
-        bias = (-slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()).to(dtype)[None]
-        sdpa = lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
-        got = sdpa().transpose(1, 2).reshape(total, heads, d)
-        row("sdpa + materialised bias", _bench(sdpa), _check("sdpa", got, want, 5e-2))
-        del bias
+        try:
+            qb, kb, vb = (t.view(batch, longest, heads, d).transpose(1, 2) for t in (q, k, v))
+            pos = torch.arange(longest, device=device)
+            bias = (-slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()).to(dtype)[None]
+            sdpa = lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
+            got = sdpa().transpose(1, 2).reshape(total, heads, d)
+            row("sdpa + materialised bias", _bench(sdpa), _check("sdpa", got, want, 5e-2))
+            del bias
+        except Exception as exc:  # a baseline's failure is a row, not the end of the section
+            rows.append({"op": "alibi_attention", "shape": shape, "engine": "sdpa", "error": repr(exc)[:200]})
 
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -223,7 +228,7 @@ def gelu_glu_linear_rows(tokens: int, hidden: int = 384, inner: int = 1536) -> l
     return rows
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/local")
     parser.add_argument("--quick", action="store_true")
@@ -234,16 +239,15 @@ def main() -> None:
     shapes = [[1024] * 8, [8192]] if not args.smoke else [[24] * 2, [37, 5]]
     if not args.quick:
         shapes += [[128] * 64, [512] * 16, [2048] * 4, [4096] * 2, [30 + (i * 397) % 1970 for i in range(64)]]
-    rows = []
-    for lengths in shapes:
-        rows += attention_rows(lengths)
     tokens = 8192 if not args.smoke else 33
-    rows += elementwise_rows(tokens)
-    rows += gelu_glu_linear_rows(tokens) if not args.smoke else gelu_glu_linear_rows(tokens, 64, 48)
+    sections = [(f"alibi_attention {lengths[:3]}", partial(attention_rows, lengths)) for lengths in shapes]
+    sections.append((f"elementwise {tokens}", partial(elementwise_rows, tokens)))
+    glu_shape = (tokens,) if not args.smoke else (tokens, 64, 48)
+    sections.append((f"gelu_glu_linear {tokens}", partial(gelu_glu_linear_rows, *glu_shape)))
     if not args.quick:
-        rows += elementwise_rows(65536)
-        rows += gelu_glu_linear_rows(65536)
-        rows += gelu_glu_linear_rows(5120)  # 10 x 512
+        sections.append(("elementwise 65536", partial(elementwise_rows, 65536)))
+        sections.append(("gelu_glu_linear 65536", partial(gelu_glu_linear_rows, 65536)))
+        sections.append(("gelu_glu_linear 5120 (10 x 512)", partial(gelu_glu_linear_rows, 5120)))
     columns = [
         "op",
         "shape",
@@ -256,11 +260,11 @@ def main() -> None:
         "max_err",
         "error",
     ]
-    write_report(
+    status, _ = run_sections(
         args.out,
         "gpu_kernels",
-        rows,
         columns,
+        sections=sections,
         notes=[
             f"{str(ENV.dtype).removeprefix('torch.')} on {ENV.device}"
             f"{' (SMOKE RUN: nothing here is a measurement)' if ENV.smoke else ''}; d=32, 12 heads; "
@@ -269,7 +273,8 @@ def main() -> None:
             f"{H200_TBPS} TB/s"
         ],
     )
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

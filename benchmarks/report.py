@@ -6,6 +6,8 @@ import datetime
 import json
 import os
 import platform
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ def write_report(
     rows: list[dict[str, Any]],
     columns: list[str],
     notes: list[str] | None = None,
+    echo: bool = True,
 ) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,4 +64,30 @@ def write_report(
     body = markdown_table(rows, columns) + "\n"
     tail = "".join(f"\n- {note}" for note in notes or []) + ("\n" if notes else "")
     (out / f"{name}.md").write_text(header + body + tail)
-    print(header + body + tail, flush=True)
+    if echo:
+        print(header + body + tail, flush=True)
+
+
+def run_sections(
+    out_dir: str | Path,
+    name: str,
+    columns: list[str],
+    notes: list[str],
+    sections: list[tuple[str, Callable[[], list[dict[str, Any]]]]],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run each section, rewriting the report after each: a step killed at its time limit, or a
+    section that fails, still leaves every finished row on disk. A failed section becomes a row
+    naming it and its error. Returns (exit status: 1 if any section failed, all rows)."""
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for label, make in sections:
+        try:
+            rows += make()
+        except Exception as exc:  # one failed section must not lose the others; its row says why
+            failed = True
+            traceback.print_exc()
+            rows.append({columns[0]: label, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        write_report(out_dir, name, rows, columns, notes, echo=False)
+        print(f"[{name}] {label}: done", flush=True)
+    write_report(out_dir, name, rows, columns, notes)
+    return (1 if failed else 0), rows

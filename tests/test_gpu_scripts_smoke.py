@@ -36,6 +36,8 @@ def _smoke(script: str, out: Path) -> list[dict]:
 
 def test_gpu_kernels_smoke(tmp_path):
     rows = _smoke("gpu_kernels", tmp_path)
+    # Only a baseline may fail (its row says why); every section ran.
+    assert all(r.get("engine") in ("flex_attention", "sdpa") for r in rows if "error" in r)
     ours = [r for r in rows if r["engine"].startswith("turborank")]
     assert {r["op"] for r in ours} == {"alibi_attention", "gelu_glu", "add_layer_norm", "gelu_glu_linear"}
     assert all("error" not in r and r["max_err"] < 1e-4 for r in ours)
@@ -51,6 +53,7 @@ def test_tune_attention_smoke(tmp_path):
 
 def test_gpu_model_smoke(tmp_path):
     rows = _smoke("gpu_model", tmp_path)
+    assert not [r for r in rows if "error" in r]
     cases = {(r["case"], r["backend"]) for r in rows}
     assert ("model card from token ids, CUDA graph", "triton") in cases
     assert ("3 x 24, fused GEGLU GEMM", "triton") in cases
