@@ -142,6 +142,9 @@ def test_health_info_metrics(server):
     assert httpx.get(url + "/health").json() == {"status": "ok"}
     info = httpx.get(url + "/info").json()
     assert info["max_input_length"] == 512 and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["cuda_graphs"] is None
+    # One request of our own, so the labelled histograms have samples whatever ran before.
+    httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["a document"]}).raise_for_status()
     text = httpx.get(url + "/metrics").text
     for name in (
         "turborank_requests_total",

@@ -309,6 +309,14 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 "max_concurrent_requests": settings.max_concurrent_requests,
                 "auto_truncate": settings.auto_truncate,
                 "max_body_bytes": settings.max_body_bytes,
+                "cuda_graphs": None
+                if reranker.cuda_graphs is None
+                else {
+                    "max_pairs": reranker.cuda_graphs.max_pairs,
+                    "max_tokens": reranker.cuda_graphs.max_tokens,
+                    "captured_buckets": reranker.cuda_graphs.captured,
+                    "graphed_batches": reranker.cuda_graphs.batches,
+                },
             }
         )
 
