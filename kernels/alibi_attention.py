@@ -12,6 +12,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 try:
     import triton
@@ -19,7 +20,15 @@ try:
 except ImportError:  # triton ships for Linux only; the PyTorch reference below still works
     triton = None
 
+# Band-limited attention (see _band_key_ranges): used from this many keys on (below it there is
+# little to skip), with a 56-bit margin; the slack covers the rounding of the bound itself.
+BAND_MIN_SEQLEN = 512
+BAND_MARGIN_BITS = 56.0
+BAND_BOUND_SLACK = 1.01
+
 if triton is not None:
+    _BAND_MARGIN_BITS = tl.constexpr(BAND_MARGIN_BITS)
+    _BAND_BOUND_SLACK = tl.constexpr(BAND_BOUND_SLACK)
 
     @triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "stride_ob", "padded_len_q"])
     def _alibi_attention_kernel(
@@ -31,6 +40,7 @@ if triton is not None:
         CuSeqlensQ,  # [batch + 1] int32 (VARLEN)
         CuSeqlensK,  # [batch + 1] int32 (VARLEN)
         SeqlensK,  # [batch] int32 key lengths (padded layout)
+        KeyNormMax,  # [batch, heads] fp32, max_j |k_j| per sequence and head (BANDED)
         stride_qb,
         stride_qm,
         stride_qh,
@@ -51,6 +61,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         VARLEN: tl.constexpr,
         IEEE_FP32: tl.constexpr,
+        BANDED: tl.constexpr,
     ):
         start_m = tl.program_id(0)
         seq = tl.program_id(1)
@@ -90,10 +101,35 @@ if triton is not None:
         neg_slope = -tl.load(Slopes + head) * 1.4426950408889634
         query_pos = offs_m.to(tl.float32)
 
+        key_lo = 0
+        key_hi = len_k
+        if BANDED:
+            # Keys this block can skip (see _band_key_ranges): the largest score key j could reach,
+            # qk_scale * |q_i| * max |k|, minus the bias, stays 56 bits below the score with the
+            # key at the query's own position. Everything here is in the exp2 domain.
+            k_own = tl.load(
+                k_base + offs_m[:, None] * stride_kn + offs_d[None, :],
+                mask=row_ok[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            q32 = q.to(tl.float32)
+            own = tl.sum(q32 * k_own, 1) * qk_scale
+            q_norm = tl.sqrt(tl.sum(q32 * q32, 1))
+            k_max = tl.load(KeyNormMax + seq64 * tl.num_programs(2) + head)
+            excess = qk_scale * q_norm * k_max * _BAND_BOUND_SLACK - own + _BAND_MARGIN_BITS
+            # A zero slope gives a radius past any length; NaN inputs give no band: every key.
+            radius = excess / tl.maximum(-neg_slope, 1e-30)
+            radius = tl.where(radius >= 0, radius, float("inf"))
+            first = tl.min(tl.where(row_ok, query_pos - radius, float("inf")), 0)
+            last = tl.max(tl.where(row_ok, query_pos + radius, float("-inf")), 0)
+            length = len_k.to(tl.float32)
+            key_lo = tl.minimum(tl.maximum(first, 0.0), length).to(tl.int32) // BLOCK_N * BLOCK_N
+            key_hi = tl.minimum(tl.maximum(last + 2.0, 0.0), length).to(tl.int32)
+
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for start_n in range(0, len_k, BLOCK_N):
+        for start_n in range(key_lo, key_hi, BLOCK_N):
             cols = start_n + offs_n
             col_ok = cols < len_k
             k = tl.load(
@@ -132,6 +168,42 @@ if triton is not None:
         )
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & mask_d[None, :])
 
+    @triton.jit(do_not_specialize=["stride_kb"])
+    def _key_norm_max_kernel(
+        K,
+        CuSeqlensK,  # [batch + 1] int32 (VARLEN)
+        SeqlensK,  # [batch] int32 (padded layout)
+        Out,  # [batch, heads] fp32
+        stride_kb,
+        stride_kn,
+        stride_kh,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        VARLEN: tl.constexpr,
+    ):
+        seq = tl.program_id(0)
+        head = tl.program_id(1)
+        if VARLEN:
+            k_start = tl.load(CuSeqlensK + seq).to(tl.int64)
+            len_k = tl.load(CuSeqlensK + seq + 1) - tl.load(CuSeqlensK + seq)
+        else:
+            k_start = 0
+            len_k = tl.load(SeqlensK + seq)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        base = K + seq.to(tl.int64) * stride_kb + head * stride_kh + k_start * stride_kn
+        largest = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for start_n in range(0, len_k, BLOCK_N):
+            rows = start_n + offs_n
+            k = tl.load(
+                base + rows[:, None] * stride_kn + offs_d[None, :],
+                mask=(rows < len_k)[:, None] & (offs_d < HEAD_DIM)[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            largest = tl.maximum(largest, tl.sum(k * k, 1))
+        tl.store(Out + seq * tl.num_programs(1) + head, tl.sqrt(tl.max(largest, 0)))
+
 
 def _launch_config(head_dim: int, max_seqlen_q: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages)."""
@@ -142,6 +214,12 @@ def _launch_config(head_dim: int, max_seqlen_q: int) -> tuple[int, int, int, int
     if head_dim <= 64:
         return 128, 64, 4, 3
     return 128, 32, 8, 2
+
+
+def _use_band(band: bool | None, max_seqlen_k: int) -> bool:
+    if band is not None and not isinstance(band, bool):
+        raise ValueError(f"band must be True, False or None (by length), got {band!r}")
+    return band if band is not None else max_seqlen_k >= BAND_MIN_SEQLEN
 
 
 def _check_launch_config(config: tuple[int, int, int, int]) -> None:
@@ -197,6 +275,8 @@ def _launch(
     strides,
     varlen,
     launch_config,
+    max_seqlen_k,
+    band,
 ):
     head_dim = q.shape[-1]
     heads = q.shape[-2]
@@ -206,6 +286,23 @@ def _launch(
     else:
         _check_launch_config(launch_config)
     block_m, block_n, warps, stages = launch_config
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    banded = _use_band(band, max_seqlen_k)
+    key_norm_max = slopes  # any fp32 pointer: not read unless BANDED
+    if banded:
+        key_norm_max = torch.empty(batch, heads, device=q.device, dtype=torch.float32)
+        _key_norm_max_kernel[(batch, heads)](
+            k,
+            cu_k,
+            seqlens_k,
+            key_norm_max,
+            *strides[3:6],
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            BLOCK_N=16 if os.environ.get("TRITON_INTERPRET") == "1" else 64,
+            VARLEN=varlen,
+            num_warps=4,
+        )
     grid = (triton.cdiv(max_seqlen_q, block_m), batch, heads)
     _alibi_attention_kernel[grid](
         q,
@@ -216,15 +313,17 @@ def _launch(
         cu_q,
         cu_k,
         seqlens_k,
+        key_norm_max,
         *strides,
         len_q,
         scale * 1.4426950408889634,
         HEAD_DIM=head_dim,
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_D=block_d,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         VARLEN=varlen,
         IEEE_FP32=q.dtype == torch.float32,
+        BANDED=banded,
         num_warps=warps,
         num_stages=stages,
     )
@@ -242,6 +341,7 @@ def alibi_attention(
     slopes: torch.Tensor,
     softmax_scale: float | None = None,
     *,
+    band: bool | None = None,
     launch_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Triton flash attention over packed sequences with a symmetric ALiBi bias; see ``alibi_attention_ref``.
@@ -250,9 +350,12 @@ def alibi_attention(
         q: [total_q, heads, d]; k, v: [total_k, heads, d]; fp16, bf16 or fp32, any row stride (the
             q/k/v views of a fused QKV projection work as they are).
         cu_seqlens_q, cu_seqlens_k: int32 [batch + 1]; queries are a prefix of each sequence.
-        max_seqlen_q: Python int, sizes the grid. max_seqlen_k is accepted for API symmetry with
-            flash-attention; the key loop reads each length from cu_seqlens_k.
+        max_seqlen_q: Python int, sizes the grid. max_seqlen_k: Python int; the key loop reads each
+            length from cu_seqlens_k, this only decides ``band``.
         slopes: fp32 [heads].
+        band: skip the key tiles that provably weigh less than 2^-56 of each row's largest (the
+            bound of ``_band_key_ranges``, from the data at hand); None = from ``BAND_MIN_SEQLEN``
+            keys on. Steep ALiBi heads then read a band around the diagonal.
         launch_config: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the built-in choice;
             for tuning (benchmarks/tune_attention.py). BLOCK_M and BLOCK_N must be powers of two >= 16.
     Returns:
@@ -301,6 +404,8 @@ def alibi_attention(
         strides,
         varlen=True,
         launch_config=launch_config,
+        max_seqlen_k=max_seqlen_k,
+        band=band,
     )
 
 
@@ -312,6 +417,7 @@ def alibi_attention_padded(
     slopes: torch.Tensor,
     softmax_scale: float | None = None,
     *,
+    band: bool | None = None,
     launch_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Triton, padded layout: q, k, v [batch, L, heads, d]; ``key_lengths`` int32 [batch].
@@ -347,6 +453,8 @@ def alibi_attention_padded(
         strides,
         varlen=False,
         launch_config=launch_config,
+        max_seqlen_k=seqlen,
+        band=band,
     )
 
 
@@ -378,6 +486,7 @@ def alibi_attention_ref(
     max_seqlen_k: int,
     slopes: torch.Tensor,
     softmax_scale: float | None = None,
+    band: bool | None = None,
 ) -> torch.Tensor:
     """PyTorch reference: softmax(q kᵀ * scale - slope * |i - j|) v per sequence, keys past the end masked.
 
@@ -388,6 +497,9 @@ def alibi_attention_ref(
         max_seqlen_q, max_seqlen_k: Python ints, the longest query / key run.
         slopes: fp32 [heads], all positive.
         softmax_scale: defaults to 1 / sqrt(d).
+        band: each (head, query block) reads only the keys whose weight can reach 2^-56 of the
+            row's largest (see ``_band_key_ranges``); None = from ``BAND_MIN_SEQLEN`` keys on,
+            False reads all.
     Returns:
         [total_q, heads, d] in q's dtype.
 
@@ -397,7 +509,7 @@ def alibi_attention_ref(
     """
     _, heads, d = q.shape
     scale = 1.0 / math.sqrt(d) if softmax_scale is None else softmax_scale
-    qp, _ = _pad_packed(q, cu_seqlens_q, max_seqlen_q)
+    qp, query_valid = _pad_packed(q, cu_seqlens_q, max_seqlen_q)
     kp, key_valid = _pad_packed(k, cu_seqlens_k, max_seqlen_k)
     vp, _ = _pad_packed(v, cu_seqlens_k, max_seqlen_k)
     kt = kp.transpose(-1, -2)
@@ -409,18 +521,60 @@ def alibi_attention_ref(
     key_inf.masked_fill_(~key_valid[:, None, :], float("inf"))
 
     rows = max(1, _SCORE_BLOCK_BYTES // (4 * batch * max(max_seqlen_k, 1)))
+    ranges = None
+    if _use_band(band, max_seqlen_k):
+        ranges = _band_key_ranges(qp, kp, query_valid, slopes, scale, rows)
     out = torch.empty_like(qp)
-    for start in range(0, max_seqlen_q, rows):
+    for block, start in enumerate(range(0, max_seqlen_q, rows)):
         stop = min(start + rows, max_seqlen_q)
         distance = (torch.arange(start, stop, device=q.device, dtype=torch.float32)[:, None] - key_pos).abs_()
         distance = distance + key_inf
         for h in range(heads):
-            scores = torch.baddbmm(distance, qp[:, h, start:stop], kt[:, h], beta=neg_slopes[h], alpha=scale)
-            out[:, h, start:stop] = torch.bmm(torch.softmax(scores, dim=-1), vp[:, h])
+            lo, hi = ranges[h][block] if ranges else (0, max_seqlen_k)
+            scores = torch.baddbmm(
+                distance[..., lo:hi],
+                qp[:, h, start:stop],
+                kt[:, h, :, lo:hi],
+                beta=neg_slopes[h],
+                alpha=scale,
+            )
+            if neg_slopes[h] == 0:  # baddbmm ignores its input when beta is 0: mask padding here
+                scores -= key_inf[..., lo:hi]
+            out[:, h, start:stop] = torch.bmm(torch.softmax(scores, dim=-1), vp[:, h, lo:hi])
 
-    lengths_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(torch.long)
-    query_valid = torch.arange(max_seqlen_q, device=q.device)[None, :] < lengths_q[:, None]
     return out.transpose(1, 2)[query_valid].to(q.dtype)
+
+
+def _band_key_ranges(
+    qp: torch.Tensor,
+    kp: torch.Tensor,
+    query_valid: torch.Tensor,
+    slopes: torch.Tensor,
+    scale: float,
+    rows: int,
+) -> list[list[tuple[int, int]]]:
+    """[head][query block of ``rows``] -> (first key, end key) that block needs, over the batch.
+
+    Query i can skip key j when even the largest score j could have, scale * |q_i| * max_j |k_j|
+    (Cauchy-Schwarz) minus slope * |i - j|, is below the score i has with its own key, minus a margin
+    of 56 bits: then exp(s_ij - max_j s_ij) < 2^-56 for each skipped key, and with at most 2^13 keys
+    the output moves by less than 2^-42 of max |v|, far below fp32 resolution. Steep heads (large
+    slopes) thus attend to a band around the diagonal; the bound uses only the data at hand.
+    """
+    heads, length_q, length_k = qp.shape[1], qp.shape[2], kp.shape[2]
+    q_norm = qp.norm(dim=-1)  # [batch, heads, Lq]
+    k_max = kp.norm(dim=-1).amax(-1, keepdim=True)  # [batch, heads, 1]
+    own = (qp * kp[:, :, :length_q]).sum(-1)  # the score with the key at the query's own position
+    excess = scale * (q_norm * k_max * BAND_BOUND_SLACK - own) + BAND_MARGIN_BITS * math.log(2)
+    radius = excess / slopes.float()[None, :, None]
+    positions = torch.arange(length_q, device=qp.device, dtype=torch.float32)
+    valid = query_valid[:, None, :]
+    pad = (-length_q) % rows  # whole blocks: padding rows never widen a range
+    first = F.pad(torch.where(valid, positions - radius, torch.inf).amin(0), (0, pad), value=torch.inf)
+    last = F.pad(torch.where(valid, positions + radius, -torch.inf).amax(0), (0, pad), value=-torch.inf)
+    lo = first.view(heads, -1, rows).amin(-1).floor().clamp(0, length_k).long().tolist()
+    hi = (last.view(heads, -1, rows).amax(-1).ceil() + 1).clamp(0, length_k).long().tolist()
+    return [list(zip(lo_h, hi_h, strict=True)) for lo_h, hi_h in zip(lo, hi, strict=True)]
 
 
 def alibi_attention_padded_ref(
@@ -430,6 +584,7 @@ def alibi_attention_padded_ref(
     key_lengths: torch.Tensor,
     slopes: torch.Tensor,
     softmax_scale: float | None = None,
+    band: bool | None = None,
 ) -> torch.Tensor:
     """PyTorch reference of ``alibi_attention_padded``: every query row of each sequence, keys past
     ``key_lengths[b]`` masked. [batch, L, heads, d] in, the same shape out."""
@@ -448,5 +603,6 @@ def alibi_attention_padded_ref(
         seqlen,
         slopes,
         softmax_scale,
+        band,
     )
     return out.view(batch, seqlen, heads, d)

@@ -45,6 +45,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     kernels = {row["kernel"] for row in rows}
     assert kernels == {
         "alibi_attention_kernel",
+        "key_norm_max_kernel",
         "gelu_glu_kernel",
         "gelu_glu_linear_kernel",
         "add_layer_norm_kernel",
