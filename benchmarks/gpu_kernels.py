@@ -83,6 +83,9 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
 
     ours = lambda: alibi_attention(q, k, v, cu, cu, longest, longest, slopes)
     row("turborank", _bench(ours), _check("turborank", ours(), want, 2e-2))
+    # Without the band (what it saves depends on the q, k norms; these are random normal).
+    full = lambda: alibi_attention(q, k, v, cu, cu, longest, longest, slopes, band=False)
+    row("turborank, band off", _bench(full), _check("turborank, band off", full(), want, 2e-2))
 
     uniform = len(set(lengths)) == 1
     if uniform:  # batched layouts for the baselines
