@@ -30,6 +30,17 @@ if triton is not None:
     _BAND_MARGIN_BITS = tl.constexpr(BAND_MARGIN_BITS)
     _BAND_BOUND_SLACK = tl.constexpr(BAND_BOUND_SLACK)
 
+    @triton.jit
+    def _key_span(CuSeqlens, Seqlens, seq, VARLEN: tl.constexpr):
+        """(first row, row count) of sequence ``seq``: from cu_seqlens when packed, else (0,
+        Seqlens[seq]). Read from memory, never passed as arguments, so that a new sequence length
+        reuses the compiled kernel."""
+        if VARLEN:
+            first = tl.load(CuSeqlens + seq)
+            return first.to(tl.int64), tl.load(CuSeqlens + seq + 1) - first
+        else:
+            return 0, tl.load(Seqlens + seq)
+
     @triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "stride_ob", "padded_len_q"])
     def _alibi_attention_kernel(
         Q,
@@ -66,18 +77,12 @@ if triton is not None:
         start_m = tl.program_id(0)
         seq = tl.program_id(1)
         head = tl.program_id(2)
-        # Lengths are read from memory, never passed as arguments: a new sequence length reuses the
-        # compiled kernel.
+        k_start, len_k = _key_span(CuSeqlensK, SeqlensK, seq, VARLEN)
         if VARLEN:
-            q_start = tl.load(CuSeqlensQ + seq).to(tl.int64)
-            len_q = tl.load(CuSeqlensQ + seq + 1) - tl.load(CuSeqlensQ + seq)
-            k_start = tl.load(CuSeqlensK + seq).to(tl.int64)
-            len_k = tl.load(CuSeqlensK + seq + 1) - tl.load(CuSeqlensK + seq)
+            q_start, len_q = _key_span(CuSeqlensQ, SeqlensK, seq, VARLEN)
         else:
             q_start = 0
             len_q = padded_len_q
-            k_start = 0
-            len_k = tl.load(SeqlensK + seq)
         if start_m * BLOCK_M >= len_q:
             return
 
@@ -184,12 +189,7 @@ if triton is not None:
     ):
         seq = tl.program_id(0)
         head = tl.program_id(1)
-        if VARLEN:
-            k_start = tl.load(CuSeqlensK + seq).to(tl.int64)
-            len_k = tl.load(CuSeqlensK + seq + 1) - tl.load(CuSeqlensK + seq)
-        else:
-            k_start = 0
-            len_k = tl.load(SeqlensK + seq)
+        k_start, len_k = _key_span(CuSeqlensK, SeqlensK, seq, VARLEN)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         base = K + seq.to(tl.int64) * stride_kb + head * stride_kh + k_start * stride_kn

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +39,18 @@ def small_public_ckpt(tmp_path_factory):
 def turbo_ckpt(tmp_path_factory):
     """The real jina-reranker-v1-turbo-en shapes (37.8M parameters, 12 heads)."""
     return make_checkpoint(tmp_path_factory.mktemp("turbo"), "turbo", seed=2)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_repo_module(module: str, *args: str, env: dict[str, str]) -> None:
+    """``python -m module args`` from the repository root, in a fresh process; fails with the tail
+    of its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def read_config(directory) -> dict:

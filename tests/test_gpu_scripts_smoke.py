@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_repo_module
 from turborank.kernels import TRITON_AVAILABLE
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not TRITON_AVAILABLE, reason="needs triton (its interpreter)")
 
 
 def _smoke(script: str, out: Path) -> list[dict]:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{script}", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_repo_module(
+        f"benchmarks.{script}", "--smoke", "--out", str(out), env={**os.environ, "TRITON_INTERPRET": "1"}
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (report,) = out.glob(f"{script}_*.json")
     payload = json.loads(report.read_text())
     assert any("SMOKE RUN" in note for note in payload["notes"])  # never mistaken for a measurement

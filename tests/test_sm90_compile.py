@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.sm90_compile import ctas_per_sm
+from tests.conftest import run_repo_module
 from turborank.kernels import TRITON_AVAILABLE
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _has_nvidia_backend() -> bool:
@@ -31,15 +28,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.sm90_compile", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_repo_module("benchmarks.sm90_compile", "--quick", "--out", str(tmp_path), env=env)
     (report,) = tmp_path.glob("sm90_compile_triton*.json")
     rows = json.loads(report.read_text())["kernels"]
     kernels = {row["kernel"] for row in rows}
