@@ -141,6 +141,8 @@ class CudaGraphForward:
                     f"bucket ({pairs}, {tokens}): pairs must be one of {PAIR_BUCKETS}, tokens one of "
                     f"{TOKEN_BUCKETS}, and tokens > pairs"
                 )
+        if not self.capture:  # the eager layout (tests on CPU) has nothing to capture
+            return
         with self._lock, self._on_device():
             for bucket in buckets:
                 if bucket not in self._graphs:

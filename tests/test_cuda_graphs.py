@@ -56,8 +56,11 @@ def test_capture_needs_cuda_and_triton(small_ckpt):
     model = Reranker.from_pretrained(small_ckpt, device="cpu", backend="torch").model
     with pytest.raises(ValueError, match="CUDA device"):
         CudaGraphForward(model)
+    eager = CudaGraphForward(model, capture=False)
     with pytest.raises(ValueError, match="bucket"):
-        CudaGraphForward(model, capture=False).capture_buckets([(8, 8)])
+        eager.capture_buckets([(8, 8)])
+    eager.capture_buckets([(8, 64)])  # valid, and nothing to capture without CUDA
+    assert eager.captured == []
 
 
 def _engines(checkpoint, device, backend):
