@@ -102,6 +102,8 @@ def test_bucketed_layout_with_triton_kernels(small_ckpt):
 def test_graph_replays_match_eager_forward(small_ckpt):
     plain, graphed = _engines(small_ckpt, "cuda", "triton")
     runner = graphed.enable_cuda_graphs()
+    runner.capture_buckets([(2, 64), (16, 512)])  # as a server would at start-up
+    assert runner.captured == [(2, 64), (16, 512)]
     for seed, n, words in ((1, 10, 40), (2, 10, 40), (3, 3, 200), (4, 1, 3), (5, 10, 40)):
         pairs = sample_pairs(n, seed=seed, max_words=words)
         want = plain.predict(pairs, activation=False)
