@@ -250,7 +250,7 @@ def _eval(args: argparse.Namespace) -> int:
     import time
 
     from turborank.beir import load_corpus, load_qrels, load_queries
-    from turborank.evaluation import RerankOptions, rerank_run, shard_queries
+    from turborank.evaluation import RerankOptions, check_first_stage, rerank_run, shard_queries
     from turborank.ir_metrics import evaluate
     from turborank.trec import read_run
 
@@ -278,6 +278,8 @@ def _eval(args: argparse.Namespace) -> int:
     qids = [q for q in qids if first_stage.get(q)]
     if not qids:
         return _fail("no query has both judgments and first-stage results")
+    # Before the output is opened: a bad run must not truncate an earlier run file of that name.
+    check_first_stage(corpus, first_stage, qids, args.top_k)
     reranker = _load(args)
     total = sum(min(args.top_k, len(first_stage[q])) for q in qids)
     progress = _progress_bar(total)

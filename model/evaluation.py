@@ -63,6 +63,15 @@ def _groups(qids: list[str], first_stage: Run, options: RerankOptions) -> list[l
     return groups + ([current] if current else [])
 
 
+def check_first_stage(corpus: dict[str, str], first_stage: Run, qids: list[str], top_k: int) -> None:
+    """Every document the reranking will read is in the corpus; else ValueError naming it. Cheap
+    (dictionary lookups), so a caller that opens its output first can call it before that."""
+    for qid in qids:
+        for docid, _ in first_stage.get(qid, [])[:top_k]:
+            if docid not in corpus:
+                raise ValueError(f"first-stage run: document {docid!r} of query {qid!r} is not in the corpus")
+
+
 def rerank_run(
     reranker: Reranker,
     queries: dict[str, str],
@@ -77,13 +86,10 @@ def rerank_run(
     """Rerank the top ``options.top_k`` of ``first_stage`` for ``qids`` and write each query's
     ranking to ``out`` as soon as it is scored (flushed per group of queries).
 
-    Raises ValueError when the run names a document missing from the corpus. On KeyboardInterrupt
-    the queries written so far form a valid run.
+    Raises ValueError, before anything is written, when the run names a document missing from the
+    corpus (``check_first_stage``). On KeyboardInterrupt the queries written so far form a valid run.
     """
-    for qid in qids:
-        for docid, _ in first_stage.get(qid, [])[: options.top_k]:
-            if docid not in corpus:
-                raise ValueError(f"first-stage run: document {docid!r} of query {qid!r} is not in the corpus")
+    check_first_stage(corpus, first_stage, qids, options.top_k)
     ready: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 

@@ -34,6 +34,12 @@ def reranker(small_ckpt):
     return Reranker.from_pretrained(small_ckpt, device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """`turborank eval` writes run.trec in the working directory by default: never in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 def eval_args(checkpoint, data) -> list[str]:
     return ["eval", "--model", str(checkpoint), "--data", str(data)]
 
@@ -285,8 +291,13 @@ def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
     assert code == 1 and "bad.trec:1: expected 6 fields" in err
     missing = tmp_path / "missing.trec"
     missing.write_text("q0 Q0 nosuchdoc 1 2.0 x\n")
-    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--run", str(missing)], capsys)
+    earlier = tmp_path / "earlier.trec"
+    earlier.write_text("q0 Q0 d1 1 2.0 kept\n")
+    code, _, err = run_cli(
+        [*eval_args(small_ckpt, dataset), "--run", str(missing), "--output", str(earlier)], capsys
+    )
     assert code == 1 and "'nosuchdoc' of query 'q0' is not in the corpus" in err
+    assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"  # the failed run did not truncate it
     code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--shard", "3/3"], capsys)
     assert code == 1 and "0 <= i < n" in err
 
