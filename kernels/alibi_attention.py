@@ -31,7 +31,7 @@ if triton is not None:
     _BAND_BOUND_SLACK = tl.constexpr(BAND_BOUND_SLACK)
 
     @triton.jit
-    def _key_span(CuSeqlens, Seqlens, seq, VARLEN: tl.constexpr):
+    def _sequence_span(CuSeqlens, Seqlens, seq, VARLEN: tl.constexpr):
         """(first row, row count) of sequence ``seq``: from cu_seqlens when packed, else (0,
         Seqlens[seq]). Read from memory, never passed as arguments, so that a new sequence length
         reuses the compiled kernel."""
@@ -77,9 +77,9 @@ if triton is not None:
         start_m = tl.program_id(0)
         seq = tl.program_id(1)
         head = tl.program_id(2)
-        k_start, len_k = _key_span(CuSeqlensK, SeqlensK, seq, VARLEN)
+        k_start, len_k = _sequence_span(CuSeqlensK, SeqlensK, seq, VARLEN)
         if VARLEN:
-            q_start, len_q = _key_span(CuSeqlensQ, SeqlensK, seq, VARLEN)
+            q_start, len_q = _sequence_span(CuSeqlensQ, CuSeqlensQ, seq, VARLEN)
         else:
             q_start = 0
             len_q = padded_len_q
@@ -189,7 +189,7 @@ if triton is not None:
     ):
         seq = tl.program_id(0)
         head = tl.program_id(1)
-        k_start, len_k = _key_span(CuSeqlensK, SeqlensK, seq, VARLEN)
+        k_start, len_k = _sequence_span(CuSeqlensK, SeqlensK, seq, VARLEN)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         base = K + seq.to(tl.int64) * stride_kb + head * stride_kh + k_start * stride_kn
@@ -566,7 +566,10 @@ def _band_key_ranges(
     k_max = kp.norm(dim=-1).amax(-1, keepdim=True)  # [batch, heads, 1]
     own = (qp * kp[:, :, :length_q]).sum(-1)  # the score with the key at the query's own position
     excess = scale * (q_norm * k_max * BAND_BOUND_SLACK - own) + BAND_MARGIN_BITS * math.log(2)
+    # As in the kernel: a zero slope gives an infinite radius, NaN inputs no band (NaN must reach
+    # the output, as it would without the band, not an empty key range).
     radius = excess / slopes.float()[None, :, None]
+    radius = torch.where(radius >= 0, radius, torch.inf)
     positions = torch.arange(length_q, device=qp.device, dtype=torch.float32)
     valid = query_valid[:, None, :]
     pad = (-length_q) % rows  # whole blocks: padding rows never widen a range

@@ -129,3 +129,16 @@ def test_band_argument_is_checked():
     cu = _cu([20])
     with pytest.raises(ValueError, match="band must be True, False or None"):
         alibi_attention(q, k, v, cu, cu, 20, 20, _slopes(), band="yes")
+
+
+def test_nan_input_reaches_the_output_with_the_band_on():
+    """A NaN query must give NaN (the server fails such forwards), not an empty key range."""
+    q, k, v = _qkv(sum(LENGTHS), scale=2.0, seed=4)
+    q[5, 0, 0] = float("nan")
+    cu, longest = _cu(LENGTHS), max(LENGTHS)
+    got = alibi_attention_ref(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
+    assert torch.isnan(got[5, 0]).all()
+    assert torch.isfinite(got[6:, 0]).all() and torch.isfinite(got[:5, 0]).all()
+    if TRITON:
+        got = alibi_attention(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
+        assert torch.isnan(got[5, 0]).all() and torch.isfinite(got[6:, 0]).all()
