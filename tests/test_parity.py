@@ -1,9 +1,14 @@
 """turborank's PyTorch path against the independent eager reference (tests/eager_reference.py).
 
-The oracle runs in fp64. fp32 logits must agree within 1e-5, relative to the logit's magnitude when
-it exceeds 1: on turbo-shaped random weights with logits near 7, two independent fp32
-implementations (ours and the eager one run in fp32) each land about 2e-5 from the fp64 value, so an
-absolute 1e-5 between two fp32 runs would test rounding luck rather than correctness.
+The oracle runs in fp64. How close an fp32 implementation gets to it depends on the CPU (its GEMM
+kernels' accumulation order: AVX-512 or AMX on Intel, AVX2 on AMD give different roundings), so a
+fixed tolerance tests the machine rather than the code: on turbo-shaped random weights with logits
+near 7, turborank passed 1e-5 on one machine and missed it by 2x on another, where the independent
+eager forward in fp32 was itself 1.4e-5 from fp64. The rule here is flash-attention's, for fp32:
+turborank's distance to fp64 may be at most twice that of the independent eager forward run in
+fp32 on the same machine, plus a floor of a few fp32 units in the last place of the logits for the
+cases where the eager run happens to land very close. A real bug (a wrong slope, a missing bias, a
+wrong GELU) moves the logits by 1e-3 or more, hundreds of times this allowance.
 """
 
 from __future__ import annotations
@@ -17,16 +22,31 @@ from tests.conftest import random_ids, read_config
 from tests.eager_reference import EagerJinaBert
 from turborank import Reranker
 
-FP32_TOL = 1e-5
+# Units in the last place of fp32 at the logits' magnitude (2^-23 relative each).
+FLOOR_ULPS = 8
 
 
-def assert_fp32_parity(got: torch.Tensor, want64: torch.Tensor) -> None:
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), want64.double(), rtol=FP32_TOL, atol=FP32_TOL)
+class Oracle:
+    """The eager reference of one checkpoint and slope scheme, in fp64 (the answer) and in fp32
+    (how far an independent fp32 implementation lands from it on this machine)."""
 
+    def __init__(self, ckpt, scheme: str) -> None:
+        config = read_config(ckpt)
+        self.fp64 = EagerJinaBert(ckpt, config, scheme=scheme, dtype=torch.float64)
+        self.fp32 = EagerJinaBert(ckpt, config, scheme=scheme, dtype=torch.float32)
 
-def _eager(ckpt, scheme: str) -> EagerJinaBert:
-    return EagerJinaBert(ckpt, read_config(ckpt), scheme=scheme, dtype=torch.float64)
+    def allowance(self, sequences: list[list[int]]) -> tuple[torch.Tensor, float]:
+        """(fp64 logits, the largest |fp32 - fp64| allowed for these sequences)."""
+        want = self.fp64.logits(sequences).double()
+        eager_error = (self.fp32.logits(sequences).double() - want).abs().max().item()
+        floor = FLOOR_ULPS * torch.finfo(torch.float32).eps * max(1.0, want.abs().max().item())
+        return want, 2 * eager_error + floor
+
+    def check(self, got: torch.Tensor, sequences: list[list[int]]) -> None:
+        assert got.dtype == torch.float32
+        want, allowed = self.allowance(sequences)
+        error = (got.double() - want).abs().max().item()
+        assert error <= allowed, f"|ours - fp64| = {error:.3g} > {allowed:.3g} (2 x eager fp32 error + floor)"
 
 
 def _packed_logits(reranker: Reranker, sequences: list[list[int]]) -> torch.Tensor:
@@ -44,44 +64,42 @@ def small(small_ckpt):
 
 @pytest.fixture(scope="module")
 def small_eager(small_ckpt):
-    return _eager(small_ckpt, "jina-reranker-v1")
+    return Oracle(small_ckpt, "jina-reranker-v1")
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 17, 64, 97, 128, 129, 300, 511, 512, 1000, 2049])
 def test_single_sequence_matches_eager(small, small_eager, length):
     seq = random_ids(random.Random(length), length)
-    got = _packed_logits(small, [seq])
-    want = small_eager.logits([seq])
-    assert_fp32_parity(got, want)
+    small_eager.check(_packed_logits(small, [seq]), [seq])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("length", [4096, 8192])
 def test_long_sequence_matches_eager(small, small_eager, length):
     seq = random_ids(random.Random(length), length)
-    assert_fp32_parity(_packed_logits(small, [seq]), small_eager.logits([seq]))
+    small_eager.check(_packed_logits(small, [seq]), [seq])
 
 
 @pytest.mark.parametrize("lengths", [[5, 1, 64, 33, 129], [300, 2, 97, 17, 17, 250, 1]])
 def test_mixed_length_batch_matches_eager(small, small_eager, lengths):
     rng = random.Random(sum(lengths))
     seqs = [random_ids(rng, n) for n in lengths]
-    assert_fp32_parity(_packed_logits(small, seqs), small_eager.logits(seqs))
+    small_eager.check(_packed_logits(small, seqs), seqs)
 
 
 def test_turbo_shapes_both_schemes_match_eager(turbo_ckpt):
-    """12 heads: the only head count where the two schemes are reported to differ in the wild."""
+    """12 heads: the only head count where the two schemes are reported to differ in the wild. Each
+    scheme passes against its own oracle and fails against the other's: the rule can fail."""
     rng = random.Random(7)
     seqs = [random_ids(rng, n) for n in (200, 37, 1)]
-    outputs = {}
-    for scheme in ("standard", "jina-reranker-v1"):
+    schemes = ("standard", "jina-reranker-v1")
+    oracles = {scheme: Oracle(turbo_ckpt, scheme) for scheme in schemes}
+    for scheme, other in (schemes, schemes[::-1]):
         reranker = Reranker.from_pretrained(turbo_ckpt, device="cpu", dtype="float32", slopes=scheme)
         got = _packed_logits(reranker, seqs)
-        want = _eager(turbo_ckpt, scheme).logits(seqs)
-        assert_fp32_parity(got, want)
-        outputs[scheme] = got
-    # The test would be vacuous if the schemes produced the same logits.
-    assert (outputs["standard"] - outputs["jina-reranker-v1"]).abs().max() > 1e-3
+        oracles[scheme].check(got, seqs)
+        with pytest.raises(AssertionError, match="2 x eager fp32 error"):
+            oracles[other].check(got, seqs)
 
 
 def test_scheme_follows_auto_map(small_ckpt, small_public_ckpt):
@@ -94,7 +112,7 @@ def test_scheme_follows_auto_map(small_ckpt, small_public_ckpt):
         (local, small_ckpt, "jina-reranker-v1"),
         (public, small_public_ckpt, "standard"),
     ):
-        assert_fp32_parity(_packed_logits(reranker, [seq]), _eager(ckpt, scheme).logits([seq]))
+        Oracle(ckpt, scheme).check(_packed_logits(reranker, [seq]), [seq])
     # Same weights (same seed), different scheme: the scores must differ.
     assert (_packed_logits(local, [seq]) - _packed_logits(public, [seq])).abs().max() > 1e-4
 
@@ -105,7 +123,7 @@ def test_reglu_checkpoint_matches_eager(tmp_path):
     ckpt = make_checkpoint(tmp_path, "small", seed=5, feed_forward_type="reglu")
     reranker = Reranker.from_pretrained(ckpt, device="cpu")
     seqs = [random_ids(random.Random(1), n) for n in (40, 9)]
-    assert_fp32_parity(_packed_logits(reranker, seqs), _eager(ckpt, "jina-reranker-v1").logits(seqs))
+    Oracle(ckpt, "jina-reranker-v1").check(_packed_logits(reranker, seqs), seqs)
 
 
 def test_last_layer_token0_only_is_exact(small, small_eager):
@@ -118,4 +136,4 @@ def test_last_layer_token0_only_is_exact(small, small_eager):
     finally:
         small.model.last_layer_token0_only = True
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
-    assert_fp32_parity(full, small_eager.logits(seqs))
+    small_eager.check(full, seqs)
