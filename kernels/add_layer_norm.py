@@ -14,7 +14,7 @@ except ImportError:  # triton ships for Linux only; the PyTorch references below
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows_x", "rows_r"])
     def _add_layer_norm_kernel(
         X,  # [rows, N] activations, or the word-embedding table when GATHER
         R,  # [rows, N] residual (row stride 0 broadcasts one row), or the token-type table when GATHER
@@ -27,6 +27,8 @@ if triton is not None:
         stride_r,
         stride_y,
         N,
+        rows_x,  # rows of the word table (GATHER): ids outside [0, rows_x) read nothing
+        rows_r,  # rows of the token-type table (GATHER)
         eps,
         HAS_RESIDUAL: tl.constexpr,
         GATHER: tl.constexpr,
@@ -39,19 +41,28 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_N)
         mask = cols < N
         if GATHER:
+            # Checking ids on the host would cost a device sync per forward (they are checked
+            # where they are made, on the host, before the copy). Here an id out of range reads
+            # nothing and turns its row into NaN, which reaches the logit. (The checks are
+            # broadcast over the columns: Triton's interpreter takes no scalar load masks.)
             x_row = tl.load(X_IDS + row)
+            in_range = (cols * 0 + x_row >= 0) & (cols * 0 + x_row < rows_x)
         else:
             x_row = row
-        x = tl.load(X + x_row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+            in_range = cols >= 0
+        x = tl.load(X + x_row * stride_x + cols, mask=mask & in_range, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             if GATHER:
                 if HAS_R_IDS:
                     r_row = tl.load(R_IDS + row)
+                    in_range = in_range & (cols * 0 + r_row >= 0) & (cols * 0 + r_row < rows_r)
                 else:
                     r_row = row * 0  # token type 0 for every row
             else:
                 r_row = row
-            x += tl.load(R + r_row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+            x += tl.load(R + r_row * stride_r + cols, mask=mask & in_range, other=0.0).to(tl.float32)
+        if GATHER:
+            x = tl.where(in_range, x, float("nan"))
         mean = tl.sum(x, axis=0) / N
         centered = tl.where(mask, x - mean, 0.0)
         var = tl.sum(centered * centered, axis=0) / N
@@ -84,6 +95,8 @@ def _launch(x, residual, x_ids, r_ids, weight, bias, eps, rows, out_dtype):
         residual.stride(0) if residual is not None else 0,
         y.stride(0),
         n,
+        x.shape[0] if x_ids is not None else 0,
+        residual.shape[0] if x_ids is not None and residual is not None else 0,
         eps,
         HAS_RESIDUAL=residual is not None,
         GATHER=x_ids is not None,
@@ -134,7 +147,9 @@ def embedding_layer_norm(
         input_ids, token_type_ids: [tokens] int64 (token types None = all zeros).
         word_embeddings: [V, H]; type_embeddings: [T, H]; weight, bias: [H].
     Returns:
-        [tokens, H] in the embeddings' dtype.
+        [tokens, H] in the embeddings' dtype. A row whose id is outside [0, V) (or whose token type
+        is outside [0, T)) is NaN: the kernel never reads outside the tables, and checking the ids
+        here would cost a device sync. ``Reranker`` checks them on the host where it makes them.
     """
     n = weight.shape[0]
     _check_rows("word_embeddings", word_embeddings, n)
@@ -150,6 +165,14 @@ def embedding_layer_norm(
         input_ids.shape[0],
         word_embeddings.dtype,
     )
+
+
+def _check_ids(name: str, ids: torch.Tensor, rows: int, table: str) -> None:
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+        raise ValueError(
+            f"{name} must lie in [0, {rows}) ({table} has {rows} rows), got ids from {int(ids.min())} "
+            f"to {int(ids.max())}"
+        )
 
 
 def add_layer_norm_ref(
@@ -182,7 +205,11 @@ def embedding_layer_norm_ref(
     bias: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """PyTorch reference of ``embedding_layer_norm``."""
+    """PyTorch reference of ``embedding_layer_norm``. Ids outside the tables are a ValueError (this
+    path reads them on the host anyway)."""
+    _check_ids("input_ids", input_ids, word_embeddings.shape[0], "word_embeddings")
+    if token_type_ids is not None:
+        _check_ids("token_type_ids", token_type_ids, type_embeddings.shape[0], "type_embeddings")
     if token_type_ids is None:
         types = type_embeddings[0].expand(input_ids.shape[0], -1)
     else:

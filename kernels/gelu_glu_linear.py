@@ -90,20 +90,34 @@ if triton is not None:
         tl.store(y_ptrs, (act * linear).to(Y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-def _launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return 16, 32, 32, 1, 1  # small tiles: the interpreter's tests exercise tile tails
+# Small tiles for Triton's CPU interpreter: its tests exercise tile tails.
+INTERPRETER_TILES = (16, 32, 32, 1, 1)
+
+
+def gpu_launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher chooses on a GPU."""
     if dtype == torch.float32:
         return 64, 64, 32, 4, 3
     # Two 128x128 fp32 accumulators over 8 warps: 128 registers of the 255 per thread.
     return 128, 128, 64, 8, 3
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, activation: str) -> None:
+def _launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return INTERPRETER_TILES
+    return gpu_launch_config(dtype)
+
+
+def _launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    y: torch.Tensor,
+    activation: str,
+    launch_config: tuple[int, int, int, int, int] | None,
+) -> None:
     M, K = x.shape
     inner = weight.shape[0] // 2
-    block_m, block_n, block_k, warps, stages = _launch_config(x.dtype)
+    block_m, block_n, block_k, warps, stages = launch_config or _launch_config(x.dtype)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(inner, block_n),)
     _gelu_glu_linear_kernel[grid](
         x,
@@ -141,12 +155,20 @@ def _check(x: torch.Tensor, weight: torch.Tensor, activation: str) -> None:
         )
 
 
-def gelu_glu_linear(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+def gelu_glu_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    activation: str = "gelu",
+    *,
+    launch_config: tuple[int, int, int, int, int] | None = None,
+) -> torch.Tensor:
     """Triton: ``gelu_glu(F.linear(x, weight), activation)`` without writing the [M, 2I] product.
 
     Args:
         x: [M, K] with contiguous rows; weight: [2I, K] with contiguous rows (the gated_layers
             weight: gate rows first); fp16, bf16 or fp32, both the same.
+        launch_config: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the built-in
+            choice (powers of two, blocks >= 16); for tuning and for testing the GPU tiles.
     Returns:
         [M, I] in x's dtype.
     """
@@ -158,9 +180,20 @@ def gelu_glu_linear(x: torch.Tensor, weight: torch.Tensor, activation: str = "ge
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"gelu_glu_linear supports float16/bfloat16/float32, got {x.dtype}")
     y = torch.empty(x.shape[0], weight.shape[0] // 2, device=x.device, dtype=x.dtype)
+    if launch_config is not None:
+        _check_launch_config(launch_config)
     if x.shape[0] and y.shape[1]:
-        _launch(x, weight, y, activation)
+        _launch(x, weight, y, activation, launch_config)
     return y
+
+
+def _check_launch_config(config: tuple[int, int, int, int, int]) -> None:
+    ok = len(config) == 5 and all(isinstance(c, int) and c > 0 for c in config)
+    if not ok or min(config[:3]) < 16 or any(c & (c - 1) for c in config[:4]):
+        raise ValueError(
+            "launch_config must be (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) with power-of-two "
+            f"blocks >= 16 and a power-of-two num_warps, got {config!r}"
+        )
 
 
 def gelu_glu_linear_ref(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:

@@ -156,6 +156,8 @@ class CudaGraphForward:
         if bucket is None:
             return None
         flat = bucket_layout(input_ids, token_type_ids, bucket)
+        _, tokens = bucket
+        self.model.check_token_ids(flat[:tokens], flat[tokens : 2 * tokens])
         n = len(input_ids)
         self.batches += 1
         if not self.capture:

@@ -80,6 +80,28 @@ class JinaBertReranker(nn.Module):
             )
         self.fused_gelu_glu_gemm = enabled
 
+    def check_token_ids(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> None:
+        """Refuse ids the embedding tables have no row for, on host tensors, before they are copied
+        to the device: a check there would cost a sync per forward, and the Triton embedding
+        kernel only flags such a row with NaN. Cheap (a min/max over a CPU tensor).
+
+        Args:
+            input_ids, token_type_ids: CPU int64 tensors (types may be None).
+        """
+        cfg = self.config
+        for name, ids, rows in (
+            ("input_ids", input_ids, cfg.vocab_size),
+            ("token_type_ids", token_type_ids, cfg.type_vocab_size),
+        ):
+            if ids is None or not ids.numel():
+                continue
+            low, high = (int(v) for v in torch.aminmax(ids))
+            if low < 0 or high >= rows:
+                field = "vocab_size" if name == "input_ids" else "type_vocab_size"
+                raise ValueError(
+                    f"{name} must lie in [0, {rows}) ({field} of the model), got ids {low}..{high}"
+                )
+
     @property
     def dtype(self) -> torch.dtype:
         return self.word_embeddings.dtype

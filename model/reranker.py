@@ -108,6 +108,7 @@ class Reranker:
         dtype = resolve_dtype(dtype, device)
         ops = resolve_ops(backend, device)
         tokenizer = PairTokenizer.from_directory(directory, config.max_position_embeddings)
+        tokenizer.check_fits(config.vocab_size, config.type_vocab_size, str(directory / "config.json"))
         weights = load_weights(find_weights_file(directory), config, dtype)
         model = JinaBertReranker(config, weights, ops).to(device).eval()
         logger.info(
@@ -270,6 +271,7 @@ class Reranker:
                     outputs.append(graphed)
                     continue
             input_ids, cu_seqlens, max_seqlen, type_ids = _pack(encoded, batch)
+            self.model.check_token_ids(input_ids, type_ids)
             outputs.append(
                 self.model(
                     input_ids.to(device, non_blocking=True),

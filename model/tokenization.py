@@ -199,6 +199,29 @@ class PairTokenizer:
         )
         return encoded, owners
 
+    def check_fits(self, vocab_size: int, type_vocab_size: int, config_source: str) -> None:
+        """Refuse a tokenizer that can emit an id the embedding tables have no row for: caught
+        here, at load, rather than as an IndexError (PyTorch) or a NaN row (Triton) per request.
+
+        Every id the tokenizer knows (its vocabulary and added tokens) must be below ``vocab_size``;
+        the pair template's token types, when the model is given them, below ``type_vocab_size``.
+        """
+        base = Tokenizer.from_str(self._base)
+        largest = max(base.get_vocab(with_added_tokens=True).values(), default=-1)
+        if largest >= vocab_size:
+            raise ValueError(
+                f"{self.source}: token ids reach {largest}, but {config_source} has vocab_size {vocab_size} "
+                f"(the word-embedding table has no row for ids >= {vocab_size}); the tokenizer does not "
+                "belong to this checkpoint"
+            )
+        if self.emits_token_type_ids:
+            types = max(base.encode("a", "b").type_ids, default=0)
+            if types >= type_vocab_size:
+                raise ValueError(
+                    f"{self.source}: the pair template gives token type {types}, but {config_source} has "
+                    f"type_vocab_size {type_vocab_size}"
+                )
+
     def _raise_query_too_long(self, pairs: list[tuple[str, str]], max_length: int) -> None:
         # With only_second the tokenizer errors without saying which query is too long.
         room = max_length - self.num_special_tokens - 1

@@ -3,18 +3,16 @@ what a graph replays) and, on a GPU, capture and replay against the eager forwar
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import sample_pairs
+from tests.devices import DEVICE, GPU, needs_triton
 from turborank import Reranker
 from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward, bucket_layout, choose_bucket
-from turborank.kernels import TRITON_AVAILABLE
 
-GPU = torch.cuda.is_available()
+pytestmark = pytest.mark.gpu
 
 
 def test_choose_bucket_leaves_room_for_a_dummy_sequence():
@@ -83,13 +81,24 @@ def test_bucketed_layout_gives_the_unbucketed_logits(small_ckpt, n, max_words):
     assert runner.batches == {1: 1, 10: 1, 13: 0, 40: 2}[n]
 
 
-@pytest.mark.skipif(
-    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs triton and a GPU or TRITON_INTERPRET=1",
-)
+def test_bucketed_path_refuses_ids_past_the_tables_on_the_host(small_ckpt):
+    from turborank.tokenization import EncodedPairs
+
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu", backend="torch")
+    runner = reranker.enable_cuda_graphs(capture=False)
+    vocab = reranker.config.vocab_size
+    bad = EncodedPairs(input_ids=[[0, 5], [0, vocab + 3]], token_type_ids=None, was_truncated=[False, False])
+    with pytest.raises(ValueError, match=f"input_ids must lie in \\[0, {vocab}\\)") as refused:
+        reranker.score_encoded(bad)
+    # Refused by the bucketed path itself, before its forward.
+    assert any(entry.path.name == "cuda_graphs.py" for entry in refused.traceback)
+    assert runner.batches == 0
+
+
+@needs_triton
 def test_bucketed_layout_with_triton_kernels(small_ckpt):
     """The kernels' grid is sized by the bucket's max_seqlen, far above the real lengths."""
-    device = "cuda" if GPU else "cpu"
+    device = DEVICE
     plain, graphed = _engines(small_ckpt, device, "triton")
     graphed.enable_cuda_graphs(capture=False)
     pairs = sample_pairs(3, seed=5, max_words=12)
@@ -144,14 +153,11 @@ class _SyncDetector(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.skipif(
-    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs triton and a GPU or TRITON_INTERPRET=1",
-)
+@needs_triton
 def test_triton_forward_has_no_host_sync(small_ckpt):
     """What a CUDA graph needs: no op of the Triton-path forward waits on the device. The PyTorch
     path is checked too, to show the detector finds what it looks for (its attention masks)."""
-    device = "cuda" if GPU else "cpu"
+    device = DEVICE
     inputs = bucket_layout([[0, 5, 6, 7], [0, 8, 9]], [[0, 0, 1, 1], [0, 1, 1]], (4, 64))
     found = {}
     for backend in ("triton", "torch"):

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.conftest import sample_pairs
+from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
 from turborank import Reranker
-from turborank.kernels import TRITON_AVAILABLE, gelu_glu_linear, gelu_glu_linear_ref
+from turborank.kernels import gelu_glu_linear, gelu_glu_linear_ref
+from turborank.kernels.gelu_glu_linear import gpu_launch_config
 
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
-pytestmark = pytest.mark.skipif(
-    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs triton and a GPU or TRITON_INTERPRET=1",
-)
+pytestmark = [pytest.mark.gpu, needs_triton]
 # (tokens, hidden, intermediate): odd sizes for every tile tail, and the rerankers' own.
 SHAPES = [(1, 32, 16), (17, 100, 50), (64, 64, 64), (33, 384, 96)]
 if GPU:
     SHAPES += [(8192, 384, 1536), (4097, 768, 3072), (513, 384, 1536)]
-# The interpreter's bf16 tl.dot is wrong (see test_triton_kernels); bf16 runs on GPUs.
-HALF_DTYPES = [torch.float16, torch.bfloat16] if GPU else [torch.float16]
 
 
 def _inputs(m: int, k: int, inner: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,3 +91,27 @@ def test_model_with_fused_gemm_matches_unfused(small_ckpt):
     torch_path = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="torch")
     with pytest.raises(ValueError, match="fused GEGLU GEMM is a Triton kernel"):
         torch_path.model.use_fused_gelu_glu_gemm(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])
+def test_gpu_tiles_in_the_interpreter(dtype):
+    """The tiles the launcher picks on a GPU (the interpreter otherwise runs 16 x 32 x 32), on
+    shapes with a tail in every dimension of them."""
+    config = gpu_launch_config(dtype)
+    block_m, block_n, block_k = config[:3]
+    x, weight = _inputs(block_m + 3, block_k * 2 + 5, block_n + 7, seed=3)
+    x, weight = x.to(dtype), weight.to(dtype)
+    exact = _exact(x, weight, "gelu")
+    got = gelu_glu_linear(x, weight, launch_config=config)
+    ours = (got.double() - exact).abs().max().item()
+    if dtype == torch.float32:
+        assert ours <= 1e-5 * exact.abs().max().item()
+    else:
+        assert ours <= 2 * (gelu_glu_linear_ref(x, weight).double() - exact).abs().max().item() + 1e-6
+
+
+def test_launch_config_is_checked():
+    x, weight = _inputs(4, 32, 16, seed=0)
+    for bad in ((16, 16, 16, 3, 1), (8, 16, 16, 1, 1), (16, 16, 16, 1), (16, 16, 16, 1, 0)):
+        with pytest.raises(ValueError, match="launch_config must be"):
+            gelu_glu_linear(x, weight, launch_config=bad)

@@ -144,3 +144,54 @@ def test_add_layer_norm_ref_constant_row_is_finite():
         x, None, torch.ones(64, dtype=torch.float16), torch.zeros(64, dtype=torch.float16), 1e-12
     )
     assert torch.isfinite(got).all()
+
+
+def _attention_inputs(lengths: list[int], heads: int = 4, d: int = 32):
+    gen = torch.Generator().manual_seed(len(lengths))
+    q, k, v = (torch.randn(sum(lengths), heads, d, generator=gen) for _ in range(3))
+    return q, k, v, _cu(lengths), torch.tensor([2.0**-i for i in range(1, heads + 1)])
+
+
+@pytest.mark.parametrize("scale", [-0.5, 0.0, float("nan"), float("inf"), True, "0.1"])
+def test_alibi_attention_ref_rejects_bad_softmax_scale(scale):
+    q, k, v, cu, slopes = _attention_inputs([10])
+    with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
+        alibi_attention_ref(q, k, v, cu, cu, 10, 10, slopes, scale)
+
+
+def test_alibi_attention_ref_rejects_bad_lengths():
+    q, k, v, cu, slopes = _attention_inputs([10, 20])
+    cases = [
+        (dict(max_seqlen_q=19), "max_seqlen_q=19 is below the longest sequence in cu_seqlens_q \\(20\\)"),
+        (dict(max_seqlen_k=5), "max_seqlen_k=5 is below the longest"),
+        (dict(max_seqlen_q=0), "max_seqlen_q must be a Python int >= 1"),
+        (dict(max_seqlen_k=20.0), "max_seqlen_k must be a Python int >= 1"),
+        (dict(cu_seqlens_q=torch.tensor([1, 10, 30], dtype=torch.int32)), "cu_seqlens_q must start at 0"),
+        (
+            dict(cu_seqlens_k=torch.tensor([0, 20, 10], dtype=torch.int32)),
+            "cu_seqlens_k must start at 0, never",
+        ),
+        (dict(cu_seqlens_k=torch.tensor([0, 10, 31], dtype=torch.int32)), "end within the 30 rows of k"),
+        (dict(cu_seqlens_k=torch.tensor([0, 10], dtype=torch.int32)), "the same number of sequences"),
+        (
+            dict(cu_seqlens_k=torch.tensor([0, 0, 20], dtype=torch.int32)),
+            "sequence 0 has queries but no keys",
+        ),
+    ]
+    for override, message in cases:
+        args = dict(
+            q=q, k=k, v=v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=20, max_seqlen_k=20, slopes=slopes
+        )
+        with pytest.raises(ValueError, match=message):
+            alibi_attention_ref(**{**args, **override})
+
+
+def test_alibi_attention_ref_takes_any_slopes_and_lengths_strides():
+    """The PyTorch path reads slopes and cu_seqlens on the host: strided views are fine there."""
+    q, k, v, cu, slopes = _attention_inputs([10, 20])
+    strided_slopes = torch.stack([slopes, slopes], 1)[:, 0]
+    strided_cu = torch.stack([cu, cu], 1)[:, 0]
+    assert not strided_slopes.is_contiguous() and not strided_cu.is_contiguous()
+    want = alibi_attention_ref(q, k, v, cu, cu, 20, 20, slopes)
+    got = alibi_attention_ref(q, k, v, strided_cu, strided_cu, 20, 20, strided_slopes)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -116,3 +116,41 @@ def test_plan_batches_sorted_bounded_complete():
         assert len(batch) == 1 or len(batch) * lengths[batch[0]] <= 1000
         assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
     assert [8192] in [[lengths[i] for i in b] for b in batches]  # over budget: alone, never dropped
+
+
+def test_load_refuses_a_tokenizer_with_ids_past_vocab_size(tmp_path, small_ckpt):
+    """An id >= vocab_size has no embedding row: refused at load, naming both numbers, not found
+    per request as an IndexError (PyTorch) or a NaN row (Triton)."""
+    import shutil
+
+    from turborank.testing import make_checkpoint
+
+    target = make_checkpoint(tmp_path / "narrow", "small", vocab_size=1000)
+    Reranker.from_pretrained(target, device="cpu")  # its own tokenizer fits
+    shutil.copy(small_ckpt / "tokenizer.json", target / "tokenizer.json")  # ids up to ~1500
+    with pytest.raises(
+        ValueError, match=r"tokenizer.json: token ids reach 1\d\d\d, but .*config.json has vocab_size 1000"
+    ):
+        Reranker.from_pretrained(target, device="cpu")
+
+
+def test_ids_past_the_tables_are_refused_on_the_host(reranker):
+    """Ids are checked where they are packed, on CPU tensors before the copy to the device (no
+    device sync): a ValueError naming the ids and the limit."""
+    from turborank.tokenization import EncodedPairs
+
+    vocab = reranker.config.vocab_size
+    bad = EncodedPairs(
+        input_ids=[[0, 5, 6], [0, vocab, 2]], token_type_ids=None, was_truncated=[False, False]
+    )
+    with pytest.raises(
+        ValueError,
+        match=f"input_ids must lie in \\[0, {vocab}\\) \\(vocab_size of the model\\), got ids 0..{vocab}",
+    ):
+        reranker.score_encoded(bad)
+    types = EncodedPairs(input_ids=[[0, 5, 6]], token_type_ids=[[0, 0, 2]], was_truncated=[False])
+    with pytest.raises(ValueError, match="token_type_ids must lie in \\[0, 2\\)"):
+        reranker.score_encoded(types)
+    negative = EncodedPairs(input_ids=[[0, -1, 6]], token_type_ids=None, was_truncated=[False])
+    with pytest.raises(ValueError, match="got ids -1..6"):
+        reranker.score_encoded(negative)

@@ -8,13 +8,12 @@ most twice the error of plain PyTorch computing in that same half dtype.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
+from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
 from turborank.kernels import (
-    TRITON_AVAILABLE,
     add_layer_norm,
     add_layer_norm_ref,
     alibi_attention,
@@ -27,16 +26,11 @@ from turborank.kernels import (
     gelu_glu,
     gelu_glu_ref,
 )
+from turborank.kernels.alibi_attention import gpu_launch_configs
 
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
-pytestmark = pytest.mark.skipif(
-    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs triton and a GPU or TRITON_INTERPRET=1",
-)
-# Triton's interpreter computes tl.dot on bf16 operands wrongly (garbage, seen with triton 3.9), so
-# bf16 attention is checked on GPUs only; bf16 elementwise kernels are fine in the interpreter.
-HALF_DTYPES = [torch.float16, torch.bfloat16] if GPU else [torch.float16]
+pytestmark = [pytest.mark.gpu, needs_triton]
+# bf16 attention goes through tl.dot: checked on GPUs only (HALF_DTYPES skips it in the interpreter);
+# bf16 elementwise kernels are fine in the interpreter.
 LENGTH_SETS = [[1], [2], [17], [64, 97], [129, 1, 300, 5], [16, 32, 48]]
 if GPU:
     LENGTH_SETS += [[1024] * 8, [8192], [8192, 1, 4097, 333, 2048], [513] * 33]
@@ -103,6 +97,40 @@ def test_attention_half_within_twice_pytorch_error(dtype, lengths):
     assert kernel_error <= 2 * pytorch_error + 1e-5, (kernel_error, pytorch_error)
 
 
+@pytest.mark.parametrize(
+    "config,cases", sorted(gpu_launch_configs().items()), ids=[str(c) for c in sorted(gpu_launch_configs())]
+)
+def test_attention_at_every_gpu_tile(config, cases):
+    """Each (BLOCK_M, BLOCK_N, warps, stages) the launcher picks on a GPU, forced here so that the
+    interpreter runs the production tiles too (it otherwise runs 16 x 16), at the first (head_dim,
+    dtype) that picks it, band on and off, every query row and the token-0 rows."""
+    head_dim, dtype, max_q = cases[0]
+    if dtype == torch.bfloat16 and not GPU:
+        dtype = torch.float16  # the interpreter's bf16 tl.dot is wrong; the GPU runs bf16 itself
+    lengths = [1, 17, 200, 129]
+    heads = 2
+    q32, k32, v32 = _qkv(sum(lengths), heads, head_dim, torch.float32, seed=head_dim)
+    q, k, v = q32.to(dtype), k32.to(dtype), v32.to(dtype)
+    slopes = alibi_slopes(heads, device=DEVICE)
+    cu_k = _cu(lengths)
+    cu_q, longest_q = cu_k, max(lengths)
+    if max_q <= 16:  # the last layer's token-0 queries
+        q = q[cu_k[:-1].long()].contiguous()
+        cu_q, longest_q = _cu([1] * len(lengths)), 1
+    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, longest_q, max(lengths), slopes)
+    if dtype == torch.float32:
+        allowed = 2e-5
+    else:
+        eager = alibi_attention_ref(q, k, v, cu_q, cu_k, longest_q, max(lengths), slopes)
+        allowed = 2 * (eager.float() - want).abs().max().item() + 1e-5
+    for band in (True, False):
+        got = alibi_attention(
+            q, k, v, cu_q, cu_k, longest_q, max(lengths), slopes, band=band, launch_config=config
+        )
+        error = (got.float() - want).abs().max().item()
+        assert error <= allowed, (config, band, error, allowed)
+
+
 def test_attention_query_prefix_token0_rows():
     lengths_k = [5, 40, 1, 77] if not GPU else [5, 4000, 1, 8192]
     heads, d = 12, 32
@@ -160,7 +188,7 @@ def test_padded_layout_ignores_poisoned_padding_and_matches_varlen():
 
 def test_attention_repeated_runs_are_bitwise_equal():
     lengths = [97, 5] if not GPU else [8192, 97, 5]
-    q, k, v = _qkv(sum(lengths), 12, 32, HALF_DTYPES[-1], seed=5)
+    q, k, v = _qkv(sum(lengths), 12, 32, torch.bfloat16 if GPU else torch.float16, seed=5)
     cu = _cu(lengths)
     slopes = alibi_slopes(12, device=DEVICE)
     first = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
@@ -206,6 +234,69 @@ def test_attention_rejects_bad_input():
         alibi_attention(q, k, v, cu, cu, 10, 10, slopes.half())
     with pytest.raises(ValueError, match="q, k, v must share one of"):
         alibi_attention(q, k.half(), v, cu, cu, 10, 10, slopes)
+
+
+@pytest.mark.parametrize("scale", [-0.5, 0.0, float("nan"), float("inf"), True])
+def test_attention_rejects_bad_softmax_scale(scale):
+    """A negative scale turns the band's upper bound into a lower one (wrong rows, not an error)."""
+    q, k, v = _qkv(10, 2, 32, torch.float32, seed=0)
+    cu = _cu([10])
+    with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
+        alibi_attention(q, k, v, cu, cu, 10, 10, alibi_slopes(2, device=DEVICE), scale, band=True)
+
+
+def test_attention_rejects_strided_slopes_lengths_and_bad_sizes():
+    q, k, v = _qkv(30, 2, 32, torch.float32, seed=0)
+    cu = _cu([10, 20])
+    slopes = alibi_slopes(2, device=DEVICE)
+    strided_slopes = torch.stack([slopes, slopes], 1)[:, 0]
+    strided_cu = torch.stack([cu, cu], 1)[:, 0]
+    with pytest.raises(ValueError, match="slopes must be contiguous"):
+        alibi_attention(q, k, v, cu, cu, 20, 20, strided_slopes)
+    with pytest.raises(ValueError, match="cu_seqlens_q must be contiguous"):
+        alibi_attention(q, k, v, strided_cu, cu, 20, 20, slopes)
+    with pytest.raises(ValueError, match="cu_seqlens_k must be contiguous"):
+        alibi_attention(q, k, v, cu, strided_cu, 20, 20, slopes)
+    with pytest.raises(ValueError, match="max_seqlen_q must be a Python int >= 1, got 0"):
+        alibi_attention(q, k, v, cu, cu, 0, 20, slopes)
+    with pytest.raises(ValueError, match="max_seqlen_k must be a Python int >= 1"):
+        alibi_attention(q, k, v, cu, cu, 20, torch.tensor(20), slopes)
+    lengths = torch.tensor([10, 20], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="key_lengths must be contiguous"):
+        padded = q.view(1, 30, 2, 32).expand(2, 30, 2, 32)
+        alibi_attention_padded(padded, padded, padded, torch.stack([lengths, lengths], 1)[:, 0], slopes)
+    wide = torch.zeros(4, 1, 257, device=DEVICE)
+    with pytest.raises(ValueError, match="head_dim \\(q.shape\\[-1\\]\\) must be in 1..256, got 257"):
+        alibi_attention(wide, wide, wide, _cu([4]), _cu([4]), 4, 4, alibi_slopes(1, device=DEVICE))
+
+
+def test_attention_max_seqlen_q_below_the_longest_is_still_right():
+    """max_seqlen_q sizes the grid; the kernel does not read cu_seqlens on the host to check it.
+    Too small a value must cost speed only: every row computed (once, rows uninitialised)."""
+    lengths = [40, 5, 33]
+    q, k, v = _qkv(sum(lengths), 4, 32, torch.float32, seed=9)
+    cu = _cu(lengths)
+    slopes = alibi_slopes(4, device=DEVICE)
+    want = alibi_attention_ref(q, k, v, cu, cu, 40, 40, slopes)
+    for max_q in (1, 16, 17):
+        got = alibi_attention(q, k, v, cu, cu, max_q, 40, slopes)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_attention_lengths_past_the_tensor_are_clamped_never_read():
+    """cu_seqlens that claim more rows than q or k have are not checked on the host (a sync); the
+    kernel clamps them to the tensor, so memory past it (NaN here) is never read."""
+    heads, d = 2, 32
+    storage = torch.full((3, 64, heads, d), float("nan"), device=DEVICE)
+    storage[:, :30] = torch.randn(3, 30, heads, d, device=DEVICE)
+    q, k, v = storage[0, :30], storage[1, :30], storage[2, :30]
+    slopes = alibi_slopes(heads, device=DEVICE)
+    claimed = torch.tensor([0, 10, 50], dtype=torch.int32, device=DEVICE)
+    got = alibi_attention(q, k, v, claimed, claimed, 40, 40, slopes, band=True)
+    cu = _cu([10, 20])
+    torch.testing.assert_close(
+        got, alibi_attention_ref(q, k, v, cu, cu, 20, 20, slopes), rtol=1e-5, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -278,3 +369,34 @@ def test_attention_launch_config_override():
     for bad in ((24, 16, 4, 2), (16, 8, 4, 2), (16, 16, 3, 2), (16, 16, 4)):
         with pytest.raises(ValueError, match="launch_config must be"):
             alibi_attention(q, k, v, cu, cu, 64, 64, slopes, launch_config=bad)
+
+
+def test_embedding_ids_out_of_range_read_nothing_and_give_nan_rows():
+    """Ids are checked on the host where they are made (no device sync); the kernel itself never
+    reads outside the tables and marks such a row NaN, which reaches the logit. The PyTorch path
+    raises a ValueError naming the ids and the table."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    storage = torch.full((64 + 32, 48), float("nan"), device=DEVICE)  # NaN past the word table
+    words = storage[:64]
+    words.copy_(torch.randn(64, 48, device=DEVICE, generator=gen))
+    types = torch.randn(2, 48, device=DEVICE, generator=gen)
+    w, b = torch.ones(48, device=DEVICE), torch.zeros(48, device=DEVICE)
+    ids = torch.tensor([3, 64, 5, -1, 70, 63], device=DEVICE)
+    type_ids = torch.tensor([0, 0, 2, 1, 1, -3], device=DEVICE)
+    got = embedding_layer_norm(ids, type_ids, words, types, w, b, 1e-12)
+    bad = torch.tensor([False, True, True, True, True, True], device=DEVICE)  # 2, -3: bad types
+    assert torch.isnan(got[bad]).all() and torch.isfinite(got[~bad]).all()
+    torch.testing.assert_close(
+        got[0],
+        embedding_layer_norm_ref(ids[:1], type_ids[:1], words, types, w, b, 1e-12)[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    no_types = embedding_layer_norm(ids, None, words, types, w, b, 1e-12)
+    assert torch.equal(torch.isnan(no_types).any(1), (ids < 0) | (ids >= 64))
+    with pytest.raises(
+        ValueError, match="input_ids must lie in \\[0, 64\\) \\(word_embeddings has 64 rows\\)"
+    ):
+        embedding_layer_norm_ref(ids, type_ids, words, types, w, b, 1e-12)
+    with pytest.raises(ValueError, match="token_type_ids must lie in \\[0, 2\\)"):
+        embedding_layer_norm_ref(ids[:1], type_ids, words, types, w, b, 1e-12)

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
 
 from tests.conftest import random_ids, read_config, sample_pairs
+from tests.devices import BF16_DOT_SKIP, DEVICE, GPU, needs_triton
 from tests.eager_reference import EagerJinaBert
 from turborank import Reranker
-from turborank.kernels import TRITON_AVAILABLE
 from turborank.ops import OP_NAMES
 
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
-pytestmark = pytest.mark.skipif(
-    not TRITON_AVAILABLE or not (GPU or os.environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs triton and a GPU or TRITON_INTERPRET=1",
-)
+pytestmark = [pytest.mark.gpu, needs_triton]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,7 @@ def test_packed_batch_equals_each_alone(engines):
     assert max(abs(a - b) for a, b in zip(batched, alone, strict=True)) <= 1e-6
 
 
-@pytest.mark.skipif(not GPU, reason="bf16 model check runs on GPU")
+@BF16_DOT_SKIP
 def test_bf16_model_within_twice_eager_bf16_error(small_ckpt):
     rng = random.Random(0)
     seqs = [random_ids(rng, n) for n in (512, 97, 2048, 1)]
