@@ -4,6 +4,8 @@
 #   bash benchmarks/fetch_device_wheels.sh [REFERENCE_CODE_DIR]
 # - the wheels `turborank serve` and `turborank eval` need that the image lacks (FastAPI, uvicorn,
 #   Starlette, pydantic; ir-measures, pytrec-eval-terrier, bm25s), for its Python 3.12 on x86-64;
+# - setuptools >= 77 (pure Python), which builds turborank's pyproject (an SPDX license string)
+#   offline when the image's own setuptools is older;
 # - with REFERENCE_CODE_DIR (a folder holding the JinaBERT `modeling_bert.py` and
 #   `configuration_bert.py`): a copy of that code and the transformers 4.46 stack it runs on
 #   (transformers, tokenizers 0.20, huggingface_hub < 1; the image's transformers 5 cannot load it)
@@ -18,6 +20,7 @@ download() {
 rm -rf .device-wheels  # one version of each package: two stop an offline install
 mkdir -p .device-wheels
 download --dest .device-wheels fastapi uvicorn ir-measures bm25s
+download --dest .device-wheels "setuptools>=77"
 # The image has NumPy and SciPy (bm25s needs them); they would take most of the 64 MiB that travels.
 rm -f .device-wheels/numpy-*.whl .device-wheels/scipy-*.whl
 if [ -n "${1:-}" ]; then

@@ -1,98 +1,183 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (no network): install in place, run the GPU test subset
-# and the kernel + model benchmarks, write the results under $OUT. Finishes in under 8 minutes:
-# each step has its own limit, cut to what is left of the budget.
+# One prepared check for a lent GPU machine (no network): install in place, run the GPU tests
+# (`pytest -m gpu`), the kernel and model benchmarks, the suite's GPU cases, the attention tile
+# sweep, a load test and an eval; write the results under $OUT.
 #   OUT=/some/dir bash benchmarks/gpu_check.sh [--full]
-# The device tool brings back at most 8 files from $OUT, so the steps write into a work folder that
-# is packed into $OUT/gpu_check.tar.gz; $OUT/summary.md gathers the tables and the test tail.
+#   bash benchmarks/gpu_check.sh --plan    # print the steps, their limits and the install route; run nothing
+# Each step runs under its own time limit and the limits sum to the budget, so a slow step never
+# takes the time of the ones after it. The Python steps rewrite their report after every section
+# or case, so a step stopped at its limit keeps what it finished. The device tool brings back at
+# most 8 files from $OUT: the steps write into a work folder packed into $OUT/gpu_check.tar.gz, and
+# $OUT/summary.md gathers the verdicts, the tables and the test results per file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results/local}"
+
+# Seconds: what a device call of 580 s leaves once this script's own start is counted, with the
+# reserve for the verdicts and the packing after the last step.
+BUDGET_S=510
+RESERVE_S=10
+# name and limit in seconds, in the order they run (correctness first).
+STEPS=(
+  "install 20"
+  "gpu_tests 160"
+  "gpu_kernels 90"
+  "gpu_model 80"
+  "suite 60"
+  "tune_attention 40"
+  "load_test 25"
+  "eval 25"
+)
+py=python3
+quick="--quick"
+mode=run
+case "${1:-}" in
+  --full) quick="" ;;
+  --plan) mode=plan ;;
+  "") ;;
+  *) echo "usage: OUT=DIR bash benchmarks/gpu_check.sh [--full | --plan]" >&2; exit 2 ;;
+esac
+
+# The install route: pyproject's SPDX `license` string needs setuptools >= 77 to build. The image's
+# own setuptools is used as it is (--no-build-isolation) when new enough; otherwise a setuptools
+# wheel carried in .device-wheels (benchmarks/fetch_device_wheels.sh puts one there) builds it in
+# an isolated environment, still offline.
+install_route() {
+  local version
+  version=$($py -c "import setuptools; print(setuptools.__version__)" 2>/dev/null || echo none)
+  if [ "$version" != none ] && [ "${version%%.*}" -ge 77 ]; then
+    echo "image-setuptools $version"
+  elif compgen -G ".device-wheels/setuptools-*.whl" > /dev/null; then
+    echo "carried-setuptools (image has $version)"
+  else
+    echo "none: the image has setuptools $version (< 77) and .device-wheels holds no setuptools wheel"
+  fi
+}
+
+has_module() { $py -c "import $1" 2>/dev/null; }
+
+# A command of the running step, with what is left of that step's limit.
+within() {
+  local left=$((deadline - $(date +%s)))
+  [ "$left" -gt 0 ] || return 124
+  timeout "$left" "$@"
+}
+
+step_install() {
+  local route
+  route=$(install_route)
+  echo "install route: $route"
+  case "$route" in
+    image-setuptools*) within $py -m pip install --no-deps --no-build-isolation -e . ;;
+    carried-setuptools*) within $py -m pip install --no-deps --no-index --find-links .device-wheels -e . ;;
+    *) return 1 ;;
+  esac || return 1
+  if [ -d .device-wheels ]; then
+    # The serve and eval extras are not on the image (fetch_device_wheels.sh packs them).
+    within $py -m pip install --no-index --find-links .device-wheels fastapi uvicorn ir-measures bm25s \
+      || echo "serve/eval extras: install from .device-wheels failed"
+  fi
+}
+
+step_gpu_tests() {
+  # Triton compiles each kernel variant on the host: spread the tests over 4 processes when
+  # pytest-xdist is there (the image has it; the GPU is shared, memory is ample).
+  local xdist=()
+  has_module xdist && xdist=(-n 4)
+  within $py -m pytest -q -p no:cacheprovider -m gpu "${xdist[@]}" tests --junitxml="$WORK/gpu_tests.xml"
+}
+
+step_gpu_kernels() { within $py -m benchmarks.gpu_kernels --out "$WORK" $quick; }
+step_gpu_model() { within $py -m benchmarks.gpu_model --out "$WORK" $quick; }
+
+step_suite() {
+  # turborank (Triton) vs its PyTorch path, and vs the HF reference code when fetch_device_wheels.sh
+  # packed it (with the transformers 4.46 stack it needs, installed aside in /tmp/hfsite and put
+  # first on the reference process's path only).
+  local args=()
+  if [ -f .device-wheels/hf/code/modeling_bert.py ]; then
+    if within $py -m pip install --quiet --no-index --no-deps --target /tmp/hfsite .device-wheels/hf/*.whl; then
+      printf '#!/bin/sh\nPYTHONPATH=/tmp/hfsite${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$(command -v $py)" \
+        > /tmp/hfpython
+      chmod +x /tmp/hfpython
+      args=(--reference-code .device-wheels/hf/code --hf-python /tmp/hfpython)
+    else
+      echo "HF reference: install from .device-wheels/hf failed"
+    fi
+  fi
+  within $py -m benchmarks.run --device cuda --quick --out "$WORK" "${args[@]}"
+}
+
+step_tune_attention() { within $py -m benchmarks.tune_attention --out "$WORK" $quick; }
+
+step_load_test() {
+  has_module fastapi && has_module uvicorn || { echo "skipped: fastapi/uvicorn not installed"; return 0; }
+  within $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 6 --soak 8 \
+    --out "$WORK"
+}
+
+step_eval() {
+  has_module ir_measures && has_module bm25s || { echo "skipped: ir-measures/bm25s not installed"; return 0; }
+  within $py -m turborank.testing "$WORK/ckpt" --preset turbo > /dev/null \
+    && within $py -m turborank.testing "$WORK/beir" --beir > /dev/null \
+    && within $py -m turborank.cli eval --model "$WORK/ckpt" --data "$WORK/beir" --bm25 --top-k 100 \
+      --device cuda --output "$WORK/beir/run.trec"
+  local rc=$?
+  rm -rf "$WORK/ckpt" "$WORK/beir"
+  return $rc
+}
+
+if [ "$mode" = plan ]; then
+  total=0
+  echo "gpu_check plan: budget ${BUDGET_S}s = steps + ${RESERVE_S}s reserve"
+  for entry in "${STEPS[@]}"; do
+    read -r name limit <<< "$entry"
+    printf '  %-16s %4ss\n' "$name" "$limit"
+    total=$((total + limit))
+    declare -F "step_$name" > /dev/null || { echo "FAIL: no function step_$name"; exit 1; }
+  done
+  printf '  %-16s %4ss\n' "sum of steps" "$total"
+  echo "install route: $(install_route)"
+  for extra in "load_test fastapi uvicorn" "eval ir_measures bm25s"; do
+    read -r name modules <<< "$extra"
+    missing=""
+    for module in $modules; do has_module "$module" || missing="$missing $module"; done
+    [ -z "$missing" ] || [ -d .device-wheels ] || echo "$name: will be skipped here (missing:$missing; no .device-wheels)"
+  done
+  if [ "$total" -ne $((BUDGET_S - RESERVE_S)) ]; then
+    echo "FAIL: the step limits sum to ${total}s, not the ${BUDGET_S}s budget less its ${RESERVE_S}s reserve"
+    exit 1
+  fi
+  echo "OK: the step limits sum to the budget less its reserve"
+  exit 0
+fi
+
+OUT="${OUT:?set OUT to the folder that comes back from the device machine}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)/gpu_check"
 mkdir -p "$WORK"
-quick="--quick"
-[ "${1:-}" = "--full" ] && quick=""
-py=python3
-BUDGET_S=${BUDGET_S:-510}
-start=$(date +%s)
 status=0
 export PYTHONUNBUFFERED=1
-
-# step NAME LIMIT_S CMD...: run CMD with its output in $WORK/NAME.log, for LIMIT_S seconds or what is
-# left of the budget if less; skipped when under 30 s are left. The Python steps rewrite their
-# report after each section, so a step stopped at its limit keeps what it finished.
-step() {
-  local name=$1 limit=$2
-  shift 2
-  local left=$((BUDGET_S - ($(date +%s) - start)))
-  if [ "$left" -lt 30 ]; then
-    echo "== $name: skipped, ${left}s left of the ${BUDGET_S}s budget" | tee -a "$WORK/steps.txt"
-    return
-  fi
-  [ "$left" -lt "$limit" ] && limit=$left
-  local t0=$(date +%s)
-  timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
-  local rc=$?
-  [ $rc -ne 0 ] && status=1
-  echo "== $name: rc=$rc in $(($(date +%s) - t0))s (limit ${limit}s)" | tee -a "$WORK/steps.txt"
-  tail -25 "$WORK/$name.log"
-}
+deadline=0
 
 {
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  $py -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
+  $py -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
 } > "$WORK/machine.txt" 2>&1
 cat "$WORK/machine.txt"
 
-# Offline install: the image has setuptools and every runtime dependency. The serve and eval extras
-# are not on the image: benchmarks/fetch_device_wheels.sh prepares them in .device-wheels, carried.
-$py -m pip install --quiet --no-deps --no-build-isolation -e . > "$WORK/install.log" 2>&1 \
-  || { echo "install failed"; tail -5 "$WORK/install.log"; }
-if [ -d .device-wheels ]; then
-  $py -m pip install --quiet --no-index --find-links .device-wheels fastapi uvicorn ir-measures bm25s \
-    >> "$WORK/install.log" 2>&1 || echo "serve/eval extras: install from .device-wheels failed"
-fi
-
-# Triton compiles each kernel variant on the host: spread the test files over 4 processes when
-# pytest-xdist is there (the image has it; the GPU is shared, memory is ample).
-xdist=()
-$py -c "import xdist" 2>/dev/null && xdist=(-n 4)
-step gpu_tests 200 $py -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_triton_kernels.py \
-  tests/test_triton_model.py tests/test_cuda_graphs.py tests/test_gelu_glu_linear.py tests/test_batch_invariance.py \
-  --junitxml="$WORK/gpu_tests.xml"
-step gpu_kernels 150 $py -m benchmarks.gpu_kernels --out "$WORK" $quick
-step gpu_model 120 $py -m benchmarks.gpu_model --out "$WORK" $quick
-# The suite's GPU cases: turborank (Triton) vs its PyTorch path, and vs the HF reference code when
-# fetch_device_wheels.sh packed it (with the transformers 4.46 stack it needs, installed aside in
-# /tmp/hfsite and put first on the reference process's path only).
-suite_args=()
-suite_limit=70
-if [ -f .device-wheels/hf/code/modeling_bert.py ]; then
-  if $py -m pip install --quiet --no-index --no-deps --target /tmp/hfsite .device-wheels/hf/*.whl \
-    >> "$WORK/install.log" 2>&1; then
-    printf '#!/bin/sh\nPYTHONPATH=/tmp/hfsite${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$(command -v $py)" \
-      > /tmp/hfpython
-    chmod +x /tmp/hfpython
-    suite_args=(--reference-code .device-wheels/hf/code --hf-python /tmp/hfpython)
-    suite_limit=150
-  else
-    echo "HF reference: install from .device-wheels/hf failed (see install.log)"
-  fi
-fi
-step suite $suite_limit $py -m benchmarks.run --device cuda --quick --out "$WORK" "${suite_args[@]}"
-step tune_attention 100 $py -m benchmarks.tune_attention --out "$WORK" $quick
-if $py -c "import fastapi, uvicorn" 2>/dev/null; then
-  step load_test 50 $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 8 \
-    --soak 15 --out "$WORK"
-fi
-if $py -c "import ir_measures, bm25s" 2>/dev/null; then
-  $py -m turborank.testing "$WORK/ckpt" --preset turbo > /dev/null && $py -m turborank.testing "$WORK/beir" --beir > /dev/null
-  step eval 50 $py -m turborank.cli eval --model "$WORK/ckpt" --data "$WORK/beir" --bm25 --top-k 100 \
-    --device cuda --output "$WORK/beir/run.trec"
-  rm -rf "$WORK/ckpt" "$WORK/beir"
-fi
+start=$(date +%s)
+for entry in "${STEPS[@]}"; do
+  read -r name limit <<< "$entry"
+  t0=$(date +%s)
+  deadline=$((t0 + limit))
+  "step_$name" > "$WORK/$name.log" 2>&1
+  rc=$?
+  [ $rc -ne 0 ] && status=1
+  echo "== $name: rc=$rc in $(($(date +%s) - t0))s (limit ${limit}s)" | tee -a "$WORK/steps.txt"
+  tail -25 "$WORK/$name.log"
+done
 
 $py -m benchmarks.targets "$WORK" > /dev/null 2>&1 || echo "targets: could not judge (see the reports)"
 {
@@ -104,8 +189,9 @@ $py -m benchmarks.targets "$WORK" > /dev/null 2>&1 || echo "targets: could not j
   echo
   cat "$WORK/targets.md" 2>/dev/null
   echo
-  echo '## tests'
-  tail -8 "$WORK/gpu_tests.log" 2>/dev/null
+  echo '## GPU tests by file'
+  echo
+  $py -m benchmarks.report junit "$WORK/gpu_tests.xml" 2>&1 || tail -8 "$WORK/gpu_tests.log"
   for f in "$WORK"/*_20*.md; do
     [ -e "$f" ] && { echo; cat "$f"; }
   done

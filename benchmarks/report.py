@@ -1,4 +1,7 @@
-"""Machine facts and JSON + markdown output shared by the benchmark scripts."""
+"""Machine facts and JSON + markdown output shared by the benchmark scripts.
+
+python -m benchmarks.report junit RESULTS.xml   # pytest's JUnit XML as a table per test file
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,9 @@ import datetime
 import json
 import os
 import platform
+import sys
 import traceback
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,3 +96,32 @@ def run_sections(
         print(f"[{name}] {label}: done", flush=True)
     write_report(out_dir, name, rows, columns, notes)
     return (1 if failed else 0), rows
+
+
+def junit_by_file(path: str | Path) -> str:
+    """Passed / failed / skipped counts per test file from pytest's ``--junitxml`` output, as a
+    markdown table, failures named."""
+    counts: dict[str, dict[str, int]] = {}
+    failures: list[str] = []
+    for case in ET.parse(path).iter("testcase"):
+        # pytest writes classname "tests.test_x" (or "tests.test_x.TestClass") per test.
+        module = ".".join(part for part in case.get("classname", "").split(".") if not part[:1].isupper())
+        name = module.replace(".", "/") + ".py"
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = "failed"
+                failures.append(f"{name}::{case.get('name')}: {(child.get('message') or '')[:200]}")
+            elif child.tag == "skipped":
+                outcome = "skipped"
+        row = counts.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0})
+        row[outcome] += 1
+    rows = [{"file": name, **row} for name, row in sorted(counts.items())]
+    table = markdown_table(rows, ["file", "passed", "failed", "skipped"])
+    return table + "".join(f"\n- FAILED {line}" for line in failures) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "junit":
+        sys.exit("usage: python -m benchmarks.report junit RESULTS.xml")
+    print(junit_by_file(sys.argv[2]), end="")

@@ -166,7 +166,8 @@ def main() -> None:
     cases = (QUICK_CASES + QUICK_SWEEP) if args.quick else (CASES + SWEEP)
     cases = list(dict.fromkeys(cases))  # 1x8192 appears in both lists
 
-    rows = []
+    planned = len(models) * len(cases) * len(engines)
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model, checkpoint in _checkpoints(models, args.reference_code, Path(tmp)).items():
             for workload, repeats in cases:
@@ -177,19 +178,35 @@ def main() -> None:
                     row["model"] = model
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                    # After every case: a run stopped at its time limit keeps what it measured.
+                    _write_report(args, models, dtype, rows, planned)
+    body = _write_report(args, models, dtype, rows, planned)
+    _plot(rows, _stem(args).with_suffix(".png"), body.splitlines()[2])
+    print(body)
 
+
+def _stem(args: argparse.Namespace) -> Path:
+    date = datetime.date.today().isoformat()
+    return args.out / f"{args.device}_{date}{'_quick' if args.quick else ''}"
+
+
+def _write_report(
+    args: argparse.Namespace, models: list[str], dtype: str, rows: list[dict], planned: int
+) -> str:
+    """Write <stem>.json and .md for the rows so far; returns the markdown."""
     info = machine_info()
     info["reference"] = next(
         (r["versions"] for r in rows if r.get("engine") == "hf" and "versions" in r), None
     )
-    date = datetime.date.today().isoformat()
-    stem = args.out / f"{args.device}_{date}{'_quick' if args.quick else ''}"
+    stem = _stem(args)
     args.out.mkdir(parents=True, exist_ok=True)
     notes = _ratios(rows)
+    done = f"{len(rows)} of {planned} cases" + ("" if len(rows) == planned else " (incomplete)")
     report = {
         "machine": info,
         "dtype": dtype,
         "models": models,
+        "cases_done": done,
         "rows": rows,
         "ratios": notes,
         "command": " ".join(sys.argv),
@@ -211,15 +228,14 @@ def main() -> None:
     ]
     if args.device == "cuda":
         columns[-3:-1] = ["gpu_allocated_before_mib", "gpu_forward_peak_mib"]
-    title = f"{args.device}, {dtype}, {date}: " + ", ".join(
+    title = f"{args.device}, {dtype}, {info['date']}: " + ", ".join(
         f"{k} {v}" for k, v in info.items() if k != "date"
     )
-    body = f"# turborank benchmarks\n\n{title}\n\n{markdown_table(rows, columns)}\n\n" + "".join(
+    body = f"# turborank benchmarks\n\n{title}\n\n{done}\n\n{markdown_table(rows, columns)}\n\n" + "".join(
         f"- {line}\n" for line in notes
     )
     stem.with_suffix(".md").write_text(body)
-    _plot(rows, stem.with_suffix(".png"), title)
-    print(body)
+    return body
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Time alibi_attention's candidate tile configurations on a GPU, per workload, and show how far the
-built-in choice (`_launch_config`) is from the best one measured.
+built-in choice (`gpu_launch_config`) is from the best one measured.
 
     python -m benchmarks.tune_attention [--out DIR] [--quick]
 
 Every candidate's output is checked against the fp32 reference before it is timed. The candidates
 are those that compile for sm_90 without spilling (see ``python -m benchmarks.sm90_compile
---candidates``); the tuned choice is then written into ``_launch_config`` by hand, with the table
+--candidates``); the tuned choice is then written into ``gpu_launch_config`` by hand, with the table
 that justifies it committed under benchmarks/results/.
 """
 
@@ -69,7 +69,7 @@ def tune_workload(
     else:
         cu_q, max_q, flops = cu_k, max(lengths), 4 * heads * d * sum(n * n for n in lengths)
     want = module.alibi_attention_ref(q, k, v, cu_q, cu_k, max_q, max(lengths), slopes)
-    default = module._launch_config(d, max_q)
+    default = module._launch_config(d, max_q, dtype)
     candidates = TOKEN0_CANDIDATES if token0 else CANDIDATES
     if ENV.smoke:  # the interpreter is slow at large tiles; two candidates show the mechanics
         candidates = ((16, 16, 1, 1), (32, 16, 1, 1))

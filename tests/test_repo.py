@@ -32,3 +32,17 @@ def test_ruff_clean():
         pytest.skip("ruff not installed")
     proc = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_test_files_that_run_on_the_gpu_carry_the_gpu_marker():
+    """benchmarks/gpu_check.sh selects the GPU tests with `pytest -m gpu`: a file that runs on
+    tests.devices.DEVICE but lacks the mark would never run on a GPU."""
+    unmarked = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        text = path.read_text()
+        if (
+            re.search(r"^from tests\.devices import [^\n]*\bDEVICE\b", text, re.M)
+            and "pytest.mark.gpu" not in text
+        ):
+            unmarked.append(path.name)
+    assert not unmarked, f"run on DEVICE without pytest.mark.gpu: {unmarked}"

@@ -34,7 +34,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     kernels = {row["kernel"] for row in rows}
     assert kernels == {
         "alibi_attention_kernel",
-        "key_norm_max_kernel",
+        "band_key_norm_kernel",
         "gelu_glu_kernel",
         "gelu_glu_linear_kernel",
         "add_layer_norm_kernel",
@@ -43,10 +43,14 @@ def test_kernels_compile_for_sm90(tmp_path):
     for problem in (
         "bf16 d=32 L=8192",
         "bf16 d=32 token-0 queries",
-        "fp32 d=64 L=512",
+        "fp32 d=64 L=8192",
         "embedding_layer_norm",
     ):
         assert problem in used_for
+    # Every head-dim class the attention accepts fits an SM's shared memory, fp32 included.
+    for d in (32, 64, 128, 256):
+        for mode in (f"fp32 d={d} L=8192", f"fp32 d={d} token-0 queries", f"bf16 d={d} L=8192"):
+            assert mode in used_for, mode
     for row in rows:
         assert 0 < row["registers"] <= 255, row
         assert row["shared_bytes"] <= 227 * 1024, row
