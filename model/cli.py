@@ -57,9 +57,45 @@ def _add_model_options(parser: argparse.ArgumentParser, default_model: str | Non
     )
 
 
+def version_text() -> str:
+    """turborank's version (from the installed package metadata) and the stack it runs on."""
+    import torch
+
+    from turborank import __version__
+
+    parts = [f"turborank {__version__}", f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except ImportError:
+        parts.append("triton not installed")
+    parts.append(f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no CUDA device")
+    return ", ".join(parts)
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (it imports torch and triton)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="turborank", description="Fast, faithful JinaBERT rerankers.")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and the stack, then exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo",
+        help="rank the model card's example with the default model (or, offline, a synthetic one)",
+    )
+    _add_model_options(demo, DEFAULT_MODEL)
+    demo.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     rank = sub.add_parser("rank", help="score documents against a query, best first")
     _add_model_options(rank, DEFAULT_MODEL)
@@ -162,6 +198,33 @@ def _load(args: argparse.Namespace):
     )
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """The model card's query and ten documents, ranked. The default model comes from the cache or
+    the hub; when neither has it, the same example runs on a synthetic turbo-shaped checkpoint
+    built once into the cache, and the output says that its weights are random."""
+    from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
+    from turborank.hub import resolve_checkpoint
+
+    try:
+        resolve_checkpoint(args.model)
+    except OSError as exc:
+        if args.model != DEFAULT_MODEL:
+            raise
+        from turborank.testing import cached_synthetic_checkpoint
+
+        print(f"turborank: {exc}", file=sys.stderr)
+        print(
+            "turborank: running the example on a synthetic turbo-shaped checkpoint instead (built once into "
+            "the cache). Its weights are RANDOM: the scores below mean nothing.",
+            file=sys.stderr,
+        )
+        args.model = str(cached_synthetic_checkpoint("turbo"))
+        args.weights_note = "random: a synthetic turbo-shaped checkpoint, the hub was unreachable"
+    args.query, args.documents, args.documents_file = MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS, None
+    args.top_k, args.max_length, args.truncation = None, None, "longest_first"
+    return _rank(args)
+
+
 def _rank(args: argparse.Namespace) -> int:
     documents = list(args.documents)
     if args.documents_file is not None:
@@ -180,7 +243,10 @@ def _rank(args: argparse.Namespace) -> int:
         truncation=args.truncation,
     )
     if args.json:
-        print(json.dumps({"model": args.model, "query": args.query, "results": results}, ensure_ascii=False))
+        payload = {"model": args.model, "query": args.query, "results": results}
+        if getattr(args, "weights_note", None):
+            payload["weights"] = args.weights_note
+        print(json.dumps(payload, ensure_ascii=False))
         return 0
     print(f"{'rank':>4}  {'score':>8}  {'id':>5}  document")
     for position, item in enumerate(results, 1):
@@ -381,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
         try:
             commands = {
+                "demo": _demo,
                 "rank": _rank,
                 "serve": _serve,
                 "verify": _verify,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 LONG_DOC_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATES = ("max", "mean")
 DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
+# show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
+PROGRESS_MIN_PAIRS = 1000
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -75,10 +78,17 @@ class Reranker:
     ``predict(..., activation=False)`` returns raw logits.
     """
 
-    def __init__(self, model: JinaBertReranker, tokenizer: PairTokenizer, name: str = "") -> None:
+    def __init__(
+        self,
+        model: JinaBertReranker,
+        tokenizer: PairTokenizer,
+        name: str = "",
+        backend: str | dict[str, str] = "auto",
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.backend = backend
         self.cuda_graphs: CudaGraphForward | None = None
 
     @classmethod
@@ -119,7 +129,7 @@ class Reranker:
             ops.backends,
             config.alibi_scheme,
         )
-        reranker = cls(model, tokenizer, name=str(path_or_hub_id))
+        reranker = cls(model, tokenizer, name=str(path_or_hub_id), backend=backend)
         if cuda_graphs:
             reranker.enable_cuda_graphs()
         return reranker
@@ -133,6 +143,21 @@ class Reranker:
         the Triton ops. ``capture=False`` runs the bucketed layout eagerly (for tests on CPU)."""
         self.cuda_graphs = CudaGraphForward(self.model, max_pairs, max_tokens, capture)
         return self.cuda_graphs
+
+    def to(self, device: str | torch.device) -> Reranker:
+        """Move the model to ``device``, its ops chosen again for it (``backend`` as loaded: "auto"
+        is Triton on CUDA, PyTorch on CPU). The dtype stays; CUDA graphs, bound to a device, are
+        dropped (``enable_cuda_graphs`` again on the new one)."""
+        device = resolve_device(device)
+        ops = resolve_ops(self.backend, device)
+        if self.model.fused_gelu_glu_gemm and ops.backends["gelu_glu"] != "triton":
+            raise ValueError(
+                f"the fused GEGLU GEMM is a Triton kernel; the gelu_glu op on {device} is PyTorch"
+            )
+        self.model = self.model.to(device)
+        self.model.ops = ops
+        self.cuda_graphs = None
+        return self
 
     @property
     def config(self) -> JinaBertConfig:
@@ -170,6 +195,7 @@ class Reranker:
         long_doc: str = "truncate",
         chunk_overlap: int = 128,
         chunk_aggregate: str = "max",
+        show_progress_bar: bool | None = None,
     ) -> list[float]:
         """One score per pair in input order: sigmoid(logit), or the raw logit with activation=False.
 
@@ -181,13 +207,17 @@ class Reranker:
                 TruncationWarning); "chunk" scores such a document as overlapping windows of
                 ``max_length`` tokens, each with the whole query, sharing ``chunk_overlap`` tokens,
                 and aggregates the window logits with ``chunk_aggregate`` ("max" or "mean").
+            show_progress_bar: a tqdm bar over the pairs scored; None shows one for long jobs
+                (``PROGRESS_MIN_PAIRS`` sequences or more) when stderr is a terminal.
         """
         pairs = _as_pairs(pairs)
         check_long_doc_options(long_doc, chunk_aggregate)
         if not pairs:
             return []
         encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
-        logits = self.pair_logits(encoded, owners, len(pairs), chunk_aggregate, batch_size, max_batch_tokens)
+        logits = self.pair_logits(
+            encoded, owners, len(pairs), chunk_aggregate, batch_size, max_batch_tokens, show_progress_bar
+        )
         scores = torch.sigmoid(logits) if activation else logits
         return scores.tolist()
 
@@ -215,9 +245,15 @@ class Reranker:
         chunk_aggregate: str = "max",
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
+        show_progress_bar: bool | None = False,
     ) -> torch.Tensor:
         """fp32 logits [n_pairs] on CPU for what ``encode`` returned; windows are aggregated per pair."""
-        logits = self.score_encoded(encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        logits = self.score_encoded(
+            encoded,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            show_progress_bar=show_progress_bar,
+        )
         return logits if owners is None else aggregate_windows(logits, owners, n_pairs, chunk_aggregate)
 
     def rank(
@@ -247,7 +283,11 @@ class Reranker:
         return results
 
     def score_encoded(
-        self, encoded: EncodedPairs, batch_size: int = 32, max_batch_tokens: int = 16384
+        self,
+        encoded: EncodedPairs,
+        batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        show_progress_bar: bool | None = False,
     ) -> torch.Tensor:
         """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted."""
         if batch_size < 1 or max_batch_tokens < 1:
@@ -257,10 +297,13 @@ class Reranker:
         lengths = encoded.lengths
         device = self.device
         outputs, order = [], []
+        progress = _progress_bar(len(lengths), show_progress_bar)
         # No host sync between batches: the next batch is packed while the device runs this one;
-        # the logits come back in one copy at the end.
+        # the logits come back in one copy at the end (the progress bar counts batches packed).
         for batch in plan_batches(lengths, batch_size, max_batch_tokens):
             order += batch
+            if progress is not None:
+                progress.update(len(batch))
             if self.cuda_graphs is not None:
                 types = encoded.token_type_ids
                 graphed = self.cuda_graphs(
@@ -283,7 +326,20 @@ class Reranker:
         logits = torch.empty(len(lengths), dtype=torch.float32)
         if order:
             logits[torch.tensor(order)] = torch.cat(outputs).cpu()
+        if progress is not None:
+            progress.close()
         return logits
+
+
+def _progress_bar(total: int, show: bool | None):
+    """A tqdm bar over ``total`` sequences: when asked, or (None) for a long job on a terminal."""
+    if show is None:
+        show = total >= PROGRESS_MIN_PAIRS and sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # a dependency of huggingface_hub, hence always installed
+
+    return tqdm(total=total, unit="pair", desc="scoring")
 
 
 def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:

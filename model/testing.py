@@ -8,7 +8,9 @@ The scores mean nothing; the files, shapes and code paths are the real ones.
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +212,34 @@ def make_checkpoint(
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return directory
+
+
+def cache_dir() -> Path:
+    """Where turborank keeps what it builds for itself: $TURBORANK_CACHE, else
+    $XDG_CACHE_HOME/turborank, else ~/.cache/turborank."""
+    if os.environ.get("TURBORANK_CACHE"):
+        return Path(os.environ["TURBORANK_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "turborank"
+
+
+def cached_synthetic_checkpoint(preset: str = "turbo", seed: int = 0) -> Path:
+    """A synthetic checkpoint (random weights) built once into ``cache_dir()`` and reused.
+
+    Written into a temporary sibling and renamed into place, so an interrupted build never leaves a
+    half-written checkpoint that a later call would take for a whole one."""
+    target = cache_dir() / f"synthetic-{preset}-seed{seed}"
+    if (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
+        built = make_checkpoint(Path(tmp) / "checkpoint", preset, seed=seed)
+        try:
+            built.rename(target)
+        except OSError:  # another process got there first: keep its copy
+            if not (target / "model.safetensors").is_file():
+                raise
+    return target
 
 
 def make_beir_dataset(

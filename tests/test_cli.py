@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,44 @@ def test_serve_cuda_graphs_on_cpu_is_a_clear_error(small_ckpt, capsys):
     code, _, err = run(["serve", "--model", str(small_ckpt), "--device", "cpu", "--cuda-graphs"], capsys)
     assert code == 1 and "CUDA graphs need the model on a CUDA device" in err
     assert err.count("\n") == 1
+
+
+def test_version_from_package_metadata():
+    from importlib.metadata import version
+
+    for command in (
+        [sys.executable, "-m", "turborank", "--version"],
+        [sys.executable, "-m", "turborank.cli", "--version"],
+    ):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"turborank {version('turborank')}, torch ")
+
+
+def test_demo_offline_runs_on_a_cached_synthetic_checkpoint_labelled_random(tmp_path):
+    """No hub (HF_HUB_OFFLINE=1, an empty HF cache): the example still runs, says why and that the
+    weights are random, and the synthetic checkpoint is built once."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TURBORANK_CACHE": str(tmp_path / "cache"),
+    }
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "turborank", "demo", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(proc)
+    first = json.loads(runs[0].stdout)
+    assert first["query"] == MODEL_CARD_QUERY
+    assert sorted(r["text"] for r in first["results"]) == sorted(MODEL_CARD_DOCUMENTS)
+    assert first["weights"].startswith("random")
+    assert "unreachable" in runs[0].stderr and "RANDOM" in runs[0].stderr
+    assert json.loads(runs[1].stdout) == first  # the same cached checkpoint
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["synthetic-turbo-seed0"]  # no leftovers

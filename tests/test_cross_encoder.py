@@ -1,0 +1,117 @@
+"""turborank.CrossEncoder runs sentence-transformers user code unchanged except for the import."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from turborank import CrossEncoder, Reranker
+
+# A typical sentence-transformers script (the import line is the only change).
+USER_SCRIPT = """
+from sentence_transformers import CrossEncoder
+
+model = CrossEncoder(MODEL, max_length=512)
+query = "How many people live in Berlin?"
+passages = [
+    "Berlin had a population of 3,520,031 registered inhabitants in an area of 891.82 square kilometers.",
+    "Berlin is well known for its museums.",
+    "In 2014, the city state Berlin had 37,368 live births (+6.6%), a record number since 1991.",
+]
+scores = model.predict([(query, passage) for passage in passages])
+best = passages[int(scores.argmax())]
+ranks = model.rank(query, passages, return_documents=True, top_k=2)
+one = model.predict((query, passages[0]))
+logits = model.predict([[query, passages[1]]], activation_fn=torch.nn.Identity())
+"""
+
+
+def _run_user_script(model_path) -> dict:
+    source = USER_SCRIPT.replace("from sentence_transformers import", "from turborank import")
+    namespace = {"MODEL": str(model_path), "torch": torch}
+    exec(compile(textwrap.dedent(source), "user_script.py", "exec"), namespace)
+    return namespace
+
+
+def test_sentence_transformers_script_runs_unchanged(small_ckpt):
+    ns = _run_user_script(small_ckpt)
+    scores, passages = ns["scores"], ns["passages"]
+    assert isinstance(scores, np.ndarray) and scores.dtype == np.float32 and scores.shape == (3,)
+    assert ns["best"] == passages[int(np.argmax(scores))]
+    reference = Reranker.from_pretrained(small_ckpt, device="cpu")
+    want = reference.predict([(ns["query"], p) for p in passages], max_length=512)
+    np.testing.assert_allclose(scores, want, rtol=1e-6, atol=1e-7)
+    order = sorted(range(3), key=lambda i: -want[i])[:2]
+    assert [r["corpus_id"] for r in ns["ranks"]] == order
+    assert [r["text"] for r in ns["ranks"]] == [passages[i] for i in order]
+    assert isinstance(ns["one"], np.float32) and np.isclose(ns["one"], scores[0], rtol=1e-6)
+    logit = reference.predict([(ns["query"], passages[1])], activation=False, max_length=512)[0]
+    assert np.isclose(ns["logits"][0], logit, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def encoder(small_ckpt):
+    return CrossEncoder(str(small_ckpt), device="cpu")
+
+
+def test_output_types(encoder):
+    pairs = [("q", "a document"), ("q", "another one")]
+    tensor = encoder.predict(pairs, convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (2,)
+    plain = encoder.predict(pairs, convert_to_numpy=False)
+    assert isinstance(plain, list) and all(isinstance(x, float) for x in plain)
+    np.testing.assert_allclose(encoder.predict(pairs), tensor.numpy(), rtol=0, atol=0)
+    assert encoder.predict([]).shape == (0,)
+    assert encoder.predict(pairs, apply_softmax=True).shape == (2,)  # one label: unchanged, as ST
+
+
+def test_rank_top_k_zero_and_bad_top_k(encoder):
+    assert encoder.rank("q", ["a", "b"], top_k=0) == []
+    assert [r["corpus_id"] for r in encoder.rank("q", ["a", "b"], top_k=5)] in ([0, 1], [1, 0])
+    with pytest.raises(ValueError, match="top_k"):
+        encoder.rank("q", ["a"], top_k=-1)
+
+
+def test_sentence_transformers_only_keywords_warn_never_raise(small_ckpt, encoder):
+    with pytest.warns(UserWarning, match="ignoring cache_folder, trust_remote_code"):
+        CrossEncoder(str(small_ckpt), device="cpu", trust_remote_code=True, cache_folder="/nowhere")
+    with pytest.warns(UserWarning, match="ignoring convert_to_onnx"):
+        encoder.predict([("q", "d")], convert_to_onnx=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.predict([("q", "d")])  # nothing to warn about
+    with pytest.raises(ValueError, match="num_labels=2"):
+        CrossEncoder(str(small_ckpt), device="cpu", num_labels=2)
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        CrossEncoder(str(small_ckpt), device="cpu", backend="onnx")
+
+
+def test_to_moves_the_model_and_chooses_ops_again(small_ckpt):
+    encoder = CrossEncoder(str(small_ckpt), device="cpu")
+    assert encoder.to("cpu") is encoder and encoder.device.type == "cpu"
+    assert encoder.reranker.model.ops.backends["alibi_attention"] == "torch"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            encoder.to("cuda")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TURBORANK_REFERENCE_MODEL"),
+    reason="needs sentence-transformers with transformers 4.4x and a snapshot holding its modeling_bert.py "
+    "(TURBORANK_REFERENCE_MODEL)",
+)
+def test_same_scores_as_sentence_transformers():
+    st = pytest.importorskip("sentence_transformers")
+    path = os.environ["TURBORANK_REFERENCE_MODEL"]
+    pairs = [
+        ("organic skincare", "natural organic skincare for sensitive skin"),
+        ("organic skincare", "tech"),
+    ]
+    theirs = st.CrossEncoder(path, trust_remote_code=True, num_labels=1, device="cpu").predict(pairs)
+    ours = CrossEncoder(path, device="cpu", dtype="float32").predict(pairs)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5)
