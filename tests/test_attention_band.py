@@ -159,8 +159,10 @@ def test_non_finite_input_reaches_the_output_as_without_the_band(where, value):
     {"q": q, "k": k, "v": v}[where][250, 0, 3] = value
     cu, longest = _cu(LENGTHS), max(LENGTHS)
     for name, attention in _paths():
-        full = attention(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
-        banded = attention(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
+        # The GPU's long-sequence tile in the interpreter too: 64 times fewer tile steps than 16 x 16.
+        options = {"launch_config": (128, 64, 4, 3)} if name == "triton" and not GPU else {}
+        full = attention(q, k, v, cu, cu, longest, longest, _slopes(), band=False, **options)
+        banded = attention(q, k, v, cu, cu, longest, longest, _slopes(), band=True, **options)
         assert not torch.isfinite(full[:, 0]).all(), name  # it entered somewhere
         assert torch.equal(torch.isfinite(banded), torch.isfinite(full)), name
         assert torch.equal(torch.isnan(banded), torch.isnan(full)), name
