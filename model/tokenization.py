@@ -11,10 +11,15 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from turborank.config import MAX_CONFIG_BYTES
+from turborank.files import read_regular_file
+
 TRUNCATION_STRATEGIES = ("longest_first", "only_second")
 TRUNCATION_DIRECTIONS = ("right", "left")
 # HF writes int(1e30) when a tokenizer has no limit of its own.
 _NO_LIMIT = 10**9
+# tokenizer.json of the largest vocabularies is tens of megabytes.
+MAX_TOKENIZER_BYTES = 512 * 1024 * 1024
 
 
 class TruncationWarning(UserWarning):
@@ -65,6 +70,7 @@ class PairTokenizer:
         model_max_length: int,
         emits_token_type_ids: bool = False,
         source: str = "tokenizer.json",
+        limit_source: str = "model_max_length",  # where the limit comes from, for errors
     ) -> None:
         self._base = tokenizer.to_str()
         self.model_max_length = model_max_length
@@ -79,27 +85,49 @@ class PairTokenizer:
                 f"{source}: the tokenizer has no post-processor adding special tokens to a pair; the "
                 "classifier pools token 0, so the pair template (<s> q </s></s> d </s>) is required"
             )
+        if model_max_length <= self.num_special_tokens:
+            # tokenizers subtracts the special tokens from the limit in unsigned arithmetic: a limit
+            # at or below their count wraps around and silently turns truncation off.
+            raise ValueError(
+                f"the length limit {model_max_length} ({limit_source}) leaves no room for a pair: the "
+                f"pair template of {source} adds {self.num_special_tokens} special tokens, so the limit "
+                f"must be at least {self.num_special_tokens + 1}"
+            )
 
     @classmethod
     def from_directory(cls, directory: str | Path, max_position_embeddings: int) -> PairTokenizer:
         """Load tokenizer.json, and tokenizer_config.json when present (model_max_length, class)."""
         directory = Path(directory)
         path = directory / "tokenizer.json"
-        if not path.is_file():
+        try:
+            text = read_regular_file(path, MAX_TOKENIZER_BYTES).decode("utf-8")
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"{directory}: no tokenizer.json (turborank uses the fast tokenizer file the reranker ships)"
-            )
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(text)
         except Exception as exc:
             raise ValueError(f"{path}: not a valid tokenizers file ({exc})") from None
-        settings = _read_tokenizer_config(directory / "tokenizer_config.json")
+        del text
+        config_path = directory / "tokenizer_config.json"
+        settings = _read_tokenizer_config(config_path)
         limit = settings.get("model_max_length")
         model_max_length = max_position_embeddings
-        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT:
-            model_max_length = min(int(limit), max_position_embeddings)
+        limit_source = f"max_position_embeddings in {directory / 'config.json'}"
+        usable = isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT
+        if usable and int(limit) < max_position_embeddings:
+            model_max_length, limit_source = int(limit), f"model_max_length in {config_path}"
         tokenizer = _check_special_tokens(tokenizer, settings, path)
-        return cls(tokenizer, model_max_length, _emits_token_type_ids(settings), source=str(path))
+        return cls(
+            tokenizer,
+            model_max_length,
+            _emits_token_type_ids(settings),
+            source=str(path),
+            limit_source=limit_source,
+        )
 
     def _tokenizer(
         self, max_length: int, strategy: str, direction: str = "right", stride: int = 0
@@ -215,11 +243,13 @@ class PairTokenizer:
 
 
 def _read_tokenizer_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    try:
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
         return {}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object")

@@ -142,3 +142,21 @@ def test_chunked_windows_cover_the_document_with_overlap(tok):
     rebuilt = pieces[0] + [t for piece in pieces[1:] for t in piece[8:]]
     whole = tok.encode_pairs([(query, doc)]).input_ids[0]
     assert rebuilt == whole[prefix:-1]
+
+
+@pytest.mark.parametrize(
+    "source,limit",
+    [("config.json", 4), ("tokenizer_config.json", 3), ("tokenizer_config.json", 4)],
+)
+def test_length_limit_without_room_for_a_pair_is_refused(small_ckpt, tmp_path, source, limit):
+    """A limit at or below the 4 special tokens would wrap around inside tokenizers and turn
+    truncation off (a 36,005-token pair reached the model); it is refused at load, naming its file."""
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    positions = limit if source == "config.json" else 8192
+    if source == "tokenizer_config.json":
+        cfg = json.loads((target / "tokenizer_config.json").read_text())
+        cfg["model_max_length"] = limit
+        (target / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"length limit {limit} .*{source}.* adds 4 special tokens") as info:
+        PairTokenizer.from_directory(target, positions)
+    assert "at least 5" in str(info.value)
