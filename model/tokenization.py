@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from turborank.config import MAX_CONFIG_BYTES
 from turborank.files import read_regular_file
+from turborank.unicode_text import describe_lone_surrogate
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_second")
 TRUNCATION_DIRECTIONS = ("right", "left")
@@ -20,6 +21,9 @@ TRUNCATION_DIRECTIONS = ("right", "left")
 _NO_LIMIT = 10**9
 # tokenizer.json of the largest vocabularies is tens of megabytes.
 MAX_TOKENIZER_BYTES = 512 * 1024 * 1024
+# A text longer than this many characters per token of the budget is tokenised from a part of it
+# first (see PairTokenizer.clip): English runs at about 4 characters per token.
+CLIP_CHARS_PER_TOKEN = 8
 
 
 class TruncationWarning(UserWarning):
@@ -142,6 +146,40 @@ class PairTokenizer:
                 self._configured[key] = tok
             return tok
 
+    def _plain(self) -> Tokenizer:
+        """No truncation, no padding: for counting tokens."""
+        key = (0, "", "", 0)
+        with self._lock:
+            tok = self._configured.get(key)
+            if tok is None:
+                tok = Tokenizer.from_str(self._base)
+                tok.no_padding()
+                tok.no_truncation()
+                self._configured[key] = tok
+            return tok
+
+    def clip(
+        self, pairs: list[tuple[str, str]], max_length: int, direction: str = "right"
+    ) -> list[tuple[str, str]]:
+        """The pairs, with each text of over ``CLIP_CHARS_PER_TOKEN * max_length`` characters cut to a
+        part that truncates to the same tokens (``clip_text``), so a 10 MB document costs the
+        tokenisation of a few times ``max_length`` tokens instead of all of it. Exact: truncating
+        the clipped pairs to ``max_length`` gives the ids, and the truncated flags, of the whole ones."""
+        chars = CLIP_CHARS_PER_TOKEN * max_length
+        if all(len(q) <= chars and len(d) <= chars for q, d in pairs):
+            return pairs
+        plain = self._plain()
+        clipped: dict[str, str] = {}  # pairs share their query
+
+        def cut(text: str) -> str:
+            if len(text) <= chars:
+                return text
+            if text not in clipped:
+                clipped[text] = clip_text(plain, text, max_length, direction, chars)
+            return clipped[text]
+
+        return [(cut(q), cut(d)) for q, d in pairs]
+
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
             return self.model_max_length
@@ -172,8 +210,10 @@ class PairTokenizer:
         if direction not in TRUNCATION_DIRECTIONS:
             raise ValueError(f"direction={direction!r}; expected one of {TRUNCATION_DIRECTIONS}")
         try:
-            encodings = self._tokenizer(max_length, truncation, direction).encode_batch(pairs)
+            clipped = self.clip(pairs, max_length, direction)
+            encodings = self._tokenizer(max_length, truncation, direction).encode_batch(clipped)
         except Exception as exc:  # tokenizers raises a bare Exception
+            _raise_if_not_unicode(pairs)
             if truncation == "only_second":
                 self._raise_query_too_long(pairs, max_length)
             raise ValueError(f"tokenisation failed: {exc}") from None
@@ -201,6 +241,7 @@ class PairTokenizer:
         max_length = self.check_max_length(max_length)
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
             raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
+        _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
         plain = self._tokenizer(self.model_max_length, "longest_first")
@@ -240,6 +281,32 @@ class PairTokenizer:
                     f"(at most {room} query tokens leave room for the document); shorten the query or use "
                     "truncation='longest_first'"
                 )
+
+
+def clip_text(plain: Tokenizer, text: str, tokens: int, direction: str, chars: int) -> str:
+    """The shortest prefix (direction "right") or suffix ("left") of ``text`` of ``chars * 2^k``
+    characters whose complete words give at least ``tokens`` tokens; ``text`` itself when none does.
+
+    Pre-tokenisation splits text into words looking at most one character ahead, so every word of
+    the part but the one at the cut is a word of the whole text and tokenises the same: the first
+    (or last) ``tokens`` tokens of the part are those of the whole. ``plain`` must not truncate."""
+    while chars < len(text):
+        part = text[:chars] if direction == "right" else text[-chars:]
+        words = plain.encode(part, add_special_tokens=False).word_ids
+        if words:
+            edge = words[-1] if direction == "right" else words[0]
+            if sum(1 for word in words if word != edge) >= tokens:
+                return part
+        chars *= 2
+    return text
+
+
+def _raise_if_not_unicode(pairs: list[tuple[str, str]]) -> None:
+    for index, (query, document) in enumerate(pairs):
+        for side, text in (("query", query), ("document", document)):
+            problem = describe_lone_surrogate(text)
+            if problem is not None:
+                raise ValueError(f"pair {index}: the {side} contains {problem}")
 
 
 def _read_tokenizer_config(path: Path) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 import itertools
 import json
+import random
 import shutil
 import warnings
 
 import pytest
 
 from tests.conftest import sample_pairs
+from turborank.testing import random_text
 from turborank.tokenization import PairTokenizer, TruncationWarning
 
 
@@ -160,3 +162,81 @@ def test_length_limit_without_room_for_a_pair_is_refused(small_ckpt, tmp_path, s
     with pytest.raises(ValueError, match=f"length limit {limit} .*{source}.* adds 4 special tokens") as info:
         PairTokenizer.from_directory(target, positions)
     assert "at least 5" in str(info.value)
+
+
+def test_lone_surrogate_is_named(tok):
+    with pytest.raises(
+        ValueError, match="pair 1: the document contains a lone surrogate U\\+D800 at character 3"
+    ):
+        tok.encode_pairs([("q", "fine"), ("q", "abc\ud800def")])
+    with pytest.raises(
+        ValueError, match="pair 0: the query contains a lone surrogate U\\+DFFF at character 0"
+    ):
+        tok.encode_chunked([("\udfff", "d")], max_length=64)
+
+
+def _mixed_text(rng: random.Random, chars: int) -> str:
+    """Words, whitespace runs, accents and combining marks, CJK, long unbroken runs, special-token
+    strings: the places where a cut could change how the text around it tokenises."""
+    pieces = [
+        lambda: random_text(rng, rng.randint(1, 40)),
+        lambda: " " * rng.randint(1, 30),
+        lambda: "e\u0301ü日本語" * rng.randint(1, 4),
+        lambda: "x" * rng.randint(1, 300),
+        lambda: "\n\t ",
+        lambda: "<s></s>",
+        lambda: "12345 " * 3,
+    ]
+    out: list[str] = []
+    while sum(map(len, out)) < chars:
+        out.append(rng.choice(pieces)())
+    return "".join(out)[:chars]
+
+
+@pytest.mark.parametrize("max_length", [64, 512])
+def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
+    """Over-long texts are tokenised from a part of them; the ids and truncation flags are those of
+    the whole text (compared with tokenizers truncating the whole text)."""
+    rng = random.Random(max_length)
+    compared = 0
+    for _ in range(8):
+        query = _mixed_text(rng, rng.choice([5, 60, 9 * max_length]))
+        docs = [_mixed_text(rng, rng.randint(8 * max_length, 40 * max_length)) for _ in range(3)]
+        pairs = [(query, doc) for doc in docs]
+        assert tok.clip(pairs, max_length) != pairs  # the part, not the whole, is tokenised
+        for truncation in ("longest_first", "only_second"):
+            for direction in ("right", "left"):
+                try:
+                    whole = tok._tokenizer(max_length, truncation, direction).encode_batch(pairs)
+                except Exception:
+                    continue  # only_second with a query longer than the budget: an error either way
+                got = tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
+                assert got.input_ids == [enc.ids for enc in whole]
+                assert got.was_truncated == [bool(enc.overflowing) for enc in whole]
+                compared += 1
+    assert compared >= 16
+
+
+def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
+    seen: list[int] = []
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode(self, text, **options):
+            seen.append(len(text))
+            return self.inner.encode(text, **options)
+
+        def encode_batch(self, pairs):
+            seen.extend(len(q) + len(d) for q, d in pairs)
+            return self.inner.encode_batch(pairs)
+
+    plain, configured = tok._plain, tok._tokenizer
+    monkeypatch.setattr(tok, "_plain", lambda: Recording(plain()))
+    monkeypatch.setattr(tok, "_tokenizer", lambda *a, **k: Recording(configured(*a, **k)))
+    document = random_text(random.Random(5), 200_000)  # about 1.4 million characters
+    with pytest.warns(TruncationWarning):
+        enc = tok.encode_pairs([("a query", document)], max_length=512)
+    assert len(enc.input_ids[0]) == 512 and enc.truncated == 1
+    assert seen and max(seen) * 50 < len(document)
