@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
 # What scoring and `turborank verify` need; the weights of other formats are never downloaded.
 CHECKPOINT_FILES = [
     "config.json",

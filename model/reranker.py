@@ -11,7 +11,7 @@ import torch
 
 from turborank.config import JinaBertConfig
 from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward
-from turborank.hub import resolve_checkpoint
+from turborank.hub import DEFAULT_MODEL, resolve_checkpoint
 from turborank.modeling import JinaBertReranker
 from turborank.ops import resolve_ops
 from turborank.tokenization import EncodedPairs, PairTokenizer
@@ -22,7 +22,6 @@ logger = logging.getLogger("turborank")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LONG_DOC_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATES = ("max", "mean")
-DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
 
 
 def resolve_device(device: str | int | torch.device | None) -> torch.device:
