@@ -24,6 +24,21 @@ MAX_TOKENIZER_BYTES = 512 * 1024 * 1024
 # A text longer than this many characters per token of the budget is tokenised from a part of it
 # first (see PairTokenizer.clip): English runs at about 4 characters per token.
 CLIP_CHARS_PER_TOKEN = 8
+# How far that part may grow looking for a word boundary to cut at, with bounded=True. Text with
+# fewer boundaries (a run of one character, a letter run without spaces) cannot be cut exactly:
+# a cut inside a word can change all of its tokens (BPE splits "x" * n by the length n).
+CLIP_MAX_CHARS_PER_TOKEN = 16
+
+
+class UncuttableTextError(ValueError):
+    """A text too long for the budget has no word boundary where it could be cut exactly."""
+
+    def __init__(self, index: int, side: str, chars: int, searched: int, max_length: int) -> None:
+        self.index, self.side = index, side
+        super().__init__(
+            f"pair {index}: the {side} has {chars:,} characters and no word boundary in the first "
+            f"{searched:,} where it could be cut to max_length={max_length} tokens"
+        )
 
 
 class TruncationWarning(UserWarning):
@@ -159,26 +174,40 @@ class PairTokenizer:
             return tok
 
     def clip(
-        self, pairs: list[tuple[str, str]], max_length: int, direction: str = "right"
+        self,
+        pairs: list[tuple[str, str]],
+        max_length: int,
+        direction: str = "right",
+        bounded: bool = False,
     ) -> list[tuple[str, str]]:
         """The pairs, with each text of over ``CLIP_CHARS_PER_TOKEN * max_length`` characters cut to a
         part that truncates to the same tokens (``clip_text``), so a 10 MB document costs the
         tokenisation of a few times ``max_length`` tokens instead of all of it. Exact: truncating
-        the clipped pairs to ``max_length`` gives the ids, and the truncated flags, of the whole ones."""
+        the clipped pairs to ``max_length`` gives the ids, and the truncated flags, of the whole ones.
+
+        A text with no word boundary to cut at within ``CLIP_MAX_CHARS_PER_TOKEN * max_length``
+        characters is kept whole (tokenised whole, still exact), or with ``bounded`` raises
+        ``UncuttableTextError``, so the work per text stays bounded."""
         chars = CLIP_CHARS_PER_TOKEN * max_length
         if all(len(q) <= chars and len(d) <= chars for q, d in pairs):
             return pairs
         plain = self._plain()
-        clipped: dict[str, str] = {}  # pairs share their query
+        limit = CLIP_MAX_CHARS_PER_TOKEN * max_length
+        clipped: dict[str, str | None] = {}  # pairs share their query
 
-        def cut(text: str) -> str:
+        def cut(text: str, index: int, side: str) -> str:
             if len(text) <= chars:
                 return text
             if text not in clipped:
-                clipped[text] = clip_text(plain, text, max_length, direction, chars)
-            return clipped[text]
+                clipped[text] = clip_text(plain, text, max_length, direction, chars, limit)
+            part = clipped[text]
+            if part is not None:
+                return part
+            if bounded:
+                raise UncuttableTextError(index, side, len(text), limit, max_length)
+            return text
 
-        return [(cut(q), cut(d)) for q, d in pairs]
+        return [(cut(q, i, "query"), cut(d, i, "document")) for i, (q, d) in enumerate(pairs)]
 
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
@@ -199,19 +228,23 @@ class PairTokenizer:
         truncation: str = "longest_first",
         direction: str = "right",
         warn: bool = True,
+        bounded: bool = False,
     ) -> EncodedPairs:
         """Tokenise pairs. Truncation "longest_first" (the HF reference default) trims the longer side
         token by token; "only_second" keeps the query whole and cuts the document; ``direction``
         "left" cuts from the start instead of the end. Unless ``warn`` is False, a warning counts
-        every truncated pair; ``EncodedPairs.was_truncated`` says which."""
+        every truncated pair; ``EncodedPairs.was_truncated`` says which. Over-long texts are
+        tokenised from a part of them (``clip``; ``bounded`` as there)."""
         max_length = self.check_max_length(max_length)
         if truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
         if direction not in TRUNCATION_DIRECTIONS:
             raise ValueError(f"direction={direction!r}; expected one of {TRUNCATION_DIRECTIONS}")
         try:
-            clipped = self.clip(pairs, max_length, direction)
+            clipped = self.clip(pairs, max_length, direction, bounded)
             encodings = self._tokenizer(max_length, truncation, direction).encode_batch(clipped)
+        except UncuttableTextError:
+            raise
         except Exception as exc:  # tokenizers raises a bare Exception
             _raise_if_not_unicode(pairs)
             if truncation == "only_second":
@@ -283,14 +316,19 @@ class PairTokenizer:
                 )
 
 
-def clip_text(plain: Tokenizer, text: str, tokens: int, direction: str, chars: int) -> str:
+def clip_text(
+    plain: Tokenizer, text: str, tokens: int, direction: str, chars: int, max_chars: int
+) -> str | None:
     """The shortest prefix (direction "right") or suffix ("left") of ``text`` of ``chars * 2^k``
-    characters whose complete words give at least ``tokens`` tokens; ``text`` itself when none does.
+    characters whose complete words give at least ``tokens`` tokens: ``text`` itself when it is no
+    longer than that, None when no such part of at most ``max_chars`` characters exists.
 
     Pre-tokenisation splits text into words looking at most one character ahead, so every word of
     the part but the one at the cut is a word of the whole text and tokenises the same: the first
     (or last) ``tokens`` tokens of the part are those of the whole. ``plain`` must not truncate."""
     while chars < len(text):
+        if chars > max_chars:
+            return None
         part = text[:chars] if direction == "right" else text[-chars:]
         words = plain.encode(part, add_special_tokens=False).word_ids
         if words:

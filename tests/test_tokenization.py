@@ -8,7 +8,12 @@ import pytest
 
 from tests.conftest import sample_pairs
 from turborank.testing import random_text
-from turborank.tokenization import PairTokenizer, TruncationWarning
+from turborank.tokenization import (
+    CLIP_MAX_CHARS_PER_TOKEN,
+    PairTokenizer,
+    TruncationWarning,
+    UncuttableTextError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +245,19 @@ def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
         enc = tok.encode_pairs([("a query", document)], max_length=512)
     assert len(enc.input_ids[0]) == 512 and enc.truncated == 1
     assert seen and max(seen) * 50 < len(document)
+
+
+@pytest.mark.parametrize("text", ["x" * 4096, " " * 4096, "日本語" * 1400])
+def test_text_without_word_boundaries_is_kept_whole_or_refused_when_bounded(tok, text):
+    """A cut inside one long word is not exact (BPE splits a run of one character by its length),
+    so such a text is tokenised whole, or with bounded=True refused after a bounded search."""
+    pairs = [("q", text)]
+    whole = tok._tokenizer(64, "longest_first", "right").encode_batch(pairs)
+    with pytest.warns(TruncationWarning):
+        assert tok.encode_pairs(pairs, 64).input_ids == [whole[0].ids]
+    limit = CLIP_MAX_CHARS_PER_TOKEN * 64
+    with pytest.raises(
+        UncuttableTextError,
+        match=f"the document has {len(text):,} characters and no word boundary in the first {limit:,}",
+    ):
+        tok.encode_pairs(pairs, 64, bounded=True)
