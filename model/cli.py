@@ -97,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auto-truncate", action="store_true", help="truncate long inputs instead of 422")
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="beyond it: 413")
     serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a request body may stall before 408 (the slot is freed)",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=int,
+        default=64 * 1024,
+        help="bytes/s a request body must average after --body-timeout, else 408 (0: no minimum)",
+    )
+    serve.add_argument(
+        "--tokenization-workers", type=int, default=2, help="threads that decode and tokenise requests"
+    )
+    serve.add_argument(
+        "--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for in-flight requests"
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument(
@@ -218,10 +236,19 @@ def _serve(args: argparse.Namespace) -> int:
         "max_concurrent_requests",
         "max_body_bytes",
         "max_input_length",
+        "tokenization_workers",
     ):
         value = getattr(args, name)
         if value is not None and value < 1:
             return _fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("body_timeout", "drain_timeout"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            return _fail(
+                f"--{name.replace('_', '-')} must be a positive number of seconds, got {getattr(args, name)}"
+            )
+    if args.min_body_rate < 0:
+        return _fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
+    logging.getLogger("turborank").setLevel(args.log_level.upper())  # 5xx lines, probe failures, draining
     reranker = _load(args)
     max_input_length = reranker.max_length if args.max_input_length is None else args.max_input_length
     low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
@@ -238,6 +265,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_input_length=max_input_length,
         auto_truncate=args.auto_truncate,
         max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
+        min_body_rate=args.min_body_rate,
+        tokenizer_threads=args.tokenization_workers,
+        drain_timeout_s=args.drain_timeout,
     )
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -34,7 +34,13 @@ class UncuttableTextError(ValueError):
     """A text too long for the budget has no word boundary where it could be cut exactly."""
 
     def __init__(self, index: int, side: str, chars: int, searched: int, max_length: int) -> None:
-        self.index, self.side = index, side
+        self.index, self.side, self.chars, self.searched, self.max_length = (
+            index,
+            side,
+            chars,
+            searched,
+            max_length,
+        )
         super().__init__(
             f"pair {index}: the {side} has {chars:,} characters and no word boundary in the first "
             f"{searched:,} where it could be cut to max_length={max_length} tokens"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -354,3 +356,66 @@ def test_serve_command_drains_on_sigterm(small_ckpt):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --- every 5xx is logged with the request id its response carries ------------------------------------
+
+
+def _lines_with(caplog, request_id: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if request_id in r.getMessage()]
+
+
+def test_failed_forward_is_logged_with_request_id_and_traceback(reranker, monkeypatch, caplog):
+    poison = reranker.tokenizer.encode_pairs([("q", "poison document")]).input_ids[0]
+    real = reranker.score_encoded
+
+    def broken(encoded, **kwargs):
+        if poison in encoded.input_ids:
+            raise RuntimeError("device fell over")
+        return real(encoded, **kwargs)
+
+    with running_server(reranker) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", broken)
+        with caplog.at_level(logging.INFO, logger="turborank"):
+            response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["poison document"]})
+        assert response.status_code == 500 and "device fell over" in response.json()["error"]
+        (line,) = _lines_with(caplog, response.headers["x-request-id"])
+        assert line.levelno == logging.ERROR and line.exc_info is not None
+        assert "device fell over" in "".join(traceback.format_exception(*line.exc_info))
+
+
+def test_unexpected_error_is_logged_not_echoed(reranker, monkeypatch, caplog):
+    with running_server(reranker) as (url, state):
+
+        async def bug(*args, **kwargs):
+            raise TypeError("a bug with a very long repr " + "x" * 10_000)
+
+        monkeypatch.setattr(state, "score", bug)
+        with caplog.at_level(logging.INFO, logger="turborank"):
+            response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]})
+        request_id = response.headers["x-request-id"]
+        assert response.status_code == 500
+        assert (
+            response.json()["error"] == f"internal error; the server log has it under request id {request_id}"
+        )
+        (line,) = _lines_with(caplog, request_id)
+        assert line.exc_info is not None and line.exc_info[0] is TypeError
+
+
+def test_not_ready_503_is_logged_and_the_probe_failure_has_its_traceback(reranker, caplog):
+    def broken(encoded, **kwargs):
+        raise RuntimeError("weights overflow")
+
+    def patch(state):
+        state.scheduler._score = broken
+
+    with (
+        caplog.at_level(logging.INFO, logger="turborank"),
+        running_server(reranker, before_start=patch, wait_for="/health") as (url, _),
+    ):
+        response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]})
+        assert response.status_code == 503
+        (line,) = _lines_with(caplog, response.headers["x-request-id"])
+        assert "the model is not ready yet" in line.getMessage()
+    probe = [r for r in caplog.records if "readiness probe failed" in r.getMessage()]
+    assert probe and "weights overflow" in "".join(traceback.format_exception(*probe[0].exc_info))

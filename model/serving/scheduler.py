@@ -183,9 +183,12 @@ class BatchScheduler:
             if not bool(torch.isfinite(logits).all()):
                 raise BatchError("the model produced a non-finite score")
         except Exception as exc:
-            error = exc if isinstance(exc, BatchError) else BatchError(f"forward failed: {exc}")
             self._observe("batch_failed", pairs=len(batch))
             for ticket in tickets:
+                # One error per request, each chained to the cause, so every request's log line
+                # shows the forward's traceback.
+                error = BatchError(str(exc) if isinstance(exc, BatchError) else f"forward failed: {exc}")
+                error.__cause__ = exc
                 self._fail(ticket, error)
             return
         self.last_success = time.monotonic()
