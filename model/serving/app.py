@@ -28,6 +28,7 @@ from turborank import __version__
 from turborank.reranker import Reranker
 from turborank.serving import errors
 from turborank.serving.errors import APIError, ClientDisconnectedError, error_response, log_server_error
+from turborank.serving.memory import release_free_memory
 from turborank.serving.metrics import ServerMetrics
 from turborank.serving.parsing import parse_body
 from turborank.serving.request_body import CLOSE, read_body
@@ -40,6 +41,9 @@ from turborank.tokenization import EncodedPairs, UncuttableTextError
 
 __all__ = ["APIError", "ServeSettings", "create_app"]
 logger = logging.getLogger("turborank.serving")
+# A body this large leaves megabytes of freed heap behind (its text, tokens, response).
+LARGE_BODY_BYTES = 1024 * 1024
+TRIM_DELAY_S = 1.0
 
 
 class ServerState:
@@ -69,6 +73,21 @@ class ServerState:
         self.started = False
         self.warmed = False  # the first (warm-up) forward succeeded
         self._probe_failing = False
+        self._trim_pending = False
+
+    def release_memory_soon(self) -> None:
+        """After a large request: once its objects are gone (a moment after its answer), give the
+        freed memory back to the OS, on a tokenizer thread, at most once per TRIM_DELAY_S."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+        loop = asyncio.get_running_loop()
+
+        def trim() -> None:
+            self._trim_pending = False
+            release_free_memory()
+
+        loop.call_later(TRIM_DELAY_S, lambda: loop.run_in_executor(self.tokenizer_pool, trim))
 
     async def off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run CPU work (JSON, tokenising) on the tokenizer threads, never on the event loop."""
@@ -233,6 +252,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 )
             state.active += 1
             state.metrics.active.set(state.active)
+            large = False
             try:
                 body = await read_body(
                     request.receive,
@@ -241,12 +261,15 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                     settings.body_timeout_s,
                     settings.min_body_rate,
                 )
+                large = len(body) >= LARGE_BODY_BYTES
                 payload = await state.off_loop(parse_body, schema, body)
                 del body
                 response = await work(payload, request)
             finally:
                 state.active -= 1
                 state.metrics.active.set(state.active)
+                if large:
+                    state.release_memory_soon()
             status = response.status_code
             return response
         except APIError as error:

@@ -96,7 +96,13 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("scheduler is stopped")
-            self._queue.append(ticket)
+            # Ahead of the requests a forward has already served: the rotation in _form_batch runs
+            # when a batch is formed, so a request arriving during that forward would otherwise
+            # queue behind the ones it holds and wait one forward more.
+            served = next(
+                (i for i, t in enumerate(self._queue) if t.started_at is not None), len(self._queue)
+            )
+            self._queue.insert(served, ticket)
             self._cond.notify()
         return ticket
 
