@@ -228,6 +228,10 @@ async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> d
         ]
         await asyncio.gather(sample(), *tasks)
         rss.append(_rss_mib(pid) or 0.0)
+        await asyncio.sleep(12)  # past the server's 10 s heap trim
+        idle = _rss_mib(pid)
+    under_load = rss[1:-1]
+    half = len(under_load) // 2
     server_errors = sum(v for k, v in codes.items() if isinstance(k, int) and k >= 500)
     client_errors = sum(v for k, v in codes.items() if isinstance(k, int) and 400 <= k < 500)
     return {
@@ -243,9 +247,13 @@ async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> d
         "lost_by_kind": dict(lost),
         "valid_p50_ms": 1e3 * _percentile(latencies, 0.5) if latencies else None,
         "valid_p99_ms": 1e3 * _percentile(latencies, 0.99) if latencies else None,
-        "rss_start_mib": rss[0] if rss else None,
-        "rss_end_mib": rss[-1] if rss else None,
-        "rss_max_mib": max(rss) if rss else None,
+        "rss_start_mib": rss[0],
+        "rss_load_first_half_mib": sum(under_load[:half]) / max(half, 1),
+        "rss_load_second_half_mib": sum(under_load[half:]) / max(len(under_load) - half, 1),
+        "rss_max_mib": max(rss),
+        "rss_end_mib": rss[-1],
+        "rss_idle_after_mib": idle,
+        "rss_every_5s_mib": [round(x) for x in rss],
     }
 
 
@@ -348,8 +356,11 @@ def main() -> None:
         "valid_p99_ms",
         "rss_start_mib",
         "rss_peak_mib",
+        "rss_load_first_half_mib",
+        "rss_load_second_half_mib",
         "rss_max_mib",
         "rss_end_mib",
+        "rss_idle_after_mib",
     ]
     write_report(
         args.out,
@@ -365,7 +376,9 @@ def main() -> None:
             "fairness: p99_over_forward is the one-pair requests' p99 over the server's mean forward "
             "duration while the huge requests ran (from its /metrics)",
             "soak: `lost` counts clients that waited for an answer and got none; 'hung up' are the "
-            "clients that left on purpose before theirs",
+            "clients that left on purpose before theirs; RSS is sampled every 5 s (the series is in the "
+            "JSON), its means over the first and second half of the load show whether it grows, and it is "
+            "read again 12 s after the load stops",
         ],
     )
 

@@ -114,6 +114,10 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
         (["serve", "--port", "0"], 1, "--port must be a TCP port number (1..65535), got 0"),
         (["serve", "--port", "70000"], 1, "--port must be a TCP port number (1..65535), got 70000"),
         (["serve", "--max-input-length", "0"], 1, "--max-input-length must be >= 1, got 0"),
+        (["serve", "--body-timeout", "0"], 1, "--body-timeout must be a positive number of seconds, got 0.0"),
+        (["serve", "--drain-timeout", "nan"], 1, "--drain-timeout must be a positive number of seconds"),
+        (["serve", "--min-body-rate", "-1"], 1, "--min-body-rate must be >= 0, got -1"),
+        (["serve", "--tokenization-workers", "0"], 1, "--tokenization-workers must be >= 1, got 0"),
         (["serve", "--max-batch-tokens", "-5"], 1, "--max-batch-tokens must be >= 1"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import platform
 import signal
 import socket
 import subprocess
@@ -419,3 +420,42 @@ def test_not_ready_503_is_logged_and_the_probe_failure_has_its_traceback(reranke
         assert "the model is not ready yet" in line.getMessage()
     probe = [r for r in caplog.records if "readiness probe failed" in r.getMessage()]
     assert probe and "weights overflow" in "".join(traceback.format_exception(*probe[0].exc_info))
+
+
+@pytest.mark.parametrize(
+    "limits,message",
+    [
+        ({"body_timeout_s": 0}, "body_timeout_s must be a positive number of seconds"),
+        ({"min_body_rate": -1}, "min_body_rate must be a non-negative integer"),
+        ({"max_concurrent_requests": "8"}, "max_concurrent_requests must be a positive integer"),
+        ({"tokenizer_threads": 0}, "tokenizer_threads must be a positive integer"),
+    ],
+)
+def test_settings_are_checked(limits, message):
+    with pytest.raises(ValueError, match=message):
+        ServeSettings(model_name="m", **limits)
+
+
+def test_max_input_length_outside_the_model_range_is_refused(reranker):
+    with pytest.raises(ValueError, match="max_input_length 2 is outside the model's range \\(5..8192\\)"):
+        create_app(reranker, ServeSettings(model_name="m", max_input_length=2))
+
+
+def test_memory_is_handed_back_after_a_large_request(reranker, monkeypatch):
+    """A pending 10 s trim scheduled by a small request gives way to the 1 s one a large request
+    asks for (the heap had stayed at its peak after two 15 MiB requests)."""
+    import turborank.serving.app as app_module
+    from turborank.serving.memory import release_free_memory
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert release_free_memory()
+    trims: list[float] = []
+    monkeypatch.setattr(app_module, "release_free_memory", lambda: trims.append(time.monotonic()))
+    with running_server(reranker, max_body_bytes=4 * 1024 * 1024) as (url, _):
+        httpx.post(url + "/rerank", json={"query": "q", "texts": ["small"]}).raise_for_status()
+        large = {"query": "q", "texts": ["many words " * 60_000], "truncate": True}
+        httpx.post(url + "/rerank", json=large, timeout=60).raise_for_status()
+        deadline = time.monotonic() + 8  # before the small request's 10 s trim would be due
+        while not trims and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(trims) == 1

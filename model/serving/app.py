@@ -41,9 +41,11 @@ from turborank.tokenization import EncodedPairs, UncuttableTextError
 
 __all__ = ["APIError", "ServeSettings", "create_app"]
 logger = logging.getLogger("turborank.serving")
-# A body this large leaves megabytes of freed heap behind (its text, tokens, response).
+# A body this large leaves megabytes of freed heap behind (its text, tokens, response): trimmed a
+# second later. Smaller requests add up too, so any request schedules a trim, at most every 10 s.
 LARGE_BODY_BYTES = 1024 * 1024
-TRIM_DELAY_S = 1.0
+TRIM_AFTER_LARGE_S = 1.0
+TRIM_INTERVAL_S = 10.0
 
 
 class ServerState:
@@ -73,21 +75,24 @@ class ServerState:
         self.started = False
         self.warmed = False  # the first (warm-up) forward succeeded
         self._probe_failing = False
-        self._trim_pending = False
+        self._trim: asyncio.TimerHandle | None = None
 
-    def release_memory_soon(self) -> None:
-        """After a large request: once its objects are gone (a moment after its answer), give the
-        freed memory back to the OS, on a tokenizer thread, at most once per TRIM_DELAY_S."""
-        if self._trim_pending:
-            return
-        self._trim_pending = True
+    def release_memory_soon(self, large: bool) -> None:
+        """After a request: once its objects are gone (a moment after its answer), give the freed
+        memory back to the OS, on a tokenizer thread; one trim pending at a time, the earliest due."""
         loop = asyncio.get_running_loop()
+        due = loop.time() + (TRIM_AFTER_LARGE_S if large else TRIM_INTERVAL_S)
+        if self._trim is not None:
+            if self._trim.when() <= due:
+                return
+            self._trim.cancel()
 
-        def trim() -> None:
-            self._trim_pending = False
-            release_free_memory()
+        def start() -> None:
+            self._trim = None
+            with contextlib.suppress(RuntimeError):  # the pool is shut down once the server stops
+                loop.run_in_executor(self.tokenizer_pool, release_free_memory)
 
-        loop.call_later(TRIM_DELAY_S, lambda: loop.run_in_executor(self.tokenizer_pool, trim))
+        self._trim = loop.call_at(due, start)
 
     async def off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run CPU work (JSON, tokenising) on the tokenizer threads, never on the event loop."""
@@ -268,8 +273,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             finally:
                 state.active -= 1
                 state.metrics.active.set(state.active)
-                if large:
-                    state.release_memory_soon()
+                state.release_memory_soon(large)
             status = response.status_code
             return response
         except APIError as error:
