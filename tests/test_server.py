@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import platform
 import signal
@@ -451,11 +452,13 @@ def test_memory_is_handed_back_after_a_large_request(reranker, monkeypatch):
         assert release_free_memory()
     trims: list[float] = []
     monkeypatch.setattr(app_module, "release_free_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(app_module, "TRIM_INTERVAL_S", 1000.0)  # the small request's trim never comes
     with running_server(reranker, max_body_bytes=4 * 1024 * 1024) as (url, _):
         httpx.post(url + "/rerank", json={"query": "q", "texts": ["small"]}).raise_for_status()
-        large = {"query": "q", "texts": ["many words " * 60_000], "truncate": True}
+        large = {"query": "q", "texts": ["many words " * 120_000], "truncate": True}
+        assert len(json.dumps(large)) > app_module.LARGE_BODY_BYTES
         httpx.post(url + "/rerank", json=large, timeout=60).raise_for_status()
-        deadline = time.monotonic() + 8  # before the small request's 10 s trim would be due
+        deadline = time.monotonic() + 30
         while not trims and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(trims) == 1
