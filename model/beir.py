@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from turborank.jsonl import iter_jsonl, read_lines
+from turborank.unicode_text import describe_lone_surrogate
 
 
 def _records(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
@@ -16,13 +17,19 @@ def _records(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
     for number, item in iter_jsonl(path):
         if not isinstance(item, dict) or not isinstance(item.get("_id"), (str, int)):
             raise ValueError(f'{path}:{number}: expected an object with an "_id"')
-        for field in fields:
-            if not isinstance(item.get(field, ""), str):
+        for field in ("_id", *fields):
+            value = item.get(field, "")
+            if field != "_id" and not isinstance(value, str):
                 raise ValueError(f"{path}:{number}: field {field!r} must be a string")
+            problem = describe_lone_surrogate(value) if isinstance(value, str) else None
+            if problem is not None:
+                raise ValueError(f"{path}:{number}: field {field!r} contains {problem}")
         key = str(item["_id"])
         if key in records:
             raise ValueError(f"{path}:{number}: duplicate _id {key!r}")
         records[key] = item
+    if not records:
+        raise ValueError(f"{path}: no records (one JSON object per line)")
     return records
 
 
@@ -61,3 +68,25 @@ def load_qrels(directory: str | Path, split: str = "test") -> dict[str, dict[str
             raise ValueError(f"{path}:{number}: score {fields[2].strip()!r} is not an integer") from None
         qrels.setdefault(fields[0].strip(), {})[fields[1].strip()] = relevance
     return qrels
+
+
+def judged_queries(
+    directory: str | Path, split: str, qrels: dict[str, dict[str, int]], queries: dict[str, str]
+) -> list[str]:
+    """Ids of the judged queries that queries.jsonl holds, in qrels order. ValueError naming the file
+    when there are none, or when one of them has no text (the reranker refuses an empty query)."""
+    qrels_path = Path(directory) / "qrels" / f"{split}.tsv"
+    queries_path = Path(directory) / "queries.jsonl"
+    if not qrels:
+        raise ValueError(f"{qrels_path}: no judgments")
+    judged = [qid for qid in qrels if qid in queries]
+    if not judged:
+        example = next(iter(qrels))
+        raise ValueError(
+            f"{qrels_path}: none of its {len(qrels)} judged queries (for example {example!r}) is in "
+            f"{queries_path}"
+        )
+    for qid in judged:
+        if not queries[qid].strip():
+            raise ValueError(f"{queries_path}: query {qid!r} (judged in {qrels_path}) has no text")
+    return judged

@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from turborank.hub import DEFAULT_MODEL
 from turborank.jsonl import iter_jsonl, read_lines
-from turborank.reranker import DEFAULT_MODEL, DTYPES
+from turborank.unicode_text import describe_lone_surrogate
 
 # Errors a user can cause (bad input, missing files, unreachable hub): one line, no traceback.
 USER_ERRORS = (ValueError, OSError, NotImplementedError, ImportError)
+# The names of turborank.reranker.DTYPES (importing it would import torch before Ctrl-C is handled).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# The status a shell reports for a process killed by SIGPIPE, as `yes | head` does.
+BROKEN_PIPE_EXIT = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +47,10 @@ def _add_model_options(parser: argparse.ArgumentParser, default_model: str | Non
         help="auto = CUDA when available, else CPU",
     )
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", *DTYPES], help="auto = bfloat16 on CUDA, float32 on CPU"
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPE_NAMES],
+        help="auto = bfloat16 on CUDA, float32 on CPU",
     )
     parser.add_argument(
         "--backend",
@@ -124,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auto-truncate", action="store_true", help="truncate long inputs instead of 422")
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="beyond it: 413")
     serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a request body may stall before 408 (the slot is freed)",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=int,
+        default=64 * 1024,
+        help="bytes/s a request body must average after --body-timeout, else 408 (0: no minimum)",
+    )
+    serve.add_argument(
+        "--tokenization-workers", type=int, default=2, help="threads that decode and tokenise requests"
+    )
+    serve.add_argument(
+        "--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for in-flight requests"
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument(
@@ -181,6 +208,9 @@ def read_documents(path: Path) -> list[str]:
             raise ValueError(
                 f'{path}:{number}: expected a JSON string or an object with a string "text" field'
             )
+        problem = describe_lone_surrogate(text)
+        if problem is not None:
+            raise ValueError(f"{path}:{number}: the document contains {problem}")
         documents.append(text)
     return documents
 
@@ -264,24 +294,47 @@ def _serve(args: argparse.Namespace) -> int:
         raise ImportError(
             f"turborank serve needs the serve extra: pip install 'turborank[serve]' ({exc})"
         ) from None
+    if not 1 <= args.port <= 65535:
+        return _fail(f"--port must be a TCP port number (1..65535), got {args.port}")
     for name in (
-        "port",
         "max_batch_tokens",
         "max_client_batch_size",
         "max_concurrent_requests",
         "max_body_bytes",
+        "max_input_length",
+        "tokenization_workers",
     ):
-        if getattr(args, name) < 1:
-            return _fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return _fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("body_timeout", "drain_timeout"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            return _fail(
+                f"--{name.replace('_', '-')} must be a positive number of seconds, got {getattr(args, name)}"
+            )
+    if args.min_body_rate < 0:
+        return _fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
+    logging.getLogger("turborank").setLevel(args.log_level.upper())  # 5xx lines, probe failures, draining
     reranker = _load(args)
+    max_input_length = reranker.max_length if args.max_input_length is None else args.max_input_length
+    low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
+    if not low <= max_input_length <= high:
+        return _fail(
+            f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "
+            f"needs its {low - 1} special tokens and at least one more"
+        )
     settings = ServeSettings(
         model_name=args.model,
         max_batch_tokens=args.max_batch_tokens,
         max_client_batch_size=args.max_client_batch_size,
         max_concurrent_requests=args.max_concurrent_requests,
-        max_input_length=args.max_input_length or reranker.max_length,
+        max_input_length=max_input_length,
         auto_truncate=args.auto_truncate,
         max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
+        min_body_rate=args.min_body_rate,
+        tokenizer_threads=args.tokenization_workers,
+        drain_timeout_s=args.drain_timeout,
     )
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -315,9 +368,10 @@ def _print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import time
 
-    from turborank.beir import load_corpus, load_qrels, load_queries
+    from turborank.beir import judged_queries, load_corpus, load_qrels, load_queries
     from turborank.evaluation import RerankOptions, check_first_stage, rerank_run, shard_queries
     from turborank.ir_metrics import evaluate
+    from turborank.replace_file import replace_when_done
     from turborank.trec import read_run
 
     shard = _parse_shard(args.shard)
@@ -336,23 +390,26 @@ def _eval(args: argparse.Namespace) -> int:
         unknown = sorted(set(first_stage) - set(queries))
         if unknown:
             raise ValueError(f"{args.run}: queries {unknown[:5]} are not in {args.data / 'queries.jsonl'}")
-    qids = shard_queries([q for q in qrels if q in queries], shard)
-    if args.bm25:
-        from turborank.first_stage import bm25_run
-
-        first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
-    qids = [q for q in qids if first_stage.get(q)]
+    judged = judged_queries(args.data, args.split, qrels, queries)
+    qids = shard_queries(judged, shard)
     if not qids:
-        return _fail("no query has both judgments and first-stage results")
-    # Before the output is opened: a bad run must not truncate an earlier run file of that name.
-    check_first_stage(corpus, first_stage, qids, args.top_k)
-    reranker = _load(args)
-    total = sum(min(args.top_k, len(first_stage[q])) for q in qids)
-    progress = _progress_bar(total)
-    start = time.perf_counter()
-    interrupted = False
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as out:
+        return _fail(f"--shard {args.shard} takes none of the {len(judged)} judged queries")
+    # Opened first, so an output that cannot be written is known before BM25 and the model load; a
+    # failed run leaves an earlier file of that name as it was.
+    with replace_when_done(args.output) as out:
+        if args.bm25:
+            from turborank.first_stage import bm25_run
+
+            first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
+        qids = [q for q in qids if first_stage.get(q)]
+        if not qids:
+            raise ValueError("no query has both judgments and first-stage results")
+        check_first_stage(corpus, first_stage, qids, args.top_k)
+        reranker = _load(args)
+        total = sum(min(args.top_k, len(first_stage[q])) for q in qids)
+        progress = _progress_bar(total)
+        start = time.perf_counter()
+        interrupted = False
         try:
             reranked, stats = rerank_run(
                 reranker, queries, corpus, first_stage, qids, options, out, on_progress=progress.update
@@ -454,10 +511,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "eval": _eval,
                 "merge-runs": _merge_runs,
             }
-            return commands[args.command](args)
+            code = commands[args.command](args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            # The reader left (`turborank rank ... | head -1`): exit quietly as a SIGPIPE'd tool does,
+            # with stdout pointed away so the interpreter's last flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return BROKEN_PIPE_EXIT
         except USER_ERRORS as exc:
             return _fail(str(exc))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # also while torch is still being imported
             return _fail("interrupted", code=130)
 
 

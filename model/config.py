@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from turborank.files import read_regular_file
 from turborank.kernels.alibi_slopes import SLOPE_SCHEMES, slopes_differ
 
 logger = logging.getLogger("turborank")
@@ -20,6 +21,21 @@ _REQUIRED_INT_FIELDS = (
     "intermediate_size",
     "max_position_embeddings",
 )
+# Far above any BERT-family checkpoint (turbo: vocab 61,056, hidden 384, 6 layers, 8,192 positions;
+# the largest vocabularies in use hold about 256k ids). A config past them is corrupt or hostile, and
+# is refused before anything is sized from it: 10^9 layers would otherwise spend minutes and
+# gigabytes listing the tensors it implies before the weights file could disagree.
+SIZE_LIMITS = {
+    "vocab_size": 2**22,
+    "hidden_size": 2**15,
+    "num_hidden_layers": 512,
+    "num_attention_heads": 1024,
+    "intermediate_size": 2**17,
+    "max_position_embeddings": 2**20,
+    "type_vocab_size": 2**10,
+}
+# Config files are a few kilobytes; anything past this is not a config.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _FEED_FORWARD_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}
 # The public JinaBERT code lives in this hub repo; checkpoints that point at it use standard slopes.
 _PUBLIC_IMPLEMENTATION = "jina-bert-implementation"
@@ -60,6 +76,17 @@ class JinaBertConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
+            if value > SIZE_LIMITS[name]:
+                raise ValueError(
+                    f"config field {name!r} is {value:,}, over the limit of {SIZE_LIMITS[name]:,} "
+                    "(far above any JinaBERT checkpoint; the file is likely corrupt)"
+                )
+        pad = self.pad_token_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
+            raise ValueError(
+                f"config field 'pad_token_id' must be an integer in [0, vocab_size={self.vocab_size}), "
+                f"got {pad!r}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"config field 'hidden_size' ({self.hidden_size}) is not divisible by "
@@ -94,10 +121,12 @@ class JinaBertConfig:
     def from_file(cls, path: str | Path, slopes: str | None = None) -> JinaBertConfig:
         path = Path(path)
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            data = read_regular_file(path, MAX_CONFIG_BYTES)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5,000-digit number, deep nesting
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
 # What scoring and `turborank verify` need; the weights of other formats are never downloaded.
 CHECKPOINT_FILES = [
     "config.json",
@@ -24,6 +25,9 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
     the reason when the hub cannot be reached and the snapshot is not cached.
     """
     text = str(path_or_hub_id)
+    if not text.strip():
+        # Path("") is the working directory: an unset variable must not load whatever is there.
+        raise ValueError(f"model path is empty ({path_or_hub_id!r}); give a checkpoint directory or a hub id")
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():

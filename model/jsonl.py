@@ -9,8 +9,10 @@ from typing import Any
 
 
 def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; a byte-order mark (as Windows editors write) is dropped, not
+    left at the front of the first line."""
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        return Path(path).read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:

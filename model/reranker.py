@@ -12,7 +12,7 @@ import torch
 
 from turborank.config import JinaBertConfig
 from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward
-from turborank.hub import resolve_checkpoint
+from turborank.hub import DEFAULT_MODEL, resolve_checkpoint
 from turborank.modeling import JinaBertReranker
 from turborank.ops import resolve_ops
 from turborank.tokenization import EncodedPairs, PairTokenizer
@@ -23,15 +23,23 @@ logger = logging.getLogger("turborank")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LONG_DOC_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATES = ("max", "mean")
-DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
 # show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
 PROGRESS_MIN_PAIRS = 1000
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | int | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)) or device == -1:
+        raise ValueError(f"device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a CUDA index")
+    if isinstance(device, int):  # a CUDA index, as torch and transformers read it
+        device = f"cuda:{device}"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device {device!r} is not a device turborank runs on: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
     if device.type not in ("cpu", "cuda"):
@@ -212,6 +220,7 @@ class Reranker:
         """
         pairs = _as_pairs(pairs)
         check_long_doc_options(long_doc, chunk_aggregate)
+        _check_options(activation=activation, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         if not pairs:
             return []
         encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
@@ -271,6 +280,7 @@ class Reranker:
             raise ValueError("documents must be a list of strings")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        _check_options(return_documents=return_documents)
         _check_query(query)
         scores = self.predict([(query, doc) for doc in documents], **options)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_k]
@@ -369,6 +379,16 @@ def _pack(
     if encoded.token_type_ids is not None:
         type_ids = torch.tensor([t for i in batch for t in encoded.token_type_ids[i]], dtype=torch.long)
     return input_ids, cu_seqlens, max(lengths), type_ids
+
+
+def _check_options(**options: object) -> None:
+    """Flags must be booleans (a truthy "no" is not False) and sizes positive integers (not "8" or 1.5)."""
+    for name, value in options.items():
+        if name in ("activation", "return_documents"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_query(query: object) -> None:

@@ -11,10 +11,40 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from turborank.config import MAX_CONFIG_BYTES
+from turborank.files import read_regular_file
+from turborank.unicode_text import describe_lone_surrogate
+
 TRUNCATION_STRATEGIES = ("longest_first", "only_second")
 TRUNCATION_DIRECTIONS = ("right", "left")
 # HF writes int(1e30) when a tokenizer has no limit of its own.
 _NO_LIMIT = 10**9
+# tokenizer.json of the largest vocabularies is tens of megabytes.
+MAX_TOKENIZER_BYTES = 512 * 1024 * 1024
+# A text longer than this many characters per token of the budget is tokenised from a part of it
+# first (see PairTokenizer.clip): English runs at about 4 characters per token.
+CLIP_CHARS_PER_TOKEN = 8
+# How far that part may grow looking for a word boundary to cut at, with bounded=True. Text with
+# fewer boundaries (a run of one character, a letter run without spaces) cannot be cut exactly:
+# a cut inside a word can change all of its tokens (BPE splits "x" * n by the length n).
+CLIP_MAX_CHARS_PER_TOKEN = 16
+
+
+class UncuttableTextError(ValueError):
+    """A text too long for the budget has no word boundary where it could be cut exactly."""
+
+    def __init__(self, index: int, side: str, chars: int, searched: int, max_length: int) -> None:
+        self.index, self.side, self.chars, self.searched, self.max_length = (
+            index,
+            side,
+            chars,
+            searched,
+            max_length,
+        )
+        super().__init__(
+            f"pair {index}: the {side} has {chars:,} characters and no word boundary in the first "
+            f"{searched:,} where it could be cut to max_length={max_length} tokens"
+        )
 
 
 class TruncationWarning(UserWarning):
@@ -65,6 +95,7 @@ class PairTokenizer:
         model_max_length: int,
         emits_token_type_ids: bool = False,
         source: str = "tokenizer.json",
+        limit_source: str = "model_max_length",  # where the limit comes from, for errors
     ) -> None:
         self._base = tokenizer.to_str()
         self.model_max_length = model_max_length
@@ -79,27 +110,49 @@ class PairTokenizer:
                 f"{source}: the tokenizer has no post-processor adding special tokens to a pair; the "
                 "classifier pools token 0, so the pair template (<s> q </s></s> d </s>) is required"
             )
+        if model_max_length <= self.num_special_tokens:
+            # tokenizers subtracts the special tokens from the limit in unsigned arithmetic: a limit
+            # at or below their count wraps around and silently turns truncation off.
+            raise ValueError(
+                f"the length limit {model_max_length} ({limit_source}) leaves no room for a pair: the "
+                f"pair template of {source} adds {self.num_special_tokens} special tokens, so the limit "
+                f"must be at least {self.num_special_tokens + 1}"
+            )
 
     @classmethod
     def from_directory(cls, directory: str | Path, max_position_embeddings: int) -> PairTokenizer:
         """Load tokenizer.json, and tokenizer_config.json when present (model_max_length, class)."""
         directory = Path(directory)
         path = directory / "tokenizer.json"
-        if not path.is_file():
+        try:
+            text = read_regular_file(path, MAX_TOKENIZER_BYTES).decode("utf-8")
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"{directory}: no tokenizer.json (turborank uses the fast tokenizer file the reranker ships)"
-            )
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(text)
         except Exception as exc:
             raise ValueError(f"{path}: not a valid tokenizers file ({exc})") from None
-        settings = _read_tokenizer_config(directory / "tokenizer_config.json")
+        del text
+        config_path = directory / "tokenizer_config.json"
+        settings = _read_tokenizer_config(config_path)
         limit = settings.get("model_max_length")
         model_max_length = max_position_embeddings
-        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT:
-            model_max_length = min(int(limit), max_position_embeddings)
+        limit_source = f"max_position_embeddings in {directory / 'config.json'}"
+        usable = isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT
+        if usable and int(limit) < max_position_embeddings:
+            model_max_length, limit_source = int(limit), f"model_max_length in {config_path}"
         tokenizer = _check_special_tokens(tokenizer, settings, path)
-        return cls(tokenizer, model_max_length, _emits_token_type_ids(settings), source=str(path))
+        return cls(
+            tokenizer,
+            model_max_length,
+            _emits_token_type_ids(settings),
+            source=str(path),
+            limit_source=limit_source,
+        )
 
     def _tokenizer(
         self, max_length: int, strategy: str, direction: str = "right", stride: int = 0
@@ -113,6 +166,54 @@ class PairTokenizer:
                 tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction=direction)
                 self._configured[key] = tok
             return tok
+
+    def _plain(self) -> Tokenizer:
+        """No truncation, no padding: for counting tokens."""
+        key = (0, "", "", 0)
+        with self._lock:
+            tok = self._configured.get(key)
+            if tok is None:
+                tok = Tokenizer.from_str(self._base)
+                tok.no_padding()
+                tok.no_truncation()
+                self._configured[key] = tok
+            return tok
+
+    def clip(
+        self,
+        pairs: list[tuple[str, str]],
+        max_length: int,
+        direction: str = "right",
+        bounded: bool = False,
+    ) -> list[tuple[str, str]]:
+        """The pairs, with each text of over ``CLIP_CHARS_PER_TOKEN * max_length`` characters cut to a
+        part that truncates to the same tokens (``clip_text``), so a 10 MB document costs the
+        tokenisation of a few times ``max_length`` tokens instead of all of it. Exact: truncating
+        the clipped pairs to ``max_length`` gives the ids, and the truncated flags, of the whole ones.
+
+        A text with no word boundary to cut at within ``CLIP_MAX_CHARS_PER_TOKEN * max_length``
+        characters is kept whole (tokenised whole, still exact), or with ``bounded`` raises
+        ``UncuttableTextError``, so the work per text stays bounded."""
+        chars = CLIP_CHARS_PER_TOKEN * max_length
+        if all(len(q) <= chars and len(d) <= chars for q, d in pairs):
+            return pairs
+        plain = self._plain()
+        limit = CLIP_MAX_CHARS_PER_TOKEN * max_length
+        clipped: dict[str, str | None] = {}  # pairs share their query
+
+        def cut(text: str, index: int, side: str) -> str:
+            if len(text) <= chars:
+                return text
+            if text not in clipped:
+                clipped[text] = clip_text(plain, text, max_length, direction, chars, limit)
+            part = clipped[text]
+            if part is not None:
+                return part
+            if bounded:
+                raise UncuttableTextError(index, side, len(text), limit, max_length)
+            return text
+
+        return [(cut(q, i, "query"), cut(d, i, "document")) for i, (q, d) in enumerate(pairs)]
 
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
@@ -133,19 +234,25 @@ class PairTokenizer:
         truncation: str = "longest_first",
         direction: str = "right",
         warn: bool = True,
+        bounded: bool = False,
     ) -> EncodedPairs:
         """Tokenise pairs. Truncation "longest_first" (the HF reference default) trims the longer side
         token by token; "only_second" keeps the query whole and cuts the document; ``direction``
         "left" cuts from the start instead of the end. Unless ``warn`` is False, a warning counts
-        every truncated pair; ``EncodedPairs.was_truncated`` says which."""
+        every truncated pair; ``EncodedPairs.was_truncated`` says which. Over-long texts are
+        tokenised from a part of them (``clip``; ``bounded`` as there)."""
         max_length = self.check_max_length(max_length)
         if truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
         if direction not in TRUNCATION_DIRECTIONS:
             raise ValueError(f"direction={direction!r}; expected one of {TRUNCATION_DIRECTIONS}")
         try:
-            encodings = self._tokenizer(max_length, truncation, direction).encode_batch(pairs)
+            clipped = self.clip(pairs, max_length, direction, bounded)
+            encodings = self._tokenizer(max_length, truncation, direction).encode_batch(clipped)
+        except UncuttableTextError:
+            raise
         except Exception as exc:  # tokenizers raises a bare Exception
+            _raise_if_not_unicode(pairs)
             if truncation == "only_second":
                 self._raise_query_too_long(pairs, max_length)
             raise ValueError(f"tokenisation failed: {exc}") from None
@@ -173,6 +280,7 @@ class PairTokenizer:
         max_length = self.check_max_length(max_length)
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
             raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
+        _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
         plain = self._tokenizer(self.model_max_length, "longest_first")
@@ -237,12 +345,45 @@ class PairTokenizer:
                 )
 
 
+def clip_text(
+    plain: Tokenizer, text: str, tokens: int, direction: str, chars: int, max_chars: int
+) -> str | None:
+    """The shortest prefix (direction "right") or suffix ("left") of ``text`` of ``chars * 2^k``
+    characters whose complete words give at least ``tokens`` tokens: ``text`` itself when it is no
+    longer than that, None when no such part of at most ``max_chars`` characters exists.
+
+    Pre-tokenisation splits text into words looking at most one character ahead, so every word of
+    the part but the one at the cut is a word of the whole text and tokenises the same: the first
+    (or last) ``tokens`` tokens of the part are those of the whole. ``plain`` must not truncate."""
+    while chars < len(text):
+        if chars > max_chars:
+            return None
+        part = text[:chars] if direction == "right" else text[-chars:]
+        words = plain.encode(part, add_special_tokens=False).word_ids
+        if words:
+            edge = words[-1] if direction == "right" else words[0]
+            if sum(1 for word in words if word != edge) >= tokens:
+                return part
+        chars *= 2
+    return text
+
+
+def _raise_if_not_unicode(pairs: list[tuple[str, str]]) -> None:
+    for index, (query, document) in enumerate(pairs):
+        for side, text in (("query", query), ("document", document)):
+            problem = describe_lone_surrogate(text)
+            if problem is not None:
+                raise ValueError(f"pair {index}: the {side} contains {problem}")
+
+
 def _read_tokenizer_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    try:
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
         return {}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object")

@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 
 from turborank.config import JinaBertConfig
+from turborank.files import check_regular_file
 
 _FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 _PICKLE_FILES = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt")
@@ -45,7 +46,8 @@ def expected_shapes(config: JinaBertConfig) -> dict[str, tuple[int, ...]]:
 
 def find_weights_file(directory: Path) -> Path:
     path = directory / "model.safetensors"
-    if path.is_file():
+    if path.exists():
+        check_regular_file(path)
         return path
     if (directory / "model.safetensors.index.json").is_file():
         raise ValueError(
@@ -65,15 +67,19 @@ def find_weights_file(directory: Path) -> Path:
 def load_weights(path: str | Path, config: JinaBertConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Read and validate every tensor, then cast to ``dtype`` (on CPU; the caller moves them).
 
-    Raises ValueError naming the file for: an unreadable/truncated file, missing or unexpected keys,
-    a shape that disagrees with the config, a non-floating dtype, or a NaN/Inf value.
+    Raises ValueError naming the file for: something other than a regular file, an
+    unreadable/truncated file, missing or unexpected keys, a shape that disagrees with the config, a
+    non-floating dtype, or a NaN/Inf value, in the file or after the cast to ``dtype`` (1e6 is finite
+    in the file but infinite in float16; the model would then score NaN).
     """
     path = Path(path)
     expected = expected_shapes(config)
     try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
+        check_regular_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
     except Exception as exc:  # safetensors raises its own error type for every corruption
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
 
@@ -107,7 +113,14 @@ def load_weights(path: str | Path, config: JinaBertConfig, dtype: torch.dtype) -
                 raise ValueError(f"{path}: cannot read tensor {key} ({exc})") from None
             if not torch.isfinite(tensor).all():
                 raise ValueError(f"{path}: tensor {key} contains NaN or Inf values")
-            weights[key] = tensor.to(dtype)
+            cast = tensor.to(dtype)
+            if not torch.isfinite(cast).all():
+                raise ValueError(
+                    f"{path}: tensor {key} has values up to {tensor.abs().max().item():.4g}, which overflow "
+                    f"{str(dtype).removeprefix('torch.')} (largest finite {torch.finfo(dtype).max:.4g}); "
+                    "load it in a wider dtype"
+                )
+            weights[key] = cast
     return weights
 
 

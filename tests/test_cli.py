@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -110,7 +111,13 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
         (["rank", "--model", "/nonexistent/dir", "--query", "q", "d"], 1, "no such checkpoint directory"),
         (["rank", "--query", "q", "--documents-file", "/nonexistent.txt"], 1, "txt: no such file"),
         (["verify"], 2, "the following arguments are required: --model"),
-        (["serve", "--port", "0"], 1, "--port must be >= 1"),
+        (["serve", "--port", "0"], 1, "--port must be a TCP port number (1..65535), got 0"),
+        (["serve", "--port", "70000"], 1, "--port must be a TCP port number (1..65535), got 70000"),
+        (["serve", "--max-input-length", "0"], 1, "--max-input-length must be >= 1, got 0"),
+        (["serve", "--body-timeout", "0"], 1, "--body-timeout must be a positive number of seconds, got 0.0"),
+        (["serve", "--drain-timeout", "nan"], 1, "--drain-timeout must be a positive number of seconds"),
+        (["serve", "--min-body-rate", "-1"], 1, "--min-body-rate must be >= 0, got -1"),
+        (["serve", "--tokenization-workers", "0"], 1, "--tokenization-workers must be >= 1, got 0"),
         (["serve", "--max-batch-tokens", "-5"], 1, "--max-batch-tokens must be >= 1"),
     ],
 )
@@ -224,3 +231,99 @@ def test_demo_offline_runs_on_a_cached_synthetic_checkpoint_labelled_random(tmp_
     assert "unreachable" in runs[0].stderr and "RANDOM" in runs[0].stderr
     assert json.loads(runs[1].stdout) == first  # the same cached checkpoint
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["synthetic-turbo-seed0"]  # no leftovers
+
+
+def test_serve_max_input_length_outside_the_model_range(small_ckpt, capsys):
+    """Refused before serving: 2 leaves no room for the pair's 4 special tokens (every request
+    failed with 500 while /ready said 200)."""
+    pytest.importorskip("fastapi")
+    for length, text in (("2", "--max-input-length 2"), ("9000", "--max-input-length 9000")):
+        code, _, err = run(["serve", "--model", str(small_ckpt), "--max-input-length", length], capsys)
+        assert code == 1 and f"{text} is outside the model's range (5..8192)" in err
+        assert err.count("\n") == 1
+
+
+def test_documents_file_byte_order_mark_is_dropped(small_ckpt, tmp_path, capsys):
+    for name, content in (
+        ("docs.txt", "first doc\nsecond doc\n"),
+        ("docs.jsonl", '"first doc"\n"second doc"\n'),
+    ):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+        code, out, err = run(
+            ["rank", "--model", str(small_ckpt), "--query", "q", "--documents-file", str(path), "--json"],
+            capsys,
+        )
+        assert code == 0, err
+        assert sorted(r["text"] for r in json.loads(out)["results"]) == ["first doc", "second doc"]
+
+
+def test_lone_surrogate_in_documents_file_names_the_line(small_ckpt, tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('"fine"\n"bad \\ud800 text"\n')
+    code, _, err = run(
+        ["rank", "--model", str(small_ckpt), "--query", "q", "--documents-file", str(path)], capsys
+    )
+    assert code == 1 and "docs.jsonl:2: the document contains a lone surrogate U+D800 at character 4" in err
+
+
+def test_closed_pipe_exits_quietly(small_ckpt):
+    """`turborank rank ... | head -1` once head has gone: no "Broken pipe" message, no traceback, and
+    the status of a tool stopped by SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "turborank.cli",
+                "rank",
+                "--model",
+                str(small_ckpt),
+                "--query",
+                "q",
+                "a",
+                "b",
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path):
+    """SIGINT lands while the console script is still importing torch (made certain by an import
+    hook that sends it then): one line and status 130, no traceback."""
+    (tmp_path / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal, sys
+
+            class InterruptOnTorch:
+                def find_spec(self, name, path=None, target=None):
+                    if name == "torch":
+                        sys.meta_path.remove(self)
+                        os.kill(os.getpid(), signal.SIGINT)
+                    return None
+
+            sys.meta_path.insert(0, InterruptOnTorch())
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    console_script = "import sys; from turborank.cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", console_script, "rank", "--model", str(small_ckpt), "--query", "q", "d"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "turborank: error: interrupted\n"

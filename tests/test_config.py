@@ -90,3 +90,42 @@ def test_bad_json_and_missing_file(tmp_path):
 def test_bad_slopes_override():
     with pytest.raises(ValueError, match="slopes='alibi' is not one of"):
         JinaBertConfig.from_dict(make_config("turbo"), slopes="alibi")
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("num_hidden_layers", 10**9),
+        ("vocab_size", 10**12),
+        ("hidden_size", 2**20),
+        ("intermediate_size", 10**9),
+        ("max_position_embeddings", 10**12),
+        ("type_vocab_size", 10**6),
+    ],
+)
+def test_absurd_sizes_refused_from_config_alone(tmp_path, field, value):
+    raw = {**make_config("turbo"), field: value}
+    if field == "hidden_size":
+        raw["num_attention_heads"] = 8
+    with pytest.raises(ValueError, match=f"'{field}' is {value:,}, over the limit of") as info:
+        JinaBertConfig.from_file(_write(tmp_path, raw))
+    assert "config.json" in str(info.value)
+
+
+@pytest.mark.parametrize("pad", [61056, -1, "0", True])
+def test_pad_token_id_must_be_an_id_of_the_vocabulary(pad):
+    with pytest.raises(ValueError, match="'pad_token_id' must be an integer in \\[0, vocab_size=61056\\)"):
+        JinaBertConfig.from_dict({**make_config("turbo"), "pad_token_id": pad})
+
+
+def test_config_of_absurd_size_or_depth_is_refused(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(make_config("turbo")) + " " * (5 * 1024 * 1024))
+    with pytest.raises(ValueError, match="over the 4,194,304 bytes such a file may have"):
+        JinaBertConfig.from_file(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        JinaBertConfig.from_file(path)
+    path.write_text('{"vocab_size": ' + "9" * 5001 + "}")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        JinaBertConfig.from_file(path)

@@ -311,3 +311,80 @@ def test_rerank_options_are_validated():
         RerankOptions(long_doc="split")
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         RerankOptions(top_k=0)
+
+
+@pytest.mark.parametrize(
+    "target,content,message",
+    [
+        ("corpus.jsonl", "", "corpus.jsonl: no records"),
+        ("qrels/test.tsv", "query-id\tcorpus-id\tscore\n", "test.tsv: no judgments"),
+        (
+            "qrels/test.tsv",
+            "nosuchquery\td1\t1\n",
+            "test.tsv: none of its 1 judged queries (for example 'nosuchquery') is in",
+        ),
+        (
+            "corpus.jsonl",
+            '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b \\ud800"}\n',
+            "corpus.jsonl:2: field 'text' contains a lone surrogate U+D800 at character 2",
+        ),
+        (
+            "queries.jsonl",
+            '{"_id": "q0", "text": "\\udfff"}\n',
+            "queries.jsonl:1: field 'text' contains a lone surrogate U+DFFF at character 0",
+        ),
+        ("queries.jsonl", '{"_id": "q0", "text": "  "}\n', "queries.jsonl: query 'q0' (judged in"),
+    ],
+)
+def test_empty_or_unusable_inputs_are_named(dataset, small_ckpt, tmp_path, capsys, target, content, message):
+    """Each was a bare "max() arg is an empty sequence", "not enough values to unpack", a tokenizer
+    error naming no file, or (the empty query) silently reranked."""
+    import shutil
+
+    data = shutil.copytree(dataset, tmp_path / "data")
+    (data / target).write_text(content)
+    code, _, err = run_cli([*eval_args(small_ckpt, data), "--bm25"], capsys)
+    assert code == 1 and message in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_shard_without_queries_is_named(dataset, small_ckpt, capsys):
+    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--shard", "30/40"], capsys)
+    assert code == 1 and "--shard 30/40 takes none of the 10 judged queries" in err
+
+
+@pytest.mark.parametrize("output", ["a_file/run.trec", "a_dir"])
+def test_unwritable_output_is_found_before_bm25_and_the_model(
+    dataset, small_ckpt, tmp_path, capsys, monkeypatch, output
+):
+    import turborank.cli as cli
+    import turborank.first_stage as first_stage
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the output should have been checked before this")
+
+    monkeypatch.setattr(first_stage, "bm25_run", too_late)
+    monkeypatch.setattr(cli, "_load", too_late)
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_dir").mkdir()
+    code, _, err = run_cli(
+        [*eval_args(small_ckpt, dataset), "--bm25", "--output", str(tmp_path / output)], capsys
+    )
+    want = "a_file is not a directory" if output.startswith("a_file") else "a_dir: is a directory"
+    assert code == 1 and want in err and "File exists" not in err
+
+
+def test_failed_run_keeps_the_earlier_output_and_leaves_no_partial_file(
+    dataset, small_ckpt, tmp_path, capsys, monkeypatch
+):
+    earlier = tmp_path / "run.trec"
+    earlier.write_text("q0 Q0 d1 1 2.0 kept\n")
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("the forward broke")
+
+    monkeypatch.setattr(Reranker, "score_encoded", broken)
+    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--output", str(earlier)], capsys)
+    assert code == 1 and "the forward broke" in err
+    assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]

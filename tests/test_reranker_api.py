@@ -69,7 +69,22 @@ def test_rank_empty_documents(reranker):
         (lambda r: r.predict([("q",)]), "pair 0 is not a \\(query, document\\) pair"),
         (lambda r: r.predict("q"), "pairs must be a list"),
         (lambda r: r.predict([("q", "d"), ("", "d")]), "pair 1: query is empty"),
-        (lambda r: r.predict([("q", "d")], batch_size=0), "batch_size \\(0\\)"),
+        (lambda r: r.predict([("q", "d")], batch_size=0), "batch_size must be a positive integer, got 0"),
+        (lambda r: r.predict([("q", "d")], batch_size="8"), "batch_size must be a positive integer, got '8'"),
+        (
+            lambda r: r.predict([("q", "d")], batch_size=None),
+            "batch_size must be a positive integer, got None",
+        ),
+        (lambda r: r.predict([("q", "d")], batch_size=1.5), "batch_size must be a positive integer, got 1.5"),
+        (lambda r: r.predict([("q", "d")], max_batch_tokens=True), "max_batch_tokens must be a positive"),
+        (lambda r: r.predict([("q", "d")], activation="no"), "activation must be True or False, got 'no'"),
+        (lambda r: r.compute_score(("q", "d"), activation=0), "activation must be True or False, got 0"),
+        (lambda r: r.rank("q", ["d"], return_documents="yes"), "return_documents must be True or False"),
+        (
+            lambda r: r.rank("q\ud800", ["d"]),
+            "pair 0: the query contains a lone surrogate U\\+D800 at character 1",
+        ),
+        (lambda r: r.rank("q", ["d", "\udc80x"]), "pair 1: the document contains a lone surrogate U\\+DC80"),
         (lambda r: r.predict([("q", "d")], max_length=10**6), "outside the model's range"),
         (lambda r: r.predict([("q", "d")], long_doc="split"), "long_doc='split'"),
         (lambda r: r.predict([("q", "d")], long_doc="chunk", chunk_aggregate="sum"), "chunk_aggregate='sum'"),
@@ -95,6 +110,25 @@ def test_from_pretrained_argument_errors(small_ckpt, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             Reranker.from_pretrained(small_ckpt, device="cuda")
+        with pytest.raises(ValueError, match="device cuda:0 requested but CUDA is not available"):
+            Reranker.from_pretrained(small_ckpt, device=0)
+
+
+@pytest.mark.parametrize(
+    "device,message",
+    [
+        ("gpu", "device 'gpu' is not a device turborank runs on"),
+        ("", "device '' is not a device turborank runs on"),
+        ("cuda:x", "device 'cuda:x' is not a device"),
+        (True, "device True: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a CUDA index"),
+        (1.5, "device 1.5: expected"),
+        (-1, "device -1: expected"),
+        ("meta", "turborank runs on 'cpu' or 'cuda'"),
+    ],
+)
+def test_bad_device_is_named(small_ckpt, device, message):
+    with pytest.raises(ValueError, match=message):
+        Reranker.from_pretrained(small_ckpt, device=device)
 
 
 def test_half_dtypes_on_cpu_stay_close_to_fp32(small_ckpt, reranker):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
+import logging
+import platform
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -354,3 +358,107 @@ def test_serve_command_drains_on_sigterm(small_ckpt):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --- every 5xx is logged with the request id its response carries ------------------------------------
+
+
+def _lines_with(caplog, request_id: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if request_id in r.getMessage()]
+
+
+def test_failed_forward_is_logged_with_request_id_and_traceback(reranker, monkeypatch, caplog):
+    poison = reranker.tokenizer.encode_pairs([("q", "poison document")]).input_ids[0]
+    real = reranker.score_encoded
+
+    def broken(encoded, **kwargs):
+        if poison in encoded.input_ids:
+            raise RuntimeError("device fell over")
+        return real(encoded, **kwargs)
+
+    with running_server(reranker) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", broken)
+        with caplog.at_level(logging.INFO, logger="turborank"):
+            response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["poison document"]})
+        assert response.status_code == 500 and "device fell over" in response.json()["error"]
+        (line,) = _lines_with(caplog, response.headers["x-request-id"])
+        assert line.levelno == logging.ERROR and line.exc_info is not None
+        assert "device fell over" in "".join(traceback.format_exception(*line.exc_info))
+
+
+def test_unexpected_error_is_logged_not_echoed(reranker, monkeypatch, caplog):
+    with running_server(reranker) as (url, state):
+
+        async def bug(*args, **kwargs):
+            raise TypeError("a bug with a very long repr " + "x" * 10_000)
+
+        monkeypatch.setattr(state, "score", bug)
+        with caplog.at_level(logging.INFO, logger="turborank"):
+            response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]})
+        request_id = response.headers["x-request-id"]
+        assert response.status_code == 500
+        assert (
+            response.json()["error"] == f"internal error; the server log has it under request id {request_id}"
+        )
+        (line,) = _lines_with(caplog, request_id)
+        assert line.exc_info is not None and line.exc_info[0] is TypeError
+
+
+def test_not_ready_503_is_logged_and_the_probe_failure_has_its_traceback(reranker, caplog):
+    def broken(encoded, **kwargs):
+        raise RuntimeError("weights overflow")
+
+    def patch(state):
+        state.scheduler._score = broken
+
+    with (
+        caplog.at_level(logging.INFO, logger="turborank"),
+        running_server(reranker, before_start=patch, wait_for="/health") as (url, _),
+    ):
+        response = httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]})
+        assert response.status_code == 503
+        (line,) = _lines_with(caplog, response.headers["x-request-id"])
+        assert "the model is not ready yet" in line.getMessage()
+    probe = [r for r in caplog.records if "readiness probe failed" in r.getMessage()]
+    assert probe and "weights overflow" in "".join(traceback.format_exception(*probe[0].exc_info))
+
+
+@pytest.mark.parametrize(
+    "limits,message",
+    [
+        ({"body_timeout_s": 0}, "body_timeout_s must be a positive number of seconds"),
+        ({"min_body_rate": -1}, "min_body_rate must be a non-negative integer"),
+        ({"max_concurrent_requests": "8"}, "max_concurrent_requests must be a positive integer"),
+        ({"tokenizer_threads": 0}, "tokenizer_threads must be a positive integer"),
+    ],
+)
+def test_settings_are_checked(limits, message):
+    with pytest.raises(ValueError, match=message):
+        ServeSettings(model_name="m", **limits)
+
+
+def test_max_input_length_outside_the_model_range_is_refused(reranker):
+    with pytest.raises(ValueError, match="max_input_length 2 is outside the model's range \\(5..8192\\)"):
+        create_app(reranker, ServeSettings(model_name="m", max_input_length=2))
+
+
+def test_memory_is_handed_back_after_a_large_request(reranker, monkeypatch):
+    """A pending 10 s trim scheduled by a small request gives way to the 1 s one a large request
+    asks for (the heap had stayed at its peak after two 15 MiB requests)."""
+    import turborank.serving.app as app_module
+    from turborank.serving.memory import release_free_memory
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert release_free_memory()
+    trims: list[float] = []
+    monkeypatch.setattr(app_module, "release_free_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(app_module, "TRIM_INTERVAL_S", 1000.0)  # the small request's trim never comes
+    with running_server(reranker, max_body_bytes=4 * 1024 * 1024) as (url, _):
+        httpx.post(url + "/rerank", json={"query": "q", "texts": ["small"]}).raise_for_status()
+        large = {"query": "q", "texts": ["many words " * 120_000], "truncate": True}
+        assert len(json.dumps(large)) > app_module.LARGE_BODY_BYTES
+        httpx.post(url + "/rerank", json=large, timeout=60).raise_for_status()
+        deadline = time.monotonic() + 30
+        while not trims and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(trims) == 1

@@ -1,12 +1,19 @@
 import itertools
 import json
+import random
 import shutil
 import warnings
 
 import pytest
 
 from tests.conftest import sample_pairs
-from turborank.tokenization import PairTokenizer, TruncationWarning
+from turborank.testing import random_text
+from turborank.tokenization import (
+    CLIP_MAX_CHARS_PER_TOKEN,
+    PairTokenizer,
+    TruncationWarning,
+    UncuttableTextError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +149,115 @@ def test_chunked_windows_cover_the_document_with_overlap(tok):
     rebuilt = pieces[0] + [t for piece in pieces[1:] for t in piece[8:]]
     whole = tok.encode_pairs([(query, doc)]).input_ids[0]
     assert rebuilt == whole[prefix:-1]
+
+
+@pytest.mark.parametrize(
+    "source,limit",
+    [("config.json", 4), ("tokenizer_config.json", 3), ("tokenizer_config.json", 4)],
+)
+def test_length_limit_without_room_for_a_pair_is_refused(small_ckpt, tmp_path, source, limit):
+    """A limit at or below the 4 special tokens would wrap around inside tokenizers and turn
+    truncation off (a 36,005-token pair reached the model); it is refused at load, naming its file."""
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    positions = limit if source == "config.json" else 8192
+    if source == "tokenizer_config.json":
+        cfg = json.loads((target / "tokenizer_config.json").read_text())
+        cfg["model_max_length"] = limit
+        (target / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"length limit {limit} .*{source}.* adds 4 special tokens") as info:
+        PairTokenizer.from_directory(target, positions)
+    assert "at least 5" in str(info.value)
+
+
+def test_lone_surrogate_is_named(tok):
+    with pytest.raises(
+        ValueError, match="pair 1: the document contains a lone surrogate U\\+D800 at character 3"
+    ):
+        tok.encode_pairs([("q", "fine"), ("q", "abc\ud800def")])
+    with pytest.raises(
+        ValueError, match="pair 0: the query contains a lone surrogate U\\+DFFF at character 0"
+    ):
+        tok.encode_chunked([("\udfff", "d")], max_length=64)
+
+
+def _mixed_text(rng: random.Random, chars: int) -> str:
+    """Words, whitespace runs, accents and combining marks, CJK, long unbroken runs, special-token
+    strings: the places where a cut could change how the text around it tokenises."""
+    pieces = [
+        lambda: random_text(rng, rng.randint(1, 40)),
+        lambda: " " * rng.randint(1, 30),
+        lambda: "e\u0301ü日本語" * rng.randint(1, 4),
+        lambda: "x" * rng.randint(1, 300),
+        lambda: "\n\t ",
+        lambda: "<s></s>",
+        lambda: "12345 " * 3,
+    ]
+    out: list[str] = []
+    while sum(map(len, out)) < chars:
+        out.append(rng.choice(pieces)())
+    return "".join(out)[:chars]
+
+
+@pytest.mark.parametrize("max_length", [64, 512])
+def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
+    """Over-long texts are tokenised from a part of them; the ids and truncation flags are those of
+    the whole text (compared with tokenizers truncating the whole text)."""
+    rng = random.Random(max_length)
+    compared = 0
+    for _ in range(8):
+        query = _mixed_text(rng, rng.choice([5, 60, 9 * max_length]))
+        docs = [_mixed_text(rng, rng.randint(8 * max_length, 40 * max_length)) for _ in range(3)]
+        pairs = [(query, doc) for doc in docs]
+        assert tok.clip(pairs, max_length) != pairs  # the part, not the whole, is tokenised
+        for truncation in ("longest_first", "only_second"):
+            for direction in ("right", "left"):
+                try:
+                    whole = tok._tokenizer(max_length, truncation, direction).encode_batch(pairs)
+                except Exception:
+                    continue  # only_second with a query longer than the budget: an error either way
+                got = tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
+                assert got.input_ids == [enc.ids for enc in whole]
+                assert got.was_truncated == [bool(enc.overflowing) for enc in whole]
+                compared += 1
+    assert compared >= 16
+
+
+def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
+    seen: list[int] = []
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode(self, text, **options):
+            seen.append(len(text))
+            return self.inner.encode(text, **options)
+
+        def encode_batch(self, pairs):
+            seen.extend(len(q) + len(d) for q, d in pairs)
+            return self.inner.encode_batch(pairs)
+
+    plain, configured = tok._plain, tok._tokenizer
+    monkeypatch.setattr(tok, "_plain", lambda: Recording(plain()))
+    monkeypatch.setattr(tok, "_tokenizer", lambda *a, **k: Recording(configured(*a, **k)))
+    document = random_text(random.Random(5), 200_000)  # about 1.4 million characters
+    with pytest.warns(TruncationWarning):
+        enc = tok.encode_pairs([("a query", document)], max_length=512)
+    assert len(enc.input_ids[0]) == 512 and enc.truncated == 1
+    assert seen and max(seen) * 50 < len(document)
+
+
+@pytest.mark.parametrize("text", ["x" * 4096, " " * 4096, "日本語" * 1400])
+def test_text_without_word_boundaries_is_kept_whole_or_refused_when_bounded(tok, text):
+    """A cut inside one long word is not exact (BPE splits a run of one character by its length),
+    so such a text is tokenised whole, or with bounded=True refused after a bounded search."""
+    pairs = [("q", text)]
+    whole = tok._tokenizer(64, "longest_first", "right").encode_batch(pairs)
+    with pytest.warns(TruncationWarning):
+        assert tok.encode_pairs(pairs, 64).input_ids == [whole[0].ids]
+    limit = CLIP_MAX_CHARS_PER_TOKEN * 64
+    with pytest.raises(
+        UncuttableTextError,
+        match=f"the document has {len(text):,} characters and no word boundary in the first {limit:,}",
+    ):
+        tok.encode_pairs(pairs, 64, bounded=True)

@@ -121,3 +121,27 @@ def test_checkpoint_other_dtypes_load(tmp_path):
     _rewrite(ckpt, lambda t: t.update({k: v.half() for k, v in t.items()}))
     weights = load_weights(ckpt / "model.safetensors", _config(ckpt), torch.bfloat16)
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize(
+    "file_dtype,value,run_dtype",
+    [
+        (torch.float64, 1e300, torch.float32),
+        (torch.float32, 1e6, torch.float16),
+        (torch.bfloat16, 1e38, torch.float16),
+    ],
+)
+def test_values_that_overflow_the_run_dtype_are_refused(ckpt, file_dtype, value, run_dtype):
+    key = "bert.encoder.layer.1.attention.output.dense.weight"
+
+    def change(t):
+        t[key] = t[key].to(file_dtype)
+        t[key][0, 0] = value
+
+    _rewrite(ckpt, change)
+    name = str(run_dtype).removeprefix("torch.")
+    with pytest.raises(ValueError, match=f"tensor {key} has values up to .* which overflow {name}") as info:
+        load_weights(ckpt / "model.safetensors", _config(ckpt), run_dtype)
+    assert "model.safetensors" in str(info.value)
+    if value < 1e38:  # the same file loads where the value fits
+        assert load_weights(ckpt / "model.safetensors", _config(ckpt), torch.float32)[key].isfinite().all()

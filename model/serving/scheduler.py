@@ -96,7 +96,13 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("scheduler is stopped")
-            self._queue.append(ticket)
+            # Ahead of the requests a forward has already served: the rotation in _form_batch runs
+            # when a batch is formed, so a request arriving during that forward would otherwise
+            # queue behind the ones it holds and wait one forward more.
+            served = next(
+                (i for i, t in enumerate(self._queue) if t.started_at is not None), len(self._queue)
+            )
+            self._queue.insert(served, ticket)
             self._cond.notify()
         return ticket
 
@@ -183,9 +189,12 @@ class BatchScheduler:
             if not bool(torch.isfinite(logits).all()):
                 raise BatchError("the model produced a non-finite score")
         except Exception as exc:
-            error = exc if isinstance(exc, BatchError) else BatchError(f"forward failed: {exc}")
             self._observe("batch_failed", pairs=len(batch))
             for ticket in tickets:
+                # One error per request, each chained to the cause, so every request's log line
+                # shows the forward's traceback.
+                error = BatchError(str(exc) if isinstance(exc, BatchError) else f"forward failed: {exc}")
+                error.__cause__ = exc
                 self._fail(ticket, error)
             return
         self.last_success = time.monotonic()

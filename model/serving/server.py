@@ -1,30 +1,45 @@
-"""Run the app under uvicorn; SIGTERM/SIGINT drain in-flight work, then the process exits 0."""
+"""Run the app under uvicorn. SIGTERM/SIGINT drain: the listener stays open and every request that
+arrives, on a new or a kept-alive connection, gets 503 with Retry-After and Connection: close, until
+the requests in flight are answered (or ``drain_timeout_s`` passes); then uvicorn closes the
+connections, the scheduler drains, and the process exits 0. A second signal stops waiting."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import uvicorn
 
 from turborank.reranker import Reranker
-from turborank.serving.app import ServeSettings, create_app
+from turborank.serving.app import ServerState, ServeSettings, create_app
+
+logger = logging.getLogger("turborank.serving")
 
 
 class _DrainingServer(uvicorn.Server):
-    """Marks the app as draining the moment a shutdown signal arrives, so requests that still reach
-    it on open connections get 503 while in-flight work finishes (uvicorn waits for it, then the
-    lifespan shutdown drains the scheduler)."""
-
-    def __init__(self, config: uvicorn.Config, state) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
         self._state = state
+        self._drain_deadline: float | None = None
 
-    def handle_exit(self, sig, frame) -> None:
-        self._state.draining = True
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._drain_deadline is None:
+            self._state.draining = True
+            self._drain_deadline = time.monotonic() + self._state.settings.drain_timeout_s
+            logger.info("draining: %d requests in flight, new ones get 503", self._state.active)
+            return
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn's main loop calls this every 0.1 s; returning True starts its shutdown.
+        deadline = self._drain_deadline
+        if deadline is not None and (self._state.active == 0 or time.monotonic() > deadline):
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -50,6 +65,12 @@ def serve(
 ) -> None:
     app = create_app(reranker, settings)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None, access_log=False
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        # In-flight work was waited for while draining; this bounds what is left after it.
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        access_log=False,
     )
     _DrainingServer(config, app.state.turborank).run()

@@ -1,0 +1,56 @@
+"""Request bodies to validated models; every client mistake a 400 or 422 that names the field.
+
+Runs on a tokenizer thread, not the event loop: decoding 16 MiB of JSON takes tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TypeVar
+
+import pydantic
+
+from turborank.serving.errors import VALIDATION, APIError
+
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+# Enough for the messages to name every problem of an ordinary mistake, not a novel.
+_MAX_PROBLEMS = 5
+
+
+def parse_body(model: type[Model], body: bytes) -> Model:
+    try:
+        raw = json.loads(body)
+    except RecursionError:
+        raise APIError(400, VALIDATION, "malformed JSON: nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise APIError(
+            400, VALIDATION, f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise APIError(400, VALIDATION, f"malformed JSON: {exc}") from None
+    except ValueError:  # what json.loads raises for an integer longer than Python converts
+        raise APIError(
+            400, VALIDATION, f"malformed JSON: a number of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+    if not isinstance(raw, dict):
+        raise APIError(400, VALIDATION, f"the request body must be a JSON object, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise APIError(422, VALIDATION, describe(exc)) from None
+
+
+def describe(error: pydantic.ValidationError) -> str:
+    """'field.path: problem; ...' for the first few problems."""
+    problems = []
+    for item in error.errors(include_url=False)[:_MAX_PROBLEMS]:
+        where = ".".join(str(part) for part in item["loc"] if not _is_validator_tag(part)) or "body"
+        problems.append(f"{where}: {item['msg']}")
+    more = error.error_count() - len(problems)
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def _is_validator_tag(part: object) -> bool:
+    # pydantic puts the validator of an Annotated type in the location ("function-after[...]").
+    return isinstance(part, str) and part.startswith("function-")

@@ -1,0 +1,65 @@
+"""Reading a request body under a size limit and a time limit, straight from the ASGI receive.
+
+uvicorn has no body timeout of its own (its keep-alive timeout runs between requests only), so a
+client that sends headers and then stalls would hold its request slot for as long as it likes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from turborank.serving.errors import PAYLOAD_TOO_LARGE, TIMEOUT, APIError, ClientDisconnectedError
+
+# Sent with any answer given before the whole body was read: the rest of it is not worth reading.
+CLOSE = {"Connection": "close"}
+
+
+async def read_body(
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    content_length: str | None,
+    max_bytes: int,
+    timeout_s: float,
+    min_rate: int,
+) -> bytes:
+    """The whole body, or APIError 413 (too large; checked on Content-Length first) or 408 (no data
+    for ``timeout_s``, or slower than ``min_rate`` bytes/s on average after the first
+    ``timeout_s``), or ClientDisconnectedError."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
+        raise APIError(
+            413, PAYLOAD_TOO_LARGE, f"request body of {content_length} bytes exceeds {max_bytes} bytes", CLOSE
+        )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        wait = timeout_s
+        if min_rate:
+            wait = min(wait, start + timeout_s + size / min_rate - loop.time())
+        if wait <= 0:
+            raise APIError(
+                408,
+                TIMEOUT,
+                f"the request body arrived at under {min_rate} bytes/s ({size} bytes in "
+                f"{loop.time() - start:.1f} s)",
+                CLOSE,
+            )
+        try:
+            message = await asyncio.wait_for(receive(), wait)
+        except asyncio.TimeoutError:
+            if wait < timeout_s:
+                continue  # the average-rate deadline: reported at the top of the loop
+            raise APIError(
+                408, TIMEOUT, f"no request body data for {timeout_s:g} s ({size} bytes arrived)", CLOSE
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise APIError(413, PAYLOAD_TOO_LARGE, f"request body exceeds {max_bytes} bytes", CLOSE)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

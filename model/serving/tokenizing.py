@@ -1,0 +1,74 @@
+"""Tokenising a request off the event loop, in small pieces, so requests share the tokenizer threads.
+
+A request's documents go to the thread pool one piece at a time, each piece a bounded amount of text
+(over-long texts are clipped before they are tokenised, see PairTokenizer.clip). The pool serves
+pieces first come first served, so a one-pair request waits for at most one piece of each request
+already tokenising instead of for the whole of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+
+from turborank.tokenization import CLIP_CHARS_PER_TOKEN, EncodedPairs, PairTokenizer, UncuttableTextError
+
+# A piece's text, in characters: tens of milliseconds of tokenising.
+PIECE_CHARS = 64 * 1024
+
+
+def pieces(query: str, documents: list[str], max_length: int) -> Iterator[range]:
+    """Index ranges of ``documents``, each of about PIECE_CHARS characters of work at most (a text
+    counts as much as its clipped part is long) and at least one document."""
+    clipped = 2 * CLIP_CHARS_PER_TOKEN * max_length  # the part looked at, then tokenised
+    per_pair = min(len(query), clipped)
+    start, chars = 0, 0
+    for index, document in enumerate(documents):
+        chars += per_pair + min(len(document), clipped)
+        if chars >= PIECE_CHARS:
+            yield range(start, index + 1)
+            start, chars = index + 1, 0
+    if start < len(documents):
+        yield range(start, len(documents))
+
+
+def concatenate(parts: list[EncodedPairs]) -> EncodedPairs:
+    with_types = parts[0].token_type_ids is not None
+    return EncodedPairs(
+        input_ids=[ids for part in parts for ids in part.input_ids],
+        token_type_ids=[t for part in parts for t in part.token_type_ids] if with_types else None,
+        was_truncated=[flag for part in parts for flag in part.was_truncated],
+    )
+
+
+async def tokenize_in_pieces(
+    pool: Executor,
+    tokenizer: PairTokenizer,
+    query: str,
+    documents: list[str],
+    max_length: int,
+    direction: str,
+    after_piece: Callable[[EncodedPairs, int], Awaitable[None]],
+) -> EncodedPairs:
+    """EncodedPairs of (query, document) for every document, truncated to ``max_length``;
+    ``after_piece(encoded, first_index)`` runs after each piece and may raise to stop early.
+    Raises UncuttableTextError (with the index of the whole request) like encode_pairs(bounded=True)."""
+    loop = asyncio.get_running_loop()
+    parts = []
+    for indices in pieces(query, documents, max_length):
+        pairs = [(query, documents[i]) for i in indices]
+        try:
+            encoded = await loop.run_in_executor(
+                pool,
+                lambda pairs=pairs: tokenizer.encode_pairs(
+                    pairs, max_length, "longest_first", direction, warn=False, bounded=True
+                ),
+            )
+        except UncuttableTextError as exc:
+            raise UncuttableTextError(
+                exc.index + indices.start, exc.side, exc.chars, exc.searched, exc.max_length
+            ) from None
+        await after_piece(encoded, indices.start)
+        parts.append(encoded)
+    return concatenate(parts)

@@ -1,0 +1,59 @@
+"""The batching scheduler's order, with a scorer the test steps forward by forward."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import torch
+
+from turborank.serving.scheduler import BatchScheduler
+from turborank.tokenization import EncodedPairs
+
+
+def pairs(marker: int, length: int, count: int) -> EncodedPairs:
+    return EncodedPairs([[marker] * length for _ in range(count)], None, [False] * count)
+
+
+async def until(condition, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_a_request_arriving_during_a_forward_is_in_the_next_one():
+    """Two huge requests fill every forward (one pair each); a one-pair request that arrives while a
+    forward runs must be in the next forward, not behind the two that forward served."""
+
+    async def scenario() -> list[list[int]]:
+        forwards: list[list[int]] = []
+        step = threading.Semaphore(0)
+
+        def score(encoded: EncodedPairs) -> torch.Tensor:
+            forwards.append([ids[0] for ids in encoded.input_ids])
+            step.acquire(timeout=30)
+            return torch.zeros(len(encoded.input_ids))
+
+        scheduler = BatchScheduler(score, max_batch_tokens=200)
+        scheduler.start()
+        try:
+            huge = [scheduler.submit(pairs(marker, 100, 4)) for marker in (1, 2)]
+            await until(lambda: len(forwards) == 1, "the first forward")
+            small = scheduler.submit(pairs(3, 5, 1))
+            step.release()
+            await until(lambda: len(forwards) == 2, "the second forward")
+            for _ in range(16):
+                step.release()
+            await asyncio.wait_for(asyncio.gather(small.future, *(t.future for t in huge)), 30)
+        finally:
+            for _ in range(16):
+                step.release()
+            scheduler.stop()
+        return forwards
+
+    forwards = asyncio.run(scenario())
+    assert forwards[0] == [1, 2]
+    assert 3 in forwards[1], forwards
+    assert sorted(m for forward in forwards for m in forward) == [1] * 4 + [2] * 4 + [3]

@@ -1,0 +1,203 @@
+"""The server against slow, stalled, malformed and departing clients, through a real `turborank
+serve` process on loopback: no client holds a slot past the body timeout, every client mistake is a
+4xx naming the field, every response carries x-request-id."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from tests.serve_process import read_response, serve_process, start_upload  # noqa: E402
+
+SLOTS = 3
+SERVER_OPTIONS = (
+    "--max-concurrent-requests",
+    str(SLOTS),
+    "--body-timeout",
+    "1",
+    "--min-body-rate",
+    "2000",
+    "--max-input-length",
+    "128",
+    "--max-client-batch-size",
+    "8",
+    "--max-body-bytes",
+    "4000000",
+)
+
+
+@pytest.fixture(scope="module")
+def server(small_ckpt, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with serve_process(small_ckpt, log, *SERVER_OPTIONS) as (_, url):
+        yield url, log
+
+
+def wait_until(condition, what: str, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def test_stalled_uploads_get_408_and_free_their_slots(server):
+    url, _ = server
+    body = json.dumps({"query": "q", "texts": ["a document"]}).encode()
+    stalled = [start_upload(url, body, sent=5) for _ in range(SLOTS)]
+    try:
+        wait_until(lambda: httpx.get(url + "/ready").status_code == 503, "every slot taken")
+        ready = httpx.get(url + "/ready").json()
+        assert ready["error_type"] == "overloaded" and "no free request slot" in ready["error"]
+        refused = httpx.post(url + "/rerank", content=body)
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        for sock in stalled:
+            status, headers, answer = read_response(sock)
+            assert status == 408 and headers["connection"] == "close"
+            assert json.loads(answer)["error_type"] == "timeout"
+            assert "no request body data for 1 s" in json.loads(answer)["error"]
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_until(lambda: httpx.get(url + "/ready").status_code == 200, "the slots are free again")
+    assert httpx.post(url + "/rerank", content=body).status_code == 200
+
+
+def test_trickling_upload_gets_408(server):
+    """One byte every 0.3 s never stalls for the 1 s body timeout, but averages far under the
+    2,000 bytes/s minimum rate."""
+    url, _ = server
+    body = json.dumps({"query": "q", "texts": ["a document " * 200]}).encode()
+    sock = start_upload(url, body, sent=1)
+    try:
+        sock.settimeout(0.3)
+        sent = 1
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first = sock.recv(1, 0x2)  # MSG_PEEK: has the answer started?
+                if first:
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() < deadline and sent < len(body), "the trickle was never cut off"
+            sock.sendall(body[sent : sent + 1])
+            sent += 1
+        sock.settimeout(30)
+        status, _, answer = read_response(sock)
+        assert status == 408 and "under 2000 bytes/s" in json.loads(answer)["error"]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "path,body,status,field",
+    [
+        ("/rerank", b'{"query": "q\\ud800", "texts": ["a"]}', 422, "query: contains a lone surrogate U+D800"),
+        ("/rerank", b'{"query": "q", "texts": ["a", "\\udc00"]}', 422, "texts.1: contains a lone surrogate"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["\\ud800"]}', 422, "documents: item 0 contains a lone"),
+        (
+            "/v1/rerank",
+            b'{"query": "q", "documents": [{"text": "a\\ud800"}]}',
+            422,
+            "documents: item 0 contains a lone",
+        ),
+        ("/v1/rerank", b'{"query": "q", "documents": ["a"], "model": "\\ud800"}', 422, "model: contains a"),
+        ("/rerank", b"[" * 100_000 + b"]" * 100_000, 400, "malformed JSON: nested too deeply"),
+        ("/rerank", b'{"query": ' + b"9" * 5001 + b', "texts": ["a"]}', 400, "a number of more than"),
+        ("/rerank", b'{"query": "\xff", "texts": ["a"]}', 400, "not UTF-8"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": true}', 422, "top_n: Input should be"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": "1"}', 422, "top_n: Input should be"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["a", 3]}', 422, "documents: item 1: expected a string"),
+        ("/rerank", b'{"query": "q", "texts": ["a"], "truncate": "yes"}', 422, "truncate: Input should be"),
+        (
+            "/rerank",
+            b'{"query": "q", "texts": ["' + b"word " * 500 + b'"]}',
+            422,
+            "texts.0: the pair is longer",
+        ),
+        (
+            "/rerank",
+            b'{"query": "q", "texts": ["' + b"x" * 100_000 + b'"], "truncate": true}',
+            422,
+            "texts.0: 100,000",
+        ),
+    ],
+)
+def test_client_mistakes_are_4xx_naming_the_field(server, path, body, status, field):
+    """Each was a 500 "internal error" (or, for top_n, accepted) before."""
+    url, _ = server
+    response = httpx.post(url + path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert field in payload["error"] and payload["error_type"] == "validation"
+    assert response.headers["x-request-id"]
+
+
+def test_long_document_is_cut_to_the_same_scores_as_the_library(server, small_ckpt):
+    from turborank import Reranker
+
+    url, _ = server
+    document = "many words of a very long document " * 30_000  # about a megabyte
+    response = httpx.post(
+        url + "/rerank",
+        json={"query": "what is long", "texts": [document, "short"], "truncate": True, "raw_scores": True},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    want = Reranker.from_pretrained(small_ckpt, device="cpu").predict(
+        [("what is long", document), ("what is long", "short")], activation=False, max_length=128
+    )
+    got = {item["index"]: item["score"] for item in response.json()}
+    assert [got[0], got[1]] == pytest.approx(want, abs=1e-5)
+
+
+def test_http_edges_have_the_error_shape_and_a_request_id(server):
+    url, _ = server
+    wrong_method = httpx.post(url + "/health")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"]
+    assert wrong_method.json()["error_type"] == "method_not_allowed"
+    assert "POST is not allowed on /health" in wrong_method.json()["error"]
+    assert httpx.get(url + "/v1/rerank").json()["error_type"] == "method_not_allowed"
+    assert httpx.head(url + "/health").status_code == 200
+    assert httpx.head(url + "/ready").status_code == 200
+    missing = httpx.get(url + "/docs")  # no page that loads its scripts from a CDN
+    assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
+    assert httpx.get(url + "/openapi.json").status_code == 200
+    ids = {httpx.get(url + "/health").headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
+    echoed = httpx.post(url + "/rerank", json={"query": ""}, headers={"x-request-id": "client-id.42"})
+    assert echoed.headers["x-request-id"] == "client-id.42"
+    odd = httpx.get(url + "/health", headers={"x-request-id": "a b\tc"})
+    assert odd.headers["x-request-id"] != "a b\tc"
+
+
+def test_sigterm_answers_kept_alive_clients_503_and_is_not_held_by_a_stalled_upload(small_ckpt, tmp_path):
+    """Draining keeps the listener: a client on a kept-alive connection gets the documented 503 (it
+    saw "connection refused"), and a stalled upload holds the exit for the body timeout only (it
+    held a SIGTERM'd server for 90 s and more)."""
+    log = tmp_path / "server.log"
+    with serve_process(small_ckpt, log, "--body-timeout", "2") as (proc, url):
+        body = json.dumps({"query": "q", "texts": ["a"]}).encode()
+        with httpx.Client(base_url=url) as kept_alive, httpx.Client(base_url=url) as prober:
+            assert kept_alive.post("/rerank", content=body).status_code == 200
+            stalled = start_upload(url, body, sent=5)
+            try:
+                wait_until(lambda: "turborank_active_requests 1.0" in prober.get("/metrics").text, "admitted")
+                proc.send_signal(signal.SIGTERM)
+                wait_until(lambda: prober.get("/ready").status_code == 503, "draining")
+                refused = kept_alive.post("/rerank", content=body)
+                assert refused.status_code == 503 and refused.headers["retry-after"]
+                assert refused.json()["error"] == "the server is draining"
+                assert refused.headers["connection"] == "close"
+                status, _, _ = read_response(stalled)
+                assert status == 408
+            finally:
+                stalled.close()
+        assert proc.wait(timeout=60) == 0
+    assert "draining: 1 requests in flight" in log.read_text()
