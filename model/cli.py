@@ -120,17 +120,42 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--truncation", default="longest_first", choices=["longest_first", "only_second"])
     rank.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    serve = sub.add_parser("serve", help="HTTP rerank server: Jina/Cohere /v1/rerank and TEI /rerank")
+    serve = sub.add_parser(
+        "serve", help="HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank"
+    )
     _add_model_options(serve, DEFAULT_MODEL)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--max-batch-tokens", type=int, default=16384, help="token budget of one forward")
-    serve.add_argument("--max-client-batch-size", type=int, default=32, help="documents per request")
+    serve.add_argument(
+        "--max-client-batch-size", type=int, default=32, help="documents per request on the TEI routes"
+    )
+    serve.add_argument(
+        "--max-documents",
+        type=int,
+        default=1000,
+        help="documents per request on the Jina/Cohere routes (/v1/rerank, /v2/rerank)",
+    )
     serve.add_argument("--max-concurrent-requests", type=int, default=512, help="beyond it: 429")
     serve.add_argument(
         "--max-input-length", type=int, default=None, help="tokens per pair (default: model max)"
     )
-    serve.add_argument("--auto-truncate", action="store_true", help="truncate long inputs instead of 422")
+    serve.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="TEI routes: truncate long inputs when the request does not say (else 422)",
+    )
+    serve.add_argument(
+        "--strict-input-length",
+        action="store_true",
+        help="Jina/Cohere routes: refuse (422) a pair over --max-input-length instead of truncating it",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TURBORANK_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on the rerank routes and /info (default: "
+        "$TURBORANK_API_KEY; health, ready, metrics and docs stay open)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="beyond it: 413")
     serve.add_argument(
         "--body-timeout",
@@ -152,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.add_argument(
+        "--json-logs", action="store_true", help="log JSON lines (one object per record) instead of text"
     )
     serve.add_argument(
         "--cuda-graphs",
@@ -299,6 +327,7 @@ def _serve(args: argparse.Namespace) -> int:
     for name in (
         "max_batch_tokens",
         "max_client_batch_size",
+        "max_documents",
         "max_concurrent_requests",
         "max_body_bytes",
         "max_input_length",
@@ -314,7 +343,11 @@ def _serve(args: argparse.Namespace) -> int:
             )
     if args.min_body_rate < 0:
         return _fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
-    logging.getLogger("turborank").setLevel(args.log_level.upper())  # 5xx lines, probe failures, draining
+    if args.api_key is not None and not (args.api_key and all("!" <= c <= "~" for c in args.api_key)):
+        return _fail("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
+    from turborank.serving.logs import configure_logging
+
+    configure_logging(args.log_level, args.json_logs)  # before the load, so its lines are in the format too
     reranker = _load(args)
     max_input_length = reranker.max_length if args.max_input_length is None else args.max_input_length
     low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
@@ -327,16 +360,21 @@ def _serve(args: argparse.Namespace) -> int:
         model_name=args.model,
         max_batch_tokens=args.max_batch_tokens,
         max_client_batch_size=args.max_client_batch_size,
+        max_documents=args.max_documents,
         max_concurrent_requests=args.max_concurrent_requests,
         max_input_length=max_input_length,
         auto_truncate=args.auto_truncate,
+        strict_input_length=args.strict_input_length,
+        api_key=args.api_key,
         max_body_bytes=args.max_body_bytes,
         body_timeout_s=args.body_timeout,
         min_body_rate=args.min_body_rate,
         tokenizer_threads=args.tokenization_workers,
         drain_timeout_s=args.drain_timeout,
     )
-    serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
+    serve(
+        reranker, settings, host=args.host, port=args.port, log_level=args.log_level, json_logs=args.json_logs
+    )
     return 0
 
 

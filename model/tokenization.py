@@ -235,20 +235,36 @@ class PairTokenizer:
         direction: str = "right",
         warn: bool = True,
         bounded: bool = False,
+        max_document_tokens: int | None = None,
     ) -> EncodedPairs:
         """Tokenise pairs. Truncation "longest_first" (the HF reference default) trims the longer side
         token by token; "only_second" keeps the query whole and cuts the document; ``direction``
         "left" cuts from the start instead of the end. Unless ``warn`` is False, a warning counts
         every truncated pair; ``EncodedPairs.was_truncated`` says which. Over-long texts are
-        tokenised from a part of them (``clip``; ``bounded`` as there)."""
+        tokenised from a part of them (``clip``; ``bounded`` as there). ``max_document_tokens``
+        first cuts each document to that many tokens (Cohere's ``max_tokens_per_doc``), then the
+        pair is truncated to ``max_length`` as usual; a pair cut either way counts as truncated."""
         max_length = self.check_max_length(max_length)
         if truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
         if direction not in TRUNCATION_DIRECTIONS:
             raise ValueError(f"direction={direction!r}; expected one of {TRUNCATION_DIRECTIONS}")
+        if max_document_tokens is not None and (
+            isinstance(max_document_tokens, bool)
+            or not isinstance(max_document_tokens, int)
+            or max_document_tokens < 1
+        ):
+            raise ValueError(f"max_document_tokens must be a positive integer, got {max_document_tokens!r}")
+        capped = max_document_tokens is not None and max_document_tokens < max_length
         try:
             clipped = self.clip(pairs, max_length, direction, bounded)
-            encodings = self._tokenizer(max_length, truncation, direction).encode_batch(clipped)
+            if capped:
+                encodings, documents_cut = self._encode_with_document_cap(
+                    clipped, max_length, truncation, direction, max_document_tokens
+                )
+            else:
+                encodings = self._tokenizer(max_length, truncation, direction).encode_batch(clipped)
+                documents_cut = [False] * len(encodings)
         except UncuttableTextError:
             raise
         except Exception as exc:  # tokenizers raises a bare Exception
@@ -256,7 +272,9 @@ class PairTokenizer:
             if truncation == "only_second":
                 self._raise_query_too_long(pairs, max_length)
             raise ValueError(f"tokenisation failed: {exc}") from None
-        was_truncated = [bool(enc.overflowing) for enc in encodings]
+        was_truncated = [
+            bool(enc.overflowing) or cut for enc, cut in zip(encodings, documents_cut, strict=True)
+        ]
         truncated = sum(was_truncated)
         if truncated and warn:
             warnings.warn(
@@ -270,6 +288,32 @@ class PairTokenizer:
             token_type_ids=[enc.type_ids for enc in encodings] if self.emits_token_type_ids else None,
             was_truncated=was_truncated,
         )
+
+    def _encode_with_document_cap(
+        self,
+        pairs: list[tuple[str, str]],
+        max_length: int,
+        truncation: str,
+        direction: str,
+        max_document_tokens: int,
+    ) -> tuple[list[Any], list[bool]]:
+        """Pair encodings whose documents were cut to ``max_document_tokens`` first, and which
+        documents were cut. Each side is tokenised on its own, as ``encode`` does for a pair, and the
+        pair template and its truncation are applied to the two (``post_process``): the same ids as
+        encoding the pair, but with the document cut first. The texts were clipped for
+        ``max_length`` >= ``max_document_tokens``, so the document's first tokens are exact."""
+        plain = self._plain()
+        pair_tokenizer = self._tokenizer(max_length, truncation, direction)
+        queries = {q: plain.encode(q, add_special_tokens=False) for q in dict.fromkeys(q for q, _ in pairs)}
+        documents = plain.encode_batch([d for _, d in pairs], add_special_tokens=False)
+        encodings, cut = [], []
+        for (query, _), document in zip(pairs, documents, strict=True):
+            over = len(document.ids) > max_document_tokens
+            if over:
+                document.truncate(max_document_tokens, direction=direction)
+            encodings.append(pair_tokenizer.post_process(queries[query], document))
+            cut.append(over)
+        return encodings, cut
 
     def encode_chunked(
         self, pairs: list[tuple[str, str]], max_length: int | None = None, overlap: int = 128

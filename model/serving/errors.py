@@ -1,14 +1,24 @@
-"""Error responses: JSON ``{"error", "error_type"}`` with the request id, and the log line every 5xx gets."""
+"""Error responses in the shape each API's clients read, and the log line every 5xx gets.
+
+- Jina / Cohere routes (``/v1/rerank``, ``/v2/rerank``): ``{"detail", "message", "error",
+  "error_type"}``. Jina's clients (LlamaIndex, Haystack, LangChain) raise ``resp["detail"]``,
+  Cohere's API puts its text in ``message``; ``error`` and ``error_type`` are ours.
+- text-embeddings-inference routes (``/rerank``, ``POST /``): ``{"error", "error_type"}`` with TEI's
+  own ``error_type`` names (its generated clients parse them as an enum) and 424 where TEI answers a
+  backend failure with 424.
+- Everything else (health, readiness, info, unknown routes): ``{"error", "error_type"}``, ours.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 
 from fastapi.responses import JSONResponse
 
 logger = logging.getLogger("turborank.serving")
 
-# The error_type values, in one place for every API shape.
+# Our error_type values, for every route that is not TEI's.
 VALIDATION = "validation"
 EMPTY = "empty"
 PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -18,32 +28,80 @@ UNHEALTHY = "unhealthy"
 BACKEND = "backend"
 NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
+UNAUTHORIZED = "unauthorized"
+
+# TEI's ErrorType, whose six names are all a TEI client knows: our types without a TEI
+# counterpart (a body too large, too slow, unauthorised, a wrong route) are the client's mistake,
+# "Validation" as TEI's own 413 is.
+TEI_ERROR_TYPES = ("Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty")
+_TEI_NAMES = {EMPTY: "Empty", OVERLOADED: "Overloaded", UNHEALTHY: "Unhealthy", BACKEND: "Backend"}
+# TEI answers every Backend error with 424 Failed Dependency.
+TEI_BACKEND_STATUS = 424
+
+TEI_PATHS = frozenset({"/rerank", "/"})
+JINA_COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
+
+
+class Shape(enum.Enum):
+    OURS = "ours"
+    JINA_COHERE = "jina_cohere"
+    TEI = "tei"
+
+
+def shape_of(path: str) -> Shape:
+    if path in JINA_COHERE_PATHS:
+        return Shape.JINA_COHERE
+    if path in TEI_PATHS:
+        return Shape.TEI
+    return Shape.OURS
 
 
 class APIError(Exception):
+    """A client-facing error. ``tei_type`` overrides the TEI name of ``error_type`` (a text the
+    tokenizer cannot cut is TEI's "Tokenizer" but our "validation")."""
+
     def __init__(
-        self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        tei_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.error_type, self.message = status, error_type, message
         self.headers = dict(headers or {})
+        self.tei_type = tei_type
 
 
 class ClientDisconnectedError(Exception):
     """The client closed the connection: there is nobody to answer."""
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(
-        {"error": error.message, "error_type": error.error_type},
-        status_code=error.status,
-        headers=error.headers,
-    )
+def status_for(error: APIError, shape: Shape) -> int:
+    if shape is Shape.TEI and error.status >= 500 and error.error_type == BACKEND:
+        return TEI_BACKEND_STATUS
+    return error.status
 
 
-def log_server_error(request_id: str, method: str, path: str, error: APIError) -> None:
-    """Every 5xx leaves a line with its request id (the response carries it as x-request-id); with
-    the traceback of what caused it when there is one."""
+def error_body(error: APIError, shape: Shape) -> dict[str, str]:
+    if shape is Shape.TEI:
+        name = error.tei_type or _TEI_NAMES.get(error.error_type, "Validation")
+        return {"error": error.message, "error_type": name}
+    body = {"error": error.message, "error_type": error.error_type}
+    if shape is Shape.JINA_COHERE:
+        return {"detail": error.message, "message": error.message, **body}
+    return body
+
+
+def error_response(error: APIError, shape: Shape = Shape.OURS) -> JSONResponse:
+    return JSONResponse(error_body(error, shape), status_code=status_for(error, shape), headers=error.headers)
+
+
+def log_server_error(request_id: str, method: str, path: str, error: APIError, status: int) -> None:
+    """Every 5xx (and TEI's 424) leaves a line with its request id (the response carries it as
+    x-request-id); with the traceback of what caused it when there is one."""
     cause = error.__cause__
     if error.status == 503:
         logger.warning("request %s: %s %s -> 503: %s", request_id, method, path, error.message)
@@ -53,7 +111,7 @@ def log_server_error(request_id: str, method: str, path: str, error: APIError) -
             request_id,
             method,
             path,
-            error.status,
+            status,
             error.error_type,
             error.message,
             exc_info=cause if cause is not None else error,

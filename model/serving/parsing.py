@@ -10,6 +10,7 @@ import sys
 from typing import TypeVar
 
 import pydantic
+from fastapi.exceptions import RequestValidationError
 
 from turborank.serving.errors import VALIDATION, APIError
 
@@ -41,13 +42,14 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         raise APIError(422, VALIDATION, describe(exc)) from None
 
 
-def describe(error: pydantic.ValidationError) -> str:
+def describe(error: pydantic.ValidationError | RequestValidationError) -> str:
     """'field.path: problem; ...' for the first few problems."""
+    items = error.errors()
     problems = []
-    for item in error.errors(include_url=False)[:_MAX_PROBLEMS]:
+    for item in items[:_MAX_PROBLEMS]:
         where = ".".join(str(part) for part in item["loc"] if not _is_validator_tag(part)) or "body"
         problems.append(f"{where}: {item['msg']}")
-    more = error.error_count() - len(problems)
+    more = len(items) - len(problems)
     return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
 
 

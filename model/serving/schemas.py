@@ -1,8 +1,10 @@
-"""Request bodies of the two rerank APIs (Jina/Cohere `/v1/rerank`, text-embeddings-inference `/rerank`).
+"""Request bodies of the rerank APIs: Jina / Cohere v1 (`/v1/rerank`), Cohere v2 (`/v2/rerank`) and
+text-embeddings-inference (`/rerank`, `POST /`).
 
 Every field is strict (``top_n: "1"`` and ``top_n: true`` are refused like any other wrong type),
 and every text must be valid Unicode: JSON's "\\ud800" escape decodes to a lone surrogate that no
-tokenizer (nor the JSON encoder of the response) can take.
+tokenizer (nor the JSON encoder of the response) can take. Unknown fields are ignored, as the
+hosted APIs add fields over time.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationInfo,
+    WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from turborank.unicode_text import describe_lone_surrogate
+
+# Cohere v2's documented default for max_tokens_per_doc.
+COHERE_MAX_TOKENS_PER_DOC = 4096
 
 
 def _valid_unicode(text: str) -> str:
@@ -33,49 +42,193 @@ def _valid_unicode(text: str) -> str:
 
 Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
+# A Jina / Cohere v1 document object: "text" (or the rank_fields) is scored; every other key
+# comes back as it was sent.
+DocumentObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "title": "DocumentObject",
+            "properties": {"text": {"type": "string"}},
+            "additionalProperties": True,
+            "description": 'Scored by its "text", or by the rank_fields; returned whole.',
+        }
+    ),
+]
 
-class DocumentObject(BaseModel):
-    text: Text
+
+def _first_lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in a JSON value, keys included, and where: "a lone surrogate ...
+    in meta.tags.0". Iterative: the value may nest as deep as JSON allows."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            problem = describe_lone_surrogate(item)
+            if problem is not None:
+                return f"{problem} in {where.lstrip('.')}"
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                problem = describe_lone_surrogate(key)
+                if problem is not None:
+                    return f"{problem} in a key of {where.lstrip('.') or 'the object'}"
+                stack.append((f"{where}.{key}", inner))
+        elif isinstance(item, list):
+            stack.extend((f"{where}.{i}", inner) for i, inner in enumerate(item))
+    return None
+
+
+def document_text(document: str | dict[str, Any], rank_fields: list[str] | None) -> str:
+    """What is scored: the string; an object's "text"; with several rank_fields, one
+    "field: value" line per field the object has (Cohere's order), a single one as its value."""
+    if isinstance(document, str):
+        return document
+    fields = rank_fields or ["text"]
+    if len(fields) == 1:
+        return document[fields[0]]
+    return "\n".join(f"{field}: {document[field]}" for field in fields if field in document)
 
 
 class JinaRerankRequest(BaseModel):
-    """POST /v1/rerank. ``documents`` are strings or {"text": ...} objects."""
+    """POST /v1/rerank: Jina's rerank API, which Cohere's v1 shares (rank_fields,
+    max_chunks_per_doc). ``documents`` are strings or objects; objects come back whole."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: Text | None = None
+    model: Text | None = Field(default=None, description="ignored: the server answers with its own model")
     query: Text
+    # Before documents: the documents validator reads it.
+    rank_fields: list[Text] | None = Field(
+        default=None,
+        min_length=1,
+        description='Cohere v1: the object fields scored, in order (default ["text"])',
+    )
     documents: list[Text | DocumentObject]
     top_n: StrictInt | None = Field(default=None, ge=1)
-    return_documents: StrictBool = True
+    return_documents: StrictBool | None = Field(
+        default=None, description="default true (Jina), false for Cohere's SDK or Cohere-only fields"
+    )
+    max_chunks_per_doc: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        description="Cohere v1: accepted; each document is scored as one window of max_input_length tokens",
+    )
+    _texts: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("documents", mode="before")
     @classmethod
-    def _documents(cls, value: Any) -> Any:
+    def _documents(cls, value: Any, info: ValidationInfo) -> Any:
         # One clear message per bad item instead of one per branch of the union.
         if not isinstance(value, list):
             raise PydanticCustomError("list_type", 'expected a list of strings or {"text": string} objects')
+        rank_fields = info.data.get("rank_fields") or ["text"]
         for index, item in enumerate(value):
-            text = item.get("text") if isinstance(item, dict) else item
-            if not isinstance(text, str):
+            if isinstance(item, str):
+                problem = describe_lone_surrogate(item)
+            elif isinstance(item, dict):
+                problem = _check_document_object(item, rank_fields, index)
+            else:
                 raise PydanticCustomError(
                     "document",
                     'item {index}: expected a string or an object with a string "text" field, got {kind}',
                     {"index": index, "kind": type(item).__name__},
                 )
-            problem = describe_lone_surrogate(text)
             if problem is not None:
                 raise PydanticCustomError(
                     "unicode", "item {index} contains {problem}", {"index": index, "problem": problem}
                 )
         return value
 
+    @model_validator(mode="after")
+    def _scored_texts(self) -> JinaRerankRequest:
+        self._texts = [document_text(d, self.rank_fields) for d in self.documents]
+        return self
+
     def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
+        return self._texts
+
+    def cohere_only_fields(self) -> bool:
+        return self.rank_fields is not None or self.max_chunks_per_doc is not None
+
+
+def _check_document_object(item: dict[str, Any], rank_fields: list[str], index: int) -> str | None:
+    """Raises for a missing or non-string rank field; returns a lone surrogate problem, if any,
+    anywhere in the object (it comes back whole)."""
+    present = [field for field in rank_fields if field in item]
+    if not present:
+        wanted = '"text" field' if rank_fields == ["text"] else f"field of rank_fields {rank_fields}"
+        raise PydanticCustomError(
+            "document",
+            "item {index}: expected a string or an object with a string {wanted}",
+            {"index": index, "wanted": wanted},
+        )
+    for field in present:
+        if not isinstance(item[field], str):
+            raise PydanticCustomError(
+                "document",
+                "item {index}: field {field!r} must be a string to be ranked, got {kind}",
+                {"index": index, "field": field, "kind": type(item[field]).__name__},
+            )
+    return _first_lone_surrogate(item)
+
+
+class RelevantSpans(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    mode: Literal["enabled", "disabled"]
+
+
+class CohereV2RerankRequest(BaseModel):
+    """POST /v2/rerank, as Cohere's v2 API defines it: documents are strings, each cut to
+    ``max_tokens_per_doc`` tokens (default 4096) before the pair is cut to max_input_length."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text | None = Field(default=None, description="ignored: the server answers with its own model")
+    query: Text
+    documents: list[Text]
+    top_n: StrictInt | None = Field(default=None, ge=1)
+    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1, description="default 4096")
+    return_documents: StrictBool | None = Field(default=None, description="default false")
+    priority: StrictInt | None = Field(
+        default=None, description="accepted and ignored: requests share forwards round-robin"
+    )
+    relevant_spans: RelevantSpans | None = Field(
+        default=None, description='only "disabled": a cross-encoder scores whole documents'
+    )
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _strings(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise PydanticCustomError("list_type", "expected a list of strings")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise PydanticCustomError(
+                    "document",
+                    "item {index}: expected a string, got {kind} (Cohere v2 takes strings; "
+                    "/v1/rerank takes objects)",
+                    {"index": index, "kind": type(item).__name__},
+                )
+        return value
+
+    @field_validator("relevant_spans")
+    @classmethod
+    def _no_spans(cls, value: RelevantSpans | None) -> RelevantSpans | None:
+        if value is not None and value.mode == "enabled":
+            raise PydanticCustomError(
+                "unsupported", "not supported: this cross-encoder scores whole documents, without spans"
+            )
+        return value
+
+    @property
+    def document_token_limit(self) -> int:
+        return COHERE_MAX_TOKENS_PER_DOC if self.max_tokens_per_doc is None else self.max_tokens_per_doc
 
 
 class TEIRerankRequest(BaseModel):
-    """POST /rerank, as text-embeddings-inference defines it."""
+    """POST /rerank (and POST /), as text-embeddings-inference defines it."""
 
     model_config = ConfigDict(extra="ignore")
 

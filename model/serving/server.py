@@ -16,6 +16,7 @@ import uvicorn
 
 from turborank.reranker import Reranker
 from turborank.serving.app import ServerState, ServeSettings, create_app
+from turborank.serving.logs import configure_logging
 
 logger = logging.getLogger("turborank.serving")
 
@@ -62,15 +63,19 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     log_level: str = "info",
+    json_logs: bool = False,
 ) -> None:
+    configure_logging(log_level, json_logs)
     app = create_app(reranker, settings)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
+        # Ours (configure_logging): uvicorn's records go through the same handler and format.
+        log_config=None,
         # In-flight work was waited for while draining; this bounds what is left after it.
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
-        access_log=False,
+        access_log=False,  # turborank.access logs every request, with its pairs, tokens and timings
     )
     _DrainingServer(config, app.state.turborank).run()

@@ -50,8 +50,10 @@ async def tokenize_in_pieces(
     max_length: int,
     direction: str,
     after_piece: Callable[[EncodedPairs, int], Awaitable[None]],
+    max_document_tokens: int | None = None,
 ) -> EncodedPairs:
-    """EncodedPairs of (query, document) for every document, truncated to ``max_length``;
+    """EncodedPairs of (query, document) for every document, truncated to ``max_length`` (each
+    document first to ``max_document_tokens`` when given);
     ``after_piece(encoded, first_index)`` runs after each piece and may raise to stop early.
     Raises UncuttableTextError (with the index of the whole request) like encode_pairs(bounded=True)."""
     loop = asyncio.get_running_loop()
@@ -62,7 +64,13 @@ async def tokenize_in_pieces(
             encoded = await loop.run_in_executor(
                 pool,
                 lambda pairs=pairs: tokenizer.encode_pairs(
-                    pairs, max_length, "longest_first", direction, warn=False, bounded=True
+                    pairs,
+                    max_length,
+                    "longest_first",
+                    direction,
+                    warn=False,
+                    bounded=True,
+                    max_document_tokens=max_document_tokens,
                 ),
             )
         except UncuttableTextError as exc:

@@ -1,0 +1,79 @@
+"""One log line per request: route, status, pairs, tokens, queue and total milliseconds, request id.
+
+The handlers ``note`` what they know (pairs, tokens, queue time) on the request's scope; the
+middleware writes the line when the response has gone, whatever answered it (a handler, the
+routing, the last-resort error handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+
+from turborank.serving.request_id import request_id_of
+
+logger = logging.getLogger("turborank.access")
+_KEY = "turborank_access"
+
+
+def note(request: Request, **values: float) -> None:
+    request.scope.setdefault("state", {}).setdefault(_KEY, {}).update(values)
+
+
+class AccessLogMiddleware:
+    """Pure ASGI, inside RequestIdMiddleware (so the id is known) and outside everything else."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets when the app raised before answering
+
+        async def send_noting_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            _log(scope, status, (time.perf_counter() - start) * 1000)
+
+
+def _log(scope: dict[str, Any], status: int, total_ms: float) -> None:
+    noted = scope.get("state", {}).get(_KEY, {})
+    fields: dict[str, Any] = {
+        "request_id": request_id_of(scope),
+        "method": scope["method"],
+        "route": scope["path"],
+        "status": status,
+        "pairs": noted.get("pairs"),
+        "tokens": noted.get("tokens"),
+        "queue_ms": None if noted.get("queue_ms") is None else round(noted["queue_ms"], 1),
+        "total_ms": round(total_ms, 1),
+    }
+
+    def shown(name: str, unit: str) -> str:
+        value = fields[name]
+        return f"-{unit}" if value is None else f"{value}{unit}"
+
+    logger.info(
+        "%s %s %d pairs=%s tokens=%s queue=%s total=%s id=%s",
+        fields["method"],
+        fields["route"],
+        status,
+        shown("pairs", ""),
+        shown("tokens", ""),
+        shown("queue_ms", "ms"),
+        shown("total_ms", "ms"),
+        fields["request_id"],
+        extra={"fields": fields},
+    )

@@ -1,0 +1,202 @@
+"""What the handlers share: the model, the scheduler, the limits, the counters; and scoring one
+request's documents (validated, tokenised off the event loop, batched on the model thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.requests import Request
+
+from turborank.reranker import Reranker
+from turborank.serving import errors
+from turborank.serving.access_log import note
+from turborank.serving.errors import APIError, ClientDisconnectedError
+from turborank.serving.memory import release_free_memory
+from turborank.serving.metrics import ServerMetrics
+from turborank.serving.scheduler import BatchError, BatchScheduler
+from turborank.serving.settings import ServeSettings
+from turborank.serving.tokenizing import tokenize_in_pieces
+from turborank.tokenization import EncodedPairs, UncuttableTextError
+
+logger = logging.getLogger("turborank.serving")
+# A body this large leaves megabytes of freed heap behind (its text, tokens, response): trimmed a
+# second later. Smaller requests add up too, so any request schedules a trim, at most every 10 s.
+LARGE_BODY_BYTES = 1024 * 1024
+TRIM_AFTER_LARGE_S = 1.0
+TRIM_INTERVAL_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRequest:
+    """One request's documents and how its API wants them scored.
+
+    ``field`` is the request's name for the documents (for error messages); ``limit`` the most
+    documents the route takes and ``limit_name`` the setting that says so; ``truncate`` whether a
+    pair over max_input_length is cut (else 422, with ``too_long_hint`` saying how to allow it);
+    ``max_document_tokens`` cuts each document first (Cohere v2)."""
+
+    query: str
+    documents: list[str]
+    field: str
+    limit: int
+    limit_name: str
+    truncate: bool
+    too_long_hint: str
+    direction: str = "right"
+    max_document_tokens: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    logits: list[float]
+    tokens: int
+    truncated: int
+
+
+class ServerState:
+    """Lives on the event loop; the scheduler owns the model on its own thread."""
+
+    def __init__(self, reranker: Reranker, settings: ServeSettings) -> None:
+        low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
+        if not low <= settings.max_input_length <= high:
+            raise ValueError(
+                f"max_input_length {settings.max_input_length} is outside the model's range ({low}..{high})"
+            )
+        self.reranker = reranker
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.scheduler = BatchScheduler(
+            lambda encoded: reranker.score_encoded(
+                encoded, batch_size=1024, max_batch_tokens=settings.max_batch_tokens
+            ),
+            settings.max_batch_tokens,
+            observe=self.metrics.observe,
+        )
+        self.tokenizer_pool = ThreadPoolExecutor(
+            max_workers=settings.tokenizer_threads, thread_name_prefix="turborank-tokenize"
+        )
+        self.active = 0
+        self.draining = False
+        self.started = False
+        self.warmed = False  # the first (warm-up) forward succeeded
+        self._probe_failing = False
+        self._trim: asyncio.TimerHandle | None = None
+
+    def release_memory_soon(self, large: bool) -> None:
+        """After a request: once its objects are gone (a moment after its answer), give the freed
+        memory back to the OS, on a tokenizer thread; one trim pending at a time, the earliest due."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + (TRIM_AFTER_LARGE_S if large else TRIM_INTERVAL_S)
+        if self._trim is not None:
+            if self._trim.when() <= due:
+                return
+            self._trim.cancel()
+
+        def start() -> None:
+            self._trim = None
+            with contextlib.suppress(RuntimeError):  # the pool is shut down once the server stops
+                loop.run_in_executor(self.tokenizer_pool, release_free_memory)
+
+        self._trim = loop.call_at(due, start)
+
+    async def off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work (JSON, tokenising) on the tokenizer threads, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work, *args)
+
+    async def score(self, request: Request, job: ScoreRequest) -> Scored:
+        """The logits of every (query, document) pair, in order, with the tokens scored and the
+        pairs truncated (also counted in /metrics and noted for the access log)."""
+        limits = self.settings
+        field = job.field
+        if not job.query.strip():
+            raise APIError(400, errors.EMPTY, "query is empty")
+        if not job.documents:
+            raise APIError(400, errors.EMPTY, f"{field} is empty")
+        if len(job.documents) > job.limit:
+            raise APIError(
+                422,
+                errors.VALIDATION,
+                f"{field}: {len(job.documents)} items exceed {job.limit_name}={job.limit}",
+            )
+        note(request, pairs=len(job.documents))
+
+        async def after_piece(encoded: EncodedPairs, first: int) -> None:
+            if encoded.truncated and not job.truncate:
+                index = first + encoded.was_truncated.index(True)
+                raise APIError(
+                    422,
+                    errors.VALIDATION,
+                    f"{field}.{index}: the pair is longer than max_input_length={limits.max_input_length} "
+                    f"tokens; {job.too_long_hint}",
+                )
+            if await request.is_disconnected():
+                raise ClientDisconnectedError
+
+        try:
+            encoded = await tokenize_in_pieces(
+                self.tokenizer_pool,
+                self.reranker.tokenizer,
+                job.query,
+                job.documents,
+                limits.max_input_length,
+                job.direction,
+                after_piece,
+                job.max_document_tokens,
+            )
+        except UncuttableTextError as exc:
+            where = "query" if exc.side == "query" else f"{field}.{exc.index}"
+            raise APIError(
+                422,
+                errors.VALIDATION,
+                f"{where}: {exc.chars:,} characters with no word boundary in the first {exc.searched:,} "
+                f"where it could be cut to max_input_length={limits.max_input_length} tokens; send a "
+                "shorter text",
+                tei_type="Tokenizer",
+            ) from None
+        tokens = sum(encoded.lengths)
+        note(request, tokens=tokens)
+        self.metrics.truncated.inc(encoded.truncated)
+        ticket = self.scheduler.submit(encoded)
+        self.metrics.queued_pairs.set(self.scheduler.queued_pairs)
+        try:
+            while True:
+                done, _ = await asyncio.wait({ticket.future}, timeout=0.05)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    self.metrics.dropped.inc(self.scheduler.cancel(ticket))
+                    raise ClientDisconnectedError
+            logits = ticket.future.result()
+        except BatchError as exc:
+            raise APIError(500, errors.BACKEND, str(exc)) from exc
+        finally:
+            self.metrics.queued_pairs.set(self.scheduler.queued_pairs)
+            if ticket.started_at is not None:
+                note(request, queue_ms=(ticket.started_at - ticket.enqueued_at) * 1000)
+        return Scored(logits, tokens, encoded.truncated)
+
+    async def probe(self) -> bool:
+        """One real one-pair forward through the scheduler; a failure is logged with its traceback
+        (then one line per failure until a probe succeeds again)."""
+        encoded = self.reranker.tokenizer.encode_pairs([("ready?", "probe")], warn=False)
+        try:
+            logits = await asyncio.wait_for(self.scheduler.submit(encoded).future, timeout=30)
+            failure: BaseException | None = None
+            if not all(math.isfinite(x) for x in logits):
+                failure = BatchError("the probe forward produced a non-finite score")
+        except (asyncio.TimeoutError, BatchError, RuntimeError) as exc:
+            failure = exc
+        if failure is not None:
+            if self._probe_failing:
+                logger.warning("readiness probe still failing: %r", failure)
+            else:
+                logger.error("readiness probe failed; answering 503 until one succeeds", exc_info=failure)
+        self._probe_failing = failure is not None
+        return failure is None
