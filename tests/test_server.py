@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import logging
 import platform
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 
@@ -24,51 +21,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-import uvicorn  # noqa: E402
-
+from tests.serve_thread import free_port, metric, running_server  # noqa: E402
 from turborank.serving.app import ServeSettings, create_app  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(reranker: Reranker, before_start=None, wait_for="/ready", **limits):
-    """uvicorn serving the app in a thread on a free port; yields (url, server state)."""
-    settings = ServeSettings(model_name="test-model", **limits)
-    app = create_app(reranker, settings)
-    if before_start is not None:
-        before_start(app.state.turborank)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + wait_for, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not come up"
-        time.sleep(0.05)
-    try:
-        yield url, app.state.turborank
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def metric(url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture(scope="module")

@@ -261,3 +261,37 @@ def test_text_without_word_boundaries_is_kept_whole_or_refused_when_bounded(tok,
         match=f"the document has {len(text):,} characters and no word boundary in the first {limit:,}",
     ):
         tok.encode_pairs(pairs, 64, bounded=True)
+
+
+def test_max_document_tokens_cuts_the_document_first(tok):
+    """Cohere v2's max_tokens_per_doc: each document keeps its first N tokens, then the pair is cut
+    to max_length as usual. The reference: the pair cut with only_second to exactly the query, N
+    document tokens and the special tokens, which the tokenizer does on its own."""
+    rng = random.Random(7)
+    cap = 12
+    pairs = [(random_text(rng, rng.randint(2, 6)), random_text(rng, rng.randint(0, 40))) for _ in range(40)]
+    pairs.append(("q", "word " * 5000))  # long enough to be clipped before tokenising
+    got = tok.encode_pairs(pairs, 256, warn=False, max_document_tokens=cap)
+    plain = tok._plain()
+    for index, (query, document) in enumerate(pairs):
+        query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
+        document_tokens = len(plain.encode(document, add_special_tokens=False).ids)
+        room = query_tokens + min(cap, document_tokens) + tok.num_special_tokens
+        want = tok.encode_pairs([(query, document)], room, "only_second", warn=False)
+        assert got.input_ids[index] == want.input_ids[0], (query, document)
+        assert got.was_truncated[index] == (document_tokens > cap)
+    assert got.truncated > 0 and got.truncated < len(pairs)  # the test covers both sides
+
+
+def test_max_document_tokens_then_the_pair_limit(tok):
+    pairs = [("a rather long query " * 10, "document words " * 50)]
+    capped = tok.encode_pairs(pairs, 32, warn=False, max_document_tokens=20)
+    assert len(capped.input_ids[0]) == 32 and capped.was_truncated == [True]
+    # A cap at or over max_length changes nothing.
+    for cap in (32, 10_000):
+        assert tok.encode_pairs(pairs, 32, warn=False, max_document_tokens=cap) == tok.encode_pairs(
+            pairs, 32, warn=False
+        )
+    for bad in (0, -1, 1.5, True, "8"):
+        with pytest.raises(ValueError, match="max_document_tokens must be a positive integer"):
+            tok.encode_pairs(pairs, 32, max_document_tokens=bad)

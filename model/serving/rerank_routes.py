@@ -32,9 +32,9 @@ _TEI_HINT = "set truncate or start the server with --auto-truncate"
 
 
 def from_cohere_sdk(headers: Headers) -> bool:
-    return headers.get("x-fern-sdk-name", "").lower() == "cohere" or headers.get(
-        "user-agent", ""
-    ).lower().startswith("cohere")
+    sdk = headers.get("x-fern-sdk-name", "")
+    agent = headers.get("user-agent", "")
+    return sdk.lower() == "cohere" or agent.lower().startswith("cohere/")
 
 
 def _order(scores: list[float]) -> list[int]:
