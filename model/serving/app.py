@@ -198,20 +198,17 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
     async def root_rerank(request: Request) -> Response:
         return await handle(request, "/", TEIRerankRequest, routes.tei)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="The process is up")
+    def get_and_head(path: str, endpoint: Callable[..., Any], summary: str, **options: Any) -> None:
+        # One route per method: a GET+HEAD route gives both operations the same OpenAPI id.
+        app.add_api_route(path, endpoint, methods=["GET"], summary=summary, **options)
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+
     async def health() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.api_route("/", methods=["GET", "HEAD"], summary="The process is up (TEI's health route)")
-    async def root_health() -> Response:
-        return JSONResponse({"status": "ok"})
+    get_and_head("/health", health, "The process is up")
+    get_and_head("/", health, "The process is up (TEI's health route)")
 
-    @app.api_route(
-        "/ready",
-        methods=["GET", "HEAD"],
-        summary="A forward succeeded lately",
-        responses={503: {"model": Error}},
-    )
     async def ready(request: Request) -> Response:
         last = state.scheduler.last_success
         fresh = last is not None and time.monotonic() - last < settings.ready_max_age_s
@@ -231,6 +228,8 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             return fail(request, APIError(503, errors.UNHEALTHY, "a probe forward did not succeed"))
         state.warmed = True
         return JSONResponse({"status": "ready"})
+
+    get_and_head("/ready", ready, "A forward succeeded lately", responses={503: {"model": Error}})
 
     @app.get(
         "/info", summary="Model, limits and versions (ours and TEI's keys)", responses={401: {"model": Error}}

@@ -40,3 +40,6 @@ def configure_logging(level: str, json_lines: bool) -> None:
     root.setLevel(logging.WARNING)
     for name in ("turborank", "uvicorn"):
         logging.getLogger(name).setLevel(level.upper())
+    # Python warnings (a library's deprecation, a TruncationWarning) as log records, so that every
+    # line is JSON; in text, the command line prints them on one line of its own.
+    logging.captureWarnings(json_lines)
