@@ -115,6 +115,45 @@ def test_trickling_upload_gets_408(server):
         ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": "1"}', 422, "top_n: Input should be"),
         ("/v1/rerank", b'{"query": "q", "documents": ["a", 3]}', 422, "documents: item 1: expected a string"),
         ("/rerank", b'{"query": "q", "texts": ["a"], "truncate": "yes"}', 422, "truncate: Input should be"),
+        # Objects come back whole: each of these would fail to encode in the response (a 500).
+        (
+            "/v1/rerank",
+            b'{"query": "q", "documents": [{"text": "a", "score": NaN}]}',
+            422,
+            "documents: item 0 contains nan (not a JSON number) in score",
+        ),
+        (
+            "/v1/rerank",
+            b'{"query": "q", "documents": [{"text": "a", "m": ' + b"[" * 40 + b"]" * 40 + b"}]}",
+            422,
+            "documents: item 0 contains nesting deeper than 32 levels",
+        ),
+        (
+            "/v1/rerank",
+            b'{"query": "q", "rank_fields": ["title"], "documents": [{"text": "a"}]}',
+            422,
+            "documents: item 0: expected a string or an object with a string field of rank_fields",
+        ),
+        ("/v1/rerank", b'{"query": "q", "documents": [{"text": 5}]}', 422, "item 0: field 'text' must be a"),
+        (
+            "/v1/rerank",
+            b'{"query": "q", "documents": ["a"], "rank_fields": []}',
+            422,
+            "rank_fields: List should",
+        ),
+        (
+            "/v2/rerank",
+            b'{"query": "q", "documents": [{"text": "a"}]}',
+            422,
+            "documents: item 0: expected a string, got dict (Cohere v2 takes strings",
+        ),
+        (
+            "/v2/rerank",
+            b'{"query": "q", "documents": ["a"], "max_tokens_per_doc": 0}',
+            422,
+            "max_tokens_per_doc:",
+        ),
+        ("/v2/rerank", b'{"query": "q", "documents": ["a\\ud800"]}', 422, "documents.0: contains a lone"),
         (
             "/rerank",
             b'{"query": "q", "texts": ["' + b"word " * 500 + b'"]}',

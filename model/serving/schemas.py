@@ -9,6 +9,7 @@ hosted APIs add fields over time.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,6 +32,8 @@ from turborank.unicode_text import describe_lone_surrogate
 
 # Cohere v2's documented default for max_tokens_per_doc.
 COHERE_MAX_TOKENS_PER_DOC = 4096
+# How deep a document object may nest: the hosted APIs take flat objects of strings.
+MAX_OBJECT_DEPTH = 32
 
 
 def _valid_unicode(text: str) -> str:
@@ -58,24 +61,31 @@ DocumentObject = Annotated[
 ]
 
 
-def _first_lone_surrogate(value: Any) -> str | None:
-    """The first lone surrogate in a JSON value, keys included, and where: "a lone surrogate ...
-    in meta.tags.0". Iterative: the value may nest as deep as JSON allows."""
-    stack: list[tuple[str, Any]] = [("", value)]
+def _unechoable(value: Any) -> str | None:
+    """What in a JSON value (keys included) the response could not carry back as it came, and
+    where: a lone surrogate (no UTF-8 for it), NaN or an infinity (Python's JSON reader takes them,
+    JSON has no such numbers), nesting deeper than MAX_OBJECT_DEPTH (the response nests it three
+    levels deeper than the request did). Iterative: the value may nest as deep as JSON allows."""
+    stack: list[tuple[str, Any, int]] = [("", value, 0)]
     while stack:
-        where, item = stack.pop()
+        where, item, depth = stack.pop()
+        place = where.lstrip(".") or "the object"
+        if depth > MAX_OBJECT_DEPTH:
+            return f"nesting deeper than {MAX_OBJECT_DEPTH} levels at {place}"
         if isinstance(item, str):
             problem = describe_lone_surrogate(item)
             if problem is not None:
-                return f"{problem} in {where.lstrip('.')}"
+                return f"{problem} in {place}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{item} (not a JSON number) in {place}"
         elif isinstance(item, dict):
             for key, inner in item.items():
                 problem = describe_lone_surrogate(key)
                 if problem is not None:
-                    return f"{problem} in a key of {where.lstrip('.') or 'the object'}"
-                stack.append((f"{where}.{key}", inner))
+                    return f"{problem} in a key of {place}"
+                stack.append((f"{where}.{key}", inner, depth + 1))
         elif isinstance(item, list):
-            stack.extend((f"{where}.{i}", inner) for i, inner in enumerate(item))
+            stack.extend((f"{where}.{i}", inner, depth + 1) for i, inner in enumerate(item))
     return None
 
 
@@ -153,8 +163,8 @@ class JinaRerankRequest(BaseModel):
 
 
 def _check_document_object(item: dict[str, Any], rank_fields: list[str], index: int) -> str | None:
-    """Raises for a missing or non-string rank field; returns a lone surrogate problem, if any,
-    anywhere in the object (it comes back whole)."""
+    """Raises for a missing or non-string rank field; returns what the response could not carry
+    back, if anything (the object comes back whole)."""
     present = [field for field in rank_fields if field in item]
     if not present:
         wanted = '"text" field' if rank_fields == ["text"] else f"field of rank_fields {rank_fields}"
@@ -167,10 +177,10 @@ def _check_document_object(item: dict[str, Any], rank_fields: list[str], index: 
         if not isinstance(item[field], str):
             raise PydanticCustomError(
                 "document",
-                "item {index}: field {field!r} must be a string to be ranked, got {kind}",
-                {"index": index, "field": field, "kind": type(item[field]).__name__},
+                "item {index}: field {field} must be a string to be ranked, got {kind}",
+                {"index": index, "field": repr(field), "kind": type(item[field]).__name__},
             )
-    return _first_lone_surrogate(item)
+    return _unechoable(item)
 
 
 class RelevantSpans(BaseModel):
