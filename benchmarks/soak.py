@@ -232,8 +232,12 @@ async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> d
         idle = _rss_mib(pid)
     under_load = rss[1:-1]
     half = len(under_load) // 2
-    server_errors = sum(v for k, v in codes.items() if isinstance(k, int) and k >= 500)
-    client_errors = sum(v for k, v in codes.items() if isinstance(k, int) and 400 <= k < 500)
+    # TEI's routes answer a failed forward with 424: a server error, though its code is a 4xx.
+    failed = {code for code in codes if isinstance(code, int) and (code >= 500 or code == 424)}
+    server_errors = sum(codes[code] for code in failed)
+    client_errors = sum(
+        v for k, v in codes.items() if isinstance(k, int) and 400 <= k < 500 and k not in failed
+    )
     return {
         "phase": "soak",
         "seconds": seconds,

@@ -26,6 +26,23 @@ def test_ci_runs_readme_test_command():
     assert command in ci.splitlines(), f"{command!r} not a line of .ci/run"
 
 
+def test_quick_start_is_two_commands_ci_runs():
+    """README opens with the quick start: install and `turborank demo`, then the test command.
+    .ci/run runs the first from a fresh clone (.ci/quickstart), before the test command."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- quickstart -->\s*```(?:bash|sh)?\n(.+?)\n```", text, re.S)
+    assert match, "README.md must show the quick start after <!-- quickstart -->"
+    install, tests = match.group(1).strip().splitlines()
+    assert install.endswith("&& turborank demo") and "pip install" in install
+    assert tests == _readme_test_command()
+    headings = re.findall(r"^## .*$", text, re.M)
+    assert headings[0] == "## Quick start", "the quick start is README's first section"
+    assert text.index("<!-- quickstart -->") < text.index(headings[1])
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "bash .ci/quickstart" in ci and ci.index("bash .ci/quickstart") < ci.index(tests)
+    assert ci[-1] == tests
+
+
 def test_ruff_clean():
     ruff = shutil.which("ruff")
     if ruff is None:
