@@ -315,9 +315,8 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        from turborank.serving.app import ServeSettings
-        from turborank.serving.server import serve
+    try:  # the serve extra is there (checked before the model is loaded)
+        import turborank.serving.server  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             f"turborank serve needs the serve extra: pip install 'turborank[serve]' ({exc})"
@@ -345,9 +344,17 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
     if args.api_key is not None and not (args.api_key and all("!" <= c <= "~" for c in args.api_key)):
         return _fail("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
-    from turborank.serving.logs import configure_logging
+    from turborank.serving.logs import serve_logging
 
-    configure_logging(args.log_level, args.json_logs)  # before the load, so its lines are in the format too
+    # Before the load, so that its lines are in the chosen format too; put back when serving ends.
+    with serve_logging(args.log_level, args.json_logs):
+        return _load_and_serve(args)
+
+
+def _load_and_serve(args: argparse.Namespace) -> int:
+    from turborank.serving.app import ServeSettings
+    from turborank.serving.server import serve
+
     reranker = _load(args)
     max_input_length = reranker.max_length if args.max_input_length is None else args.max_input_length
     low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
@@ -372,9 +379,7 @@ def _serve(args: argparse.Namespace) -> int:
         tokenizer_threads=args.tokenization_workers,
         drain_timeout_s=args.drain_timeout,
     )
-    serve(
-        reranker, settings, host=args.host, port=args.port, log_level=args.log_level, json_logs=args.json_logs
-    )
+    serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

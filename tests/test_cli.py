@@ -244,6 +244,19 @@ def test_serve_max_input_length_outside_the_model_range(small_ckpt, capsys):
         assert "Traceback" not in err and err.splitlines()[-1].startswith("turborank: error: ")
 
 
+def test_serve_puts_the_callers_logging_back(small_ckpt, capsys):
+    """The command line replaces the root's handlers while serving: in-process (as here), they are
+    back afterwards, not left writing to a stream that is gone."""
+    import logging
+
+    pytest.importorskip("fastapi")
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogger("turborank").level)
+    code, _, _ = run(["serve", "--model", str(small_ckpt), "--json-logs", "--max-input-length", "2"], capsys)
+    assert code == 1
+    assert (list(root.handlers), root.level, logging.getLogger("turborank").level) == before
+
+
 def test_documents_file_byte_order_mark_is_dropped(small_ckpt, tmp_path, capsys):
     for name, content in (
         ("docs.txt", "first doc\nsecond doc\n"),

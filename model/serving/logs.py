@@ -3,13 +3,16 @@ text or as JSON lines (one object per record, with the access log's fields as ke
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LEVELLED = ("turborank", "uvicorn")
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -28,18 +31,32 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str, json_lines: bool) -> None:
-    """Replace the root handlers with one on stderr; ``level`` applies to turborank and uvicorn,
-    other libraries log warnings and above."""
+@contextlib.contextmanager
+def serve_logging(level: str, json_lines: bool) -> Iterator[None]:
+    """While serving: the root's handlers replaced by one on stderr; ``level`` for turborank and
+    uvicorn, warnings and above for other libraries. Everything is put back on exit, so a caller in
+    the same process (a test running the command line) keeps its own logging."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_levels = {name: logging.getLogger(name).level for name in _LEVELLED}
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in saved_handlers:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    for name in ("turborank", "uvicorn"):
+    for name in _LEVELLED:
         logging.getLogger(name).setLevel(level.upper())
     # Python warnings (a library's deprecation, a TruncationWarning) as log records, so that every
     # line is JSON; in text, the command line prints them on one line of its own.
     logging.captureWarnings(json_lines)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        for old in saved_handlers:
+            root.addHandler(old)
+        root.setLevel(saved_level)
+        for name, saved in saved_levels.items():
+            logging.getLogger(name).setLevel(saved)

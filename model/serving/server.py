@@ -16,7 +16,6 @@ import uvicorn
 
 from turborank.reranker import Reranker
 from turborank.serving.app import ServerState, ServeSettings, create_app
-from turborank.serving.logs import configure_logging
 
 logger = logging.getLogger("turborank.serving")
 
@@ -63,16 +62,16 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     log_level: str = "info",
-    json_logs: bool = False,
 ) -> None:
-    configure_logging(log_level, json_logs)
+    """Serve until SIGTERM/SIGINT. uvicorn's records go to the root logger, whose handlers are the
+    caller's (the command line sets them up with ``turborank.serving.logs.serve_logging``)."""
     app = create_app(reranker, settings)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
-        # Ours (configure_logging): uvicorn's records go through the same handler and format.
+        # uvicorn's records propagate to the root's handlers, in the same format as ours.
         log_config=None,
         # In-flight work was waited for while draining; this bounds what is left after it.
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
