@@ -160,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay CUDA graphs for small batches (< 128 pairs, <= 4096 tokens; each shape bucket is "
         "captured on first use); needs CUDA and the Triton backend",
     )
+    serve.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve through Ray Serve's proxy with --replicas copies of the app: 'local' (default) starts a "
+        "cluster here; 'auto' or ray://host:10001 joins one",
+    )
+    serve.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app")
+    serve.add_argument(
+        "--gpus-per-replica", type=float, default=None, help="with --ray: default 1 on CUDA, else 0"
+    )
+    serve.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="with --ray: CPU cores per replica"
+    )
 
     ev = sub.add_parser("eval", help="rerank a first-stage run on a BEIR-format dataset and score it")
     _add_model_options(ev, DEFAULT_MODEL)
@@ -341,9 +357,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.min_body_rate < 0:
         return _fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
     logging.getLogger("turborank").setLevel(args.log_level.upper())  # 5xx lines, probe failures, draining
-    reranker = _load(args)
-    max_input_length = reranker.max_length if args.max_input_length is None else args.max_input_length
-    low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
+    if args.ray is not None:
+        # The replicas load the model; here the tokenizer is enough to check the limits.
+        tokenizer = _tokenizer_only(args)
+        reranker = None
+    else:
+        reranker = _load(args)
+        tokenizer = reranker.tokenizer
+    max_input_length = tokenizer.model_max_length if args.max_input_length is None else args.max_input_length
+    low, high = tokenizer.num_special_tokens + 1, tokenizer.model_max_length
     if not low <= max_input_length <= high:
         return _fail(
             f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "
@@ -362,7 +384,43 @@ def _serve(args: argparse.Namespace) -> int:
         tokenizer_threads=args.tokenization_workers,
         drain_timeout_s=args.drain_timeout,
     )
+    if args.ray is not None:
+        return _serve_on_ray(args, settings)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _tokenizer_only(args: argparse.Namespace):
+    from turborank.config import JinaBertConfig
+    from turborank.hub import resolve_checkpoint
+    from turborank.tokenization import PairTokenizer
+
+    directory = resolve_checkpoint(args.model)
+    config = JinaBertConfig.from_file(directory / "config.json", slopes=args.slopes)
+    return PairTokenizer.from_directory(directory, config.max_position_embeddings)
+
+
+def _serve_on_ray(args: argparse.Namespace, settings) -> int:
+    from turborank.serving.ray_serve import ReplicaPlan, serve_on_ray
+
+    if args.cuda_graphs:
+        return _fail(
+            "--cuda-graphs is not available with --ray yet: each replica would capture its own graphs"
+        )
+    plan = ReplicaPlan(
+        address=None if args.ray == "local" else args.ray,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica,
+    )
+    load = {
+        "path_or_hub_id": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "slopes": args.slopes,
+        "backend": args.backend,
+    }
+    serve_on_ray(load, settings, plan, host=args.host, port=args.port)
     return 0
 
 

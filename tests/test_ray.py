@@ -130,3 +130,89 @@ def test_failed_ray_job_leaves_the_earlier_output(inputs, tmp_path):
     assert "model.safetensors" in done.stderr
     assert output.read_text() == "an earlier run\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "ray.trec"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("serve --ray never became ready")
+
+
+def test_serve_on_ray_answers_each_request_with_its_own_scores_and_drains(inputs):
+    """Two replicas behind Ray Serve's proxy: concurrent requests each get the library's scores for
+    their own documents; on SIGTERM a request in flight is answered, new ones get 503, exit 0."""
+    import concurrent.futures
+
+    import httpx
+
+    from turborank import Reranker
+
+    ckpt = inputs[0]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "turborank", "serve", "--model", str(ckpt), "--device", "cpu"]
+    command += ["--port", str(port), "--ray", "--replicas", "2", "--max-client-batch-size", "64"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait_ready(url, proc)
+        reranker = Reranker.from_pretrained(ckpt, device="cpu")
+        requests = [
+            (f"query {i}", [f"document {i} {j} " + "word " * (3 * j + i) for j in range(5)])
+            for i in range(16)
+        ]
+
+        def ask(request):
+            query, documents = request
+            body = {"query": query, "texts": documents}
+            answer = httpx.post(url + "/rerank", json=body, timeout=120)
+            assert answer.status_code == 200, answer.text
+            return {item["index"]: item["score"] for item in answer.json()}
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, requests))
+        for (query, documents), got in zip(requests, answers, strict=True):
+            want = reranker.predict([(query, d) for d in documents])
+            assert [got[i] for i in range(len(documents))] == pytest.approx(want, abs=1e-5)
+
+        # Drain: a long request in flight when SIGTERM arrives is answered; a new one gets 503.
+        long_documents = [f"long {i} " + "word " * 300 for i in range(48)]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(
+                httpx.post, url + "/rerank", json={"query": "q", "texts": long_documents}, timeout=300
+            )
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            refused = None
+            while refused is None and not in_flight.done():
+                answer = httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=30)
+                if answer.status_code == 503:
+                    refused = answer
+                time.sleep(0.2)
+            answered = in_flight.result()
+            finished = time.monotonic()
+        assert answered.status_code == 200 and len(answered.json()) == 48
+        assert finished > signalled  # it was in flight across the signal
+        assert refused is not None and refused.headers.get("retry-after")
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
