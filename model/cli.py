@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -187,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay CUDA graphs for small batches (< 128 pairs, <= 4096 tokens; each shape bucket is "
         "captured on first use); needs CUDA and the Triton backend",
     )
+    serve.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve through Ray Serve's proxy with --replicas copies of the app: 'local' (default) starts a "
+        "cluster here; 'auto' or ray://host:10001 joins one",
+    )
+    serve.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app")
+    serve.add_argument(
+        "--gpus-per-replica", type=float, default=None, help="with --ray: default 1 on CUDA, else 0"
+    )
+    serve.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="with --ray: CPU cores per replica"
+    )
 
     ev = sub.add_parser("eval", help="rerank a first-stage run on a BEIR-format dataset and score it")
     _add_model_options(ev, DEFAULT_MODEL)
@@ -205,6 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chunk-overlap", type=int, default=128)
     ev.add_argument("--chunk-aggregate", choices=["max", "mean"], default="max")
     ev.add_argument("--shard", default=None, help="i/n: this process takes shard i (0-based) of n, by query")
+    ev.add_argument(
+        "--group-pairs",
+        type=int,
+        default=4096,
+        help="pairs of consecutive queries tokenised and scored together (the unit a Ray task takes)",
+    )
+    ev.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the groups of queries as Ray tasks: 'local' (default) starts a cluster here; 'auto' or "
+        "ray://host:10001 joins one (turborank installed on every node; the model a hub id or a path all "
+        "nodes read)",
+    )
+    ev.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        help="groups run at once (default: the cluster's GPUs, else its CPUs / --ray-cpus-per-worker)",
+    )
+    ev.add_argument(
+        "--ray-cpus-per-worker", type=int, default=1, help="CPU cores (and torch threads) per task"
+    )
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     merge = sub.add_parser("merge-runs", help="merge shard runs; with --data, score the merged run")
@@ -355,9 +397,15 @@ def _load_and_serve(args: argparse.Namespace) -> int:
     from turborank.serving.app import ServeSettings
     from turborank.serving.server import serve
 
-    reranker = _load(args)
-    max_input_length = reranker.max_length if args.max_input_length is None else args.max_input_length
-    low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
+    if args.ray is not None:
+        # The replicas load the model; here the tokenizer is enough to check the limits.
+        tokenizer = _tokenizer_only(args)
+        reranker = None
+    else:
+        reranker = _load(args)
+        tokenizer = reranker.tokenizer
+    max_input_length = tokenizer.model_max_length if args.max_input_length is None else args.max_input_length
+    low, high = tokenizer.num_special_tokens + 1, tokenizer.model_max_length
     if not low <= max_input_length <= high:
         return _fail(
             f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "
@@ -379,7 +427,43 @@ def _load_and_serve(args: argparse.Namespace) -> int:
         tokenizer_threads=args.tokenization_workers,
         drain_timeout_s=args.drain_timeout,
     )
+    if args.ray is not None:
+        return _serve_on_ray(args, settings)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _tokenizer_only(args: argparse.Namespace):
+    from turborank.config import JinaBertConfig
+    from turborank.hub import resolve_checkpoint
+    from turborank.tokenization import PairTokenizer
+
+    directory = resolve_checkpoint(args.model)
+    config = JinaBertConfig.from_file(directory / "config.json", slopes=args.slopes)
+    return PairTokenizer.from_directory(directory, config.max_position_embeddings)
+
+
+def _serve_on_ray(args: argparse.Namespace, settings) -> int:
+    from turborank.serving.ray_serve import ReplicaPlan, serve_on_ray
+
+    if args.cuda_graphs:
+        return _fail(
+            "--cuda-graphs is not available with --ray yet: each replica would capture its own graphs"
+        )
+    plan = ReplicaPlan(
+        address=None if args.ray == "local" else args.ray,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica,
+    )
+    load = {
+        "path_or_hub_id": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "slopes": args.slopes,
+        "backend": args.backend,
+    }
+    serve_on_ray(load, settings, plan, host=args.host, port=args.port)
     return 0
 
 
@@ -408,26 +492,26 @@ def _print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
         )
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import time
+@dataclasses.dataclass
+class _EvalInputs:
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict
+    first_stage: dict
+    qids: list[str]  # judged queries (of this shard) with first-stage results, sorted
 
+
+def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _EvalInputs:
+    """Everything `eval` reads, checked before the model is loaded: files, the first stage (read,
+    or built with BM25), that the output can be written, that every document is in the corpus."""
     from turborank.beir import judged_queries, load_corpus, load_qrels, load_queries
-    from turborank.evaluation import RerankOptions, check_first_stage, rerank_run, shard_queries
-    from turborank.ir_metrics import evaluate
-    from turborank.replace_file import replace_when_done
+    from turborank.evaluation import check_first_stage, shard_queries
+    from turborank.replace_file import check_writable_path
     from turborank.trec import read_run
 
-    shard = _parse_shard(args.shard)
-    options = RerankOptions(
-        top_k=args.top_k,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        long_doc=args.long_doc,
-        chunk_overlap=args.chunk_overlap,
-        chunk_aggregate=args.chunk_aggregate,
-    )
     corpus, queries = load_corpus(args.data), load_queries(args.data)
     qrels = load_qrels(args.data, args.split)
+    first_stage = None
     if args.run is not None:
         first_stage = read_run(args.run)
         unknown = sorted(set(first_stage) - set(queries))
@@ -436,26 +520,62 @@ def _eval(args: argparse.Namespace) -> int:
     judged = judged_queries(args.data, args.split, qrels, queries)
     qids = shard_queries(judged, shard)
     if not qids:
-        return _fail(f"--shard {args.shard} takes none of the {len(judged)} judged queries")
-    # Opened first, so an output that cannot be written is known before BM25 and the model load; a
-    # failed run leaves an earlier file of that name as it was.
-    with replace_when_done(args.output) as out:
-        if args.bm25:
-            from turborank.first_stage import bm25_run
+        raise ValueError(f"--shard {args.shard} takes none of the {len(judged)} judged queries")
+    # Before BM25 and the model load: an output that cannot be written is known at once.
+    check_writable_path(args.output)
+    if first_stage is None:
+        from turborank.first_stage import bm25_run
 
-            first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
-        qids = [q for q in qids if first_stage.get(q)]
-        if not qids:
-            raise ValueError("no query has both judgments and first-stage results")
-        check_first_stage(corpus, first_stage, qids, args.top_k)
+        first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
+    qids = [q for q in qids if first_stage.get(q)]
+    if not qids:
+        raise ValueError("no query has both judgments and first-stage results")
+    check_first_stage(corpus, first_stage, qids, args.top_k)
+    return _EvalInputs(corpus, queries, qrels, first_stage, qids)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import time
+
+    from turborank.evaluation import RerankOptions, rerank_run
+    from turborank.ir_metrics import evaluate
+    from turborank.replace_file import replace_when_done
+    from turborank.trec import read_run
+
+    shard = _parse_shard(args.shard)
+    if shard is not None and args.ray is not None:
+        return _fail(
+            "--shard and --ray do not go together: --ray splits the queries across its workers itself"
+        )
+    options = RerankOptions(
+        top_k=args.top_k,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        long_doc=args.long_doc,
+        chunk_overlap=args.chunk_overlap,
+        chunk_aggregate=args.chunk_aggregate,
+        pairs_per_group=args.group_pairs,
+    )
+    inputs = _eval_inputs(args, shard)
+    if args.ray is not None:
+        return _eval_on_ray(args, options, inputs)
+    qids, first_stage = inputs.qids, inputs.first_stage
+    # A failed run leaves an earlier file of that name as it was.
+    with replace_when_done(args.output) as out:
         reranker = _load(args)
-        total = sum(min(args.top_k, len(first_stage[q])) for q in qids)
-        progress = _progress_bar(total)
+        progress = _progress_bar(sum(min(args.top_k, len(first_stage[q])) for q in qids))
         start = time.perf_counter()
         interrupted = False
         try:
             reranked, stats = rerank_run(
-                reranker, queries, corpus, first_stage, qids, options, out, on_progress=progress.update
+                reranker,
+                inputs.queries,
+                inputs.corpus,
+                first_stage,
+                qids,
+                options,
+                out,
+                on_progress=progress.update,
             )
         except KeyboardInterrupt:
             interrupted = True
@@ -469,22 +589,79 @@ def _eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     rows = {
-        "first stage": evaluate(qrels, {q: first_stage[q] for q in (reranked if interrupted else qids)}),
-        "reranked": evaluate(qrels, reranked),
+        "first stage": evaluate(
+            inputs.qrels, {q: first_stage[q] for q in (reranked if interrupted else qids)}
+        ),
+        "reranked": evaluate(inputs.qrels, reranked),
     }
     _print_metrics(rows, args.json)
     if stats is not None:
-        cut = (
-            f"{stats.truncated} pairs truncated to the token limit"
-            if options.long_doc == "truncate"
-            else f"{stats.chunked} documents scored as {stats.windows} windows in all"
-        )
-        print(
-            f"turborank: reranked {stats.documents} documents for {stats.queries} queries in {seconds:.1f} s "
-            f"({stats.documents / max(seconds, 1e-9):.1f} docs/s); {cut}; run written to {args.output}",
-            file=sys.stderr,
-        )
+        _print_rerank_stats(stats, options, seconds, args.output, "")
     return 130 if interrupted else 0
+
+
+def _print_rerank_stats(stats, options, seconds: float, output: Path, where: str) -> None:
+    cut = (
+        f"{stats.truncated} pairs truncated to the token limit"
+        if options.long_doc == "truncate"
+        else f"{stats.chunked} documents scored as {stats.windows} windows in all"
+    )
+    print(
+        f"turborank: reranked {stats.documents} documents for {stats.queries} queries in {seconds:.1f} s "
+        f"({stats.documents / max(seconds, 1e-9):.1f} docs/s{where}); {cut}; run written to {output}",
+        file=sys.stderr,
+    )
+
+
+def _eval_on_ray(args: argparse.Namespace, options, inputs: _EvalInputs) -> int:
+    """``turborank eval --ray``: the same inputs, checks and metrics as one process; the groups of
+    queries run as Ray tasks, and the output is replaced once all of them are done."""
+    import time
+
+    from turborank.ir_metrics import evaluate
+    from turborank.ray_runs import ModelSpec, RayPlan, connect, rerank_run_on_ray
+
+    plan = RayPlan(
+        address=None if args.ray == "local" else args.ray,
+        workers=args.ray_workers,
+        cpus_per_worker=args.ray_cpus_per_worker,
+        use_gpus=args.device != "cpu",
+    )
+    spec = ModelSpec(args.model, args.device, args.dtype, args.slopes, args.backend)
+    qids, first_stage = inputs.qids, inputs.first_stage
+    started = connect(plan)
+    progress = _progress_bar(sum(min(args.top_k, len(first_stage[q])) for q in qids))
+    start = time.perf_counter()
+    try:
+        reranked, stats = rerank_run_on_ray(
+            spec,
+            plan,
+            inputs.queries,
+            inputs.corpus,
+            first_stage,
+            qids,
+            options,
+            args.output,
+            on_progress=progress.update,
+        )
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"turborank: interrupted; {args.output} was left as it was", file=sys.stderr)
+        return 130
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    progress.close()
+    seconds = time.perf_counter() - start
+    rows = {
+        "first stage": evaluate(inputs.qrels, {q: first_stage[q] for q in qids}),
+        "reranked": evaluate(inputs.qrels, reranked),
+    }
+    _print_metrics(rows, args.json)
+    _print_rerank_stats(stats, options, seconds, args.output, " on Ray")
+    return 0
 
 
 def _progress_bar(total: int):

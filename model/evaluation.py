@@ -52,7 +52,10 @@ def shard_queries(qids: list[str], shard: tuple[int, int] | None) -> list[str]:
     return ordered[index::count]
 
 
-def _groups(qids: list[str], first_stage: Run, options: RerankOptions) -> list[list[str]]:
+def query_groups(qids: list[str], first_stage: Run, options: RerankOptions) -> list[list[str]]:
+    """Consecutive queries whose pairs are tokenised and scored together: about
+    ``options.pairs_per_group`` pairs each. A run split along these groups (``turborank eval --ray``)
+    is scored in exactly the batches of the single-process run."""
     groups, current, pairs = [], [], 0
     for qid in qids:
         current.append(qid)
@@ -95,7 +98,7 @@ def rerank_run(
 
     def produce() -> None:
         try:
-            for group in _groups(qids, first_stage, options):
+            for group in query_groups(qids, first_stage, options):
                 if stop.is_set():
                     return
                 candidates = {q: [d for d, _ in first_stage.get(q, [])[: options.top_k]] for q in group}

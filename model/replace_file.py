@@ -11,14 +11,16 @@ from typing import TextIO
 
 
 def check_writable_path(path: Path) -> None:
-    """OSError naming ``path`` when a file cannot be written there: a directory in its place, or a
-    file where one of its parent directories should be."""
+    """OSError naming ``path`` when a file cannot be written there: a directory in its place, a
+    file where one of its parent directories should be, or a directory we may not write to."""
     if path.is_dir():
         raise OSError(f"{path}: is a directory")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OSError(f"{path}: {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OSError(f"{path}: cannot write there ({parent} is not writable)")
             return
 
 

@@ -186,7 +186,7 @@ def test_interrupt_leaves_a_valid_partial_run(dataset, small_ckpt, tmp_path, cap
     # Groups of two queries, so the interrupt lands after two complete groups.
     monkeypatch.setattr(
         evaluation,
-        "_groups",
+        "query_groups",
         lambda qids, first_stage, options: [qids[i : i + 2] for i in range(0, len(qids), 2)],
     )
     real = Reranker.score_encoded

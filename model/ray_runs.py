@@ -1,0 +1,177 @@
+"""Reranking a first-stage run on a Ray cluster (``turborank eval --ray``).
+
+The judged queries are cut into the very groups a single process would score together
+(``evaluation.query_groups``), and each group runs as a Ray task: one model load per worker process
+(kept for the tasks that follow on it), one GPU per task where the cluster has GPUs, CPU cores
+otherwise. The inputs travel once through Ray's object store, so the workers need the model (a hub
+id or a path every node can read) but not the dataset. Each finished group comes back to the
+driver, which writes it as a shard file by an atomic rename, so a shard on disk is always whole; a
+worker that dies or is preempted mid-group has its task retried by Ray. At the end the shards are
+merged in query order, as ``turborank merge-runs`` does, into the output (again by rename). The
+rankings equal the single-process run's: same groups, same batches, same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from turborank.evaluation import RerankOptions, RerankStats, check_first_stage, query_groups, rerank_run
+from turborank.trec import Run, merge_runs
+
+# Ray retries a task whose worker died (killed, out of memory, node lost) this many times.
+TASK_RETRIES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How each worker loads the model (``Reranker.from_pretrained`` arguments)."""
+
+    model: str
+    device: str = "auto"
+    dtype: str = "auto"
+    slopes: str | None = None
+    backend: str = "auto"
+
+
+# One model per worker process, kept for every task the worker runs after the first.
+_LOADED: dict[ModelSpec, Any] = {}
+
+
+def _reranker(spec: ModelSpec):
+    if spec not in _LOADED:
+        from turborank.reranker import Reranker
+
+        _LOADED[spec] = Reranker.from_pretrained(
+            spec.model, device=spec.device, dtype=spec.dtype, slopes=spec.slopes, backend=spec.backend
+        )
+    return _LOADED[spec]
+
+
+def _rerank_group(
+    spec: ModelSpec, threads: int, inputs: tuple, qids: list[str], options: RerankOptions, tag: str
+) -> tuple[str, dict[str, int]]:
+    """Runs in a Ray worker: one group of queries, returned as TREC text and its statistics."""
+    import torch
+
+    torch.set_num_threads(threads)
+    queries, corpus, first_stage = inputs
+    out = io.StringIO()
+    _, stats = rerank_run(_reranker(spec), queries, corpus, first_stage, qids, options, out, tag)
+    return out.getvalue(), dataclasses.asdict(stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class RayPlan:
+    """Where and how wide: ``address`` None starts a local cluster of ``workers`` x
+    ``cpus_per_worker`` CPUs; else Ray's address ("auto", "ray://host:10001")."""
+
+    address: str | None = None
+    workers: int | None = (
+        None  # concurrent groups; default: the cluster's GPUs, else its CPUs / cpus_per_worker
+    )
+    cpus_per_worker: int = 1
+    use_gpus: bool = True  # one GPU per task when the cluster has GPUs
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "cpus_per_worker"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def connect(plan: RayPlan) -> bool:
+    """Start or join the cluster; returns whether this process started it (and shuts it down)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("turborank eval --ray needs Ray: pip install 'turborank[ray]'") from None
+    if ray.is_initialized():
+        return False
+    if plan.address is None:
+        cpus = (plan.workers or os.cpu_count() or 1) * plan.cpus_per_worker
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        return True
+    ray.init(address=plan.address, log_to_driver=False)
+    return True
+
+
+def rerank_run_on_ray(
+    spec: ModelSpec,
+    plan: RayPlan,
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    first_stage: Run,
+    qids: list[str],
+    options: RerankOptions,
+    output: Path,
+    tag: str = "turborank",
+    on_progress: Callable[[int], None] = lambda documents: None,
+) -> tuple[Run, RerankStats]:
+    """Rerank ``qids`` on the cluster ``connect`` joined and write the merged run to ``output``.
+
+    Raises ValueError before any work for a first stage naming documents outside the corpus. The
+    output is replaced only when every group is done; an interrupted or failed job leaves an earlier
+    file of that name as it was.
+    """
+    import ray
+
+    check_first_stage(corpus, first_stage, qids, options.top_k)
+    groups = query_groups(qids, first_stage, options)
+    needed = {d for q in qids for d, _ in first_stage[q][: options.top_k]}
+    inputs = ray.put(
+        (
+            {q: queries[q] for q in qids},
+            {d: corpus[d] for d in needed},
+            {q: first_stage[q][: options.top_k] for q in qids},
+        )
+    )
+    resources = ray.cluster_resources()
+    gpus = 1 if plan.use_gpus and resources.get("GPU", 0) >= 1 else 0
+    workers = plan.workers or (
+        int(resources["GPU"]) if gpus else int(resources.get("CPU", 1) // plan.cpus_per_worker)
+    )
+    task = ray.remote(_rerank_group).options(
+        num_cpus=plan.cpus_per_worker, num_gpus=gpus, max_retries=TASK_RETRIES, name="turborank-group"
+    )
+    stats = RerankStats()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.shards-", dir=output.parent) as shard_dir:
+        shard_paths = [Path(shard_dir) / f"group{index:06d}.trec" for index in range(len(groups))]
+        pending: dict[Any, int] = {}
+        waiting = list(range(len(groups)))
+        while waiting or pending:
+            while waiting and len(pending) < max(1, workers):
+                index = waiting.pop(0)
+                ref = task.remote(spec, plan.cpus_per_worker, inputs, groups[index], options, tag)
+                pending[ref] = index
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(done)
+            try:
+                text, counts = ray.get(done)
+            except ray.exceptions.RayTaskError as exc:
+                # An error of the work itself (a bad model, a bad document), not a lost worker: Ray
+                # does not retry it. Stop the rest and raise it as the single process would.
+                for ref in pending:
+                    ray.cancel(ref)
+                cause = getattr(exc, "cause", None)
+                raise (cause if isinstance(cause, Exception) else exc) from None
+            _write_atomically(shard_paths[index], text)
+            for name, value in counts.items():
+                setattr(stats, name, getattr(stats, name) + value)
+            on_progress(sum(min(options.top_k, len(first_stage[q])) for q in groups[index]))
+        merged_path = Path(shard_dir) / "merged.trec"
+        reranked = merge_runs(shard_paths, merged_path, tag=tag)
+        os.replace(merged_path, output)
+    return reranked, stats
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
