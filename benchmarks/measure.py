@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -53,6 +54,8 @@ def measure(
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     engine_cls, backend = ENGINES[engine_name]
     engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend)
     pairs, max_length = make_workload(engine, workload)
@@ -69,17 +72,18 @@ def measure(
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        engine.logits(pairs, max_length=max_length)
+        logits = engine.logits(pairs, max_length=max_length)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     times.sort()
     median = statistics.median(times)
     versions = {"torch": torch.__version__}
-    if engine_name == "hf":
+    if engine_name.startswith(("hf", "ort")):
         import transformers
 
         versions["transformers"] = transformers.__version__
+    versions.update(getattr(engine, "versions", {}))
     return {
         "versions": versions,
         "engine": engine_name,
@@ -102,6 +106,10 @@ def measure(
         # and whatever the engine keeps, such as the reference's ALiBi buffer).
         "gpu_forward_peak_mib": (torch.cuda.max_memory_allocated() - allocated) / 2**20 if cuda else None,
         "gpu_allocated_before_mib": allocated / 2**20 if cuda else None,
+        # What else the machine ran meanwhile (a shared machine's load skews every engine's times).
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Input order, for the suite's error and rank-agreement columns.
+        "logits": [float(x) for x in logits],
     }
 
 
