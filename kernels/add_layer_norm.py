@@ -192,7 +192,10 @@ def add_layer_norm_ref(
     Returns:
         [rows, H] in x's dtype.
     """
-    h = x.float() if residual is None else x.float() + residual.float()
+    h = x.float()
+    if residual is not None:
+        # In place only on a copy: for an fp32 x, .float() is x itself.
+        h = h + residual if h is x else h.add_(residual)
     return F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
 
 

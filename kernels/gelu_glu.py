@@ -88,6 +88,8 @@ def gelu_glu_ref(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
         [tokens, I] in u's dtype, computed in fp32.
     """
     _check(u, activation)
-    gate, linear = u.float().chunk(2, dim=-1)
-    act = F.gelu(gate) if activation == "gelu" else F.relu(gate)
-    return (act * linear).to(u.dtype)
+    gate, linear = u.chunk(2, dim=-1)
+    # One fp32 buffer of [tokens, I]: the activation, multiplied in place (a bf16 `linear` is
+    # widened on the fly), rounded once at the end as in the Triton kernel.
+    act = F.gelu(gate.float()) if activation == "gelu" else F.relu(gate.float())
+    return act.mul_(linear).to(u.dtype)
