@@ -57,8 +57,26 @@ def _add_model_options(parser: argparse.ArgumentParser, default_model: str | Non
     )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the package, torch, and whether this CPU runs bf16 natively (read only when
+    asked, not on every command)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print versions and the CPU's bf16 support")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import torch
+
+        from turborank import __version__, cpu_bf16_support
+
+        print(f"turborank {__version__} (torch {torch.__version__})")
+        print(f"cpu: {cpu_bf16_support().describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="turborank", description="Fast, faithful JinaBERT rerankers.")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     rank = sub.add_parser("rank", help="score documents against a query, best first")

@@ -16,7 +16,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from turborank import __version__
+from turborank import __version__, cpu_bf16_support
 from turborank.reranker import Reranker
 from turborank.serving.metrics import ServerMetrics
 from turborank.serving.scheduler import BatchError, BatchScheduler
@@ -301,6 +301,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 "version": __version__,
                 "device": str(reranker.device),
                 "dtype": str(reranker.dtype).removeprefix("torch."),
+                "cpu_bf16": cpu_bf16_support().describe(),
                 "backends": reranker.model.ops.backends,
                 "alibi_scheme": cfg.alibi_scheme,
                 "max_input_length": settings.max_input_length,
