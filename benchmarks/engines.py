@@ -21,11 +21,18 @@ class TurborankEngine:
     name = "turborank"
 
     def __init__(
-        self, checkpoint: str, device: str = "cpu", dtype: str = "float32", backend: str = "auto"
+        self,
+        checkpoint: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        backend: str = "auto",
+        slopes: str | None = None,
     ) -> None:
         from turborank import Reranker
 
-        self.reranker = Reranker.from_pretrained(checkpoint, device=device, dtype=dtype, backend=backend)
+        self.reranker = Reranker.from_pretrained(
+            checkpoint, device=device, dtype=dtype, backend=backend, slopes=slopes
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.reranker.tokenizer.encode_pairs([("q", text)]).input_ids[0])

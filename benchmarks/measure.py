@@ -51,13 +51,15 @@ def measure(
     device: str,
     dtype: str,
     threads: int | None,
+    slopes: str | None = None,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     engine_cls, backend = ENGINES[engine_name]
-    engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend)
+    options = {"slopes": slopes} if slopes else {}  # turborank's engines only: the peers run the code given
+    engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend, **options)
     pairs, max_length = make_workload(engine, workload)
     tokens = sum(engine.pair_lengths(pairs, max_length))
     engine.logits(pairs, max_length=max_length)  # warm-up: allocator, kernels, lazy init
@@ -122,9 +124,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--slopes", default=None, help="turborank's ALiBi scheme (default: from config.json)")
     args = parser.parse_args()
     result = measure(
-        args.checkpoint, args.engine, args.workload, args.repeats, args.device, args.dtype, args.threads
+        args.checkpoint,
+        args.engine,
+        args.workload,
+        args.repeats,
+        args.device,
+        args.dtype,
+        args.threads,
+        args.slopes,
     )
     print(json.dumps(result))
 

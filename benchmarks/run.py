@@ -58,6 +58,7 @@ def _run_measure(
     device: str,
     dtype: str,
     threads: int | None,
+    slopes: str | None = None,
 ) -> dict:
     cmd = [
         python,
@@ -79,6 +80,8 @@ def _run_measure(
     ]
     if threads:
         cmd += ["--threads", str(threads)]
+    if slopes and engine.startswith("turborank"):
+        cmd += ["--slopes", slopes]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         return {"engine": engine, "workload": workload, "error": proc.stderr.strip().splitlines()[-1][:300]}
@@ -220,7 +223,7 @@ def _engines(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         engines += [("ort-fp32", args.hf_python, dtype), ("ort-int8", args.hf_python, dtype)]
     if args.reference_code is not None:
         engines += [("hf-sorted", args.hf_python, dtype), ("hf", args.hf_python, dtype)]
-    return engines
+    return [e for e in engines if e[0] not in args.skip.split(",")]
 
 
 def _export_onnx(python: str, checkpoint: Path) -> None:
@@ -247,6 +250,14 @@ def main() -> None:
         "--long-rounds", type=int, default=None, help="rounds of the long cases (default --rounds)"
     )
     parser.add_argument("--no-sweep", action="store_true", help="skip the throughput-vs-length sweep")
+    parser.add_argument("--skip", default="", help="comma list of engines to leave out")
+    parser.add_argument(
+        "--slopes",
+        choices=["standard", "jina-reranker-v1"],
+        default=None,
+        help="turborank's ALiBi scheme: the one the reference code uses (the public JinaBERT code: "
+        "standard), else turborank follows config.json and the logits cannot be compared",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -274,7 +285,15 @@ def main() -> None:
                     for engine, python, dtype in case_engines:
                         reps = 1 if long and engine in SLOW_PEERS else repeats
                         measured = _run_measure(
-                            python, checkpoint, engine, workload, reps, args.device, dtype, args.threads
+                            python,
+                            checkpoint,
+                            engine,
+                            workload,
+                            reps,
+                            args.device,
+                            dtype,
+                            args.threads,
+                            args.slopes,
                         )
                         runs[engine].append(measured)
                 for engine, _, _ in case_engines:

@@ -750,6 +750,7 @@ def alibi_attention_ref(
     key_pos = torch.arange(max_seqlen_k, device=q.device, dtype=torch.float32)
     key_inf = torch.zeros(batch, 1, max_seqlen_k, device=q.device)
     key_inf.masked_fill_(~key_valid[:, None, :], float("inf"))
+    padded_keys = not bool(key_valid.all())  # none: one long document, N pairs of one length
 
     rows = max(1, _SCORE_BLOCK_BYTES // (4 * batch * max_seqlen_k))
     ranges = None
@@ -759,7 +760,10 @@ def alibi_attention_ref(
     for block, start in enumerate(range(0, max_seqlen_q, rows)):
         stop = min(start + rows, max_seqlen_q)
         distance = (torch.arange(start, stop, device=q.device, dtype=torch.float32)[:, None] - key_pos).abs_()
-        distance = distance + key_inf
+        if padded_keys:
+            distance = distance + key_inf
+        else:
+            distance = distance.expand(batch, -1, -1)
         for h in range(heads):
             lo, hi = ranges[h][block] if ranges else (0, max_seqlen_k)
             scores = torch.baddbmm(
@@ -769,7 +773,7 @@ def alibi_attention_ref(
                 beta=neg_slopes[h],
                 alpha=scale,
             )
-            if neg_slopes[h] == 0:  # baddbmm ignores its input when beta is 0: mask padding here
+            if neg_slopes[h] == 0 and padded_keys:  # beta 0: baddbmm ignores its input, mask here
                 scores -= key_inf[..., lo:hi]
             out[:, h, start:stop] = torch.bmm(torch.softmax(scores, dim=-1), vp[:, h, lo:hi])
 
