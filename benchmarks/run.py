@@ -122,14 +122,18 @@ def _aggregate(runs: list[dict]) -> dict:
 
 def _agreement(rows: list[dict]) -> None:
     """Add, per row, the largest |logit - baseline logit| and the share of document pairs ranked
-    in the same order; the baseline is the reference in fp32 ("hf"), else turborank fp32."""
+    in the same order; the baseline is the reference code in fp32 ("hf", else "hf-sorted"), else
+    turborank fp32."""
     by_key = {(r["model"], r["workload"], r["engine"]): r for r in rows if "logits" in r}
     for row in rows:
         if "logits" not in row:
             continue
-        base = by_key.get((row["model"], row["workload"], "hf")) or by_key.get(
-            (row["model"], row["workload"], "turborank")
+        case = (row["model"], row["workload"])
+        base = next(
+            (by_key[(*case, e)] for e in ("hf", "hf-sorted", "turborank") if (*case, e) in by_key), None
         )
+        for field in ("logit_error_vs", "max_abs_logit_diff", "rank_agreement"):
+            row.pop(field, None)  # from an earlier baseline
         if base is None or base is row:
             continue
         got, want = row["logits"], base["logits"]
@@ -260,7 +264,17 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--report-from", type=Path, default=None, help="rewrite the report of a finished run's JSON"
+    )
     args = parser.parse_args()
+    if args.report_from is not None:
+        saved = json.loads(args.report_from.read_text())
+        rows = saved["rows"]
+        args.rounds, args.long_rounds = saved["rounds"]["short"], saved["rounds"]["long"]
+        _agreement(rows)
+        print(_write_report(args, saved["models"], rows, len(rows), saved["machine"], saved["command"]))
+        return
     if args.onnx and (args.reference_code is None or args.device != "cpu"):
         parser.error("--onnx exports the reference code (--reference-code) and runs on CPU")
 
@@ -314,9 +328,16 @@ def _stem(args: argparse.Namespace) -> Path:
     return args.out / f"{args.device}_{date}{'_quick' if args.quick else ''}"
 
 
-def _write_report(args: argparse.Namespace, models: list[str], rows: list[dict], planned: int) -> str:
+def _write_report(
+    args: argparse.Namespace,
+    models: list[str],
+    rows: list[dict],
+    planned: int,
+    info: dict | None = None,
+    command: str | None = None,
+) -> str:
     """Write <stem>.json and .md for the rows so far; returns the markdown."""
-    info = machine_info()
+    info = info or machine_info()
     peers = [r for r in rows if r.get("engine", "").startswith(("hf", "ort")) and "versions" in r]
     info["reference"] = peers[-1]["versions"] if peers else None
     stem = _stem(args)
@@ -330,7 +351,7 @@ def _write_report(args: argparse.Namespace, models: list[str], rows: list[dict],
         "cases_done": done,
         "rows": rows,
         "ratios": notes,
-        "command": " ".join(sys.argv),
+        "command": command or " ".join(sys.argv),
     }
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     columns = [
