@@ -52,6 +52,7 @@ def measure(
     dtype: str,
     threads: int | None,
     slopes: str | None = None,
+    batch_size: int = 32,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -62,7 +63,7 @@ def measure(
     engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend, **options)
     pairs, max_length = make_workload(engine, workload)
     tokens = sum(engine.pair_lengths(pairs, max_length))
-    engine.logits(pairs, max_length=max_length)  # warm-up: allocator, kernels, lazy init
+    engine.logits(pairs, max_length=max_length, batch_size=batch_size)  # warm-up: allocator, lazy init
     peak_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     resident = _status_mib("VmRSS")
     reset = _reset_peak()
@@ -74,7 +75,7 @@ def measure(
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        logits = engine.logits(pairs, max_length=max_length)
+        logits = engine.logits(pairs, max_length=max_length, batch_size=batch_size)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--slopes", default=None, help="turborank's ALiBi scheme (default: from config.json)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="pairs per batch (the peers' padded batches)"
+    )
     args = parser.parse_args()
     result = measure(
         args.checkpoint,
@@ -135,6 +139,7 @@ def main() -> None:
         args.dtype,
         args.threads,
         args.slopes,
+        args.batch_size,
     )
     print(json.dumps(result))
 

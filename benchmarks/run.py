@@ -59,6 +59,7 @@ def _run_measure(
     dtype: str,
     threads: int | None,
     slopes: str | None = None,
+    batch_size: int | None = None,
 ) -> dict:
     cmd = [
         python,
@@ -82,9 +83,14 @@ def _run_measure(
         cmd += ["--threads", str(threads)]
     if slopes and engine.startswith("turborank"):
         cmd += ["--slopes", slopes]
+    if batch_size and not engine.startswith("turborank"):
+        cmd += ["--batch-size", str(batch_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
-        return {"engine": engine, "workload": workload, "error": proc.stderr.strip().splitlines()[-1][:300]}
+        lines = proc.stderr.strip().splitlines()
+        # A process killed by a signal (the kernel's OOM killer: SIGKILL) leaves no message.
+        why = lines[-1][:300] if lines else f"killed by signal {-proc.returncode} (out of memory?)"
+        return {"engine": engine, "workload": workload, "error": why}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -256,6 +262,12 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the throughput-vs-length sweep")
     parser.add_argument("--skip", default="", help="comma list of engines to leave out")
     parser.add_argument(
+        "--peer-batch-size",
+        type=int,
+        default=None,
+        help="pairs per padded batch for the peers (default 32); turborank packs by tokens",
+    )
+    parser.add_argument(
         "--slopes",
         choices=["standard", "jina-reranker-v1"],
         default=None,
@@ -308,6 +320,7 @@ def main() -> None:
                             dtype,
                             args.threads,
                             args.slopes,
+                            args.peer_batch_size,
                         )
                         runs[engine].append(measured)
                 for engine, _, _ in case_engines:
