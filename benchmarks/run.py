@@ -261,6 +261,7 @@ def main() -> None:
     )
     parser.add_argument("--no-sweep", action="store_true", help="skip the throughput-vs-length sweep")
     parser.add_argument("--skip", default="", help="comma list of engines to leave out")
+    parser.add_argument("--cases", default="", help="comma list of workloads to run (default: all)")
     parser.add_argument(
         "--peer-batch-size",
         type=int,
@@ -293,6 +294,8 @@ def main() -> None:
     models = (args.models or ("turbo" if args.quick else "turbo,tiny-en")).split(",")
     engines = _engines(args)
     cases = QUICK_CASES if args.quick else CASES
+    if args.cases:
+        cases = [case for case in cases if case[0] in args.cases.split(",")]
     sweep = [] if args.no_sweep else (QUICK_SWEEP if args.quick else SWEEP)
     sweep = [case for case in sweep if case not in cases]  # 1x8192 appears in both lists
 
