@@ -194,8 +194,9 @@ def add_layer_norm_ref(
     """
     h = x.float()
     if residual is not None:
-        # In place only on a copy: for an fp32 x, .float() is x itself.
-        h = h + residual if h is x else h.add_(residual)
+        # In place only on a copy (for an fp32 x, .float() is x itself), and on an fp32 operand:
+        # an in-place fp32 += bf16 takes PyTorch's slow mixed-dtype loop.
+        h = h + residual.float() if h is x else h.add_(residual.float())
     return F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
 
 

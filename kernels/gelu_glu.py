@@ -89,7 +89,8 @@ def gelu_glu_ref(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
     """
     _check(u, activation)
     gate, linear = u.chunk(2, dim=-1)
-    # One fp32 buffer of [tokens, I]: the activation, multiplied in place (a bf16 `linear` is
-    # widened on the fly), rounded once at the end as in the Triton kernel.
+    # fp32 math, rounded once at the end as in the Triton kernel; the product goes into the
+    # activation's buffer. `linear` is widened explicitly: an in-place fp32 *= bf16 takes PyTorch's
+    # mixed-dtype loop, 7x slower than widening first (410 against 57 ms at 5,120 x 1,536).
     act = F.gelu(gate.float()) if activation == "gelu" else F.relu(gate.float())
-    return act.mul_(linear).to(u.dtype)
+    return act.mul_(linear.float()).to(u.dtype)
