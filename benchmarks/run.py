@@ -88,8 +88,12 @@ def _run_measure(
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        # A process killed by a signal (the kernel's OOM killer: SIGKILL) leaves no message.
-        why = lines[-1][:300] if lines else f"killed by signal {-proc.returncode} (out of memory?)"
+        # A process killed by a signal (the kernel's OOM killer: SIGKILL) leaves no message of its
+        # own; the last line of stderr is then some earlier warning.
+        if proc.returncode < 0 or not lines:
+            why = f"killed by signal {-proc.returncode} (the kernel's OOM killer sends 9)"
+        else:
+            why = lines[-1][:300]
         return {"engine": engine, "workload": workload, "error": why}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
