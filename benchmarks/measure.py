@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -50,14 +51,19 @@ def measure(
     device: str,
     dtype: str,
     threads: int | None,
+    slopes: str | None = None,
+    batch_size: int = 32,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     engine_cls, backend = ENGINES[engine_name]
-    engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend)
+    options = {"slopes": slopes} if slopes else {}  # turborank's engines only: the peers run the code given
+    engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend, **options)
     pairs, max_length = make_workload(engine, workload)
     tokens = sum(engine.pair_lengths(pairs, max_length))
-    engine.logits(pairs, max_length=max_length)  # warm-up: allocator, kernels, lazy init
+    engine.logits(pairs, max_length=max_length, batch_size=batch_size)  # warm-up: allocator, lazy init
     peak_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     resident = _status_mib("VmRSS")
     reset = _reset_peak()
@@ -69,17 +75,18 @@ def measure(
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        engine.logits(pairs, max_length=max_length)
+        logits = engine.logits(pairs, max_length=max_length, batch_size=batch_size)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     times.sort()
     median = statistics.median(times)
     versions = {"torch": torch.__version__}
-    if engine_name == "hf":
+    if engine_name.startswith(("hf", "ort")):
         import transformers
 
         versions["transformers"] = transformers.__version__
+    versions.update(getattr(engine, "versions", {}))
     return {
         "versions": versions,
         "engine": engine_name,
@@ -102,6 +109,10 @@ def measure(
         # and whatever the engine keeps, such as the reference's ALiBi buffer).
         "gpu_forward_peak_mib": (torch.cuda.max_memory_allocated() - allocated) / 2**20 if cuda else None,
         "gpu_allocated_before_mib": allocated / 2**20 if cuda else None,
+        # What else the machine ran meanwhile (a shared machine's load skews every engine's times).
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Input order, for the suite's error and rank-agreement columns.
+        "logits": [float(x) for x in logits],
     }
 
 
@@ -114,9 +125,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--slopes", default=None, help="turborank's ALiBi scheme (default: from config.json)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="pairs per batch (the peers' padded batches)"
+    )
     args = parser.parse_args()
     result = measure(
-        args.checkpoint, args.engine, args.workload, args.repeats, args.device, args.dtype, args.threads
+        args.checkpoint,
+        args.engine,
+        args.workload,
+        args.repeats,
+        args.device,
+        args.dtype,
+        args.threads,
+        args.slopes,
+        args.batch_size,
     )
     print(json.dumps(result))
 

@@ -192,7 +192,11 @@ def add_layer_norm_ref(
     Returns:
         [rows, H] in x's dtype.
     """
-    h = x.float() if residual is None else x.float() + residual.float()
+    h = x.float()
+    if residual is not None:
+        # In place only on a copy (for an fp32 x, .float() is x itself), and on an fp32 operand:
+        # an in-place fp32 += bf16 takes PyTorch's slow mixed-dtype loop.
+        h = h + residual.float() if h is x else h.add_(residual.float())
     return F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
 
 

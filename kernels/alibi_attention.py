@@ -638,6 +638,13 @@ def _pad_packed(
     batch = cu_seqlens.numel() - 1
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.long)
     valid = torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None]
+    if int(cu_seqlens[-1]) == batch * max_seqlen:
+        # Every sequence is max_seqlen long (one long document, a batch of equal pairs): the
+        # padded layout is a view of the packed one, no scatter needed.
+        heads, d = x.shape[1:]
+        padded = torch.empty(batch, heads, max_seqlen, d, device=x.device, dtype=torch.float32)
+        padded.copy_(x[: batch * max_seqlen].view(batch, max_seqlen, heads, d).transpose(1, 2))
+        return padded, valid
     padded = x.new_zeros(batch, max_seqlen, x.shape[1], x.shape[2], dtype=torch.float32)
     padded[valid] = x.float()
     return padded.transpose(1, 2).contiguous(), valid
@@ -743,6 +750,7 @@ def alibi_attention_ref(
     key_pos = torch.arange(max_seqlen_k, device=q.device, dtype=torch.float32)
     key_inf = torch.zeros(batch, 1, max_seqlen_k, device=q.device)
     key_inf.masked_fill_(~key_valid[:, None, :], float("inf"))
+    padded_keys = not bool(key_valid.all())  # none: one long document, N pairs of one length
 
     rows = max(1, _SCORE_BLOCK_BYTES // (4 * batch * max_seqlen_k))
     ranges = None
@@ -752,7 +760,10 @@ def alibi_attention_ref(
     for block, start in enumerate(range(0, max_seqlen_q, rows)):
         stop = min(start + rows, max_seqlen_q)
         distance = (torch.arange(start, stop, device=q.device, dtype=torch.float32)[:, None] - key_pos).abs_()
-        distance = distance + key_inf
+        if padded_keys:
+            distance = distance + key_inf
+        else:
+            distance = distance.expand(batch, -1, -1)
         for h in range(heads):
             lo, hi = ranges[h][block] if ranges else (0, max_seqlen_k)
             scores = torch.baddbmm(
@@ -762,11 +773,14 @@ def alibi_attention_ref(
                 beta=neg_slopes[h],
                 alpha=scale,
             )
-            if neg_slopes[h] == 0:  # baddbmm ignores its input when beta is 0: mask padding here
+            if neg_slopes[h] == 0 and padded_keys:  # beta 0: baddbmm ignores its input, mask here
                 scores -= key_inf[..., lo:hi]
             out[:, h, start:stop] = torch.bmm(torch.softmax(scores, dim=-1), vp[:, h, lo:hi])
 
-    return out.transpose(1, 2)[query_valid].to(q.dtype)
+    out = out.transpose(1, 2)
+    if query_valid.all():  # no padding rows: a reshape, not a gather
+        return out.reshape(-1, heads, d).to(q.dtype)
+    return out[query_valid].to(q.dtype)
 
 
 def _band_key_ranges(
@@ -793,10 +807,13 @@ def _band_key_ranges(
     """
     heads, length_q, length_k = qp.shape[1], qp.shape[2], kp.shape[2]
     q_norm = qp.norm(dim=-1)  # [batch, heads, Lq]
+    k_norm = kp.norm(dim=-1)  # [batch, heads, Lk]
     # A non-finite key or value anywhere in a (sequence, head) gives an infinite bound: no band
-    # there, so NaN and inf reach the output exactly as they do without the band.
-    finite = (torch.isfinite(kp).all(-1) & torch.isfinite(vp).all(-1)).all(-1, keepdim=True)
-    k_max = torch.where(finite, kp.norm(dim=-1).amax(-1, keepdim=True), torch.inf)  # [batch, heads, 1]
+    # there, so NaN and inf reach the output exactly as they do without the band. Sums carry any
+    # NaN or inf (and a finite sum that overflows only turns the band off, which is always exact);
+    # they are far cheaper than an elementwise isfinite over [batch, heads, L, d].
+    finite = torch.isfinite(k_norm.sum(-1, keepdim=True) + vp.sum((-2, -1))[..., None])
+    k_max = torch.where(finite, k_norm.amax(-1, keepdim=True), torch.inf)  # [batch, heads, 1]
     own_keys = kp[:, :, :length_q]
     if length_q > length_k:
         own_keys = F.pad(own_keys, (0, 0, 0, length_q - length_k))

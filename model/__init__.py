@@ -10,10 +10,11 @@ try:
     __version__ = version("turborank")
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
-__all__ = ["DEFAULT_MODEL", "CrossEncoder", "JinaBertConfig", "Reranker", "__version__"]
+__all__ = ["DEFAULT_MODEL", "CrossEncoder", "JinaBertConfig", "Reranker", "__version__", "cpu_bf16_support"]
 
 if TYPE_CHECKING:
     from turborank.config import JinaBertConfig
+    from turborank.cpu_features import cpu_bf16_support
     from turborank.cross_encoder import CrossEncoder
     from turborank.reranker import DEFAULT_MODEL, Reranker
 
@@ -29,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from turborank.cross_encoder import CrossEncoder
 
         return CrossEncoder
+    if name == "cpu_bf16_support":
+        from turborank.cpu_features import cpu_bf16_support
+
+        return cpu_bf16_support
     if name == "JinaBertConfig":
         from turborank.config import JinaBertConfig
 

@@ -91,7 +91,11 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from turborank.cpu_features import cpu_bf16_support
+
         print(version_text())
+        # Whether dtype="bfloat16" pays on this CPU (it is never chosen for the caller).
+        print(f"cpu: {cpu_bf16_support().describe()}")
         parser.exit()
 
 

@@ -137,3 +137,23 @@ def test_last_layer_token0_only_is_exact(small, small_eager):
         small.model.last_layer_token0_only = True
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
     small_eager.check(full, seqs)
+
+
+@pytest.mark.parametrize("lengths", [[5, 1, 64, 33, 129], [600, 17]])
+def test_bf16_on_cpu_within_twice_the_eager_bf16_error(small_ckpt, lengths):
+    """bf16 on CPU (opt-in) is judged like fp32, against its own dtype: its distance to the fp64
+    answer may be at most twice that of the independent eager forward run in bf16. turborank keeps
+    LayerNorm, softmax and the GEGLU product in fp32, so it usually lands well inside; a missing
+    bias or a wrong cast moves the logits far past the allowance. The 600-token pair takes the
+    band-limited attention."""
+    rng = random.Random(sum(lengths) + 1)
+    seqs = [random_ids(rng, n) for n in lengths]
+    config = read_config(small_ckpt)
+    want = EagerJinaBert(small_ckpt, config, "jina-reranker-v1", torch.float64).logits(seqs).double()
+    eager = EagerJinaBert(small_ckpt, config, "jina-reranker-v1", torch.bfloat16).logits(seqs).double()
+    allowed = 2 * (eager - want).abs().max().item()
+    got = _packed_logits(Reranker.from_pretrained(small_ckpt, device="cpu", dtype="bfloat16"), seqs)
+    assert got.dtype == torch.float32  # the logit is taken in fp32 whatever the run dtype
+    error = (got.double() - want).abs().max().item()
+    assert error <= allowed, f"|ours bf16 - fp64| = {error:.3g} > {allowed:.3g} (2 x eager bf16 error)"
+    assert error > 1e-4  # bf16 really ran: fp32 lands within about 1e-6 here

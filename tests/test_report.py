@@ -47,7 +47,7 @@ def test_suite_writes_its_report_after_every_case(tmp_path, monkeypatch):
     marked incomplete."""
     measured = []
 
-    def fake_measure(python, checkpoint, engine, workload, repeats, device, dtype, threads):
+    def fake_measure(python, checkpoint, engine, workload, repeats, device, dtype, threads, *options):
         if len(measured) == 2:
             raise KeyboardInterrupt  # the step's time limit, as far as this process can tell
         measured.append(workload)

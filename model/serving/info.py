@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from turborank import __version__
+from turborank.cpu_features import cpu_bf16_support
 from turborank.serving.state import ServerState
 
 
@@ -21,6 +22,7 @@ def info_body(state: ServerState) -> dict[str, Any]:
         "version": __version__,
         "device": str(reranker.device),
         "dtype": _dtype(state),
+        "cpu_bf16": cpu_bf16_support().describe(),
         "backends": reranker.model.ops.backends,
         "alibi_scheme": reranker.config.alibi_scheme,
         "max_input_length": settings.max_input_length,
