@@ -339,7 +339,12 @@ def main() -> None:
                 # After every case: a run stopped at its time limit keeps what it measured.
                 _write_report(args, models, rows, planned)
     body = _write_report(args, models, rows, planned)
-    _plot(rows, _stem(args).with_suffix(".png"), body.splitlines()[2])
+    try:
+        _plot(rows, _stem(args).with_suffix(".png"), body.splitlines()[2])
+    except ImportError:
+        # The plot is a convenience; the report above is the result, and a long run must not end
+        # in a traceback over it.
+        print("benchmarks.run: matplotlib is not installed, so no plot (the report is written)")
     print(body)
 
 
