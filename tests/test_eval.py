@@ -30,6 +30,15 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def short_dataset(tmp_path_factory):
+    """The same shape without the 3,000-20,000-word documents, for the tests where length is not
+    the subject: their 8,192-token forwards made these tests most of the suite's time."""
+    return make_beir_dataset(
+        tmp_path_factory.mktemp("beir-short"), n_queries=10, n_documents=80, long_documents=0, seed=3
+    )
+
+
+@pytest.fixture(scope="module")
 def reranker(small_ckpt):
     return Reranker.from_pretrained(small_ckpt, device="cpu")
 
@@ -88,11 +97,11 @@ def test_metrics_match_the_library_on_hand_built_runs():
     assert ours["queries"] == 3
 
 
-def test_eval_bm25_end_to_end_matches_reranker_rank(dataset, reranker, small_ckpt, tmp_path, capsys):
+def test_eval_bm25_end_to_end_matches_reranker_rank(short_dataset, reranker, small_ckpt, tmp_path, capsys):
     output = tmp_path / "run.trec"
     code, out, err = run_cli(
         [
-            *eval_args(small_ckpt, dataset),
+            *eval_args(small_ckpt, short_dataset),
             "--bm25",
             "--top-k",
             "8",
@@ -109,7 +118,7 @@ def test_eval_bm25_end_to_end_matches_reranker_rank(dataset, reranker, small_ckp
     assert metrics["first stage"]["HitRate@10"] == 1.0  # BM25 finds the planted topic words
     assert "docs/s" in err and "pairs truncated" in err
     run = read_run(output)
-    corpus, queries = load_corpus(dataset), load_queries(dataset)
+    corpus, queries = load_corpus(short_dataset), load_queries(short_dataset)
     for qid, ranked in run.items():
         docs = [d for d, _ in ranked]
         with warnings.catch_warnings():
@@ -119,18 +128,18 @@ def test_eval_bm25_end_to_end_matches_reranker_rank(dataset, reranker, small_ckp
         assert [s for _, s in ranked] == pytest.approx([w["score"] for w in want], abs=1e-6)
 
 
-def test_eval_with_a_first_stage_run_file(dataset, reranker, small_ckpt, tmp_path, capsys):
-    corpus_ids = sorted(load_corpus(dataset))
+def test_eval_with_a_first_stage_run_file(short_dataset, reranker, small_ckpt, tmp_path, capsys):
+    corpus_ids = sorted(load_corpus(short_dataset))
     rng = random.Random(0)
     first = tmp_path / "first.trec"
     with open(first, "w") as f:
-        for qid in sorted(load_qrels(dataset)):
+        for qid in sorted(load_qrels(short_dataset)):
             for rank, doc in enumerate(rng.sample(corpus_ids, 5), 1):
                 f.write(f"{qid} Q0 {doc} {rank} {10 - rank} bm25\n")
     output = tmp_path / "reranked.trec"
     code, _, err = run_cli(
         [
-            *eval_args(small_ckpt, dataset),
+            *eval_args(small_ckpt, short_dataset),
             "--run",
             str(first),
             "--output",
@@ -145,8 +154,8 @@ def test_eval_with_a_first_stage_run_file(dataset, reranker, small_ckpt, tmp_pat
         assert sorted(d for d, _ in reranked[qid]) == sorted(d for d, _ in first_stage[qid])
 
 
-def test_shards_merge_to_the_unsharded_run(dataset, small_ckpt, tmp_path, capsys):
-    base = [*eval_args(small_ckpt, dataset), "--bm25", "--top-k", "5"]
+def test_shards_merge_to_the_unsharded_run(short_dataset, small_ckpt, tmp_path, capsys):
+    base = [*eval_args(small_ckpt, short_dataset), "--bm25", "--top-k", "5"]
     assert run_cli([*base, "--output", str(tmp_path / "all.trec")], capsys)[0] == 0
     for i in range(3):
         assert run_cli([*base, "--shard", f"{i}/3", "--output", str(tmp_path / f"s{i}.trec")], capsys)[0] == 0
@@ -157,7 +166,7 @@ def test_shards_merge_to_the_unsharded_run(dataset, small_ckpt, tmp_path, capsys
             "--output",
             str(tmp_path / "merged.trec"),
             "--data",
-            str(dataset),
+            str(short_dataset),
         ],
         capsys,
     )
@@ -180,7 +189,7 @@ def test_shards_merge_to_the_unsharded_run(dataset, small_ckpt, tmp_path, capsys
     assert code == 1 and "shards must not overlap" in err
 
 
-def test_interrupt_leaves_a_valid_partial_run(dataset, small_ckpt, tmp_path, capsys, monkeypatch):
+def test_interrupt_leaves_a_valid_partial_run(short_dataset, small_ckpt, tmp_path, capsys, monkeypatch):
     import turborank.evaluation as evaluation
 
     # Groups of two queries, so the interrupt lands after two complete groups.
@@ -202,7 +211,7 @@ def test_interrupt_leaves_a_valid_partial_run(dataset, small_ckpt, tmp_path, cap
     output = tmp_path / "partial.trec"
     code, out, err = run_cli(
         [
-            *eval_args(small_ckpt, dataset),
+            *eval_args(small_ckpt, short_dataset),
             "--bm25",
             "--top-k",
             "3",
@@ -242,6 +251,37 @@ def test_chunking_finds_a_passage_beyond_8192_tokens_that_truncation_misses(rera
         query, docs, long_doc="chunk", max_length=80, chunk_overlap=40, chunk_aggregate="mean"
     )
     assert [r["corpus_id"] for r in mean][-1] == 0  # averaging over ~300 windows drowns it again
+
+
+def test_eval_truncates_the_long_documents_and_counts_them(dataset, small_ckpt, tmp_path, capsys):
+    """Length is the subject here: a first-stage run holding every long document (and two short
+    ones) for one query, cut to 256 tokens per pair so the test stays quick."""
+    corpus = load_corpus(dataset)
+    words = {d: len(text.split()) for d, text in corpus.items()}
+    long_docs = [d for d, n in words.items() if n >= 3000]
+    short_docs = sorted(d for d, n in words.items() if n < 200)[:2]
+    qid = sorted(load_qrels(dataset))[0]
+    first = tmp_path / "first.trec"
+    first.write_text(
+        "".join(f"{qid} Q0 {d} {r} {9 - r} bm25\n" for r, d in enumerate([*long_docs, *short_docs], 1))
+    )
+    output = tmp_path / "run.trec"
+    code, _, err = run_cli(
+        [
+            *eval_args(small_ckpt, dataset),
+            "--run",
+            str(first),
+            "--max-length",
+            "256",
+            "--output",
+            str(output),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert len(long_docs) == 4
+    assert f"{len(long_docs)} pairs truncated" in err  # the short ones fit
+    assert sorted(d for d, _ in read_run(output)[qid]) == sorted([*long_docs, *short_docs])
 
 
 def test_eval_chunk_mode_reports_windows(dataset, small_ckpt, tmp_path, capsys):
