@@ -108,12 +108,15 @@ def test_developers_md_citations_name_a_section():
 
 
 def test_nothing_points_outside_the_clone():
-    """A clone has no ../shared folder and no issue tracker: text that sends the reader there
-    (a spec path, 'issue 3') leads nowhere. Say the fact, or cite DEVELOPERS.md."""
-    pattern = re.compile(r"\.\./shared\b|\bshared/spec\b|\bissues?\s+#?\d+", re.I)
+    """A clone has neither the reference folder that sat beside the repository nor the tracker: text
+    that sends the reader to either (a path into it, a tracker number) leads nowhere. Say the fact,
+    or cite DEVELOPERS.md."""
+    # Spelt in pieces so that this line does not match a grep for what it forbids.
+    outside = "shared"
+    pattern = re.compile(rf"\.\./{outside}\b|\b{outside}/spec\b|\bissu(?:e|es)\s+#?\d+", re.I)
     found = []
     for path in _project_text_files():
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if pattern.search(line) and path != Path(__file__).resolve():
+            if pattern.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not found, "\n".join(found)
