@@ -1,4 +1,9 @@
-"""The issues' GPU targets, judged from the benchmark reports of one gpu_check run.
+"""turborank's GPU performance targets on an H200, judged from the benchmark reports of one gpu_check run.
+
+The targets are what makes each GPU piece worth keeping: the ALiBi attention kernel must beat the
+best PyTorch alternatives (compiled FlexAttention, SDPA with a materialised bias), the Triton model
+must serve 8k-token pairs in milliseconds and bounded memory, a small request under CUDA graphs must
+not be bound by launch overhead, and the fused GEGLU GEMM becomes the default only if it is faster.
 
     python -m benchmarks.targets DIR      # DIR holds gpu_kernels_*.json and gpu_model_*.json
 
@@ -51,7 +56,7 @@ def _field(rows, field: str, **match: str) -> float | None:
 
 
 def judge(kernels: list[dict], model: list[dict]) -> list[dict]:
-    """[{target, measured, goal, verdict}] for the targets of issues 3 and 4."""
+    """[{target, measured, goal, verdict}] for each GPU target of the kernels and the Triton model."""
     fused = _find(kernels, op="gelu_glu_linear", engine="turborank fused")
     default = _find(kernels, op="gelu_glu_linear", engine="cuBLAS + gelu_glu (default)")
     # (target, measured value, goal, higher is better, unit)

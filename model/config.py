@@ -43,10 +43,10 @@ _PUBLIC_IMPLEMENTATION = "jina-bert-implementation"
 
 @dataclasses.dataclass(frozen=True)
 class JinaBertConfig:
-    """The architecture facts turborank needs (spec §1), validated.
+    """The architecture facts turborank needs (DEVELOPERS.md, "Config fields"), validated.
 
-    ``alibi_scheme`` is "standard" or "jina-reranker-v1" (spec §4); ``alibi_scheme_reason`` says how it
-    was chosen, for logs and ``turborank verify``.
+    ``alibi_scheme`` is "standard" or "jina-reranker-v1" (DEVELOPERS.md, "ALiBi slopes");
+    ``alibi_scheme_reason`` says how it was chosen, for logs and ``turborank verify``.
     """
 
     vocab_size: int
@@ -175,8 +175,8 @@ def _num_labels(raw: dict[str, Any]) -> int:
 
 
 def _resolve_alibi_scheme(auto_map: Any, override: str | None) -> tuple[str, str]:
-    """Spec §4: local remote code (the reranker repos) -> jina-reranker-v1; the public implementation
-    repo -> standard; an explicit override always wins."""
+    """Local remote code (the reranker repos) -> jina-reranker-v1; the public implementation repo ->
+    standard; an explicit override always wins (DEVELOPERS.md, "ALiBi slopes")."""
     if override is not None:
         if override not in SLOPE_SCHEMES:
             raise ValueError(f"slopes={override!r} is not one of {SLOPE_SCHEMES}")

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import sample_pairs
+from tests.helpers import sample_pairs
 from turborank import Reranker
 
 TOL = 1e-6

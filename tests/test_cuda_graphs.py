@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.conftest import sample_pairs
 from tests.devices import DEVICE, GPU, needs_triton
+from tests.helpers import sample_pairs
 from turborank import Reranker
 from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward, bucket_layout, choose_bucket
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import sample_pairs
 from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
+from tests.helpers import sample_pairs
 from turborank import Reranker
 from turborank.kernels import gelu_glu_linear, gelu_glu_linear_ref
 from turborank.kernels.gelu_glu_linear import gpu_launch_config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_repo_module
+from tests.helpers import run_repo_module
 from turborank.kernels import TRITON_AVAILABLE
 
 pytestmark = pytest.mark.skipif(not TRITON_AVAILABLE, reason="needs triton (its interpreter)")

@@ -18,8 +18,8 @@ import random
 import pytest
 import torch
 
-from tests.conftest import random_ids, read_config
 from tests.eager_reference import EagerJinaBert
+from tests.helpers import random_ids, read_config
 from turborank import Reranker
 
 # Units in the last place of fp32 at the logits' magnitude (2^-23 relative each).

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,11 +46,21 @@ def test_quick_start_is_two_commands_ci_runs():
     assert ci[-1] == tests
 
 
-def test_ruff_clean():
+def _ruff() -> list[str]:
+    # The ruff of this interpreter's environment first: `.venv/bin/python -m pytest` without an
+    # activated venv has no ruff on PATH, and the check would skip where it should run.
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff not installed")
-    proc = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    return [ruff]
+
+
+def test_ruff_clean():
+    """Includes TID251 (pyproject's banned-api): `model.*` / `kernels.*` imports, which from the
+    repository root load a second copy of a turborank module."""
+    proc = subprocess.run([*_ruff(), "check", str(ROOT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -63,3 +76,47 @@ def test_test_files_that_run_on_the_gpu_carry_the_gpu_marker():
         ):
             unmarked.append(path.name)
     assert not unmarked, f"run on DEVICE without pytest.mark.gpu: {unmarked}"
+
+
+# Where sources live; virtual environments, caches and build output are not the project's text.
+_SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".benchmarks", "build"}
+_TEXT_SUFFIXES = {".py", ".md", ".toml", ".sh", ".txt", ".cfg", ".yml", ".yaml"}
+
+
+def _project_text_files() -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
+        found += [Path(folder, name) for name in files if Path(name).suffix in _TEXT_SUFFIXES]
+    found += [path for path in (ROOT / ".ci").iterdir() if path.is_file()]
+    return sorted(set(found))
+
+
+def test_developers_md_citations_name_a_section():
+    """Code cites the JinaBERT facts as DEVELOPERS.md followed by a quoted heading: each must name a
+    heading there, so a renamed section cannot leave a citation pointing nowhere."""
+    headings = set(re.findall(r"^#{2,4} (.+?)\s*$", (ROOT / "DEVELOPERS.md").read_text(), re.M))
+    dangling = []
+    for path in _project_text_files():
+        text = path.read_text(errors="replace")
+        for match in re.finditer(r'DEVELOPERS\.md, "([^"]+)"', text):
+            name = " ".join(match.group(1).split())
+            if name not in headings:
+                line = text.count("\n", 0, match.start()) + 1
+                dangling.append(f"{path.relative_to(ROOT)}:{line}: {name!r}")
+    assert not dangling, f"no such DEVELOPERS.md heading: {dangling}"
+
+
+def test_nothing_points_outside_the_clone():
+    """A clone has neither the reference folder that sat beside the repository nor the tracker: text
+    that sends the reader to either (a path into it, a tracker number) leads nowhere. Say the fact,
+    or cite DEVELOPERS.md."""
+    # Spelt in pieces so that this line does not match a grep for what it forbids.
+    outside = "shared"
+    pattern = re.compile(rf"\.\./{outside}\b|\b{outside}/spec\b|\bissu(?:e|es)\s+#?\d+", re.I)
+    found = []
+    for path in _project_text_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, "\n".join(found)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import sample_pairs
+from tests.helpers import sample_pairs
 from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 from turborank.ops import OP_NAMES

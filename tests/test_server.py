@@ -14,7 +14,7 @@ import traceback
 
 import pytest
 
-from tests.conftest import sample_pairs
+from tests.helpers import sample_pairs
 from turborank import Reranker
 
 pytest.importorskip("fastapi")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.sm90_compile import ctas_per_sm
-from tests.conftest import run_repo_module
+from tests.helpers import run_repo_module
 from turborank.kernels import TRITON_AVAILABLE
 
 

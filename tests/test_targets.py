@@ -1,4 +1,4 @@
-"""benchmarks.targets judges the issues' GPU targets from report rows: checked on hand-made rows."""
+"""benchmarks.targets judges the GPU performance targets from report rows: checked on hand-made rows."""
 
 from __future__ import annotations
 

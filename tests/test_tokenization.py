@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from tests.conftest import sample_pairs
+from tests.helpers import sample_pairs
 from turborank.testing import random_text
 from turborank.tokenization import (
     CLIP_MAX_CHARS_PER_TOKEN,

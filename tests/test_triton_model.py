@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from tests.conftest import random_ids, read_config, sample_pairs
 from tests.devices import BF16_DOT_SKIP, DEVICE, GPU, needs_triton
 from tests.eager_reference import EagerJinaBert
+from tests.helpers import random_ids, read_config, sample_pairs
 from turborank import Reranker
 from turborank.ops import OP_NAMES
 

@@ -1,0 +1,41 @@
+"""Helpers the tests import (conftest.py holds only fixtures and session setup).
+
+Imported after conftest.py has run, so TRITON_INTERPRET is already set when turborank loads here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from turborank.testing import random_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_repo_module(module: str, *args: str, env: dict[str, str]) -> None:
+    """``python -m module args`` from the repository root, in a fresh process; fails with the tail
+    of its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def read_config(directory) -> dict:
+    return json.loads((directory / "config.json").read_text())
+
+
+def random_ids(rng: random.Random, length: int, vocab: int = 1500) -> list[int]:
+    """A sequence shaped like a real pair: id 0 (<s>) first, then ordinary token ids."""
+    return [0] + [rng.randrange(5, vocab) for _ in range(length - 1)]
+
+
+def sample_pairs(n: int, seed: int = 0, max_words: int = 60) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [
+        (random_text(rng, rng.randint(2, 8)), random_text(rng, rng.randint(0, max_words))) for _ in range(n)
+    ]
