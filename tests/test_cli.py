@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -338,6 +339,9 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path):
         text=True,
         timeout=300,
         env=env,
+        # As in a terminal: a suite started in the background by a non-interactive shell has
+        # SIGINT ignored, which its children would inherit (and Ctrl-C would never arrive).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "turborank: error: interrupted\n"
