@@ -21,6 +21,7 @@ import torch
 from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import run_sections
 from turborank.kernels import alibi_slopes
+from turborank.packing import cu_seqlens
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 CANDIDATES = (
@@ -61,7 +62,7 @@ def tune_workload(
     total = sum(lengths)
     q, k, v = (torch.randn(total, heads, d, device=device, dtype=dtype, generator=gen) for _ in range(3))
     slopes = alibi_slopes(heads, "jina-reranker-v1", device=device)
-    cu_k = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    cu_k = cu_seqlens(lengths, device)
     if token0:
         q = q[cu_k[:-1].long()].contiguous()
         cu_q = torch.arange(len(lengths) + 1, dtype=torch.int32, device=device)

@@ -17,6 +17,7 @@ from turborank.kernels.alibi_attention import (
     alibi_attention_padded_ref,
     gpu_launch_configs,
 )
+from turborank.packing import cu_seqlens
 
 pytestmark = pytest.mark.gpu
 # Steep heads (narrow bands), a JinaBERT-like one, and a zero slope (no band at all).
@@ -25,9 +26,7 @@ LENGTHS = [300, 17, 130] if not GPU else [8192, 17, 1300, 4097]
 
 
 def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu.to(DEVICE)
+    return cu_seqlens(lengths, DEVICE)
 
 
 HEADS = len(SLOPES)

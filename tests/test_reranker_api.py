@@ -9,7 +9,7 @@ from tests.conftest import sample_pairs
 from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 from turborank.ops import OP_NAMES
-from turborank.reranker import plan_batches
+from turborank.packing import plan_batches
 
 
 @pytest.fixture(scope="module")

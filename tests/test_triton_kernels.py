@@ -27,6 +27,7 @@ from turborank.kernels import (
     gelu_glu_ref,
 )
 from turborank.kernels.alibi_attention import gpu_launch_configs
+from turborank.packing import cu_seqlens
 
 pytestmark = [pytest.mark.gpu, needs_triton]
 # bf16 attention goes through tl.dot: checked on GPUs only (HALF_DTYPES skips it in the interpreter);
@@ -37,9 +38,7 @@ if GPU:
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu.to(DEVICE)
+    return cu_seqlens(lengths, DEVICE)
 
 
 def _qkv(total: int, heads: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
