@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import run_sections
+from turborank.alibi import alibi_slopes
 from turborank.kernels import (
     add_layer_norm,
     add_layer_norm_ref,
     alibi_attention,
     alibi_attention_ref,
-    alibi_slopes,
     gelu_glu,
     gelu_glu_linear,
     gelu_glu_linear_ref,

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import run_sections
-from turborank.kernels import alibi_slopes
+from turborank.alibi import alibi_slopes
 from turborank.packing import cu_seqlens
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages)

@@ -31,7 +31,8 @@ if triton is not None:
         gate = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
         linear = tl.load(U + row * stride_u + I + cols, mask=mask, other=0.0).to(tl.float32)
         if ACTIVATION == 0:
-            # The erf form: the tanh approximation is off by ~3e-3 in the logits (spec §3).
+            # The erf form: the tanh approximation is off by ~3e-3 in the logits
+            # (DEVELOPERS.md, "GEGLU feed-forward").
             act = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476))
         else:
             act = tl.maximum(gate, 0.0)
@@ -82,7 +83,7 @@ def gelu_glu_ref(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
 
     Args:
         u: [tokens, 2 * I], the output of the gated up-projection. The *first* half goes through the
-            activation, the second half is the linear multiplier (spec §3).
+            activation, the second half is the linear multiplier (DEVELOPERS.md, "GEGLU feed-forward").
         activation: "gelu" (exact erf form; feed_forward_type "geglu") or "relu" ("reglu").
     Returns:
         [tokens, I] in u's dtype, computed in fp32.

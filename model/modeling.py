@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turborank.alibi import alibi_slopes
 from turborank.config import JinaBertConfig
-from turborank.kernels.alibi_slopes import alibi_slopes
 from turborank.kernels.gelu_glu_linear import gelu_glu_linear
 from turborank.ops import Ops
 

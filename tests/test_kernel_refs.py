@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, alibi_slopes, gelu_glu_ref
+from turborank.alibi import alibi_slopes
+from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, gelu_glu_ref
 from turborank.packing import cu_seqlens
 
 # The package exports the function `alibi_attention` under the module's name; fetch the module itself.

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
+from turborank.alibi import alibi_slopes
 from turborank.kernels import (
     add_layer_norm,
     add_layer_norm_ref,
@@ -20,7 +21,6 @@ from turborank.kernels import (
     alibi_attention_padded,
     alibi_attention_padded_ref,
     alibi_attention_ref,
-    alibi_slopes,
     embedding_layer_norm,
     embedding_layer_norm_ref,
     gelu_glu,
