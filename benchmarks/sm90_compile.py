@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import importlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from turborank.kernels import interpreting
 from turborank.packing import cu_seqlens
 
 KERNEL_MODULES = ("alibi_attention", "gelu_glu", "gelu_glu_linear", "add_layer_norm")
@@ -284,7 +284,7 @@ def ctas_per_sm(registers: int, shared_bytes: int, warps: int) -> int:
 
 
 def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         raise SystemExit("sm90_compile must run without TRITON_INTERPRET=1")
     with recording() as (launches, problem):
         for name, call in candidate_problems() if candidates else problems(quick):

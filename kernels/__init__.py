@@ -3,6 +3,7 @@ launcher and public function, then the PyTorch reference ``*_ref``."""
 
 import importlib.util
 
+from turborank.kernels._launch import interpreting
 from turborank.kernels.add_layer_norm import (
     add_layer_norm,
     add_layer_norm_ref,
@@ -36,4 +37,5 @@ __all__ = [
     "gelu_glu_linear",
     "gelu_glu_linear_ref",
     "gelu_glu_ref",
+    "interpreting",
 ]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
+
+from turborank.kernels._launch import LOG2E, interpreting
 
 try:
     import triton
@@ -28,6 +29,8 @@ BAND_MARGIN_BITS = 56.0
 BAND_BOUND_SLACK = 1.01
 
 if triton is not None:
+    from turborank.kernels._launch import LOG2E_CONSTEXPR
+
     _BAND_MARGIN_BITS = tl.constexpr(BAND_MARGIN_BITS)
     _BAND_BOUND_SLACK = tl.constexpr(BAND_BOUND_SLACK)
 
@@ -208,7 +211,7 @@ if triton is not None:
         k_base = K + seq64 * stride_kb + head * stride_kh + k_start * stride_kn
         v_base = V + seq64 * stride_vb + head * stride_vh + k_start * stride_vn
         # -slope * |i - j| in the exp2 domain, formed in fp32 registers from the tile indices.
-        neg_slope = -tl.load(Slopes + head) * 1.4426950408889634
+        neg_slope = -tl.load(Slopes + head) * LOG2E_CONSTEXPR
         k_max = 0.0
         if BANDED:
             k_max = tl.load(KeyNormMax + seq64 * tl.num_programs(2) + head)
@@ -332,7 +335,7 @@ def gpu_launch_configs() -> dict[tuple[int, int, int, int], list[tuple[int, torc
 
 def _launch_config(head_dim: int, max_seqlen_q: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for this call."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         return INTERPRETER_TILES
     return gpu_launch_config(head_dim, max_seqlen_q, dtype)
 
@@ -469,7 +472,7 @@ def _launch(
         *strides,
         rows_q,
         rows_k,
-        scale * 1.4426950408889634,
+        scale * LOG2E,
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
         BLOCK_M=block_m,

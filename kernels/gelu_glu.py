@@ -14,6 +14,7 @@ except ImportError:  # triton ships for Linux only; the PyTorch reference below 
 GLU_ACTIVATIONS = ("gelu", "relu")
 
 if triton is not None:
+    from turborank.kernels._launch import gelu_erf
 
     @triton.jit
     def _gelu_glu_kernel(
@@ -31,9 +32,7 @@ if triton is not None:
         gate = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
         linear = tl.load(U + row * stride_u + I + cols, mask=mask, other=0.0).to(tl.float32)
         if ACTIVATION == 0:
-            # The erf form: the tanh approximation is off by ~3e-3 in the logits
-            # (DEVELOPERS.md, "GEGLU feed-forward").
-            act = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476))
+            act = gelu_erf(gate)
         else:
             act = tl.maximum(gate, 0.0)
         tl.store(Y + row * stride_y + cols, (act * linear).to(Y.dtype.element_ty), mask=mask)

@@ -9,11 +9,10 @@ until a GPU benchmark shows it beats cuBLAS followed by the ``gelu_glu`` kernel
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from turborank.kernels._launch import interpreting
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_ref
 
 try:
@@ -23,6 +22,7 @@ except ImportError:  # triton ships for Linux only; the PyTorch reference below 
     triton = None
 
 if triton is not None:
+    from turborank.kernels._launch import gelu_erf
 
     @triton.jit(do_not_specialize=["M"])
     def _gelu_glu_linear_kernel(
@@ -83,7 +83,7 @@ if triton is not None:
         gate = acc_gate.to(Y.dtype.element_ty).to(tl.float32)
         linear = acc_linear.to(Y.dtype.element_ty).to(tl.float32)
         if ACTIVATION == 0:
-            act = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476))
+            act = gelu_erf(gate)
         else:
             act = tl.maximum(gate, 0.0)
         y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
@@ -103,7 +103,7 @@ def gpu_launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
 
 
 def _launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         return INTERPRETER_TILES
     return gpu_launch_config(dtype)
 

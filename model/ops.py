@@ -8,7 +8,6 @@ cannot run raises. This is the one module of the model that imports ``turborank.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 
 import torch
@@ -41,7 +40,7 @@ def _impl(op: str, backend: str) -> Callable[..., torch.Tensor]:
 
 
 def triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or kernels.interpreting()
 
 
 def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
