@@ -34,7 +34,7 @@ import torch
 from turborank.kernels import interpreting
 from turborank.packing import cu_seqlens
 
-KERNEL_MODULES = ("alibi_attention", "gelu_glu", "gelu_glu_linear", "add_layer_norm")
+KERNEL_MODULES = ("alibi_attention", "alibi_band", "gelu_glu", "gelu_glu_linear", "add_layer_norm")
 # Hopper: 227 KiB of shared memory per block at most (opt-in), 255 registers per thread.
 SHARED_LIMIT = 227 * 1024
 TRITON_TYPES = {

@@ -26,7 +26,7 @@ from turborank.kernels import (
     gelu_glu,
     gelu_glu_ref,
 )
-from turborank.kernels.alibi_attention import gpu_launch_configs
+from turborank.kernels._launch import attention_gpu_launch_configs
 from turborank.packing import cu_seqlens
 
 pytestmark = [pytest.mark.gpu, needs_triton]
@@ -97,7 +97,9 @@ def test_attention_half_within_twice_pytorch_error(dtype, lengths):
 
 
 @pytest.mark.parametrize(
-    "config,cases", sorted(gpu_launch_configs().items()), ids=[str(c) for c in sorted(gpu_launch_configs())]
+    "config,cases",
+    sorted(attention_gpu_launch_configs().items()),
+    ids=[str(c) for c in sorted(attention_gpu_launch_configs())],
 )
 def test_attention_at_every_gpu_tile(config, cases):
     """Each (BLOCK_M, BLOCK_N, warps, stages) the launcher picks on a GPU, forced here so that the
