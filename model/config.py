@@ -43,10 +43,10 @@ _PUBLIC_IMPLEMENTATION = "jina-bert-implementation"
 
 @dataclasses.dataclass(frozen=True)
 class JinaBertConfig:
-    """The architecture facts turborank needs (spec §1), validated.
+    """The architecture facts turborank needs, validated.
 
-    ``alibi_scheme`` is "standard" or "jina-reranker-v1" (spec §4); ``alibi_scheme_reason`` says how it
-    was chosen, for logs and ``turborank verify``.
+    ``alibi_scheme`` is "standard" or "jina-reranker-v1" (DEVELOPERS.md, "ALiBi slopes");
+    ``alibi_scheme_reason`` says how it was chosen, for logs and ``turborank verify``.
     """
 
     vocab_size: int

@@ -104,7 +104,7 @@ class Reranker:
             device: "cpu", "cuda", "cuda:N"; None/"auto" = CUDA when available.
             dtype: "float32" | "bfloat16" | "float16" or a torch dtype; None = bf16 on CUDA, fp32 on CPU.
             slopes: override the ALiBi slope scheme ("standard" | "jina-reranker-v1"); None = chosen
-                from config.json's auto_map (spec §4).
+                from config.json's auto_map (DEVELOPERS.md, "ALiBi slopes").
             backend: "auto" | "torch" | "triton", or {op: backend} per op.
             cuda_graphs: replay captured CUDA graphs for small batches (see ``enable_cuda_graphs``).
         """

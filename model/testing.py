@@ -22,7 +22,7 @@ from turborank.config import JinaBertConfig
 from turborank.weights import expected_shapes
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The shapes of jinaai/jina-reranker-v1-turbo-en and -tiny-en (spec §1).
+    # The shapes of jinaai/jina-reranker-v1-turbo-en and -tiny-en.
     "turbo": {
         "hidden_size": 384,
         "num_hidden_layers": 6,
@@ -94,7 +94,7 @@ _SYLLABLES = [
 
 
 def make_config(preset: str = "small", auto_map: str | None = "local", **overrides: Any) -> dict[str, Any]:
-    """A config.json mapping shaped like the reranker repos' (spec §1)."""
+    """A config.json mapping shaped like the reranker repos'."""
     shape = {**PRESETS[preset], **overrides}
     config: dict[str, Any] = {
         "_name_or_path": "jinaai/jina-reranker-v1-turbo-en",

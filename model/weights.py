@@ -15,7 +15,7 @@ _PICKLE_FILES = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt
 
 
 def expected_shapes(config: JinaBertConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a JinaBERT reranker checkpoint (spec §2) and its shape."""
+    """Every tensor of a JinaBERT reranker checkpoint and its shape."""
     H, I, V, T = config.hidden_size, config.intermediate_size, config.vocab_size, config.type_vocab_size
     shapes: dict[str, tuple[int, ...]] = {
         "bert.embeddings.word_embeddings.weight": (V, H),

@@ -1,4 +1,4 @@
-"""An eager JinaBERT reranker written straight from ../shared/spec/jinabert.md, independent of turborank.
+"""An eager JinaBERT reranker written straight from the architecture, independent of turborank.
 
 Padded batch, HF-style additive mask (finfo.min on padded keys), a materialised ALiBi bias, plain
 softmax. It shares no code with the package: it reads the safetensors keys itself and computes its
