@@ -11,8 +11,9 @@ import random
 import pytest
 import torch
 
+from turborank.alibi import alibi_slopes
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
-from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, alibi_slopes, gelu_glu_ref
+from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, gelu_glu_ref
 from turborank.testing import random_text
 
 

@@ -8,11 +8,12 @@ every line of a script so that a mistake is found in CI, not in a rare and short
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 
 import torch
+
+from turborank.kernels import interpreting
 
 
 @dataclasses.dataclass
@@ -47,7 +48,7 @@ def configure(smoke: bool, script: str) -> BenchEnv:
     """Set ``ENV`` for this process: the GPU, or the CPU smoke mode (needs TRITON_INTERPRET=1 set
     before turborank's kernels are imported)."""
     if smoke:
-        if os.environ.get("TRITON_INTERPRET") != "1":
+        if not interpreting():
             raise SystemExit(f"{script} --smoke needs TRITON_INTERPRET=1 in the environment")
         ENV.device, ENV.dtype, ENV.smoke = "cpu", torch.float32, True
     elif not torch.cuda.is_available():

@@ -22,17 +22,18 @@ import torch.nn.functional as F
 
 from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import run_sections
+from turborank.alibi import alibi_slopes
 from turborank.kernels import (
     add_layer_norm,
     add_layer_norm_ref,
     alibi_attention,
     alibi_attention_ref,
-    alibi_slopes,
     gelu_glu,
     gelu_glu_linear,
     gelu_glu_linear_ref,
     gelu_glu_ref,
 )
+from turborank.packing import cu_seqlens
 
 H200_BF16_TFLOPS = 790.0  # dense bf16 GEMM, measured on the lent H200 (device notes)
 H200_TBPS = 4.8
@@ -43,9 +44,7 @@ def _bench(fn) -> float:
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu.to(ENV.device)
+    return cu_seqlens(lengths, ENV.device)
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> float:

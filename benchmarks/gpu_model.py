@@ -31,6 +31,7 @@ from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import run_sections
 from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
+from turborank.packing import pack
 from turborank.testing import make_checkpoint, random_text
 from turborank.tokenization import TruncationWarning
 
@@ -262,14 +263,8 @@ def small_request_rows(checkpoint: str, sizes: Sizes) -> list[dict]:
 
 
 def _pack_for(encoded) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
-    lengths = encoded.lengths
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    ids = torch.tensor([t for seq in encoded.input_ids for t in seq])
-    types = None
-    if encoded.token_type_ids is not None:
-        types = torch.tensor([t for seq in encoded.token_type_ids for t in seq]).to(ENV.device)
-    return ids.to(ENV.device), cu.to(ENV.device), max(lengths), types
+    ids, cu, longest, types = pack(encoded.input_ids, encoded.token_type_ids)
+    return ids.to(ENV.device), cu.to(ENV.device), longest, None if types is None else types.to(ENV.device)
 
 
 def main() -> int:

@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import importlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-KERNEL_MODULES = ("alibi_attention", "gelu_glu", "gelu_glu_linear", "add_layer_norm")
+from turborank.kernels import interpreting
+from turborank.packing import cu_seqlens
+
+KERNEL_MODULES = ("alibi_attention", "alibi_band", "gelu_glu", "gelu_glu_linear", "add_layer_norm")
 # Hopper: 227 KiB of shared memory per block at most (opt-in), 255 registers per thread.
 SHARED_LIMIT = 227 * 1024
 TRITON_TYPES = {
@@ -125,7 +127,7 @@ def problems(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
             for length in (16, 8192) if quick else (1, 16, 512, 8192):
                 lengths = [length] if length > 16 else [length] * 8
                 q, k, v = torch.zeros(sum(lengths), 3, heads, d, dtype=dtype).unbind(1)
-                cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+                cu = cu_seqlens(lengths)
                 m = max(lengths)
                 yield (
                     f"alibi_attention {tag} d={d} L={length}",
@@ -163,7 +165,7 @@ def problems(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return cu_seqlens(lengths)
 
 
 def candidate_problems() -> Iterator[tuple[str, Callable[[], object]]]:
@@ -282,7 +284,7 @@ def ctas_per_sm(registers: int, shared_bytes: int, warps: int) -> int:
 
 
 def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         raise SystemExit("sm90_compile must run without TRITON_INTERPRET=1")
     with recording() as (launches, problem):
         for name, call in candidate_problems() if candidates else problems(quick):

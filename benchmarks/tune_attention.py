@@ -1,11 +1,11 @@
 """Time alibi_attention's candidate tile configurations on a GPU, per workload, and show how far the
-built-in choice (`gpu_launch_config`) is from the best one measured.
+built-in choice (`attention_gpu_launch_config` in kernels/_launch.py) is from the best one measured.
 
     python -m benchmarks.tune_attention [--out DIR] [--quick]
 
 Every candidate's output is checked against the fp32 reference before it is timed. The candidates
 are those that compile for sm_90 without spilling (see ``python -m benchmarks.sm90_compile
---candidates``); the tuned choice is then written into ``gpu_launch_config`` by hand, with the table
+--candidates``); the tuned choice is then written into ``attention_gpu_launch_config`` by hand, with the table
 that justifies it committed under benchmarks/results/.
 """
 
@@ -20,7 +20,9 @@ import torch
 
 from benchmarks.gpu_env import ENV, configure
 from benchmarks.report import run_sections
-from turborank.kernels import alibi_slopes
+from turborank.alibi import alibi_slopes
+from turborank.kernels._launch import attention_launch_config
+from turborank.packing import cu_seqlens
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 CANDIDATES = (
@@ -61,7 +63,7 @@ def tune_workload(
     total = sum(lengths)
     q, k, v = (torch.randn(total, heads, d, device=device, dtype=dtype, generator=gen) for _ in range(3))
     slopes = alibi_slopes(heads, "jina-reranker-v1", device=device)
-    cu_k = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    cu_k = cu_seqlens(lengths, device)
     if token0:
         q = q[cu_k[:-1].long()].contiguous()
         cu_q = torch.arange(len(lengths) + 1, dtype=torch.int32, device=device)
@@ -69,7 +71,7 @@ def tune_workload(
     else:
         cu_q, max_q, flops = cu_k, max(lengths), 4 * heads * d * sum(n * n for n in lengths)
     want = module.alibi_attention_ref(q, k, v, cu_q, cu_k, max_q, max(lengths), slopes)
-    default = module._launch_config(d, max_q, dtype)
+    default = attention_launch_config(d, max_q, dtype)
     candidates = TOKEN0_CANDIDATES if token0 else CANDIDATES
     if ENV.smoke:  # the interpreter is slow at large tiles; two candidates show the mechanics
         candidates = ((16, 16, 1, 1), (32, 16, 1, 1))

@@ -3,19 +3,15 @@ launcher and public function, then the PyTorch reference ``*_ref``."""
 
 import importlib.util
 
+from turborank.kernels._launch import interpreting
 from turborank.kernels.add_layer_norm import (
     add_layer_norm,
     add_layer_norm_ref,
     embedding_layer_norm,
     embedding_layer_norm_ref,
 )
-from turborank.kernels.alibi_attention import (
-    alibi_attention,
-    alibi_attention_padded,
-    alibi_attention_padded_ref,
-    alibi_attention_ref,
-)
-from turborank.kernels.alibi_slopes import SLOPE_SCHEMES, alibi_slope_values, alibi_slopes, slopes_differ
+from turborank.kernels.alibi_attention import alibi_attention, alibi_attention_ref
+from turborank.kernels.alibi_attention_padded import alibi_attention_padded, alibi_attention_padded_ref
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu, gelu_glu_ref
 from turborank.kernels.gelu_glu_linear import gelu_glu_linear, gelu_glu_linear_ref
 
@@ -24,7 +20,6 @@ TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 __all__ = [
     "GLU_ACTIVATIONS",
-    "SLOPE_SCHEMES",
     "TRITON_AVAILABLE",
     "add_layer_norm",
     "add_layer_norm_ref",
@@ -32,13 +27,11 @@ __all__ = [
     "alibi_attention_padded",
     "alibi_attention_padded_ref",
     "alibi_attention_ref",
-    "alibi_slope_values",
-    "alibi_slopes",
     "embedding_layer_norm",
     "embedding_layer_norm_ref",
     "gelu_glu",
     "gelu_glu_linear",
     "gelu_glu_linear_ref",
     "gelu_glu_ref",
-    "slopes_differ",
+    "interpreting",
 ]

@@ -14,6 +14,7 @@ except ImportError:  # triton ships for Linux only; the PyTorch reference below 
 GLU_ACTIVATIONS = ("gelu", "relu")
 
 if triton is not None:
+    from turborank.kernels._launch import gelu_erf
 
     @triton.jit
     def _gelu_glu_kernel(
@@ -31,8 +32,7 @@ if triton is not None:
         gate = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
         linear = tl.load(U + row * stride_u + I + cols, mask=mask, other=0.0).to(tl.float32)
         if ACTIVATION == 0:
-            # The erf form: the tanh approximation is off by ~3e-3 in the logits (spec §3).
-            act = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476))
+            act = gelu_erf(gate)
         else:
             act = tl.maximum(gate, 0.0)
         tl.store(Y + row * stride_y + cols, (act * linear).to(Y.dtype.element_ty), mask=mask)
@@ -82,7 +82,7 @@ def gelu_glu_ref(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
 
     Args:
         u: [tokens, 2 * I], the output of the gated up-projection. The *first* half goes through the
-            activation, the second half is the linear multiplier (spec §3).
+            activation, the second half is the linear multiplier (DEVELOPERS.md, "GEGLU feed-forward").
         activation: "gelu" (exact erf form; feed_forward_type "geglu") or "relu" ("reglu").
     Returns:
         [tokens, I] in u's dtype, computed in fp32.

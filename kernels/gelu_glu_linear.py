@@ -9,11 +9,10 @@ until a GPU benchmark shows it beats cuBLAS followed by the ``gelu_glu`` kernel
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from turborank.kernels._launch import gelu_glu_linear_launch_config
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_ref
 
 try:
@@ -23,6 +22,7 @@ except ImportError:  # triton ships for Linux only; the PyTorch reference below 
     triton = None
 
 if triton is not None:
+    from turborank.kernels._launch import gelu_erf
 
     @triton.jit(do_not_specialize=["M"])
     def _gelu_glu_linear_kernel(
@@ -83,29 +83,11 @@ if triton is not None:
         gate = acc_gate.to(Y.dtype.element_ty).to(tl.float32)
         linear = acc_linear.to(Y.dtype.element_ty).to(tl.float32)
         if ACTIVATION == 0:
-            act = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476))
+            act = gelu_erf(gate)
         else:
             act = tl.maximum(gate, 0.0)
         y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
         tl.store(y_ptrs, (act * linear).to(Y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-
-
-# Small tiles for Triton's CPU interpreter: its tests exercise tile tails.
-INTERPRETER_TILES = (16, 32, 32, 1, 1)
-
-
-def gpu_launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the launcher chooses on a GPU."""
-    if dtype == torch.float32:
-        return 64, 64, 32, 4, 3
-    # Two 128x128 fp32 accumulators over 8 warps: 128 registers of the 255 per thread.
-    return 128, 128, 64, 8, 3
-
-
-def _launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return INTERPRETER_TILES
-    return gpu_launch_config(dtype)
 
 
 def _launch(
@@ -117,7 +99,7 @@ def _launch(
 ) -> None:
     M, K = x.shape
     inner = weight.shape[0] // 2
-    block_m, block_n, block_k, warps, stages = launch_config or _launch_config(x.dtype)
+    block_m, block_n, block_k, warps, stages = launch_config or gelu_glu_linear_launch_config(x.dtype)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(inner, block_n),)
     _gelu_glu_linear_kernel[grid](
         x,

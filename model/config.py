@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from turborank.alibi import SLOPE_SCHEMES, slopes_differ
 from turborank.files import read_regular_file
-from turborank.kernels.alibi_slopes import SLOPE_SCHEMES, slopes_differ
 
 logger = logging.getLogger("turborank")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from turborank.packing import descending_order
 from turborank.reranker import DEFAULT_MODEL, Reranker
 
 
@@ -153,7 +154,7 @@ class CrossEncoder:
             activation_fn=activation_fn,
             convert_to_numpy=False,
         )
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        order = descending_order(scores)
         results = []
         for index in order[:top_k]:
             item: dict[str, Any] = {"corpus_id": index, "score": scores[index]}

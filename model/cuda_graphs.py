@@ -2,14 +2,7 @@
 
 A small request (the model card's 10 short documents) costs far less GPU time than the ~60 kernel
 launches of the forward cost on the host; replaying a captured graph is one launch. Shapes must be
-static inside a graph, so a batch is laid out into its bucket:
-
-- the real sequences first, then ``pairs - n`` dummy sequences; the first dummy takes every token
-  the bucket has to spare and the others one token each, so every row of every buffer belongs to a
-  non-empty sequence (no uninitialised rows, no empty sequence whose token 0 would be out of
-  range) and the real sequences' attention never sees a dummy token;
-- ``max_seqlen`` is the bucket's token count, an upper bound for any sequence in it: it only sizes
-  the attention grid, whose programs past a sequence's real length return at once.
+static inside a graph, so a batch is laid out into its bucket (``turborank.packing.bucket_layout``).
 
 Real sequences get the same logits as without the bucket (row-wise ops, per-sequence attention);
 tests check this on CPU with ``capture=False``, which runs the same layout eagerly.
@@ -17,54 +10,13 @@ tests check this on CPU with ``capture=False``, which runs the same layout eager
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import threading
 
 import torch
 
 from turborank.modeling import JinaBertReranker
-
-PAIR_BUCKETS = (2, 4, 8, 16, 32, 64, 128)
-TOKEN_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-PAD_TOKEN_ID = 0  # any valid id: dummy sequences' logits are dropped
-
-
-def choose_bucket(
-    lengths: list[int], max_pairs: int = PAIR_BUCKETS[-1], max_tokens: int = TOKEN_BUCKETS[-1]
-) -> tuple[int, int] | None:
-    """(pairs, tokens) of the smallest bucket that holds ``lengths`` with at least one dummy
-    sequence, or None when the batch is too large to be worth a graph (it runs eagerly)."""
-    n = len(lengths)
-    index = bisect.bisect_left(PAIR_BUCKETS, n + 1)
-    if n == 0 or index == len(PAIR_BUCKETS) or PAIR_BUCKETS[index] > max_pairs:
-        return None
-    pairs = PAIR_BUCKETS[index]
-    needed = sum(lengths) + pairs - n
-    index = bisect.bisect_left(TOKEN_BUCKETS, needed)
-    if index == len(TOKEN_BUCKETS) or TOKEN_BUCKETS[index] > max_tokens:
-        return None
-    return pairs, TOKEN_BUCKETS[index]
-
-
-def bucket_layout(
-    input_ids: list[list[int]], token_type_ids: list[list[int]] | None, bucket: tuple[int, int]
-) -> torch.Tensor:
-    """The batch laid out in its bucket as one int64 [2 * tokens + pairs + 1] tensor: input ids,
-    token type ids, then cu_seqlens (one host-to-device copy moves all three)."""
-    pairs, tokens = bucket
-    n, used = len(input_ids), sum(len(ids) for ids in input_ids)
-    spare = tokens - used - (pairs - n - 1)
-    if n >= pairs or spare < 1:
-        raise ValueError(f"{n} sequences of {used} tokens do not fit bucket {bucket}")
-    lengths = [len(ids) for ids in input_ids] + [spare] + [1] * (pairs - n - 1)
-    flat = torch.zeros(2 * tokens + pairs + 1, dtype=torch.long)
-    flat[:tokens] = PAD_TOKEN_ID
-    flat[:used] = torch.tensor([t for ids in input_ids for t in ids], dtype=torch.long)
-    if token_type_ids is not None:
-        flat[tokens : tokens + used] = torch.tensor([t for ids in token_type_ids for t in ids])
-    flat[2 * tokens + 1 :] = torch.tensor(lengths).cumsum(0)
-    return flat
+from turborank.packing import PAD_TOKEN_ID, PAIR_BUCKETS, TOKEN_BUCKETS, bucket_layout, choose_bucket
 
 
 class CudaGraphForward:

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import torch
 
+from turborank.packing import descending_order
 from turborank.reranker import Reranker, check_long_doc_options
 from turborank.trec import Run, write_query
 
@@ -143,7 +144,7 @@ def rerank_run(
                 mine = scores[offset : offset + len(docs)]
                 offset += len(docs)
                 # Best first; ties keep the first stage's order.
-                order = sorted(range(len(docs)), key=lambda i: -mine[i])
+                order = descending_order(mine)
                 reranked[qid] = [(docs[i], mine[i]) for i in order]
                 write_query(lines, qid, reranked[qid], tag)
                 stats.queries += 1

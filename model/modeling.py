@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turborank.alibi import alibi_slopes
 from turborank.config import JinaBertConfig
-from turborank.kernels.alibi_slopes import alibi_slopes
-from turborank.kernels.gelu_glu_linear import gelu_glu_linear
 from turborank.ops import Ops
 
 
@@ -184,7 +183,7 @@ class JinaBertReranker(nn.Module):
             cfg.layer_norm_eps,
         )
         if self.fused_gelu_glu_gemm:
-            gated = gelu_glu_linear(x, layer.gated_weight, cfg.glu_activation)
+            gated = ops.gelu_glu_linear(x, layer.gated_weight, cfg.glu_activation)
         else:
             gated = ops.gelu_glu(F.linear(x, layer.gated_weight), cfg.glu_activation)
         return ops.add_layer_norm(

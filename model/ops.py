@@ -2,13 +2,12 @@
 
 "auto" picks Triton for CUDA tensors and PyTorch otherwise; "torch" and "triton" force one side for
 every op, and a dict sets ops one by one. Nothing falls back silently: forcing an implementation that
-cannot run raises.
+cannot run raises. This is the one module of the model that imports ``turborank.kernels``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 
 import torch
@@ -17,6 +16,10 @@ from turborank import kernels
 
 BACKENDS = ("auto", "torch", "triton")
 OP_NAMES = ("embedding_layer_norm", "alibi_attention", "gelu_glu", "add_layer_norm")
+# Ops that fuse a GEMM into one of OP_NAMES take that op's backend instead of a name of their own:
+# the fused GEGLU GEMM (``gelu_glu_linear``) is the gelu_glu op with its up-projection folded in,
+# so backend dicts, and the backends a loaded model reports, keep the four names above.
+FUSED_OPS = {"gelu_glu_linear": "gelu_glu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Ops:
     alibi_attention: Callable[..., torch.Tensor]
     gelu_glu: Callable[..., torch.Tensor]
     add_layer_norm: Callable[..., torch.Tensor]
+    gelu_glu_linear: Callable[..., torch.Tensor]
     backends: dict[str, str]
 
 
@@ -36,7 +40,7 @@ def _impl(op: str, backend: str) -> Callable[..., torch.Tensor]:
 
 
 def triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or kernels.interpreting()
 
 
 def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
@@ -66,4 +70,6 @@ def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
                 "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
                 f"the model is on {device}. Use backend='torch' on CPU."
             )
-    return Ops(**{op: _impl(op, name) for op, name in choice.items()}, backends=choice)
+    impls = {op: _impl(op, name) for op, name in choice.items()}
+    impls.update({fused: _impl(fused, choice[base]) for fused, base in FUSED_OPS.items()})
+    return Ops(**impls, backends=choice)

@@ -11,10 +11,18 @@ from typing import Any
 import torch
 
 from turborank.config import JinaBertConfig
-from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward
+from turborank.cuda_graphs import CudaGraphForward
 from turborank.hub import DEFAULT_MODEL, resolve_checkpoint
 from turborank.modeling import JinaBertReranker
 from turborank.ops import resolve_ops
+from turborank.packing import (
+    PAIR_BUCKETS,
+    TOKEN_BUCKETS,
+    descending_order,
+    in_input_order,
+    pack,
+    plan_batches,
+)
 from turborank.tokenization import EncodedPairs, PairTokenizer
 from turborank.weights import find_weights_file, load_weights
 
@@ -57,26 +65,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype {dtype} is not one of {sorted(DTYPES)}")
     return dtype
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Group pair indices longest first, so each batch holds sequences of similar length.
-
-    A batch holds at most ``batch_size`` pairs and at most ``max_batch_tokens`` tokens counted as
-    if padded to its longest member (that bounds the PyTorch path's padded attention too); a pair
-    longer than the budget gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            current = batches[-1]
-            longest = lengths[current[0]]
-            if len(current) < batch_size and (len(current) + 1) * longest <= max_batch_tokens:
-                current.append(index)
-                continue
-        batches.append([index])
-    return batches
 
 
 class Reranker:
@@ -283,7 +271,7 @@ class Reranker:
         _check_options(return_documents=return_documents)
         _check_query(query)
         scores = self.predict([(query, doc) for doc in documents], **options)
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_k]
+        order = descending_order(scores)[:top_k]
         results = []
         for i in order:
             item: dict[str, Any] = {"corpus_id": i, "score": scores[i]}
@@ -310,12 +298,12 @@ class Reranker:
         progress = _progress_bar(len(lengths), show_progress_bar)
         # No host sync between batches: the next batch is packed while the device runs this one;
         # the logits come back in one copy at the end (the progress bar counts batches packed).
+        types = encoded.token_type_ids
         for batch in plan_batches(lengths, batch_size, max_batch_tokens):
             order += batch
             if progress is not None:
                 progress.update(len(batch))
             if self.cuda_graphs is not None:
-                types = encoded.token_type_ids
                 graphed = self.cuda_graphs(
                     [encoded.input_ids[i] for i in batch],
                     None if types is None else [types[i] for i in batch],
@@ -323,7 +311,9 @@ class Reranker:
                 if graphed is not None:
                     outputs.append(graphed)
                     continue
-            input_ids, cu_seqlens, max_seqlen, type_ids = _pack(encoded, batch)
+            input_ids, cu_seqlens, max_seqlen, type_ids = pack(
+                [encoded.input_ids[i] for i in batch], None if types is None else [types[i] for i in batch]
+            )
             self.model.check_token_ids(input_ids, type_ids)
             outputs.append(
                 self.model(
@@ -333,9 +323,7 @@ class Reranker:
                     None if type_ids is None else type_ids.to(device, non_blocking=True),
                 )
             )
-        logits = torch.empty(len(lengths), dtype=torch.float32)
-        if order:
-            logits[torch.tensor(order)] = torch.cat(outputs).cpu()
+        logits = in_input_order(outputs, order, len(lengths))
         if progress is not None:
             progress.close()
         return logits
@@ -366,19 +354,6 @@ def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, ho
         return torch.full((n,), float("-inf")).scatter_reduce(0, index, window_logits, reduce="amax")
     sums = torch.zeros(n).index_add_(0, index, window_logits)
     return sums / torch.bincount(index, minlength=n).float()
-
-
-def _pack(
-    encoded: EncodedPairs, batch: list[int]
-) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
-    lengths = [len(encoded.input_ids[i]) for i in batch]
-    input_ids = torch.tensor([t for i in batch for t in encoded.input_ids[i]], dtype=torch.long)
-    cu_seqlens = torch.zeros(len(batch) + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
-    type_ids = None
-    if encoded.token_type_ids is not None:
-        type_ids = torch.tensor([t for i in batch for t in encoded.token_type_ids[i]], dtype=torch.long)
-    return input_ids, cu_seqlens, max(lengths), type_ids
 
 
 def _check_options(**options: object) -> None:

@@ -7,16 +7,14 @@ Test files that run on ``DEVICE`` carry ``pytest.mark.gpu``: benchmarks/gpu_chec
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from turborank.kernels import TRITON_AVAILABLE
+from turborank.kernels import TRITON_AVAILABLE, interpreting
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
-TRITON_RUNS = TRITON_AVAILABLE and (GPU or os.environ.get("TRITON_INTERPRET") == "1")
+TRITON_RUNS = TRITON_AVAILABLE and (GPU or interpreting())
 needs_triton = pytest.mark.skipif(not TRITON_RUNS, reason="needs triton and a GPU or TRITON_INTERPRET=1")
 
 # Checked with triton 3.9.0: a 16 x 16 bf16 tl.dot in the interpreter is off by 1e10.

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from tests.devices import DEVICE, GPU, TRITON_RUNS, needs_triton
-from turborank.kernels import alibi_attention, alibi_attention_padded, alibi_attention_ref
-from turborank.kernels.alibi_attention import (
-    INTERPRETER_TILES,
-    _band_key_ranges,
+from turborank.kernels import (
+    alibi_attention,
+    alibi_attention_padded,
     alibi_attention_padded_ref,
-    gpu_launch_configs,
+    alibi_attention_ref,
 )
+from turborank.kernels._launch import ATTENTION_INTERPRETER_TILES, attention_gpu_launch_configs
+from turborank.kernels.alibi_band import band_key_ranges
+from turborank.packing import cu_seqlens
 
 pytestmark = pytest.mark.gpu
 # Steep heads (narrow bands), a JinaBERT-like one, and a zero slope (no band at all).
@@ -25,9 +27,7 @@ LENGTHS = [300, 17, 130] if not GPU else [8192, 17, 1300, 4097]
 
 
 def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu.to(DEVICE)
+    return cu_seqlens(lengths, DEVICE)
 
 
 HEADS = len(SLOPES)
@@ -56,7 +56,7 @@ def test_band_ranges_are_narrow_for_steep_heads_and_whole_for_flat_ones():
     qp, kp = q.float().transpose(0, 1)[None], k.float().transpose(0, 1)[None]
     valid = torch.ones(1, length, dtype=torch.bool, device=DEVICE)
     key_lengths = torch.tensor([length], device=DEVICE)
-    ranges = _band_key_ranges(qp, kp, kp, valid, key_lengths, _slopes(), 32**-0.5, rows=64)
+    ranges = band_key_ranges(qp, kp, kp, valid, key_lengths, _slopes(), 32**-0.5, rows=64)
     lo, hi = ranges[0][3]  # slope 8, rows 192..255: 56 bits / (8 / ln 2) is under 5 tokens
     assert 192 - 8 <= lo <= 192 and 256 <= hi <= 256 + 8
     assert ranges[4][3] == (0, length)  # slope 0: every key
@@ -91,7 +91,7 @@ def test_kernel_band_equals_full_attention(scale):
 
 
 # Every tile the launchers choose on a GPU, and the interpreter's: the band is tile-granular.
-TILES = sorted({INTERPRETER_TILES, *gpu_launch_configs()})
+TILES = sorted({ATTENTION_INTERPRETER_TILES, *attention_gpu_launch_configs()})
 
 
 @needs_triton

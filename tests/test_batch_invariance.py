@@ -9,6 +9,7 @@ import torch
 
 from tests.helpers import sample_pairs
 from turborank import Reranker
+from turborank.packing import pack
 
 TOL = 1e-6
 
@@ -41,8 +42,7 @@ def test_batch_composition_does_not_matter(reranker, batch_size, max_batch_token
 def test_extra_padding_inside_attention(reranker):
     """The PyTorch attention pads to max_seqlen internally; a larger max_seqlen changes nothing."""
     enc = reranker.tokenizer.encode_pairs(sample_pairs(3, seed=13))
-    ids = torch.tensor([t for s in enc.input_ids for t in s])
-    cu = torch.tensor([0, *torch.tensor(enc.lengths).cumsum(0).tolist()], dtype=torch.int32)
+    ids, cu, _, _ = pack(enc.input_ids)
     tight = reranker.model(ids, cu, max(enc.lengths))
     loose = reranker.model(ids, cu, max(enc.lengths) + 37)
     torch.testing.assert_close(loose, tight, rtol=0, atol=TOL)

@@ -10,7 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.devices import DEVICE, GPU, needs_triton
 from tests.helpers import sample_pairs
 from turborank import Reranker
-from turborank.cuda_graphs import PAIR_BUCKETS, TOKEN_BUCKETS, CudaGraphForward, bucket_layout, choose_bucket
+from turborank.cuda_graphs import CudaGraphForward
+from turborank.packing import PAIR_BUCKETS, TOKEN_BUCKETS, bucket_layout, choose_bucket
 
 pytestmark = pytest.mark.gpu
 

@@ -10,7 +10,7 @@ from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
 from tests.helpers import sample_pairs
 from turborank import Reranker
 from turborank.kernels import gelu_glu_linear, gelu_glu_linear_ref
-from turborank.kernels.gelu_glu_linear import gpu_launch_config
+from turborank.kernels._launch import gelu_glu_linear_gpu_launch_config
 
 pytestmark = [pytest.mark.gpu, needs_triton]
 # (tokens, hidden, intermediate): odd sizes for every tile tail, and the rerankers' own.
@@ -97,7 +97,7 @@ def test_model_with_fused_gemm_matches_unfused(small_ckpt):
 def test_gpu_tiles_in_the_interpreter(dtype):
     """The tiles the launcher picks on a GPU (the interpreter otherwise runs 16 x 32 x 32), on
     shapes with a tail in every dimension of them."""
-    config = gpu_launch_config(dtype)
+    config = gelu_glu_linear_gpu_launch_config(dtype)
     block_m, block_n, block_k = config[:3]
     x, weight = _inputs(block_m + 3, block_k * 2 + 5, block_n + 7, seed=3)
     x, weight = x.to(dtype), weight.to(dtype)

@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, alibi_slopes, gelu_glu_ref
+from turborank.alibi import alibi_slopes
+from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, gelu_glu_ref
+from turborank.packing import cu_seqlens
 
 # The package exports the function `alibi_attention` under the module's name; fetch the module itself.
 attention_module = importlib.import_module("turborank.kernels.alibi_attention")
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu
+    return cu_seqlens(lengths)
 
 
 def dense_attention(q, k, v, lengths_q, lengths_k, slopes):

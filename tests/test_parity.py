@@ -21,6 +21,7 @@ import torch
 from tests.eager_reference import EagerJinaBert
 from tests.helpers import random_ids, read_config
 from turborank import Reranker
+from turborank.packing import pack
 
 # Units in the last place of fp32 at the logits' magnitude (2^-23 relative each).
 FLOOR_ULPS = 8
@@ -50,11 +51,8 @@ class Oracle:
 
 
 def _packed_logits(reranker: Reranker, sequences: list[list[int]]) -> torch.Tensor:
-    lengths = torch.tensor([len(s) for s in sequences])
-    cu = torch.zeros(len(sequences) + 1, dtype=torch.int32)
-    cu[1:] = lengths.cumsum(0)
-    ids = torch.tensor([t for s in sequences for t in s])
-    return reranker.model(ids, cu, int(lengths.max()))
+    ids, cu, longest, _ = pack(sequences)
+    return reranker.model(ids, cu, longest)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.eager_reference import reference_slopes
-from turborank.kernels import alibi_slope_values, alibi_slopes, slopes_differ
+from turborank.alibi import alibi_slope_values, alibi_slopes, slopes_differ
 
 
 def test_twelve_heads_standard_matches_spec():

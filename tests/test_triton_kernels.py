@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
+from turborank.alibi import alibi_slopes
 from turborank.kernels import (
     add_layer_norm,
     add_layer_norm_ref,
@@ -20,13 +21,13 @@ from turborank.kernels import (
     alibi_attention_padded,
     alibi_attention_padded_ref,
     alibi_attention_ref,
-    alibi_slopes,
     embedding_layer_norm,
     embedding_layer_norm_ref,
     gelu_glu,
     gelu_glu_ref,
 )
-from turborank.kernels.alibi_attention import gpu_launch_configs
+from turborank.kernels._launch import attention_gpu_launch_configs
+from turborank.packing import cu_seqlens
 
 pytestmark = [pytest.mark.gpu, needs_triton]
 # bf16 attention goes through tl.dot: checked on GPUs only (HALF_DTYPES skips it in the interpreter);
@@ -37,9 +38,7 @@ if GPU:
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(lengths).cumsum(0)
-    return cu.to(DEVICE)
+    return cu_seqlens(lengths, DEVICE)
 
 
 def _qkv(total: int, heads: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
@@ -98,7 +97,9 @@ def test_attention_half_within_twice_pytorch_error(dtype, lengths):
 
 
 @pytest.mark.parametrize(
-    "config,cases", sorted(gpu_launch_configs().items()), ids=[str(c) for c in sorted(gpu_launch_configs())]
+    "config,cases",
+    sorted(attention_gpu_launch_configs().items()),
+    ids=[str(c) for c in sorted(attention_gpu_launch_configs())],
 )
 def test_attention_at_every_gpu_tile(config, cases):
     """Each (BLOCK_M, BLOCK_N, warps, stages) the launcher picks on a GPU, forced here so that the

@@ -12,6 +12,7 @@ from tests.eager_reference import EagerJinaBert
 from tests.helpers import random_ids, read_config, sample_pairs
 from turborank import Reranker
 from turborank.ops import OP_NAMES
+from turborank.packing import pack
 
 pytestmark = [pytest.mark.gpu, needs_triton]
 
@@ -52,9 +53,6 @@ def test_bf16_model_within_twice_eager_bf16_error(small_ckpt):
     want = EagerJinaBert(small_ckpt, config, scheme, dtype=torch.float64).logits(seqs).double()
     eager_bf16 = EagerJinaBert(small_ckpt, config, scheme, dtype=torch.bfloat16).logits(seqs).double()
     model = Reranker.from_pretrained(small_ckpt, device="cuda", dtype="bfloat16", backend="triton").model
-    lengths = torch.tensor([len(s) for s in seqs])
-    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-    cu[1:] = lengths.cumsum(0)
-    ids = torch.tensor([t for s in seqs for t in s])
-    got = model(ids.cuda(), cu.cuda(), int(lengths.max())).double().cpu()
+    ids, cu, longest, _ = pack(seqs)
+    got = model(ids.cuda(), cu.cuda(), longest).double().cpu()
     assert (got - want).abs().max() <= 2 * (eager_bf16 - want).abs().max() + 1e-3

@@ -1,4 +1,4 @@
-"""ALiBi head slopes for the two JinaBERT schemes (spec §4)."""
+"""ALiBi head slopes for the two JinaBERT schemes (DEVELOPERS.md, "ALiBi slopes")."""
 
 from __future__ import annotations
 

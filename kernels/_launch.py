@@ -1,0 +1,117 @@
+"""What the Triton kernels share: whether Triton runs in its CPU interpreter, each kernel's launch
+configuration (tiles, warps, stages) on a GPU and in the interpreter, the float constants kernels
+use, and the Triton helpers two kernels call (the exact-erf GELU, a sequence's row span)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton ships for Linux only; the PyTorch references still work
+    triton = None
+
+LOG2E = 1.4426950408889634  # log2(e): kernels take exp(x) as exp2(x * LOG2E)
+INV_SQRT2 = 0.7071067811865476  # 1 / sqrt(2), for the exact GELU's erf(x / sqrt(2))
+
+
+def interpreting() -> bool:
+    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1) instead of compiling for a
+    GPU: Triton ops may then run on CPU tensors, and launchers pick small tiles so that tests there
+    exercise the tile tails. Read at each call: tests and scripts set it per process."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+    # A @triton.jit function may read a module global only when it is a tl.constexpr.
+    LOG2E_CONSTEXPR = tl.constexpr(LOG2E)
+    _INV_SQRT2 = tl.constexpr(INV_SQRT2)
+
+    @triton.jit
+    def gelu_erf(x):
+        """Exact (erf) GELU of fp32 ``x``: 0.5 x (1 + erf(x / sqrt(2))); the tanh approximation
+        is off by ~3e-3 in the logits (DEVELOPERS.md, "GEGLU feed-forward")."""
+        return 0.5 * x * (1.0 + tl.erf(x * _INV_SQRT2))
+
+    @triton.jit
+    def sequence_span(CuSeqlens, Seqlens, seq, rows, VARLEN: tl.constexpr):
+        """(first row, row count) of sequence ``seq``: from cu_seqlens when packed, else (0,
+        Seqlens[seq]). Read from memory, never passed as arguments, so that a new sequence length
+        reuses the compiled kernel. Clamped to the ``rows`` the tensor has (packed: all rows;
+        padded: rows per sequence): lengths are not checked on the host (a device sync), and
+        whatever they say, nothing outside the tensor is read."""
+        if VARLEN:
+            first = tl.minimum(tl.maximum(tl.load(CuSeqlens + seq), 0), rows)
+            end = tl.minimum(tl.maximum(tl.load(CuSeqlens + seq + 1), first), rows)
+            return first.to(tl.int64), end - first
+        else:
+            return 0, tl.minimum(tl.maximum(tl.load(Seqlens + seq), 0), rows)
+
+
+# The attention's head_dim limit: every (head_dim <= MAX_HEAD_DIM, dtype) tile fits an H100/H200's
+# shared memory.
+MAX_HEAD_DIM = 256
+# Tiles for Triton's CPU interpreter: small, so that the tests there exercise many tile tails.
+ATTENTION_INTERPRETER_TILES = (16, 16, 1, 1)
+GELU_GLU_LINEAR_INTERPRETER_TILES = (16, 32, 32, 1, 1)
+
+
+def attention_block_d(head_dim: int) -> int:
+    """BLOCK_D: head_dim padded to a power of two >= 16, as tl.arange and tl.dot need."""
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def attention_gpu_launch_config(
+    head_dim: int, max_seqlen_q: int, dtype: torch.dtype
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) the launcher chooses on a GPU.
+
+    Every (head_dim <= MAX_HEAD_DIM, dtype) fits an H100/H200's 227 KiB of shared memory per block,
+    as benchmarks/sm90_compile.py checks for each head-dim class (tests/test_sm90_compile.py)."""
+    if max_seqlen_q <= 16:
+        # The token-0 queries of the last layer: one tile of rows, a long key sweep. fp32 K and V
+        # tiles of 128 keys x 256 dims would need 280 KiB of shared memory: half as many keys.
+        block_n = 64 if dtype == torch.float32 and attention_block_d(head_dim) > 128 else 128
+        return 16, block_n, 4, 2
+    if head_dim <= 64:
+        return 128, 64, 4, 3
+    return 128, 32, 8, 2
+
+
+def attention_gpu_launch_configs() -> dict[tuple[int, int, int, int], list[tuple[int, torch.dtype, int]]]:
+    """Every configuration ``attention_gpu_launch_config`` can return, with the (head_dim, dtype,
+    max_seqlen_q) cases that choose it: what the interpreter tests run, tile by tile."""
+    chosen: dict[tuple[int, int, int, int], list[tuple[int, torch.dtype, int]]] = {}
+    for head_dim in (16, 32, 64, 128, 256):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for max_seqlen_q in (1, 17):
+                config = attention_gpu_launch_config(head_dim, max_seqlen_q, dtype)
+                chosen.setdefault(config, []).append((head_dim, dtype, max_seqlen_q))
+    return chosen
+
+
+def attention_launch_config(
+    head_dim: int, max_seqlen_q: int, dtype: torch.dtype
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for this call."""
+    if interpreting():
+        return ATTENTION_INTERPRETER_TILES
+    return attention_gpu_launch_config(head_dim, max_seqlen_q, dtype)
+
+
+def gelu_glu_linear_gpu_launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the fused GEGLU GEMM chooses on a GPU."""
+    if dtype == torch.float32:
+        return 64, 64, 32, 4, 3
+    # Two 128x128 fp32 accumulators over 8 warps: 128 registers of the 255 per thread.
+    return 128, 128, 64, 8, 3
+
+
+def gelu_glu_linear_launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for this call."""
+    if interpreting():
+        return GELU_GLU_LINEAR_INTERPRETER_TILES
+    return gelu_glu_linear_gpu_launch_config(dtype)
