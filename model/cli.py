@@ -508,10 +508,10 @@ class _EvalInputs:
 def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _EvalInputs:
     """Everything `eval` reads, checked before the model is loaded: files, the first stage (read,
     or built with BM25), that the output can be written, that every document is in the corpus."""
-    from turborank.beir import judged_queries, load_corpus, load_qrels, load_queries
-    from turborank.evaluation import check_first_stage, shard_queries
+    from turborank.eval.beir import judged_queries, load_corpus, load_qrels, load_queries
+    from turborank.eval.rerank_run import check_first_stage, shard_queries
+    from turborank.eval.trec import read_run
     from turborank.replace_file import check_writable_path
-    from turborank.trec import read_run
 
     corpus, queries = load_corpus(args.data), load_queries(args.data)
     qrels = load_qrels(args.data, args.split)
@@ -528,7 +528,7 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     # Before BM25 and the model load: an output that cannot be written is known at once.
     check_writable_path(args.output)
     if first_stage is None:
-        from turborank.first_stage import bm25_run
+        from turborank.eval.bm25 import bm25_run
 
         first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
     qids = [q for q in qids if first_stage.get(q)]
@@ -541,10 +541,10 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
 def _eval(args: argparse.Namespace) -> int:
     import time
 
-    from turborank.evaluation import RerankOptions, rerank_run
-    from turborank.ir_metrics import evaluate
+    from turborank.eval.metrics import evaluate
+    from turborank.eval.rerank_run import RerankOptions, rerank_run
+    from turborank.eval.trec import read_run
     from turborank.replace_file import replace_when_done
-    from turborank.trec import read_run
 
     shard = _parse_shard(args.shard)
     if shard is not None and args.ray is not None:
@@ -622,8 +622,8 @@ def _eval_on_ray(args: argparse.Namespace, options, inputs: _EvalInputs) -> int:
     queries run as Ray tasks, and the output is replaced once all of them are done."""
     import time
 
-    from turborank.ir_metrics import evaluate
-    from turborank.ray_runs import ModelSpec, RayPlan, connect, rerank_run_on_ray
+    from turborank.eval.metrics import evaluate
+    from turborank.eval.ray_runs import ModelSpec, RayPlan, connect, rerank_run_on_ray
 
     plan = RayPlan(
         address=None if args.ray == "local" else args.ray,
@@ -683,7 +683,7 @@ def _progress_bar(total: int):
 
 
 def _merge_runs(args: argparse.Namespace) -> int:
-    from turborank.trec import merge_runs
+    from turborank.eval.trec import merge_runs
 
     merged = merge_runs(args.runs, args.output)
     print(
@@ -691,15 +691,15 @@ def _merge_runs(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.data is not None:
-        from turborank.beir import load_qrels
-        from turborank.ir_metrics import evaluate
+        from turborank.eval.beir import load_qrels
+        from turborank.eval.metrics import evaluate
 
         _print_metrics({"merged": evaluate(load_qrels(args.data, args.split), merged)}, as_json=False)
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from turborank.verify import read_pairs, verify_against_reference
+    from turborank.eval.verify import read_pairs, verify_against_reference
 
     pairs = read_pairs(args.pairs_file) if args.pairs_file else None
     report = verify_against_reference(

@@ -10,16 +10,16 @@ import warnings
 import pytest
 
 from turborank import Reranker
-from turborank.beir import load_corpus, load_qrels, load_queries
 from turborank.cli import main
+from turborank.eval.beir import load_corpus, load_qrels, load_queries
+from turborank.eval.trec import read_run
 from turborank.testing import make_beir_dataset, random_text
 from turborank.tokenization import TruncationWarning
-from turborank.trec import read_run
 
 ir_measures = pytest.importorskip("ir_measures")
 pytest.importorskip("bm25s")
 
-from turborank.ir_metrics import evaluate  # noqa: E402
+from turborank.eval.metrics import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +190,11 @@ def test_shards_merge_to_the_unsharded_run(short_dataset, small_ckpt, tmp_path, 
 
 
 def test_interrupt_leaves_a_valid_partial_run(short_dataset, small_ckpt, tmp_path, capsys, monkeypatch):
-    import turborank.evaluation as evaluation
+    import turborank.eval.rerank_run as rerank_run_module
 
     # Groups of two queries, so the interrupt lands after two complete groups.
     monkeypatch.setattr(
-        evaluation,
+        rerank_run_module,
         "query_groups",
         lambda qids, first_stage, options: [qids[i : i + 2] for i in range(0, len(qids), 2)],
     )
@@ -343,7 +343,7 @@ def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
 
 
 def test_rerank_options_are_validated():
-    from turborank.evaluation import RerankOptions
+    from turborank.eval.rerank_run import RerankOptions
 
     with pytest.raises(ValueError, match="chunk_aggregate='sum'"):
         RerankOptions(chunk_aggregate="sum")
@@ -398,12 +398,12 @@ def test_unwritable_output_is_found_before_bm25_and_the_model(
     dataset, small_ckpt, tmp_path, capsys, monkeypatch, output
 ):
     import turborank.cli as cli
-    import turborank.first_stage as first_stage
+    import turborank.eval.bm25 as bm25
 
     def too_late(*args, **kwargs):
         raise AssertionError("the output should have been checked before this")
 
-    monkeypatch.setattr(first_stage, "bm25_run", too_late)
+    monkeypatch.setattr(bm25, "bm25_run", too_late)
     monkeypatch.setattr(cli, "_load", too_late)
     (tmp_path / "a_file").write_text("")
     (tmp_path / "a_dir").mkdir()

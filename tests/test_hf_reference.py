@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_scores_match_reference_code():
     pytest.importorskip("transformers")
-    from turborank.verify import verify_against_reference
+    from turborank.eval.verify import verify_against_reference
 
     report = verify_against_reference(
         SNAPSHOT, device="cpu", slopes=os.environ.get("TURBORANK_REFERENCE_SLOPES")

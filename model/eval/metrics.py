@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turborank.trec import Run
+from turborank.eval.trec import Run
 
 METRIC_NAMES = ("nDCG@10", "RR@10", "R@100", "Success@10")
 LABELS = {"nDCG@10": "NDCG@10", "RR@10": "MRR@10", "R@100": "Recall@100", "Success@10": "HitRate@10"}

@@ -12,9 +12,9 @@ from typing import TextIO
 
 import torch
 
+from turborank.eval.trec import Run, write_query
 from turborank.packing import descending_order
 from turborank.reranker import Reranker, check_long_doc_options
-from turborank.trec import Run, write_query
 
 
 @dataclasses.dataclass(frozen=True)

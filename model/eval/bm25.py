@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from turborank.trec import Run
+from turborank.eval.trec import Run
 
 
 def bm25_run(corpus: dict[str, str], queries: dict[str, str], top_k: int) -> Run:

@@ -1,7 +1,7 @@
 """Reranking a first-stage run on a Ray cluster (``turborank eval --ray``).
 
 The judged queries are cut into the very groups a single process would score together
-(``evaluation.query_groups``), and each group runs as a Ray task: one model load per worker process
+(``rerank_run.query_groups``), and each group runs as a Ray task: one model load per worker process
 (kept for the tasks that follow on it), one GPU per task where the cluster has GPUs, CPU cores
 otherwise. The inputs travel once through Ray's object store, so the workers need the model (a hub
 id or a path every node can read) but not the dataset. Each finished group comes back to the
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from turborank.evaluation import RerankOptions, RerankStats, check_first_stage, query_groups, rerank_run
-from turborank.trec import Run, merge_runs
+from turborank.eval.rerank_run import RerankOptions, RerankStats, check_first_stage, query_groups, rerank_run
+from turborank.eval.trec import Run, merge_runs
 
 # Ray retries a task whose worker died (killed, out of memory, node lost) this many times.
 TASK_RETRIES = 3
