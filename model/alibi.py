@@ -6,7 +6,7 @@ import math
 
 import torch
 
-SLOPE_SCHEMES = ("standard", "jina-reranker-v1")
+from turborank.option_names import SLOPE_SCHEMES
 
 
 def _power_of_two_slopes(n: int) -> list[float]:

@@ -8,8 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from turborank.alibi import SLOPE_SCHEMES, slopes_differ
+from turborank.alibi import slopes_differ
 from turborank.files import read_regular_file
+from turborank.option_names import SLOPE_SCHEMES
 
 logger = logging.getLogger("turborank")
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 
 from turborank import kernels
+from turborank.option_names import BACKENDS
 
-BACKENDS = ("auto", "torch", "triton")
 OP_NAMES = ("embedding_layer_norm", "alibi_attention", "gelu_glu", "add_layer_norm")
 # Ops that fuse a GEMM into one of OP_NAMES take that op's backend instead of a name of their own:
 # the fused GEGLU GEMM (``gelu_glu_linear``) is the gelu_glu op with its up-projection folded in,

@@ -15,6 +15,7 @@ from turborank.cuda_graphs import CudaGraphForward
 from turborank.hub import DEFAULT_MODEL, resolve_checkpoint
 from turborank.modeling import JinaBertReranker
 from turborank.ops import resolve_ops
+from turborank.option_names import CHUNK_AGGREGATES, DTYPE_NAMES, LONG_DOC_MODES
 from turborank.packing import (
     PAIR_BUCKETS,
     TOKEN_BUCKETS,
@@ -28,9 +29,7 @@ from turborank.weights import find_weights_file, load_weights
 
 logger = logging.getLogger("turborank")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LONG_DOC_MODES = ("truncate", "chunk")
-CHUNK_AGGREGATES = ("max", "mean")
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
 PROGRESS_MIN_PAIRS = 1000
 

@@ -13,9 +13,9 @@ from tokenizers import Tokenizer
 
 from turborank.config import MAX_CONFIG_BYTES
 from turborank.files import read_regular_file
+from turborank.option_names import TRUNCATION_STRATEGIES
 from turborank.unicode_text import describe_lone_surrogate
 
-TRUNCATION_STRATEGIES = ("longest_first", "only_second")
 TRUNCATION_DIRECTIONS = ("right", "left")
 # HF writes int(1e30) when a tokenizer has no limit of its own.
 _NO_LIMIT = 10**9

@@ -1,0 +1,18 @@
+"""The values the string options of ``Reranker`` accept, in a module that imports nothing.
+
+The library checks its arguments against these and the command line offers them as argparse
+``choices``: one list each, so the two cannot drift. The CLI builds its parser before torch is
+imported (Ctrl-C during that import is then one line, not a traceback), hence no torch here.
+"""
+
+from __future__ import annotations
+
+# Names of torch dtypes (``getattr(torch, name)``), as ``dtype=`` takes them.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# "auto" picks Triton for CUDA tensors and PyTorch otherwise (turborank.ops).
+BACKENDS = ("auto", "torch", "triton")
+# The two JinaBERT ALiBi slope schemes (DEVELOPERS.md, "ALiBi slopes").
+SLOPE_SCHEMES = ("standard", "jina-reranker-v1")
+TRUNCATION_STRATEGIES = ("longest_first", "only_second")
+LONG_DOC_MODES = ("truncate", "chunk")
+CHUNK_AGGREGATES = ("max", "mean")
