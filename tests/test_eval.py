@@ -397,14 +397,14 @@ def test_shard_without_queries_is_named(dataset, small_ckpt, capsys):
 def test_unwritable_output_is_found_before_bm25_and_the_model(
     dataset, small_ckpt, tmp_path, capsys, monkeypatch, output
 ):
-    import turborank.cli as cli
+    import turborank.cli.eval as eval_command
     import turborank.eval.bm25 as bm25
 
     def too_late(*args, **kwargs):
         raise AssertionError("the output should have been checked before this")
 
     monkeypatch.setattr(bm25, "bm25_run", too_late)
-    monkeypatch.setattr(cli, "_load", too_late)
+    monkeypatch.setattr(eval_command, "load_reranker", too_late)
     (tmp_path / "a_file").write_text("")
     (tmp_path / "a_dir").mkdir()
     code, _, err = run_cli(

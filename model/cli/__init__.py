@@ -1,0 +1,39 @@
+"""The ``turborank`` command line: one module per subcommand, the shared options in ``common``.
+
+Nothing here imports torch: a command imports it when it loads the model, inside ``main``, so that
+Ctrl-C during that (seconds-long) import is reported in one line like any other interrupt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from turborank.cli.common import BROKEN_PIPE_EXIT, USER_ERRORS, fail
+from turborank.cli.parser import COMMANDS, build_parser
+from turborank.cli.version import version_text
+
+__all__ = ["build_parser", "main", "version_text"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="turborank: %(levelname)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
+        try:
+            code = COMMANDS[args.command].run(args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            # The reader left (`turborank rank ... | head -1`): exit quietly as a SIGPIPE'd tool does,
+            # with stdout pointed away so the interpreter's last flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return BROKEN_PIPE_EXIT
+        except USER_ERRORS as exc:
+            return fail(str(exc))
+        except KeyboardInterrupt:  # also while torch is still being imported
+            return fail("interrupted", code=130)

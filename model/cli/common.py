@@ -1,0 +1,85 @@
+"""What the commands share: the one-line error, the model options, loading the model, metric tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from turborank.option_names import BACKENDS, DTYPE_NAMES, SLOPE_SCHEMES
+
+if TYPE_CHECKING:
+    from turborank.reranker import Reranker
+
+# Errors a user can cause (bad input, missing files, unreachable hub): one line, no traceback.
+USER_ERRORS = (ValueError, OSError, NotImplementedError, ImportError)
+# The status a shell reports for a process killed by SIGPIPE, as `yes | head` does.
+BROKEN_PIPE_EXIT = 141
+
+
+def fail(message: str, code: int = 1) -> int:
+    """Print ``turborank: error: message`` to stderr; returns ``code``, the exit status to give."""
+    print(f"turborank: error: {message}", file=sys.stderr)
+    return code
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_model: str | None) -> None:
+    parser.add_argument(
+        "--model",
+        default=default_model,
+        required=default_model is None,
+        help=f"checkpoint directory or hub id (default: {default_model})",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto = CUDA when available, else CPU",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPE_NAMES],
+        help="auto = bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=list(BACKENDS),
+        help="per-op implementation: auto = Triton on CUDA, PyTorch on CPU",
+    )
+    parser.add_argument(
+        "--slopes",
+        default=None,
+        choices=list(SLOPE_SCHEMES),
+        help="override the ALiBi slope scheme chosen from config.json",
+    )
+
+
+def load_reranker(args: argparse.Namespace) -> Reranker:
+    """The model the options of ``add_model_options`` name (torch is imported here, not before)."""
+    from turborank.reranker import Reranker
+
+    return Reranker.from_pretrained(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        slopes=args.slopes,
+        backend=args.backend,
+        cuda_graphs=getattr(args, "cuda_graphs", False),
+    )
+
+
+def print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
+    """One row per run (first stage, reranked, merged), one column per metric."""
+    if as_json:
+        print(json.dumps(rows))
+        return
+    names = list(next(iter(rows.values())))
+    print(f"{'':<12}" + "".join(f"{n:>12}" for n in names))
+    for label, values in rows.items():
+        print(
+            f"{label:<12}"
+            + "".join(f"{values[n]:>12.4f}" if n != "queries" else f"{values[n]:>12}" for n in names)
+        )

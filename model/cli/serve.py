@@ -1,0 +1,211 @@
+"""``turborank serve``: the HTTP rerank server (Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank),
+in this process or as Ray Serve replicas."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+from turborank.cli.common import add_model_options, fail, load_reranker
+from turborank.hub import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from turborank.serving.app import ServeSettings
+    from turborank.tokenization import PairTokenizer
+
+HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser, DEFAULT_MODEL)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="token budget of one forward")
+    parser.add_argument(
+        "--max-client-batch-size", type=int, default=32, help="documents per request on the TEI routes"
+    )
+    parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=1000,
+        help="documents per request on the Jina/Cohere routes (/v1/rerank, /v2/rerank)",
+    )
+    parser.add_argument("--max-concurrent-requests", type=int, default=512, help="beyond it: 429")
+    parser.add_argument(
+        "--max-input-length", type=int, default=None, help="tokens per pair (default: model max)"
+    )
+    parser.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="TEI routes: truncate long inputs when the request does not say (else 422)",
+    )
+    parser.add_argument(
+        "--strict-input-length",
+        action="store_true",
+        help="Jina/Cohere routes: refuse (422) a pair over --max-input-length instead of truncating it",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("TURBORANK_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on the rerank routes and /info (default: "
+        "$TURBORANK_API_KEY; health, ready, metrics and docs stay open)",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="beyond it: 413")
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a request body may stall before 408 (the slot is freed)",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=int,
+        default=64 * 1024,
+        help="bytes/s a request body must average after --body-timeout, else 408 (0: no minimum)",
+    )
+    parser.add_argument(
+        "--tokenization-workers", type=int, default=2, help="threads that decode and tokenise requests"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for in-flight requests"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.add_argument(
+        "--json-logs", action="store_true", help="log JSON lines (one object per record) instead of text"
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay CUDA graphs for small batches (< 128 pairs, <= 4096 tokens; each shape bucket is "
+        "captured on first use); needs CUDA and the Triton backend",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve through Ray Serve's proxy with --replicas copies of the app: 'local' (default) starts a "
+        "cluster here; 'auto' or ray://host:10001 joins one",
+    )
+    parser.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app")
+    parser.add_argument(
+        "--gpus-per-replica", type=float, default=None, help="with --ray: default 1 on CUDA, else 0"
+    )
+    parser.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="with --ray: CPU cores per replica"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:  # the serve extra is there (checked before the model is loaded)
+        import turborank.serving.server  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"turborank serve needs the serve extra: pip install 'turborank[serve]' ({exc})"
+        ) from None
+    if not 1 <= args.port <= 65535:
+        return fail(f"--port must be a TCP port number (1..65535), got {args.port}")
+    for name in (
+        "max_batch_tokens",
+        "max_client_batch_size",
+        "max_documents",
+        "max_concurrent_requests",
+        "max_body_bytes",
+        "max_input_length",
+        "tokenization_workers",
+    ):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("body_timeout", "drain_timeout"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            return fail(
+                f"--{name.replace('_', '-')} must be a positive number of seconds, got {getattr(args, name)}"
+            )
+    if args.min_body_rate < 0:
+        return fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
+    if args.api_key is not None and not (args.api_key and all("!" <= c <= "~" for c in args.api_key)):
+        return fail("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
+    from turborank.serving.logs import serve_logging
+
+    # Before the load, so that its lines are in the chosen format too; put back when serving ends.
+    with serve_logging(args.log_level, args.json_logs):
+        return _load_and_serve(args)
+
+
+def _load_and_serve(args: argparse.Namespace) -> int:
+    from turborank.serving.app import ServeSettings
+    from turborank.serving.server import serve
+
+    if args.ray is not None:
+        # The replicas load the model; here the tokenizer is enough to check the limits.
+        tokenizer = _tokenizer_only(args)
+        reranker = None
+    else:
+        reranker = load_reranker(args)
+        tokenizer = reranker.tokenizer
+    max_input_length = tokenizer.model_max_length if args.max_input_length is None else args.max_input_length
+    low, high = tokenizer.num_special_tokens + 1, tokenizer.model_max_length
+    if not low <= max_input_length <= high:
+        return fail(
+            f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "
+            f"needs its {low - 1} special tokens and at least one more"
+        )
+    settings = ServeSettings(
+        model_name=args.model,
+        max_batch_tokens=args.max_batch_tokens,
+        max_client_batch_size=args.max_client_batch_size,
+        max_documents=args.max_documents,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_input_length=max_input_length,
+        auto_truncate=args.auto_truncate,
+        strict_input_length=args.strict_input_length,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
+        min_body_rate=args.min_body_rate,
+        tokenizer_threads=args.tokenization_workers,
+        drain_timeout_s=args.drain_timeout,
+    )
+    if args.ray is not None:
+        return _serve_on_ray(args, settings)
+    serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _tokenizer_only(args: argparse.Namespace) -> PairTokenizer:
+    from turborank.config import JinaBertConfig
+    from turborank.hub import resolve_checkpoint
+    from turborank.tokenization import PairTokenizer
+
+    directory = resolve_checkpoint(args.model)
+    config = JinaBertConfig.from_file(directory / "config.json", slopes=args.slopes)
+    return PairTokenizer.from_directory(directory, config.max_position_embeddings)
+
+
+def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
+    from turborank.serving.ray_serve import ReplicaPlan, serve_on_ray
+
+    if args.cuda_graphs:
+        return fail(
+            "--cuda-graphs is not available with --ray yet: each replica would capture its own graphs"
+        )
+    plan = ReplicaPlan(
+        address=None if args.ray == "local" else args.ray,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica,
+    )
+    load = {
+        "path_or_hub_id": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "slopes": args.slopes,
+        "backend": args.backend,
+    }
+    serve_on_ray(load, settings, plan, host=args.host, port=args.port)
+    return 0
