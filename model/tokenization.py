@@ -103,7 +103,7 @@ class PairTokenizer:
         self.source = source
         self._configured: dict[tuple[int, str, str, int], Tokenizer] = {}
         self._lock = threading.Lock()
-        probe = self._tokenizer(model_max_length, "longest_first")
+        probe = self._truncating(model_max_length, "longest_first")
         self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
         if self.num_special_tokens == 0:
             raise ValueError(
@@ -154,9 +154,11 @@ class PairTokenizer:
             limit_source=limit_source,
         )
 
-    def _tokenizer(
+    def _truncating(
         self, max_length: int, strategy: str, direction: str = "right", stride: int = 0
     ) -> Tokenizer:
+        """The base tokenizer configured to truncate so, built once per setting (a configured
+        tokenizer is not shared across settings: threads may tokenise with different limits)."""
         key = (max_length, strategy, direction, stride)
         with self._lock:
             tok = self._configured.get(key)
@@ -263,7 +265,7 @@ class PairTokenizer:
                     clipped, max_length, truncation, direction, max_document_tokens
                 )
             else:
-                encodings = self._tokenizer(max_length, truncation, direction).encode_batch(clipped)
+                encodings = self._truncating(max_length, truncation, direction).encode_batch(clipped)
                 documents_cut = [False] * len(encodings)
         except UncuttableTextError:
             raise
@@ -303,7 +305,7 @@ class PairTokenizer:
         encoding the pair, but with the document cut first. The texts were clipped for
         ``max_length`` >= ``max_document_tokens``, so the document's first tokens are exact."""
         plain = self._plain()
-        pair_tokenizer = self._tokenizer(max_length, truncation, direction)
+        pair_tokenizer = self._truncating(max_length, truncation, direction)
         queries = {q: plain.encode(q, add_special_tokens=False) for q in dict.fromkeys(q for q, _ in pairs)}
         documents = plain.encode_batch([d for _, d in pairs], add_special_tokens=False)
         encodings, cut = [], []
@@ -327,7 +329,7 @@ class PairTokenizer:
         _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
-        plain = self._tokenizer(self.model_max_length, "longest_first")
+        plain = self._truncating(self.model_max_length, "longest_first")
         for query in dict.fromkeys(q for q, _ in pairs):
             query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
             room = max_length - self.num_special_tokens - query_tokens
@@ -338,7 +340,7 @@ class PairTokenizer:
                     f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "
                     f"max_length={max_length} leaves beside this query"
                 )
-        encodings = self._tokenizer(max_length, "only_second", "right", overlap).encode_batch(pairs)
+        encodings = self._truncating(max_length, "only_second", "right", overlap).encode_batch(pairs)
         windows, owners = [], []
         for index, enc in enumerate(encodings):
             for window in (enc, *enc.overflowing):

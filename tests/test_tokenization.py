@@ -212,7 +212,7 @@ def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
         for truncation in ("longest_first", "only_second"):
             for direction in ("right", "left"):
                 try:
-                    whole = tok._tokenizer(max_length, truncation, direction).encode_batch(pairs)
+                    whole = tok._truncating(max_length, truncation, direction).encode_batch(pairs)
                 except Exception:
                     continue  # only_second with a query longer than the budget: an error either way
                 got = tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
@@ -237,9 +237,9 @@ def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
             seen.extend(len(q) + len(d) for q, d in pairs)
             return self.inner.encode_batch(pairs)
 
-    plain, configured = tok._plain, tok._tokenizer
+    plain, configured = tok._plain, tok._truncating
     monkeypatch.setattr(tok, "_plain", lambda: Recording(plain()))
-    monkeypatch.setattr(tok, "_tokenizer", lambda *a, **k: Recording(configured(*a, **k)))
+    monkeypatch.setattr(tok, "_truncating", lambda *a, **k: Recording(configured(*a, **k)))
     document = random_text(random.Random(5), 200_000)  # about 1.4 million characters
     with pytest.warns(TruncationWarning):
         enc = tok.encode_pairs([("a query", document)], max_length=512)
@@ -252,7 +252,7 @@ def test_text_without_word_boundaries_is_kept_whole_or_refused_when_bounded(tok,
     """A cut inside one long word is not exact (BPE splits a run of one character by its length),
     so such a text is tokenised whole, or with bounded=True refused after a bounded search."""
     pairs = [("q", text)]
-    whole = tok._tokenizer(64, "longest_first", "right").encode_batch(pairs)
+    whole = tok._truncating(64, "longest_first", "right").encode_batch(pairs)
     with pytest.warns(TruncationWarning):
         assert tok.encode_pairs(pairs, 64).input_ids == [whole[0].ids]
     limit = CLIP_MAX_CHARS_PER_TOKEN * 64
