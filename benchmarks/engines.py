@@ -37,16 +37,16 @@ class TurborankEngine:
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.reranker.tokenizer.encode_pairs([("q", text)]).input_ids[0])
+        return len(self.reranker.encode([("q", text)])[0].input_ids[0])
 
     def pair_lengths(self, pairs: list[tuple[str, str]], max_length: int) -> list[int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.reranker.tokenizer.encode_pairs(pairs, max_length=max_length).lengths
+            return self.reranker.encode(pairs, max_length=max_length)[0].lengths
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 32) -> torch.Tensor:
-        encoded = self.reranker.tokenizer.encode_pairs(pairs, max_length=max_length)
-        return self.reranker.score_encoded(encoded, batch_size=batch_size)
+        encoded, _ = self.reranker.encode(pairs, max_length=max_length)
+        return self.reranker.logits(encoded, batch_size=batch_size)
 
 
 def padded_batches(

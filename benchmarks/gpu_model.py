@@ -103,7 +103,7 @@ def _percentiles(fn, iters: int) -> tuple[float, float]:
 
 
 def model_rows(reranker: Reranker, backend: str, sizes: Sizes) -> list[dict]:
-    model = reranker.model
+    model = reranker.module
     rows = []
     long_case = (f"1 x {sizes.long}", 1, sizes.long)
     pair_case = (f"{sizes.pairs} x {sizes.pair_tokens}", sizes.pairs, sizes.pair_tokens)
@@ -217,7 +217,7 @@ def small_request_rows(checkpoint: str, sizes: Sizes) -> list[dict]:
     rows = []
     # Host time to enqueue one eager forward (no sync) against the GPU time it then takes.
     inputs = _pack_for(encoded)
-    model = reranker.model
+    model = reranker.module
     gpu_ms = statistics.median(_time_forward(model, inputs, sizes.iters))
     ENV.synchronize()
     start = time.perf_counter()
@@ -233,12 +233,12 @@ def small_request_rows(checkpoint: str, sizes: Sizes) -> list[dict]:
             f"{sum(encoded.lengths)} tokens",
         }
     )
-    p50, p99 = _percentiles(lambda: reranker.score_encoded(encoded), sizes.latency_iters)
+    p50, p99 = _percentiles(lambda: reranker.logits(encoded), sizes.latency_iters)
     rows.append(
         {"case": "model card from token ids, eager", "backend": "triton", "p50_ms": p50, "p99_ms": p99}
     )
     runner = reranker.enable_cuda_graphs(capture=not ENV.smoke)
-    p50, p99 = _percentiles(lambda: reranker.score_encoded(encoded), sizes.latency_iters)
+    p50, p99 = _percentiles(lambda: reranker.logits(encoded), sizes.latency_iters)
     rows.append(
         {
             "case": "model card from token ids, CUDA graph",

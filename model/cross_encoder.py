@@ -70,7 +70,7 @@ class CrossEncoder:
         self.reranker = Reranker.from_pretrained(
             model_name_or_path, device=device, dtype=dtype, revision=revision
         )
-        self.max_length = self.reranker.tokenizer.check_max_length(max_length)
+        self.max_length = self.reranker.check_max_length(max_length)
         self.activation_fn = activation_fn if activation_fn is not None else torch.nn.Sigmoid()
         self.num_labels = 1
 

@@ -71,6 +71,12 @@ class Reranker:
 
     Scores follow the reference conventions: ``compute_score`` and ``rank`` return sigmoid(logit);
     ``predict(..., activation=False)`` returns raw logits.
+
+    Below those, one low-level pair for callers that tokenise apart from scoring (the server, the
+    eval driver): ``encode(pairs) -> (EncodedPairs, owners)`` and ``logits(encoded, owners)``.
+    The model, the tokenizer and the CUDA-graph runner are private; what callers need of them is
+    here: ``num_special_tokens``, ``check_max_length``, ``describe()`` and, to time the raw
+    forward, ``module``.
     """
 
     def __init__(
@@ -80,11 +86,11 @@ class Reranker:
         name: str = "",
         backend: str | dict[str, str] = "auto",
     ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
+        self._model = model
+        self._tokenizer = tokenizer
         self.name = name
         self.backend = backend
-        self.cuda_graphs: CudaGraphForward | None = None
+        self._cuda_graphs: CudaGraphForward | None = None
 
     @classmethod
     def from_pretrained(
@@ -136,8 +142,8 @@ class Reranker:
         CUDA graph captured per (pairs, tokens) bucket: one launch instead of ~60, which is most of
         the latency of a small request on a fast GPU. Larger batches run as before. Needs CUDA and
         the Triton ops. ``capture=False`` runs the bucketed layout eagerly (for tests on CPU)."""
-        self.cuda_graphs = CudaGraphForward(self.model, max_pairs, max_tokens, capture)
-        return self.cuda_graphs
+        self._cuda_graphs = CudaGraphForward(self._model, max_pairs, max_tokens, capture)
+        return self._cuda_graphs
 
     def to(self, device: str | torch.device) -> Reranker:
         """Move the model to ``device``, its ops chosen again for it (``backend`` as loaded: "auto"
@@ -145,30 +151,70 @@ class Reranker:
         dropped (``enable_cuda_graphs`` again on the new one)."""
         device = resolve_device(device)
         ops = resolve_ops(self.backend, device)
-        if self.model.fused_gelu_glu_gemm and ops.backends["gelu_glu"] != "triton":
+        if self._model.fused_gelu_glu_gemm and ops.backends["gelu_glu"] != "triton":
             raise ValueError(
                 f"the fused GEGLU GEMM is a Triton kernel; the gelu_glu op on {device} is PyTorch"
             )
-        self.model = self.model.to(device)
-        self.model.ops = ops
-        self.cuda_graphs = None
+        self._model = self._model.to(device)
+        self._model.ops = ops
+        self._cuda_graphs = None
         return self
 
     @property
     def config(self) -> JinaBertConfig:
-        return self.model.config
+        return self._model.config
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self._model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return self._model.dtype
 
     @property
     def max_length(self) -> int:
-        return self.tokenizer.model_max_length
+        """Tokens per pair the model takes (special tokens included): the default ``max_length``."""
+        return self._tokenizer.model_max_length
+
+    @property
+    def num_special_tokens(self) -> int:
+        """Special tokens the pair template adds (``<s> q </s></s> d </s>``: 4); a ``max_length``
+        must leave room for them and one more token."""
+        return self._tokenizer.num_special_tokens
+
+    def check_max_length(self, max_length: int | None) -> int:
+        """``max_length`` when it is an integer in ``num_special_tokens + 1 .. max_length``, the
+        model maximum for None; else ValueError naming the range."""
+        return self._tokenizer.check_max_length(max_length)
+
+    @property
+    def module(self) -> JinaBertReranker:
+        """The torch module behind the scores, for benchmarks that time the raw forward:
+        ``module(input_ids [tokens], cu_seqlens [pairs + 1], max_seqlen[, token_type_ids [tokens]])
+        -> fp32 logits [pairs]`` (``packing.pack`` builds its inputs). Scoring text never needs it."""
+        return self._model
+
+    def describe(self) -> dict[str, Any]:
+        """What runs the scores, for ``/info`` and the server's startup line: device and dtype (as
+        text), the backend of each op, the ALiBi slope scheme and why it was chosen, and the CUDA
+        graphs (None when off, else their caps, the buckets captured and the batches replayed)."""
+        graphs = self._cuda_graphs
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "backends": dict(self._model.ops.backends),
+            "alibi_scheme": self.config.alibi_scheme,
+            "alibi_scheme_reason": self.config.alibi_scheme_reason,
+            "cuda_graphs": None
+            if graphs is None
+            else {
+                "max_pairs": graphs.max_pairs,
+                "max_tokens": graphs.max_tokens,
+                "captured_buckets": graphs.captured,
+                "graphed_batches": graphs.batches,
+            },
+        }
 
     def compute_score(
         self, pairs: Sequence[Sequence[str]] | Sequence[str], **options: Any
@@ -211,8 +257,14 @@ class Reranker:
         if not pairs:
             return []
         encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
-        logits = self.pair_logits(
-            encoded, owners, len(pairs), chunk_aggregate, batch_size, max_batch_tokens, show_progress_bar
+        logits = self.logits(
+            encoded,
+            owners,
+            n_pairs=len(pairs),
+            chunk_aggregate=chunk_aggregate,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            show_progress_bar=show_progress_bar,
         )
         scores = torch.sigmoid(logits) if activation else logits
         return scores.tolist()
@@ -225,32 +277,73 @@ class Reranker:
         long_doc: str = "truncate",
         chunk_overlap: int = 128,
         warn: bool = True,
+        *,
+        direction: str = "right",
+        bounded: bool = False,
+        max_document_tokens: int | None = None,
     ) -> tuple[EncodedPairs, list[int] | None]:
-        """Token ids to score: one sequence per pair ("truncate"; owners None), or the windows of
-        every pair with, per window, the index of its pair ("chunk")."""
+        """Token ids to score, for ``logits``: one sequence per pair ("truncate"; owners None), or
+        the windows of every pair with, per window, the index of its pair ("chunk").
+
+        Args:
+            pairs: (query, document) strings.
+            max_length, truncation, long_doc, chunk_overlap: as in ``predict``.
+            warn: a TruncationWarning counting the pairs cut (``EncodedPairs.was_truncated`` says
+                which either way).
+            direction: "right" cuts the end of a truncated text, "left" its start.
+            bounded: raise UncuttableTextError for an over-long text with no word boundary to clip
+                it at, instead of tokenising it whole (the server's bound on tokenising time).
+            max_document_tokens: first cut each document to this many tokens, then the pair to
+                ``max_length``.
+            ``direction``, ``bounded`` and ``max_document_tokens`` are for long_doc="truncate".
+        Returns:
+            (EncodedPairs of [n] sequences, None) for "truncate"; (EncodedPairs of [windows]
+            sequences, owners [windows]) for "chunk".
+        """
         check_long_doc_options(long_doc, "max")
         if long_doc == "truncate":
-            return self.tokenizer.encode_pairs(pairs, max_length, truncation, warn=warn), None
-        return self.tokenizer.encode_chunked(pairs, max_length, chunk_overlap)
+            encoded = self._tokenizer.encode_pairs(
+                pairs,
+                max_length,
+                truncation,
+                direction,
+                warn=warn,
+                bounded=bounded,
+                max_document_tokens=max_document_tokens,
+            )
+            return encoded, None
+        if direction != "right" or bounded or max_document_tokens is not None:
+            raise ValueError('direction, bounded and max_document_tokens apply to long_doc="truncate"')
+        return self._tokenizer.encode_chunked(pairs, max_length, chunk_overlap)
 
-    def pair_logits(
+    def logits(
         self,
         encoded: EncodedPairs,
-        owners: list[int] | None,
-        n_pairs: int,
+        owners: list[int] | None = None,
+        *,
+        n_pairs: int | None = None,
         chunk_aggregate: str = "max",
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
         show_progress_bar: bool | None = False,
     ) -> torch.Tensor:
-        """fp32 logits [n_pairs] on CPU for what ``encode`` returned; windows are aggregated per pair."""
-        logits = self.score_encoded(
+        """fp32 logits on CPU for what ``encode`` returned, in pair order: [n] for n sequences
+        (owners None), or [n_pairs] with each pair's window logits aggregated by
+        ``chunk_aggregate`` ("max" or "mean"). ``n_pairs`` defaults to one past the largest owner
+        (every pair has at least one window). Batches of at most ``batch_size`` pairs and
+        ``max_batch_tokens`` tokens are length-sorted; the order of ``encoded`` is kept."""
+        check_long_doc_options("truncate", chunk_aggregate)
+        logits = self._score_encoded(
             encoded,
             batch_size=batch_size,
             max_batch_tokens=max_batch_tokens,
             show_progress_bar=show_progress_bar,
         )
-        return logits if owners is None else aggregate_windows(logits, owners, n_pairs, chunk_aggregate)
+        if owners is None:
+            return logits
+        if n_pairs is None:
+            n_pairs = max(owners, default=-1) + 1
+        return aggregate_windows(logits, owners, n_pairs, chunk_aggregate)
 
     def rank(
         self,
@@ -279,7 +372,7 @@ class Reranker:
             results.append(item)
         return results
 
-    def score_encoded(
+    def _score_encoded(
         self,
         encoded: EncodedPairs,
         batch_size: int = 32,
@@ -302,8 +395,8 @@ class Reranker:
             order += batch
             if progress is not None:
                 progress.update(len(batch))
-            if self.cuda_graphs is not None:
-                graphed = self.cuda_graphs(
+            if self._cuda_graphs is not None:
+                graphed = self._cuda_graphs(
                     [encoded.input_ids[i] for i in batch],
                     None if types is None else [types[i] for i in batch],
                 )
@@ -313,9 +406,9 @@ class Reranker:
             input_ids, cu_seqlens, max_seqlen, type_ids = pack(
                 [encoded.input_ids[i] for i in batch], None if types is None else [types[i] for i in batch]
             )
-            self.model.check_token_ids(input_ids, type_ids)
+            self._model.check_token_ids(input_ids, type_ids)
             outputs.append(
-                self.model(
+                self._model(
                     input_ids.to(device, non_blocking=True),
                     cu_seqlens.to(device, non_blocking=True),
                     max_seqlen,

@@ -41,10 +41,10 @@ def test_batch_composition_does_not_matter(reranker, batch_size, max_batch_token
 
 def test_extra_padding_inside_attention(reranker):
     """The PyTorch attention pads to max_seqlen internally; a larger max_seqlen changes nothing."""
-    enc = reranker.tokenizer.encode_pairs(sample_pairs(3, seed=13))
+    enc = reranker.encode(sample_pairs(3, seed=13))[0]
     ids, cu, _, _ = pack(enc.input_ids)
-    tight = reranker.model(ids, cu, max(enc.lengths))
-    loose = reranker.model(ids, cu, max(enc.lengths) + 37)
+    tight = reranker.module(ids, cu, max(enc.lengths))
+    loose = reranker.module(ids, cu, max(enc.lengths) + 37)
     torch.testing.assert_close(loose, tight, rtol=0, atol=TOL)
 
 

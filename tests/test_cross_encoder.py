@@ -94,7 +94,7 @@ def test_sentence_transformers_only_keywords_warn_never_raise(small_ckpt, encode
 def test_to_moves_the_model_and_chooses_ops_again(small_ckpt):
     encoder = CrossEncoder(str(small_ckpt), device="cpu")
     assert encoder.to("cpu") is encoder and encoder.device.type == "cpu"
-    assert encoder.reranker.model.ops.backends["alibi_attention"] == "torch"
+    assert encoder.reranker.describe()["backends"]["alibi_attention"] == "torch"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             encoder.to("cuda")

@@ -52,7 +52,7 @@ def test_bucket_layout_rows_all_belong_to_non_empty_sequences():
 
 
 def test_capture_needs_cuda_and_triton(small_ckpt):
-    model = Reranker.from_pretrained(small_ckpt, device="cpu", backend="torch").model
+    model = Reranker.from_pretrained(small_ckpt, device="cpu", backend="torch").module
     with pytest.raises(ValueError, match="CUDA device"):
         CudaGraphForward(model)
     eager = CudaGraphForward(model, capture=False)
@@ -90,7 +90,7 @@ def test_bucketed_path_refuses_ids_past_the_tables_on_the_host(small_ckpt):
     vocab = reranker.config.vocab_size
     bad = EncodedPairs(input_ids=[[0, 5], [0, vocab + 3]], token_type_ids=None, was_truncated=[False, False])
     with pytest.raises(ValueError, match=f"input_ids must lie in \\[0, {vocab}\\)") as refused:
-        reranker.score_encoded(bad)
+        reranker.logits(bad)
     # Refused by the bucketed path itself, before its forward.
     assert any(entry.path.name == "cuda_graphs.py" for entry in refused.traceback)
     assert runner.batches == 0
@@ -162,7 +162,7 @@ def test_triton_forward_has_no_host_sync(small_ckpt):
     inputs = bucket_layout([[0, 5, 6, 7], [0, 8, 9]], [[0, 0, 1, 1], [0, 1, 1]], (4, 64))
     found = {}
     for backend in ("triton", "torch"):
-        model = Reranker.from_pretrained(small_ckpt, device=device, dtype="float32", backend=backend).model
+        model = Reranker.from_pretrained(small_ckpt, device=device, dtype="float32", backend=backend).module
         flat = inputs.to(device)
         with _SyncDetector() as detector:
             model(flat[:64], flat[128:].to(torch.int32), 64, flat[64:128])

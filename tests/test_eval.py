@@ -61,9 +61,7 @@ def run_cli(args, capsys):
 
 def test_dataset_has_long_documents_and_planted_answers(dataset, reranker):
     corpus, queries, qrels = load_corpus(dataset), load_queries(dataset), load_qrels(dataset)
-    lengths = reranker.tokenizer.encode_pairs(
-        [("q", d) for d in corpus.values()], max_length=8192, warn=False
-    )
+    lengths = reranker.encode([("q", d) for d in corpus.values()], max_length=8192, warn=False)[0]
     assert sum(enc for enc in lengths.was_truncated) >= 3  # documents past 8,192 tokens
     assert set(qrels) == set(queries)
     for qid, judged in qrels.items():
@@ -198,7 +196,7 @@ def test_interrupt_leaves_a_valid_partial_run(short_dataset, small_ckpt, tmp_pat
         "query_groups",
         lambda qids, first_stage, options: [qids[i : i + 2] for i in range(0, len(qids), 2)],
     )
-    real = Reranker.score_encoded
+    real = Reranker.logits
     calls = {"n": 0}
 
     def interrupt_third_group(self, *args, **kwargs):
@@ -207,7 +205,7 @@ def test_interrupt_leaves_a_valid_partial_run(short_dataset, small_ckpt, tmp_pat
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Reranker, "score_encoded", interrupt_third_group)
+    monkeypatch.setattr(Reranker, "logits", interrupt_third_group)
     output = tmp_path / "partial.trec"
     code, out, err = run_cli(
         [
@@ -237,7 +235,7 @@ def test_chunking_finds_a_passage_beyond_8192_tokens_that_truncation_misses(rera
     best, worst = passages[order[0]], [passages[i] for i in order[-60:]]
     head = " ".join(rng.choice(worst) for _ in range(460))
     long_doc = head + " " + best + " " + " ".join(rng.choice(worst) for _ in range(5))
-    prefix = reranker.tokenizer.encode_pairs([(query, head)], max_length=8192, warn=False)
+    prefix = reranker.encode([(query, head)], max_length=8192, warn=False)[0]
     assert prefix.was_truncated == [True]  # the passage starts after token 8,192
     competitors = [passages[i] for i in order[100:105]]  # better than two thirds of the passages
     docs = [long_doc, *competitors]
@@ -423,7 +421,7 @@ def test_failed_run_keeps_the_earlier_output_and_leaves_no_partial_file(
     def broken(self, *args, **kwargs):
         raise ValueError("the forward broke")
 
-    monkeypatch.setattr(Reranker, "score_encoded", broken)
+    monkeypatch.setattr(Reranker, "logits", broken)
     code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--output", str(earlier)], capsys)
     assert code == 1 and "the forward broke" in err
     assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"

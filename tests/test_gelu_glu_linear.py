@@ -85,12 +85,12 @@ def test_model_with_fused_gemm_matches_unfused(small_ckpt):
     reranker = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="triton")
     pairs = sample_pairs(3, seed=21, max_words=30)
     want = reranker.predict(pairs, activation=False)
-    reranker.model.use_fused_gelu_glu_gemm(True)
+    reranker.module.use_fused_gelu_glu_gemm(True)
     got = reranker.predict(pairs, activation=False)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
     torch_path = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="torch")
     with pytest.raises(ValueError, match="fused GEGLU GEMM is a Triton kernel"):
-        torch_path.model.use_fused_gelu_glu_gemm(True)
+        torch_path.module.use_fused_gelu_glu_gemm(True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])

@@ -52,7 +52,7 @@ class Oracle:
 
 def _packed_logits(reranker: Reranker, sequences: list[list[int]]) -> torch.Tensor:
     ids, cu, longest, _ = pack(sequences)
-    return reranker.model(ids, cu, longest)
+    return reranker.module(ids, cu, longest)
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +128,11 @@ def test_last_layer_token0_only_is_exact(small, small_eager):
     rng = random.Random(9)
     seqs = [random_ids(rng, n) for n in (70, 1, 33)]
     fast = _packed_logits(small, seqs)
-    small.model.last_layer_token0_only = False
+    small.module.last_layer_token0_only = False
     try:
         full = _packed_logits(small, seqs)
     finally:
-        small.model.last_layer_token0_only = True
+        small.module.last_layer_token0_only = True
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
     small_eager.check(full, seqs)
 

@@ -20,7 +20,7 @@ def reranker(small_ckpt):
 def test_defaults_on_cpu(reranker):
     assert reranker.device.type == "cpu" and reranker.dtype == torch.float32
     assert reranker.max_length == 8192
-    assert reranker.model.ops.backends == dict.fromkeys(OP_NAMES, "torch")
+    assert reranker.describe()["backends"] == dict.fromkeys(OP_NAMES, "torch")
 
 
 def test_fused_gemm_op_takes_the_gelu_glu_backend():
@@ -196,10 +196,10 @@ def test_ids_past_the_tables_are_refused_on_the_host(reranker):
         ValueError,
         match=f"input_ids must lie in \\[0, {vocab}\\) \\(vocab_size of the model\\), got ids 0..{vocab}",
     ):
-        reranker.score_encoded(bad)
+        reranker.logits(bad)
     types = EncodedPairs(input_ids=[[0, 5, 6]], token_type_ids=[[0, 0, 2]], was_truncated=[False])
     with pytest.raises(ValueError, match="token_type_ids must lie in \\[0, 2\\)"):
-        reranker.score_encoded(types)
+        reranker.logits(types)
     negative = EncodedPairs(input_ids=[[0, -1, 6]], token_type_ids=None, was_truncated=[False])
     with pytest.raises(ValueError, match="got ids -1..6"):
-        reranker.score_encoded(negative)
+        reranker.logits(negative)

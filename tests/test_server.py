@@ -40,7 +40,7 @@ def server(reranker):
 
 def slowed(reranker: Reranker, seconds: float, poison: list[int] | None = None):
     """The reranker's batch scorer, slowed down per forward, with NaN for a poison token sequence."""
-    real = reranker.score_encoded
+    real = reranker.logits
 
     def score(encoded, **kwargs):
         time.sleep(seconds)
@@ -70,7 +70,7 @@ def test_v1_rerank_matches_api(server, reranker):
         assert got["document"]["text"] == ref["text"]
     assert body["model"] == "test-model"
     assert body["usage"]["total_tokens"] == sum(
-        reranker.tokenizer.encode_pairs([("what is alibi", d) for d in docs]).lengths
+        reranker.encode([("what is alibi", d) for d in docs])[0].lengths
     )
     top = httpx.post(
         url + "/v1/rerank",
@@ -187,7 +187,7 @@ def test_auto_truncate_server(reranker):
 
 
 def test_nan_fails_only_its_batch_and_server_keeps_serving(reranker, monkeypatch):
-    poison = reranker.tokenizer.encode_pairs([("q", "poison document")]).input_ids[0]
+    poison = reranker.encode([("q", "poison document")])[0].input_ids[0]
     with running_server(reranker) as (url, state):
         monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 0.0, poison))
         bad = httpx.post(url + "/rerank", json={"query": "q", "texts": ["fine", "poison document"]})
@@ -337,8 +337,8 @@ def _lines_with(caplog, request_id: str) -> list[logging.LogRecord]:
 
 
 def test_failed_forward_is_logged_with_request_id_and_traceback(reranker, monkeypatch, caplog):
-    poison = reranker.tokenizer.encode_pairs([("q", "poison document")]).input_ids[0]
-    real = reranker.score_encoded
+    poison = reranker.encode([("q", "poison document")])[0].input_ids[0]
+    real = reranker.logits
 
     def broken(encoded, **kwargs):
         if poison in encoded.input_ids:

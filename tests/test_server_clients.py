@@ -89,10 +89,8 @@ def test_cohere_v2_long_document_is_truncated_and_counted(co_v2, reranker):
 
 def test_cohere_v2_max_tokens_per_doc_cuts_the_document_first(co_v2, reranker):
     response = co_v2.rerank(model="m", query=QUERY, documents=[DOCUMENTS[2]], max_tokens_per_doc=4)
-    encoded = reranker.tokenizer.encode_pairs(
-        [(QUERY, DOCUMENTS[2])], MAX_INPUT_LENGTH, warn=False, max_document_tokens=4
-    )
-    want = float(reranker.score_encoded(encoded).sigmoid()[0])
+    encoded, _ = reranker.encode([(QUERY, DOCUMENTS[2])], MAX_INPUT_LENGTH, warn=False, max_document_tokens=4)
+    want = float(reranker.logits(encoded).sigmoid()[0])
     assert response.results[0].relevance_score == pytest.approx(want, abs=1e-5)
     assert response.meta.tokens.input_tokens == len(encoded.input_ids[0])
     assert response.model_extra["usage"]["truncated_documents"] == 1

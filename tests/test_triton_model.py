@@ -25,7 +25,7 @@ def engines(small_ckpt):
 
 
 def test_backend_is_triton_for_every_op(engines):
-    assert engines[0].model.ops.backends == dict.fromkeys(OP_NAMES, "triton")
+    assert engines[0].describe()["backends"] == dict.fromkeys(OP_NAMES, "triton")
 
 
 def test_fp32_logits_match_torch_path(engines):
@@ -52,7 +52,7 @@ def test_bf16_model_within_twice_eager_bf16_error(small_ckpt):
     scheme = "jina-reranker-v1"
     want = EagerJinaBert(small_ckpt, config, scheme, dtype=torch.float64).logits(seqs).double()
     eager_bf16 = EagerJinaBert(small_ckpt, config, scheme, dtype=torch.bfloat16).logits(seqs).double()
-    model = Reranker.from_pretrained(small_ckpt, device="cuda", dtype="bfloat16", backend="triton").model
+    model = Reranker.from_pretrained(small_ckpt, device="cuda", dtype="bfloat16", backend="triton").module
     ids, cu, longest, _ = pack(seqs)
     got = model(ids.cuda(), cu.cuda(), longest).double().cpu()
     assert (got - want).abs().max() <= 2 * (eager_bf16 - want).abs().max() + 1e-3

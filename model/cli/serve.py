@@ -145,11 +145,12 @@ def _load_and_serve(args: argparse.Namespace) -> int:
         # The replicas load the model; here the tokenizer is enough to check the limits.
         tokenizer = _tokenizer_only(args)
         reranker = None
+        special, longest = tokenizer.num_special_tokens, tokenizer.model_max_length
     else:
         reranker = load_reranker(args)
-        tokenizer = reranker.tokenizer
-    max_input_length = tokenizer.model_max_length if args.max_input_length is None else args.max_input_length
-    low, high = tokenizer.num_special_tokens + 1, tokenizer.model_max_length
+        special, longest = reranker.num_special_tokens, reranker.max_length
+    max_input_length = longest if args.max_input_length is None else args.max_input_length
+    low, high = special + 1, longest
     if not low <= max_input_length <= high:
         return fail(
             f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "

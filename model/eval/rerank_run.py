@@ -126,8 +126,13 @@ def rerank_run(
                 raise item
             group, candidates, encoded, owners = item
             n_pairs = sum(len(c) for c in candidates.values())
-            logits = reranker.pair_logits(
-                encoded, owners, n_pairs, options.chunk_aggregate, options.batch_size, options.batch_tokens
+            logits = reranker.logits(
+                encoded,
+                owners,
+                n_pairs=n_pairs,
+                chunk_aggregate=options.chunk_aggregate,
+                batch_size=options.batch_size,
+                max_batch_tokens=options.batch_tokens,
             )
             if owners is None:
                 stats.truncated += encoded.truncated

@@ -80,7 +80,7 @@ def verify_against_reference(
 
     queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
     hf_ids = hf_tokenizer(queries, documents, truncation=True, max_length=max_length)["input_ids"]
-    encoded = ours.tokenizer.encode_pairs(pairs, max_length=max_length)
+    encoded, _ = ours.encode(pairs, max_length=max_length)
     with torch.inference_mode():
         hf_logits = []
         for q, d in pairs:  # one pair at a time: no padding in the reference's batch either
@@ -89,7 +89,7 @@ def verify_against_reference(
             )
             hf_logits.append(hf_model(**inputs).logits[0, 0].float().cpu())
     hf_logits = torch.stack(hf_logits)
-    our_logits = ours.score_encoded(encoded)
+    our_logits = ours.logits(encoded)
     return {
         "model": str(directory),
         "pairs": len(pairs),

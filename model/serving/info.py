@@ -10,21 +10,17 @@ from turborank.cpu_features import cpu_bf16_support
 from turborank.serving.state import ServerState
 
 
-def _dtype(state: ServerState) -> str:
-    return str(state.reranker.dtype).removeprefix("torch.")
-
-
 def info_body(state: ServerState) -> dict[str, Any]:
-    reranker, settings = state.reranker, state.settings
-    graphs = reranker.cuda_graphs
+    settings = state.settings
+    engine = state.reranker.describe()
     ours = {
         "model": settings.model_name,
         "version": __version__,
-        "device": str(reranker.device),
-        "dtype": _dtype(state),
+        "device": engine["device"],
+        "dtype": engine["dtype"],
         "cpu_bf16": cpu_bf16_support().describe(),
-        "backends": reranker.model.ops.backends,
-        "alibi_scheme": reranker.config.alibi_scheme,
+        "backends": engine["backends"],
+        "alibi_scheme": engine["alibi_scheme"],
         "max_input_length": settings.max_input_length,
         "max_batch_tokens": settings.max_batch_tokens,
         "max_client_batch_size": settings.max_client_batch_size,
@@ -35,20 +31,13 @@ def info_body(state: ServerState) -> dict[str, Any]:
         "max_body_bytes": settings.max_body_bytes,
         "body_timeout_s": settings.body_timeout_s,
         "min_body_rate": settings.min_body_rate,
-        "cuda_graphs": None
-        if graphs is None
-        else {
-            "max_pairs": graphs.max_pairs,
-            "max_tokens": graphs.max_tokens,
-            "captured_buckets": graphs.captured,
-            "graphed_batches": graphs.batches,
-        },
+        "cuda_graphs": engine["cuda_graphs"],
     }
     # TEI's Info (router/src/lib.rs); "version" is ours in both.
     tei = {
         "model_id": settings.model_name,
         "model_sha": None,
-        "model_dtype": _dtype(state),
+        "model_dtype": engine["dtype"],
         "served_model_name": settings.model_name,
         "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
         # TEI queues each pair as a request: its cap on requests per batch is our cap on pairs.
@@ -62,15 +51,16 @@ def info_body(state: ServerState) -> dict[str, Any]:
 
 def startup_line(state: ServerState) -> tuple[str, dict[str, Any]]:
     """One line an operator can check the deployment against, and its fields for JSON logs."""
-    reranker, settings = state.reranker, state.settings
+    settings = state.settings
+    engine = state.reranker.describe()
     fields = {
         "model": settings.model_name,
         "version": __version__,
-        "device": str(reranker.device),
-        "dtype": _dtype(state),
-        "backends": reranker.model.ops.backends,
-        "alibi_scheme": reranker.config.alibi_scheme,
-        "alibi_scheme_reason": reranker.config.alibi_scheme_reason,
+        "device": engine["device"],
+        "dtype": engine["dtype"],
+        "backends": engine["backends"],
+        "alibi_scheme": engine["alibi_scheme"],
+        "alibi_scheme_reason": engine["alibi_scheme_reason"],
         "max_input_length": settings.max_input_length,
         "max_batch_tokens": settings.max_batch_tokens,
         "max_documents": settings.max_documents,
@@ -80,7 +70,7 @@ def startup_line(state: ServerState) -> tuple[str, dict[str, Any]]:
         "long_documents_jina_cohere": "refused (422)" if settings.strict_input_length else "truncated",
         "long_documents_tei": "truncated" if settings.auto_truncate else "refused unless truncate=true",
         "api_key": settings.api_key is not None,
-        "cuda_graphs": reranker.cuda_graphs is not None,
+        "cuda_graphs": engine["cuda_graphs"] is not None,
     }
     backends = ", ".join(f"{op}={name}" for op, name in sorted(fields["backends"].items()))
     message = (

@@ -56,7 +56,7 @@ class BatchScheduler:
     """Owns the model on one thread; see the module docstring.
 
     Args:
-        score: callable(EncodedPairs) -> fp32 logits tensor, in order (``Reranker.score_encoded``).
+        score: callable(EncodedPairs) -> fp32 logits tensor, in order (``Reranker.logits``).
         max_batch_tokens: token budget of one forward (a pair longer than it runs alone).
         max_batch_pairs: cap on pairs per forward.
         observe: optional callback(event, **values) for metrics.

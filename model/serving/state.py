@@ -64,7 +64,7 @@ class ServerState:
     """Lives on the event loop; the scheduler owns the model on its own thread."""
 
     def __init__(self, reranker: Reranker, settings: ServeSettings) -> None:
-        low, high = reranker.tokenizer.num_special_tokens + 1, reranker.max_length
+        low, high = reranker.num_special_tokens + 1, reranker.max_length
         if not low <= settings.max_input_length <= high:
             raise ValueError(
                 f"max_input_length {settings.max_input_length} is outside the model's range ({low}..{high})"
@@ -73,7 +73,7 @@ class ServerState:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.scheduler = BatchScheduler(
-            lambda encoded: reranker.score_encoded(
+            lambda encoded: reranker.logits(
                 encoded, batch_size=1024, max_batch_tokens=settings.max_batch_tokens
             ),
             settings.max_batch_tokens,
@@ -142,7 +142,7 @@ class ServerState:
         try:
             encoded = await tokenize_in_pieces(
                 self.tokenizer_pool,
-                self.reranker.tokenizer,
+                self.reranker,
                 job.query,
                 job.documents,
                 limits.max_input_length,
@@ -185,7 +185,7 @@ class ServerState:
     async def probe(self) -> bool:
         """One real one-pair forward through the scheduler; a failure is logged with its traceback
         (then one line per failure until a probe succeeds again)."""
-        encoded = self.reranker.tokenizer.encode_pairs([("ready?", "probe")], warn=False)
+        encoded, _ = self.reranker.encode([("ready?", "probe")], warn=False)
         try:
             logits = await asyncio.wait_for(self.scheduler.submit(encoded).future, timeout=30)
             failure: BaseException | None = None

@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
-from turborank.tokenization import CLIP_CHARS_PER_TOKEN, EncodedPairs, PairTokenizer, UncuttableTextError
+from turborank.tokenization import CLIP_CHARS_PER_TOKEN, EncodedPairs, UncuttableTextError
+
+if TYPE_CHECKING:
+    from turborank.reranker import Reranker
 
 # A piece's text, in characters: tens of milliseconds of tokenising.
 PIECE_CHARS = 64 * 1024
@@ -44,7 +48,7 @@ def concatenate(parts: list[EncodedPairs]) -> EncodedPairs:
 
 async def tokenize_in_pieces(
     pool: Executor,
-    tokenizer: PairTokenizer,
+    reranker: Reranker,
     query: str,
     documents: list[str],
     max_length: int,
@@ -55,7 +59,8 @@ async def tokenize_in_pieces(
     """EncodedPairs of (query, document) for every document, truncated to ``max_length`` (each
     document first to ``max_document_tokens`` when given);
     ``after_piece(encoded, first_index)`` runs after each piece and may raise to stop early.
-    Raises UncuttableTextError (with the index of the whole request) like encode_pairs(bounded=True)."""
+    Raises UncuttableTextError (with the index of the whole request) like
+    ``Reranker.encode(bounded=True)``."""
     loop = asyncio.get_running_loop()
     parts = []
     for indices in pieces(query, documents, max_length):
@@ -63,15 +68,15 @@ async def tokenize_in_pieces(
         try:
             encoded = await loop.run_in_executor(
                 pool,
-                lambda pairs=pairs: tokenizer.encode_pairs(
+                lambda pairs=pairs: reranker.encode(
                     pairs,
                     max_length,
                     "longest_first",
-                    direction,
                     warn=False,
+                    direction=direction,
                     bounded=True,
                     max_document_tokens=max_document_tokens,
-                ),
+                )[0],
             )
         except UncuttableTextError as exc:
             raise UncuttableTextError(
