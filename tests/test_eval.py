@@ -224,6 +224,7 @@ def test_interrupt_leaves_a_valid_partial_run(short_dataset, small_ckpt, tmp_pat
     assert "reranked" in out
 
 
+@pytest.mark.slow
 def test_chunking_finds_a_passage_beyond_8192_tokens_that_truncation_misses(reranker):
     """The passage the model likes best among 300, buried after more than 8,192 tokens of the
     passages it likes least: truncation never sees it; 80-token windows do."""

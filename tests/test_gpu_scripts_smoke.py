@@ -42,6 +42,7 @@ def test_tune_attention_smoke(tmp_path):
         assert sum(r["default"] for r in timed) == 1 and min(r["x best"] for r in timed) == 1.0
 
 
+@pytest.mark.slow
 def test_gpu_model_smoke(tmp_path):
     rows = _smoke("gpu_model", tmp_path)
     assert not [r for r in rows if "error" in r]

@@ -85,6 +85,7 @@ def test_mixed_length_batch_matches_eager(small, small_eager, lengths):
     small_eager.check(_packed_logits(small, seqs), seqs)
 
 
+@pytest.mark.slow
 def test_turbo_shapes_both_schemes_match_eager(turbo_ckpt):
     """12 heads: the only head count where the two schemes are reported to differ in the wild. Each
     scheme passes against its own oracle and fails against the other's: the rule can fail."""

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
-
 from turborank.testing import make_beir_dataset, make_checkpoint
+
+pytestmark = pytest.mark.slow  # each test starts a local Ray cluster (10-25 s)
 
 TASK_TITLE = "ray::turborank-group"  # the process title of a Ray worker running a group
 

@@ -23,6 +23,7 @@ def _has_nvidia_backend() -> bool:
     return (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="needs triton with its NVIDIA backend (ptxas)")
 def test_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
