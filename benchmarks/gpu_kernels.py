@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.gpu_env import ENV, configure
-from benchmarks.report import run_sections
+from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
 from turborank.kernels import (
     add_layer_norm,
@@ -233,7 +233,7 @@ def gelu_glu_linear_rows(tokens: int, hidden: int = 384, inner: int = 1536) -> l
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/local")
+    parser.add_argument("--out", default=str(LOCAL_RESULTS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny shapes: runs, measures nothing")
     args = parser.parse_args()

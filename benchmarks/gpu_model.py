@@ -28,7 +28,7 @@ from functools import partial
 import torch
 
 from benchmarks.gpu_env import ENV, configure
-from benchmarks.report import run_sections
+from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 from turborank.packing import pack
@@ -269,7 +269,7 @@ def _pack_for(encoded) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/local")
+    parser.add_argument("--out", default=str(LOCAL_RESULTS))
     parser.add_argument("--checkpoint", default=None, help="default: a synthetic turbo-shaped checkpoint")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny sizes: runs, measures nothing")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.report import write_report
+from benchmarks.report import LOCAL_RESULTS, write_report
 from turborank.testing import make_checkpoint, random_text
 
 
@@ -144,7 +144,7 @@ def main() -> None:
         "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="for the started server"
     )
     parser.add_argument("--server-args", default="", help="extra `turborank serve` arguments")
-    parser.add_argument("--out", default="benchmarks/results/local")
+    parser.add_argument("--out", default=str(LOCAL_RESULTS))
     args = parser.parse_args()
 
     proc = None
