@@ -65,7 +65,7 @@ def test_ruff_clean():
 
 
 def test_test_files_that_run_on_the_gpu_carry_the_gpu_marker():
-    """benchmarks/gpu_check.sh selects the GPU tests with `pytest -m gpu`: a file that runs on
+    """benchmarks/gpu/gpu_check.sh selects the GPU tests with `pytest -m gpu`: a file that runs on
     tests.devices.DEVICE but lacks the mark would never run on a GPU."""
     unmarked = []
     for path in sorted((ROOT / "tests").glob("test_*.py")):
