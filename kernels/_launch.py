@@ -70,7 +70,7 @@ def attention_gpu_launch_config(
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) the launcher chooses on a GPU.
 
     Every (head_dim <= MAX_HEAD_DIM, dtype) fits an H100/H200's 227 KiB of shared memory per block,
-    as benchmarks/sm90_compile.py checks for each head-dim class (tests/test_sm90_compile.py)."""
+    as benchmarks/compile/sm90_compile.py checks for each head-dim class (tests/test_sm90_compile.py)."""
     if max_seqlen_q <= 16:
         # The token-0 queries of the last layer: one tile of rows, a long key sweep. fp32 K and V
         # tiles of 128 keys x 256 dims would need 280 KiB of shared memory: half as many keys.

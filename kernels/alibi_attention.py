@@ -329,7 +329,7 @@ def alibi_attention(
             keys on. Steep ALiBi heads then read a band around the diagonal. A non-finite q, k or v
             turns the band off where it is, so it reaches the output as without the band.
         launch_config: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the built-in choice;
-            for tuning (benchmarks/tune_attention.py). BLOCK_M and BLOCK_N must be powers of two >= 16.
+            for tuning (benchmarks/gpu/tune_attention.py). BLOCK_M and BLOCK_N must be powers of two >= 16.
     Returns:
         [total_q, heads, d] in q's dtype. Never materialises a score or bias matrix: each [BLOCK_M,
         BLOCK_N] tile's bias is computed in registers, softmax is online in fp32 with exp2.

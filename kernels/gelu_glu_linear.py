@@ -4,7 +4,7 @@ The up-projection is the largest GEMM of the layer and its [tokens, 2I] output i
 intermediate; here each program accumulates the gate and the linear tile of the same output columns
 side by side and writes only the [tokens, I] product. Opt-in (``JinaBertReranker.fused_gelu_glu_gemm``)
 until a GPU benchmark shows it beats cuBLAS followed by the ``gelu_glu`` kernel
-(``python -m benchmarks.gpu_kernels``).
+(``python -m benchmarks.gpu.gpu_kernels``).
 """
 
 from __future__ import annotations

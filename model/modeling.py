@@ -71,7 +71,7 @@ class JinaBertReranker(nn.Module):
     def use_fused_gelu_glu_gemm(self, enabled: bool = True) -> None:
         """Run the MLP up-projection and its gate as one Triton GEMM (``gelu_glu_linear``) instead
         of the matmul followed by the ``gelu_glu`` op. Off by default: it is kept only where a GPU
-        benchmark shows it faster (benchmarks.gpu_kernels). Needs the Triton ``gelu_glu`` op."""
+        benchmark shows it faster (benchmarks.gpu.gpu_kernels). Needs the Triton ``gelu_glu`` op."""
         if enabled and self.ops.backends["gelu_glu"] != "triton":
             raise ValueError(
                 "the fused GEGLU GEMM is a Triton kernel; the gelu_glu op here is "

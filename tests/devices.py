@@ -1,7 +1,7 @@
 """Where the kernel tests run: full size on a GPU when there is one, else small in Triton's CPU
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when CUDA is absent).
 
-Test files that run on ``DEVICE`` carry ``pytest.mark.gpu``: benchmarks/gpu_check.sh runs
+Test files that run on ``DEVICE`` carry ``pytest.mark.gpu``: benchmarks/gpu/gpu_check.sh runs
 ``pytest -m gpu`` on a lent GPU, and tests/test_repo.py checks that no such file lacks the mark.
 """
 

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh, the one script a lent GPU runs: its plan is checked here, on CPU, so
+"""benchmarks/gpu/gpu_check.sh, the one script a lent GPU runs: its plan is checked here, on CPU, so
 that its few minutes are never lost to a step that starts with no time left or selects no tests."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu" / "gpu_check.sh"
 
 
 def _plan(script: Path) -> subprocess.CompletedProcess:
@@ -17,7 +18,7 @@ def _plan(script: Path) -> subprocess.CompletedProcess:
 
 
 def test_plan_lists_every_step_and_the_limits_sum_to_the_budget():
-    done = _plan(ROOT / "benchmarks" / "gpu_check.sh")
+    done = _plan(SCRIPT)
     assert done.returncode == 0, done.stdout + done.stderr
     steps = dict(re.findall(r"^  (\w+)\s+(\d+)s$", done.stdout, re.M))
     assert list(steps)[:2] == ["install", "gpu_tests"]  # correctness before speed
@@ -28,9 +29,9 @@ def test_plan_lists_every_step_and_the_limits_sum_to_the_budget():
 
 
 def test_plan_fails_when_the_limits_do_not_sum_to_the_budget(tmp_path):
-    script = tmp_path / "benchmarks" / "gpu_check.sh"
-    script.parent.mkdir()
-    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    script = tmp_path / "benchmarks" / "gpu" / "gpu_check.sh"
+    script.parent.mkdir(parents=True)
+    text = SCRIPT.read_text()
     script.write_text(text.replace('"gpu_tests 160"', '"gpu_tests 260"', 1))
     assert text != script.read_text()
     done = _plan(script)
@@ -81,9 +82,7 @@ def test_install_route_without_new_setuptools_uses_a_carried_wheel(tmp_path):
     )
     python.chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin"}
-    done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--plan"], capture_output=True, text=True, env=env
-    )
+    done = subprocess.run(["bash", str(SCRIPT), "--plan"], capture_output=True, text=True, env=env)
     if (ROOT / ".device-wheels").is_dir() and list((ROOT / ".device-wheels").glob("setuptools-*.whl")):
         assert "install route: carried-setuptools (image has 69.5.1)" in done.stdout
     else:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not TRITON_AVAILABLE, reason="needs triton (its 
 
 def _smoke(script: str, out: Path) -> list[dict]:
     run_repo_module(
-        f"benchmarks.{script}", "--smoke", "--out", str(out), env={**os.environ, "TRITON_INTERPRET": "1"}
+        f"benchmarks.gpu.{script}", "--smoke", "--out", str(out), env={**os.environ, "TRITON_INTERPRET": "1"}
     )
     (report,) = out.glob(f"{script}_*.json")
     payload = json.loads(report.read_text())

@@ -20,7 +20,7 @@ def test_8k_pair_peak_memory(turbo_ckpt):
             "-W",
             "ignore",
             "-m",
-            "benchmarks.measure",
+            "benchmarks.cpu.measure",
             str(turbo_ckpt),
             "--workload",
             "1x8192",

@@ -65,7 +65,7 @@ def test_ruff_clean():
 
 
 def test_test_files_that_run_on_the_gpu_carry_the_gpu_marker():
-    """benchmarks/gpu_check.sh selects the GPU tests with `pytest -m gpu`: a file that runs on
+    """benchmarks/gpu/gpu_check.sh selects the GPU tests with `pytest -m gpu`: a file that runs on
     tests.devices.DEVICE but lacks the mark would never run on a GPU."""
     unmarked = []
     for path in sorted((ROOT / "tests").glob("test_*.py")):
@@ -123,3 +123,32 @@ def test_nothing_points_outside_the_clone():
             if pattern.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not found, "\n".join(found)
+
+
+def _names_a_benchmark_module(dotted: str) -> bool:
+    """A dotted name under benchmarks: packages down to a module file; what follows is an attribute."""
+    folder = ROOT / "benchmarks"
+    for part in dotted.split("."):
+        if (folder / part / "__init__.py").is_file():
+            folder = folder / part
+        else:
+            return (folder / f"{part}.py").is_file()
+    return True
+
+
+def test_benchmark_commands_and_paths_name_files_that_exist():
+    """The benchmark scripts live in subpackages of benchmarks/: a command, import or path still
+    naming a script where it used to be would fail only when someone runs it. Committed results
+    are left out: they record the commands run at the time."""
+    results = ROOT / "benchmarks" / "results"
+    module = re.compile(r"\bbenchmarks((?:\.\w+)+)")
+    path_pattern = re.compile(r"\bbenchmarks/[\w/]+\.(?:py|sh)\b")
+    stale = []
+    for path in _project_text_files():
+        if results in path.parents:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            bad = [m.group(0) for m in module.finditer(line) if not _names_a_benchmark_module(m.group(1)[1:])]
+            bad += [m.group(0) for m in path_pattern.finditer(line) if not (ROOT / m.group(0)).is_file()]
+            stale += [f"{path.relative_to(ROOT)}:{number}: {name}" for name in bad]
+    assert not stale, "\n".join(stale)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import benchmarks.run as suite
+import benchmarks.cpu.run as suite
 from benchmarks.report import run_sections
 
 
@@ -55,7 +55,7 @@ def test_suite_writes_its_report_after_every_case(tmp_path, monkeypatch):
 
     monkeypatch.setattr(suite, "_run_measure", fake_measure)
     monkeypatch.setattr(suite, "_checkpoints", lambda models, reference, root: {"turbo": root})
-    monkeypatch.setattr(sys, "argv", ["benchmarks.run", "--quick", "--out", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["benchmarks.cpu.run", "--quick", "--out", str(tmp_path)])
     with pytest.raises(KeyboardInterrupt):
         suite.main()
     (report,) = tmp_path.glob("cpu_*_quick.json")

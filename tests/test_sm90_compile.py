@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sm90_compile import ctas_per_sm
+from benchmarks.compile.sm90_compile import ctas_per_sm
 from tests.helpers import run_repo_module
 from turborank.kernels import TRITON_AVAILABLE
 
@@ -29,7 +29,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    run_repo_module("benchmarks.sm90_compile", "--quick", "--out", str(tmp_path), env=env)
+    run_repo_module("benchmarks.compile.sm90_compile", "--quick", "--out", str(tmp_path), env=env)
     (report,) = tmp_path.glob("sm90_compile_triton*.json")
     rows = json.loads(report.read_text())["kernels"]
     kernels = {row["kernel"] for row in rows}

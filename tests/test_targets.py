@@ -1,10 +1,10 @@
-"""benchmarks.targets judges the GPU performance targets from report rows: checked on hand-made rows."""
+"""benchmarks.gpu.targets judges the GPU performance targets from report rows: checked on hand-made rows."""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks.targets import exp_bound_ms, judge, main
+from benchmarks.gpu.targets import exp_bound_ms, judge, main
 
 
 def _kernels(flex_ms: float, sdpa_ms: float) -> list[dict]:

@@ -1,6 +1,6 @@
 """The benchmark suite: turborank against the peers a user would pick instead, one command.
 
-    python -m benchmarks.run [--device cpu|cuda] [--quick] [--reference-code DIR --hf-python PY]
+    python -m benchmarks.cpu.run [--device cpu|cuda] [--quick] [--reference-code DIR --hf-python PY]
         [--onnx] [--rounds N] [--threads N]
 
 Checkpoints are synthetic (real formats, random weights) with the turbo and tiny-en shapes. The HF
@@ -10,10 +10,10 @@ real snapshot's, or the public JinaBERT code in a scratch folder; never committe
 to the synthetic weights in a temporary directory; ``--hf-python`` is a Python with a 4.4x
 transformers. With the reference code the peers are that code fed batches in input order ("hf") and
 length-sorted ("hf-sorted"); ``--onnx`` adds ONNX Runtime on the reference exported to ONNX, fp32 and
-dynamic int8 ("ort-fp32", "ort-int8"; exported once per checkpoint by ``benchmarks.onnx_export`` and
+dynamic int8 ("ort-fp32", "ort-int8"; exported once per checkpoint by ``benchmarks.cpu.onnx_export`` and
 cached outside the repository). On CPU turborank also runs in bf16 ("turborank-bf16", opt-in there).
 
-Every (model, engine, workload) runs in a fresh process (``benchmarks.measure``); the engines of a
+Every (model, engine, workload) runs in a fresh process (``benchmarks.cpu.measure``); the engines of a
 case take turns, ``--rounds`` times, so that the load of a shared machine falls on all of them alike.
 A row gives the best time of all rounds (min_s), the median of the per-round medians, and the largest
 peak RSS of any round. Each engine's logits are compared with the reference's fp32 logits (turborank's
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.report import machine_info, markdown_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # (workload, repeats): the model-card example for latency percentiles, then throughput cases.
 CASES = [("card", 30), ("10x512", 5), ("mixed:64:30-2000", 2), ("1x8192", 2)]
 # Engines that take minutes per call on the long cases time one call there (after the warm-up).
@@ -66,7 +66,7 @@ def _run_measure(
         "-W",
         "ignore",
         "-m",
-        "benchmarks.measure",
+        "benchmarks.cpu.measure",
         str(checkpoint),
         "--engine",
         engine,
@@ -242,7 +242,7 @@ def _engines(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 def _export_onnx(python: str, checkpoint: Path) -> None:
     """The ONNX peer's models, in a process of their own (the export peaks at several GiB)."""
-    cmd = [python, "-W", "ignore", "-m", "benchmarks.onnx_export", str(checkpoint)]
+    cmd = [python, "-W", "ignore", "-m", "benchmarks.cpu.onnx_export", str(checkpoint)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"ONNX export failed: {proc.stderr.strip().splitlines()[-1][:300]}")
@@ -344,7 +344,7 @@ def main() -> None:
     except ImportError:
         # The plot is a convenience; the report above is the result, and a long run must not end
         # in a traceback over it.
-        print("benchmarks.run: matplotlib is not installed, so no plot (the report is written)")
+        print("benchmarks.cpu.run: matplotlib is not installed, so no plot (the report is written)")
     print(body)
 
 

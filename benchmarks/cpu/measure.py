@@ -1,8 +1,8 @@
 """One measurement in a fresh process: throughput, latency and peak memory of one engine on one case.
 
-    python -m benchmarks.measure CHECKPOINT --engine turborank --workload 10x512 [--repeats 5]
+    python -m benchmarks.cpu.measure CHECKPOINT --engine turborank --workload 10x512 [--repeats 5]
 
-Workloads (benchmarks.engines.make_workload): "card" (model-card example), "NxL" (N pairs of L
+Workloads (benchmarks.cpu.engines.make_workload): "card" (model-card example), "NxL" (N pairs of L
 tokens), "mixed:N:LO-HI" (N documents of LO..HI tokens). Prints one JSON line.
 
 Memory: the process's peak resident set over the whole run (model load included), and the peak
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from benchmarks.engines import ENGINES, make_workload
+from benchmarks.cpu.engines import ENGINES, make_workload
 
 
 def _status_mib(field: str) -> float:

@@ -5,7 +5,7 @@ best PyTorch alternatives (compiled FlexAttention, SDPA with a materialised bias
 must serve 8k-token pairs in milliseconds and bounded memory, a small request under CUDA graphs must
 not be bound by launch overhead, and the fused GEGLU GEMM becomes the default only if it is faster.
 
-    python -m benchmarks.targets DIR      # DIR holds gpu_kernels_*.json and gpu_model_*.json
+    python -m benchmarks.gpu.targets DIR      # DIR holds gpu_kernels_*.json and gpu_model_*.json
 
 Prints (and writes ``DIR/targets.md``) one line per target: the measured figure, the target, met or
 missed and by how much. A target whose rows are missing says so instead of guessing.

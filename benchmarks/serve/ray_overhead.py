@@ -1,6 +1,6 @@
 """What the Ray paths cost against one process on the same machine.
 
-    python -m benchmarks.ray_overhead [--out DIR] [--preset small] [--requests 200] [--queries 24]
+    python -m benchmarks.serve.ray_overhead [--out DIR] [--preset small] [--requests 200] [--queries 24]
 
 - eval: `turborank eval` on a synthetic BEIR set, one process against `--ray` (2 workers of 1 core);
   documents per second of reranking (as each run reports it) and the whole command's wall time
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict[str, str]:

@@ -1,7 +1,7 @@
 """pytest-benchmark regression guards for the CPU path (small synthetic checkpoint; seconds in CI).
 
-Figures from these runs are not targets; `python -m benchmarks.run` produces the comparison
-figures. Run alone with `python -m pytest benchmarks/bench_cpu.py --benchmark-only`.
+Figures from these runs are not targets; `python -m benchmarks.cpu.run` produces the comparison
+figures. Run alone with `python -m pytest benchmarks/cpu/bench_cpu.py --benchmark-only`.
 """
 
 from __future__ import annotations

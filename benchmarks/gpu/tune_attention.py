@@ -1,10 +1,10 @@
 """Time alibi_attention's candidate tile configurations on a GPU, per workload, and show how far the
 built-in choice (`attention_gpu_launch_config` in kernels/_launch.py) is from the best one measured.
 
-    python -m benchmarks.tune_attention [--out DIR] [--quick]
+    python -m benchmarks.gpu.tune_attention [--out DIR] [--quick]
 
 Every candidate's output is checked against the fp32 reference before it is timed. The candidates
-are those that compile for sm_90 without spilling (see ``python -m benchmarks.sm90_compile
+are those that compile for sm_90 without spilling (see ``python -m benchmarks.compile.sm90_compile
 --candidates``); the tuned choice is then written into ``attention_gpu_launch_config`` by hand, with the table
 that justifies it committed under benchmarks/results/.
 """
@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 
-from benchmarks.gpu_env import ENV, configure
+from benchmarks.gpu.gpu_env import ENV, configure
 from benchmarks.report import run_sections
 from turborank.alibi import alibi_slopes
 from turborank.kernels._launch import attention_launch_config
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="bf16, d=32 only; four workloads")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny shapes: runs, measures nothing")
     args = parser.parse_args()
-    configure(args.smoke, "benchmarks.tune_attention")
+    configure(args.smoke, "benchmarks.gpu.tune_attention")
     settings = [(ENV.dtype, 32)]
     if not args.quick and not args.smoke:
         settings += [(torch.bfloat16, 64), (torch.float16, 32)]

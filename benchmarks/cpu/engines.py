@@ -4,7 +4,7 @@
 code (``modeling_bert.py`` next to the weights, loaded with ``trust_remote_code``; needs a 4.4x
 transformers release): the implementation users would otherwise run, fed batches in input order
 ("hf") or length-sorted ("hf-sorted", what a careful user does). ``OnnxRuntimeEngine`` runs that same
-code exported to ONNX (``benchmarks.onnx_export``, fp32 or dynamic int8) in ONNX Runtime with
+code exported to ONNX (``benchmarks.cpu.onnx_export``, fp32 or dynamic int8) in ONNX Runtime with
 length-sorted batches: what fastembed runs on CPU.
 """
 
@@ -132,7 +132,7 @@ class HFSortedEngine(HFReferenceEngine):
 class OnnxRuntimeEngine:
     """The HF reference exported to ONNX, run by ONNX Runtime on CPU with length-sorted batches,
     each padded to its longest pair. ``backend`` is the model: "fp32" or "int8" (dynamic
-    quantisation). The export must exist (``python -m benchmarks.onnx_export CHECKPOINT``, which
+    quantisation). The export must exist (``python -m benchmarks.cpu.onnx_export CHECKPOINT``, which
     the suite runs first in its own process): exporting here would put the export's memory in this
     engine's peak RSS."""
 
@@ -144,13 +144,13 @@ class OnnxRuntimeEngine:
         import onnxruntime
         from transformers import AutoTokenizer
 
-        from benchmarks.onnx_export import FP32_NAME, INT8_NAME, cached_models
+        from benchmarks.cpu.onnx_export import FP32_NAME, INT8_NAME, cached_models
 
         if device != "cpu" or dtype != "float32":
             raise ValueError(f"the ONNX Runtime peer runs on CPU from an fp32 export, got {device} {dtype}")
         path = cached_models(Path(checkpoint)) / (FP32_NAME if backend == "fp32" else INT8_NAME)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: run `python -m benchmarks.onnx_export {checkpoint}` first")
+            raise FileNotFoundError(f"{path}: run `python -m benchmarks.cpu.onnx_export {checkpoint}` first")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

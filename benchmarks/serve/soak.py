@@ -1,6 +1,6 @@
 """Fairness and soak of `turborank serve` over loopback, against the clients a server is judged by.
 
-    python -m benchmarks.soak [--preset small] [--soak-seconds 180] [--out benchmarks/results]
+    python -m benchmarks.serve.soak [--preset small] [--soak-seconds 180] [--out benchmarks/results]
 
 Fairness: while two maximum-size requests (``max_client_batch_size`` documents filling
 ``--max-body-bytes``, truncated by the server) are in flight, one-pair requests are sent one after
@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.load_test import _free_port, _percentile, _rss_mib
 from benchmarks.report import write_report
+from benchmarks.serve.load_test import _free_port, _percentile, _rss_mib
 from turborank.testing import make_checkpoint, random_text
 
 

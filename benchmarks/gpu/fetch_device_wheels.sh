@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares .device-wheels/ (git-ignored) for a lent GPU machine, which has no network; name that
-# folder in the device tool's `carry` and benchmarks/gpu_check.sh installs from it.
-#   bash benchmarks/fetch_device_wheels.sh [REFERENCE_CODE_DIR]
+# folder in the device tool's `carry` and benchmarks/gpu/gpu_check.sh installs from it.
+#   bash benchmarks/gpu/fetch_device_wheels.sh [REFERENCE_CODE_DIR]
 # - the wheels `turborank serve` and `turborank eval` need that the image lacks (FastAPI, uvicorn,
 #   Starlette, pydantic; ir-measures, pytrec-eval-terrier, bm25s), for its Python 3.12 on x86-64;
 # - setuptools >= 77 (pure Python), which builds turborank's pyproject (an SPDX license string)
@@ -12,7 +12,7 @@
 #   into .device-wheels/hf/, so the suite compares against the HF reference on the GPU too.
 #   The reference code is never committed; this folder is ignored by git.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 download() {
   python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 "$@"

@@ -1,6 +1,6 @@
 """The HF reference code exported to ONNX (fp32, and dynamic int8), cached: the ONNX Runtime peer.
 
-    python -m benchmarks.onnx_export CHECKPOINT [--cache DIR]   # prints the cache folder
+    python -m benchmarks.cpu.onnx_export CHECKPOINT [--cache DIR]   # prints the cache folder
 
 CHECKPOINT holds the weights, the tokenizer and the reference ``modeling_bert.py`` (as the suite lays
 it out). The model is loaded through transformers' remote code, exactly as the HF engine runs it, and

@@ -1,6 +1,6 @@
 """Whole-model benchmarks on a GPU: the turbo shapes (synthetic weights), bf16.
 
-    python -m benchmarks.gpu_model [--out DIR] [--quick] [--checkpoint DIR] [--smoke]
+    python -m benchmarks.gpu.gpu_model [--out DIR] [--quick] [--checkpoint DIR] [--smoke]
 
 Cases: one 8,192-token document (latency, activation memory), 10 x 512-token pairs (forward latency
 and pairs/s, plus pairs/s at a larger steady-state batch), the model-card example end to end
@@ -9,7 +9,7 @@ running the last layer for the token-0 rows only and of the fused GEGLU GEMM; an
 path: the model card from token ids, host enqueue time against GPU time, eager against CUDA-graph
 replay. GPU time is measured with CUDA events around forwards whose inputs are already on the
 device; "end to end" includes tokenisation. ``--smoke`` runs every case on CPU with tiny sizes and
-measures nothing (see benchmarks/gpu_env.py).
+measures nothing (see benchmarks/gpu/gpu_env.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from functools import partial
 
 import torch
 
-from benchmarks.gpu_env import ENV, configure
+from benchmarks.gpu.gpu_env import ENV, configure
 from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
@@ -274,7 +274,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny sizes: runs, measures nothing")
     args = parser.parse_args()
-    configure(args.smoke, "benchmarks.gpu_model")
+    configure(args.smoke, "benchmarks.gpu.gpu_model")
     sizes = SMOKE_SIZES if args.smoke else Sizes().quick() if args.quick else Sizes()
     preset = "small" if args.smoke else "turbo"
     checkpoint = args.checkpoint or make_checkpoint(tempfile.mkdtemp(), preset)

@@ -8,7 +8,7 @@ on CPU tensors with each kernel swapped for a recorder, so the configurations co
 the ones the code picks for those shapes. Triton's own ptxas and cuobjdump (shipped in its wheel)
 do the work; no CUDA driver is needed.
 
-    python -m benchmarks.sm90_compile [--out DIR] [--quick]
+    python -m benchmarks.compile.sm90_compile [--out DIR] [--quick]
 
 Must run without TRITON_INTERPRET=1 (the interpreter replaces the kernels with Python).
 """
@@ -169,8 +169,8 @@ def _cu(lengths: list[int]) -> torch.Tensor:
 
 
 def candidate_problems() -> Iterator[tuple[str, Callable[[], object]]]:
-    """benchmarks.tune_attention's candidate tiles, bf16, d=32 and 64, long and token-0 queries."""
-    from benchmarks.tune_attention import CANDIDATES, TOKEN0_CANDIDATES
+    """benchmarks.gpu.tune_attention's candidate tiles, bf16, d=32 and 64, long and token-0 queries."""
+    from benchmarks.gpu.tune_attention import CANDIDATES, TOKEN0_CANDIDATES
     from turborank.kernels import alibi_attention
 
     for d in (32, 64):
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write sm90_compile_triton<version>_<date>.{json,md} here")
     parser.add_argument("--quick", action="store_true", help="bf16 and fp32, fewer lengths")
     parser.add_argument(
-        "--candidates", action="store_true", help="the attention tiles benchmarks.tune_attention times"
+        "--candidates", action="store_true", help="the attention tiles benchmarks.gpu.tune_attention times"
     )
     args = parser.parse_args(argv)
     import triton

@@ -1,6 +1,6 @@
 """Kernel benchmarks on a GPU: each turborank kernel against what a user would otherwise run.
 
-    python -m benchmarks.gpu_kernels [--out DIR] [--quick]
+    python -m benchmarks.gpu.gpu_kernels [--out DIR] [--quick]
 
 alibi_attention (bf16, 12 heads, d=32) vs SDPA with a materialised bf16 bias (built once, outside
 the timing: the cost the HF reference pays per layer is the attention with that bias), vs
@@ -20,7 +20,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from benchmarks.gpu_env import ENV, configure
+from benchmarks.gpu.gpu_env import ENV, configure
 from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
 from turborank.kernels import (
@@ -237,7 +237,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny shapes: runs, measures nothing")
     args = parser.parse_args()
-    configure(args.smoke, "benchmarks.gpu_kernels")
+    configure(args.smoke, "benchmarks.gpu.gpu_kernels")
     args.quick = args.quick or args.smoke
     shapes = [[1024] * 8, [8192]] if not args.smoke else [[24] * 2, [37, 5]]
     if not args.quick:

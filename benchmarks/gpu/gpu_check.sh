@@ -2,15 +2,15 @@
 # One prepared check for a lent GPU machine (no network): install in place, run the GPU tests
 # (`pytest -m gpu`), the kernel and model benchmarks, the suite's GPU cases, the attention tile
 # sweep, a load test and an eval; write the results under $OUT.
-#   OUT=/some/dir bash benchmarks/gpu_check.sh [--full]
-#   bash benchmarks/gpu_check.sh --plan    # print the steps, their limits and the install route; run nothing
+#   OUT=/some/dir bash benchmarks/gpu/gpu_check.sh [--full]
+#   bash benchmarks/gpu/gpu_check.sh --plan    # print the steps, their limits and the install route; run nothing
 # Each step runs under its own time limit and the limits sum to the budget, so a slow step never
 # takes the time of the ones after it. The Python steps rewrite their report after every section
 # or case, so a step stopped at its limit keeps what it finished. The device tool brings back at
 # most 8 files from $OUT: the steps write into a work folder packed into $OUT/gpu_check.tar.gz, and
 # $OUT/summary.md gathers the verdicts, the tables and the test results per file.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 # Seconds: what a device call of 580 s leaves once this script's own start is counted, with the
 # reserve for the verdicts and the packing after the last step.
@@ -34,12 +34,12 @@ case "${1:-}" in
   --full) quick="" ;;
   --plan) mode=plan ;;
   "") ;;
-  *) echo "usage: OUT=DIR bash benchmarks/gpu_check.sh [--full | --plan]" >&2; exit 2 ;;
+  *) echo "usage: OUT=DIR bash benchmarks/gpu/gpu_check.sh [--full | --plan]" >&2; exit 2 ;;
 esac
 
 # The install route: pyproject's SPDX `license` string needs setuptools >= 77 to build. The image's
 # own setuptools is used as it is (--no-build-isolation) when new enough; otherwise a setuptools
-# wheel carried in .device-wheels (benchmarks/fetch_device_wheels.sh puts one there) builds it in
+# wheel carried in .device-wheels (benchmarks/gpu/fetch_device_wheels.sh puts one there) builds it in
 # an isolated environment, still offline.
 install_route() {
   local version
@@ -86,8 +86,8 @@ step_gpu_tests() {
   within $py -m pytest -q -p no:cacheprovider -m gpu "${xdist[@]}" tests --junitxml="$WORK/gpu_tests.xml"
 }
 
-step_gpu_kernels() { within $py -m benchmarks.gpu_kernels --out "$WORK" $quick; }
-step_gpu_model() { within $py -m benchmarks.gpu_model --out "$WORK" $quick; }
+step_gpu_kernels() { within $py -m benchmarks.gpu.gpu_kernels --out "$WORK" $quick; }
+step_gpu_model() { within $py -m benchmarks.gpu.gpu_model --out "$WORK" $quick; }
 
 step_suite() {
   # turborank (Triton) vs its PyTorch path, and vs the HF reference code when fetch_device_wheels.sh
@@ -104,14 +104,14 @@ step_suite() {
       echo "HF reference: install from .device-wheels/hf failed"
     fi
   fi
-  within $py -m benchmarks.run --device cuda --quick --out "$WORK" "${args[@]}"
+  within $py -m benchmarks.cpu.run --device cuda --quick --out "$WORK" "${args[@]}"
 }
 
-step_tune_attention() { within $py -m benchmarks.tune_attention --out "$WORK" $quick; }
+step_tune_attention() { within $py -m benchmarks.gpu.tune_attention --out "$WORK" $quick; }
 
 step_load_test() {
   has_module fastapi && has_module uvicorn || { echo "skipped: fastapi/uvicorn not installed"; return 0; }
-  within $py -m benchmarks.load_test --preset turbo --device cuda --rates 50,200 --seconds 6 --soak 8 \
+  within $py -m benchmarks.serve.load_test --preset turbo --device cuda --rates 50,200 --seconds 6 --soak 8 \
     --out "$WORK"
 }
 
@@ -179,7 +179,7 @@ for entry in "${STEPS[@]}"; do
   tail -25 "$WORK/$name.log"
 done
 
-$py -m benchmarks.targets "$WORK" > /dev/null 2>&1 || echo "targets: could not judge (see the reports)"
+$py -m benchmarks.gpu.targets "$WORK" > /dev/null 2>&1 || echo "targets: could not judge (see the reports)"
 {
   echo "# gpu_check $(head -1 "$WORK/machine.txt")"
   echo

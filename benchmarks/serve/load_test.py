@@ -1,8 +1,8 @@
 """Bounded load test of `turborank serve` over loopback: throughput, latency percentiles, errors by
 code at several request rates, then a soak that watches the server's memory.
 
-    python -m benchmarks.load_test [--preset small] [--rates 5,10,20,40] [--seconds 10] [--soak 60]
-    python -m benchmarks.load_test --url http://127.0.0.1:8080 ...   # an already running server
+    python -m benchmarks.serve.load_test [--preset small] [--rates 5,10,20,40] [--seconds 10] [--soak 60]
+    python -m benchmarks.serve.load_test --url http://127.0.0.1:8080 ...   # an already running server
 
 Arrivals are open-loop (Poisson at the given rate), so a slow server shows up as latency and 429s
 rather than as a politely reduced offered load. Each request is one query and ``--docs`` documents
