@@ -20,7 +20,8 @@ import torch
 
 # Where a script writes when no --out is given: inside the clone whatever the working directory,
 # and ignored by git (committed results go to benchmarks/results/ by name).
-LOCAL_RESULTS = Path(__file__).resolve().parent / "results" / "local"
+RESULTS = Path(__file__).resolve().parent / "results"
+LOCAL_RESULTS = RESULTS / "local"
 
 
 def machine_info() -> dict[str, Any]:

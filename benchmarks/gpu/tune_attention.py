@@ -19,7 +19,7 @@ from functools import partial
 import torch
 
 from benchmarks.gpu.gpu_env import ENV, configure
-from benchmarks.report import run_sections
+from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
 from turborank.kernels._launch import attention_launch_config
 from turborank.packing import cu_seqlens
@@ -109,7 +109,7 @@ def tune_workload(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/local")
+    parser.add_argument("--out", default=str(LOCAL_RESULTS))
     parser.add_argument("--quick", action="store_true", help="bf16, d=32 only; four workloads")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny shapes: runs, measures nothing")
     args = parser.parse_args()

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import write_report
+from benchmarks.report import RESULTS, write_report
 from benchmarks.serve.load_test import _free_port, _percentile, _rss_mib
 from turborank.testing import make_checkpoint, random_text
 
@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--max-concurrent-requests", type=int, default=64)
     parser.add_argument("--skip-fairness", action="store_true")
     parser.add_argument("--machine", default="cpu", help="machine kind, for the report's name")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
     port = _free_port()
