@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.helpers import sample_pairs
-from turborank import Reranker, kernels
+from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
-from turborank.ops import OP_NAMES, resolve_ops
+from turborank.ops import OP_NAMES
 from turborank.packing import plan_batches
 
 
@@ -21,21 +21,6 @@ def test_defaults_on_cpu(reranker):
     assert reranker.device.type == "cpu" and reranker.dtype == torch.float32
     assert reranker.max_length == 8192
     assert reranker.describe()["backends"] == dict.fromkeys(OP_NAMES, "torch")
-
-
-def test_fused_gemm_op_takes_the_gelu_glu_backend():
-    """The fused GEGLU GEMM is dispatched like the others, through gelu_glu's entry (no key of its
-    own in the backends a model reports)."""
-    cpu = torch.device("cpu")
-    assert resolve_ops("auto", cpu).gelu_glu_linear is kernels.gelu_glu_linear_ref
-    assert resolve_ops("torch", cpu).gelu_glu_linear is kernels.gelu_glu_linear_ref
-    if kernels.TRITON_AVAILABLE:  # tests run Triton in its interpreter on CPU
-        ops = resolve_ops({"gelu_glu": "triton"}, cpu)
-        assert ops.gelu_glu_linear is kernels.gelu_glu_linear and ops.gelu_glu is kernels.gelu_glu
-        assert ops.alibi_attention is kernels.alibi_attention_ref
-        assert set(ops.backends) == set(OP_NAMES)
-    with pytest.raises(ValueError, match="unknown op"):
-        resolve_ops({"gelu_glu_linear": "torch"}, cpu)
 
 
 def test_compute_score_single_pair_is_a_float(reranker):
