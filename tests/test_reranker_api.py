@@ -166,25 +166,3 @@ def test_load_refuses_a_tokenizer_with_ids_past_vocab_size(tmp_path, small_ckpt)
         ValueError, match=r"tokenizer.json: token ids reach 1\d\d\d, but .*config.json has vocab_size 1000"
     ):
         Reranker.from_pretrained(target, device="cpu")
-
-
-def test_ids_past_the_tables_are_refused_on_the_host(reranker):
-    """Ids are checked where they are packed, on CPU tensors before the copy to the device (no
-    device sync): a ValueError naming the ids and the limit."""
-    from turborank.tokenization import EncodedPairs
-
-    vocab = reranker.config.vocab_size
-    bad = EncodedPairs(
-        input_ids=[[0, 5, 6], [0, vocab, 2]], token_type_ids=None, was_truncated=[False, False]
-    )
-    with pytest.raises(
-        ValueError,
-        match=f"input_ids must lie in \\[0, {vocab}\\) \\(vocab_size of the model\\), got ids 0..{vocab}",
-    ):
-        reranker.logits(bad)
-    types = EncodedPairs(input_ids=[[0, 5, 6]], token_type_ids=[[0, 0, 2]], was_truncated=[False])
-    with pytest.raises(ValueError, match="token_type_ids must lie in \\[0, 2\\)"):
-        reranker.logits(types)
-    negative = EncodedPairs(input_ids=[[0, -1, 6]], token_type_ids=None, was_truncated=[False])
-    with pytest.raises(ValueError, match="got ids -1..6"):
-        reranker.logits(negative)
