@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ import torch
 
 from turborank.config import JinaBertConfig
 from turborank.cuda_graphs import CudaGraphForward
+from turborank.devices import resolve_device, resolve_dtype
 from turborank.hub import DEFAULT_MODEL, resolve_checkpoint
 from turborank.modeling import JinaBertReranker
 from turborank.ops import resolve_ops
-from turborank.option_names import CHUNK_AGGREGATES, DTYPE_NAMES, LONG_DOC_MODES
 from turborank.packing import (
     PAIR_BUCKETS,
     TOKEN_BUCKETS,
@@ -24,46 +23,18 @@ from turborank.packing import (
     pack,
     plan_batches,
 )
+from turborank.scoring_options import (
+    aggregate_windows,
+    as_pairs,
+    check_long_doc_options,
+    check_options,
+    check_query,
+    progress_bar,
+)
 from turborank.tokenization import EncodedPairs, PairTokenizer
 from turborank.weights import find_weights_file, load_weights
 
 logger = logging.getLogger("turborank")
-
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-# show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
-PROGRESS_MIN_PAIRS = 1000
-
-
-def resolve_device(device: str | int | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)) or device == -1:
-        raise ValueError(f"device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a CUDA index")
-    if isinstance(device, int):  # a CUDA index, as torch and transformers read it
-        device = f"cuda:{device}"
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(
-            f"device {device!r} is not a device turborank runs on: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device}: turborank runs on 'cpu' or 'cuda'")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-        return DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype {dtype} is not one of {sorted(DTYPES)}")
-    return dtype
 
 
 class Reranker:
@@ -222,7 +193,7 @@ class Reranker:
         """sigmoid(logit) per pair, like the reference ``compute_score``: a float when there is one
         pair (given as (query, document) or as a one-element list), else a list in input order.
         ``options`` are those of ``predict``."""
-        scores = self.predict(_as_pairs(pairs), **options)
+        scores = self.predict(as_pairs(pairs), **options)
         return scores[0] if len(scores) == 1 else scores
 
     def predict(
@@ -249,11 +220,11 @@ class Reranker:
                 ``max_length`` tokens, each with the whole query, sharing ``chunk_overlap`` tokens,
                 and aggregates the window logits with ``chunk_aggregate`` ("max" or "mean").
             show_progress_bar: a tqdm bar over the pairs scored; None shows one for long jobs
-                (``PROGRESS_MIN_PAIRS`` sequences or more) when stderr is a terminal.
+                (``scoring_options.PROGRESS_MIN_PAIRS`` sequences or more) when stderr is a terminal.
         """
-        pairs = _as_pairs(pairs)
+        pairs = as_pairs(pairs)
         check_long_doc_options(long_doc, chunk_aggregate)
-        _check_options(activation=activation, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        check_options(activation=activation, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         if not pairs:
             return []
         encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
@@ -360,8 +331,8 @@ class Reranker:
             raise ValueError("documents must be a list of strings")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-        _check_options(return_documents=return_documents)
-        _check_query(query)
+        check_options(return_documents=return_documents)
+        check_query(query)
         scores = self.predict([(query, doc) for doc in documents], **options)
         order = descending_order(scores)[:top_k]
         results = []
@@ -387,7 +358,7 @@ class Reranker:
         lengths = encoded.lengths
         device = self.device
         outputs, order = [], []
-        progress = _progress_bar(len(lengths), show_progress_bar)
+        progress = progress_bar(len(lengths), show_progress_bar)
         # No host sync between batches: the next batch is packed while the device runs this one;
         # the logits come back in one copy at the end (the progress bar counts batches packed).
         types = encoded.token_type_ids
@@ -419,68 +390,3 @@ class Reranker:
         if progress is not None:
             progress.close()
         return logits
-
-
-def _progress_bar(total: int, show: bool | None):
-    """A tqdm bar over ``total`` sequences: when asked, or (None) for a long job on a terminal."""
-    if show is None:
-        show = total >= PROGRESS_MIN_PAIRS and sys.stderr.isatty()
-    if not show:
-        return None
-    from tqdm.auto import tqdm  # a dependency of huggingface_hub, hence always installed
-
-    return tqdm(total=total, unit="pair", desc="scoring")
-
-
-def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:
-    if long_doc not in LONG_DOC_MODES:
-        raise ValueError(f"long_doc={long_doc!r}; expected one of {LONG_DOC_MODES}")
-    if chunk_aggregate not in CHUNK_AGGREGATES:
-        raise ValueError(f"chunk_aggregate={chunk_aggregate!r}; expected one of {CHUNK_AGGREGATES}")
-
-
-def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, how: str) -> torch.Tensor:
-    """Per-pair logits from per-window logits: the max, or the mean, over each pair's windows."""
-    index = torch.tensor(owners, dtype=torch.long)
-    if how == "max":
-        return torch.full((n,), float("-inf")).scatter_reduce(0, index, window_logits, reduce="amax")
-    sums = torch.zeros(n).index_add_(0, index, window_logits)
-    return sums / torch.bincount(index, minlength=n).float()
-
-
-def _check_options(**options: object) -> None:
-    """Flags must be booleans (a truthy "no" is not False) and sizes positive integers (not "8" or 1.5)."""
-    for name, value in options.items():
-        if name in ("activation", "return_documents"):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_query(query: object) -> None:
-    if not isinstance(query, str):
-        raise ValueError(f"query must be a string, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty")
-
-
-def _as_pairs(pairs: object) -> list[tuple[str, str]]:
-    """Validate and normalise to a list of (query, document) tuples; one bare pair is accepted."""
-    if isinstance(pairs, (list, tuple)) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
-        pairs = [pairs]
-    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-        raise ValueError("pairs must be a list of (query, document) string pairs")
-    out = []
-    for index, pair in enumerate(pairs):
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"pair {index} is not a (query, document) pair: {pair!r:.80}")
-        query, document = pair
-        if not isinstance(document, str):
-            raise ValueError(f"pair {index}: document must be a string, got {type(document).__name__}")
-        try:
-            _check_query(query)
-        except ValueError as exc:
-            raise ValueError(f"pair {index}: {exc}") from None
-        out.append((query, document))
-    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import warnings
 from pathlib import Path
@@ -11,9 +10,10 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from turborank.config import MAX_CONFIG_BYTES
 from turborank.files import read_regular_file
 from turborank.option_names import TRUNCATION_STRATEGIES
+from turborank.text_clipping import UncuttableTextError, clip_pairs
+from turborank.tokenizer_settings import check_special_tokens, emits_token_type_ids, read_tokenizer_config
 from turborank.unicode_text import describe_lone_surrogate
 
 TRUNCATION_DIRECTIONS = ("right", "left")
@@ -21,30 +21,6 @@ TRUNCATION_DIRECTIONS = ("right", "left")
 _NO_LIMIT = 10**9
 # tokenizer.json of the largest vocabularies is tens of megabytes.
 MAX_TOKENIZER_BYTES = 512 * 1024 * 1024
-# A text longer than this many characters per token of the budget is tokenised from a part of it
-# first (see PairTokenizer.clip): English runs at about 4 characters per token.
-CLIP_CHARS_PER_TOKEN = 8
-# How far that part may grow looking for a word boundary to cut at, with bounded=True. Text with
-# fewer boundaries (a run of one character, a letter run without spaces) cannot be cut exactly:
-# a cut inside a word can change all of its tokens (BPE splits "x" * n by the length n).
-CLIP_MAX_CHARS_PER_TOKEN = 16
-
-
-class UncuttableTextError(ValueError):
-    """A text too long for the budget has no word boundary where it could be cut exactly."""
-
-    def __init__(self, index: int, side: str, chars: int, searched: int, max_length: int) -> None:
-        self.index, self.side, self.chars, self.searched, self.max_length = (
-            index,
-            side,
-            chars,
-            searched,
-            max_length,
-        )
-        super().__init__(
-            f"pair {index}: the {side} has {chars:,} characters and no word boundary in the first "
-            f"{searched:,} where it could be cut to max_length={max_length} tokens"
-        )
 
 
 class TruncationWarning(UserWarning):
@@ -138,18 +114,18 @@ class PairTokenizer:
             raise ValueError(f"{path}: not a valid tokenizers file ({exc})") from None
         del text
         config_path = directory / "tokenizer_config.json"
-        settings = _read_tokenizer_config(config_path)
+        settings = read_tokenizer_config(config_path)
         limit = settings.get("model_max_length")
         model_max_length = max_position_embeddings
         limit_source = f"max_position_embeddings in {directory / 'config.json'}"
         usable = isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT
         if usable and int(limit) < max_position_embeddings:
             model_max_length, limit_source = int(limit), f"model_max_length in {config_path}"
-        tokenizer = _check_special_tokens(tokenizer, settings, path)
+        tokenizer = check_special_tokens(tokenizer, settings, path)
         return cls(
             tokenizer,
             model_max_length,
-            _emits_token_type_ids(settings),
+            emits_token_type_ids(settings),
             source=str(path),
             limit_source=limit_source,
         )
@@ -189,33 +165,15 @@ class PairTokenizer:
         bounded: bool = False,
     ) -> list[tuple[str, str]]:
         """The pairs, with each text of over ``CLIP_CHARS_PER_TOKEN * max_length`` characters cut to a
-        part that truncates to the same tokens (``clip_text``), so a 10 MB document costs the
-        tokenisation of a few times ``max_length`` tokens instead of all of it. Exact: truncating
-        the clipped pairs to ``max_length`` gives the ids, and the truncated flags, of the whole ones.
+        part that truncates to the same tokens (``text_clipping.clip_text``), so a 10 MB document
+        costs the tokenisation of a few times ``max_length`` tokens instead of all of it. Exact:
+        truncating the clipped pairs to ``max_length`` gives the ids, and the truncated flags, of
+        the whole ones.
 
         A text with no word boundary to cut at within ``CLIP_MAX_CHARS_PER_TOKEN * max_length``
         characters is kept whole (tokenised whole, still exact), or with ``bounded`` raises
         ``UncuttableTextError``, so the work per text stays bounded."""
-        chars = CLIP_CHARS_PER_TOKEN * max_length
-        if all(len(q) <= chars and len(d) <= chars for q, d in pairs):
-            return pairs
-        plain = self._plain()
-        limit = CLIP_MAX_CHARS_PER_TOKEN * max_length
-        clipped: dict[str, str | None] = {}  # pairs share their query
-
-        def cut(text: str, index: int, side: str) -> str:
-            if len(text) <= chars:
-                return text
-            if text not in clipped:
-                clipped[text] = clip_text(plain, text, max_length, direction, chars, limit)
-            part = clipped[text]
-            if part is not None:
-                return part
-            if bounded:
-                raise UncuttableTextError(index, side, len(text), limit, max_length)
-            return text
-
-        return [(cut(q, i, "query"), cut(d, i, "document")) for i, (q, d) in enumerate(pairs)]
+        return clip_pairs(pairs, max_length, direction, bounded, self._plain)
 
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
@@ -391,81 +349,9 @@ class PairTokenizer:
                 )
 
 
-def clip_text(
-    plain: Tokenizer, text: str, tokens: int, direction: str, chars: int, max_chars: int
-) -> str | None:
-    """The shortest prefix (direction "right") or suffix ("left") of ``text`` of ``chars * 2^k``
-    characters whose complete words give at least ``tokens`` tokens: ``text`` itself when it is no
-    longer than that, None when no such part of at most ``max_chars`` characters exists.
-
-    Pre-tokenisation splits text into words looking at most one character ahead, so every word of
-    the part but the one at the cut is a word of the whole text and tokenises the same: the first
-    (or last) ``tokens`` tokens of the part are those of the whole. ``plain`` must not truncate."""
-    while chars < len(text):
-        if chars > max_chars:
-            return None
-        part = text[:chars] if direction == "right" else text[-chars:]
-        words = plain.encode(part, add_special_tokens=False).word_ids
-        if words:
-            edge = words[-1] if direction == "right" else words[0]
-            if sum(1 for word in words if word != edge) >= tokens:
-                return part
-        chars *= 2
-    return text
-
-
 def _raise_if_not_unicode(pairs: list[tuple[str, str]]) -> None:
     for index, (query, document) in enumerate(pairs):
         for side, text in (("query", query), ("document", document)):
             problem = describe_lone_surrogate(text)
             if problem is not None:
                 raise ValueError(f"pair {index}: the {side} contains {problem}")
-
-
-def _read_tokenizer_config(path: Path) -> dict[str, Any]:
-    try:
-        data = read_regular_file(path, MAX_CONFIG_BYTES)
-    except FileNotFoundError:
-        return {}
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return raw
-
-
-def _token_text(value: Any) -> str | None:
-    # tokenizer_config stores special tokens as strings or as AddedToken dicts {"content": ...}.
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _check_special_tokens(tokenizer: Tokenizer, settings: dict[str, Any], path: Path) -> Tokenizer:
-    """The first token of an encoded pair is what the pooler reads: make sure it is the declared
-    <s>/[CLS] token when tokenizer_config.json names one."""
-    cls_text = _token_text(settings.get("cls_token")) or _token_text(settings.get("bos_token"))
-    if cls_text is None:
-        return tokenizer
-    cls_id = tokenizer.token_to_id(cls_text)
-    if cls_id is None:
-        raise ValueError(
-            f"{path}: tokenizer_config.json names cls/bos token {cls_text!r}, absent from the vocab"
-        )
-    first = tokenizer.encode("a", "b").ids[:1]
-    if first != [cls_id]:
-        raise ValueError(
-            f"{path}: an encoded pair starts with id {first}, not the {cls_text!r} token ({cls_id}) the "
-            "classifier pools; the post-processor does not match tokenizer_config.json"
-        )
-    return tokenizer
-
-
-def _emits_token_type_ids(settings: dict[str, Any]) -> bool:
-    """Whether HF's tokenizer would hand token_type_ids to the model (else the model uses zeros)."""
-    names = settings.get("model_input_names")
-    if isinstance(names, list):
-        return "token_type_ids" in names
-    return str(settings.get("tokenizer_class", "")).startswith("Bert")

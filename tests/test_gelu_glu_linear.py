@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
-from tests.helpers import sample_pairs
-from turborank import Reranker
 from turborank.kernels import gelu_glu_linear, gelu_glu_linear_ref
 from turborank.kernels._launch import gelu_glu_linear_gpu_launch_config
 
@@ -79,18 +77,6 @@ def test_rejects_bad_input():
         gelu_glu_linear(x, weight, "swish")
     with pytest.raises(ValueError, match="contiguous rows"):
         gelu_glu_linear(x.t().contiguous().t(), weight)
-
-
-def test_model_with_fused_gemm_matches_unfused(small_ckpt):
-    reranker = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="triton")
-    pairs = sample_pairs(3, seed=21, max_words=30)
-    want = reranker.predict(pairs, activation=False)
-    reranker.module.use_fused_gelu_glu_gemm(True)
-    got = reranker.predict(pairs, activation=False)
-    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
-    torch_path = Reranker.from_pretrained(small_ckpt, device=DEVICE, dtype="float32", backend="torch")
-    with pytest.raises(ValueError, match="fused GEGLU GEMM is a Triton kernel"):
-        torch_path.module.use_fused_gelu_glu_gemm(True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])

@@ -125,16 +125,16 @@ def test_reglu_checkpoint_matches_eager(tmp_path):
     Oracle(ckpt, "jina-reranker-v1").check(_packed_logits(reranker, seqs), seqs)
 
 
-def test_last_layer_token0_only_is_exact(small, small_eager):
+def test_full_last_layer_matches_the_oracle(small, small_eager):
+    """The last layer run for every token (benchmarks switch the token-0-only path off) is as close
+    to the answer as the default; test_modeling checks the two paths agree."""
     rng = random.Random(9)
     seqs = [random_ids(rng, n) for n in (70, 1, 33)]
-    fast = _packed_logits(small, seqs)
     small.module.last_layer_token0_only = False
     try:
         full = _packed_logits(small, seqs)
     finally:
         small.module.last_layer_token0_only = True
-    torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
     small_eager.check(full, seqs)
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.helpers import sample_pairs
-from turborank import Reranker, kernels
+from turborank import Reranker
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
-from turborank.ops import OP_NAMES, resolve_ops
+from turborank.ops import OP_NAMES
 from turborank.packing import plan_batches
 
 
@@ -21,21 +21,6 @@ def test_defaults_on_cpu(reranker):
     assert reranker.device.type == "cpu" and reranker.dtype == torch.float32
     assert reranker.max_length == 8192
     assert reranker.describe()["backends"] == dict.fromkeys(OP_NAMES, "torch")
-
-
-def test_fused_gemm_op_takes_the_gelu_glu_backend():
-    """The fused GEGLU GEMM is dispatched like the others, through gelu_glu's entry (no key of its
-    own in the backends a model reports)."""
-    cpu = torch.device("cpu")
-    assert resolve_ops("auto", cpu).gelu_glu_linear is kernels.gelu_glu_linear_ref
-    assert resolve_ops("torch", cpu).gelu_glu_linear is kernels.gelu_glu_linear_ref
-    if kernels.TRITON_AVAILABLE:  # tests run Triton in its interpreter on CPU
-        ops = resolve_ops({"gelu_glu": "triton"}, cpu)
-        assert ops.gelu_glu_linear is kernels.gelu_glu_linear and ops.gelu_glu is kernels.gelu_glu
-        assert ops.alibi_attention is kernels.alibi_attention_ref
-        assert set(ops.backends) == set(OP_NAMES)
-    with pytest.raises(ValueError, match="unknown op"):
-        resolve_ops({"gelu_glu_linear": "torch"}, cpu)
 
 
 def test_compute_score_single_pair_is_a_float(reranker):
@@ -181,25 +166,3 @@ def test_load_refuses_a_tokenizer_with_ids_past_vocab_size(tmp_path, small_ckpt)
         ValueError, match=r"tokenizer.json: token ids reach 1\d\d\d, but .*config.json has vocab_size 1000"
     ):
         Reranker.from_pretrained(target, device="cpu")
-
-
-def test_ids_past_the_tables_are_refused_on_the_host(reranker):
-    """Ids are checked where they are packed, on CPU tensors before the copy to the device (no
-    device sync): a ValueError naming the ids and the limit."""
-    from turborank.tokenization import EncodedPairs
-
-    vocab = reranker.config.vocab_size
-    bad = EncodedPairs(
-        input_ids=[[0, 5, 6], [0, vocab, 2]], token_type_ids=None, was_truncated=[False, False]
-    )
-    with pytest.raises(
-        ValueError,
-        match=f"input_ids must lie in \\[0, {vocab}\\) \\(vocab_size of the model\\), got ids 0..{vocab}",
-    ):
-        reranker.logits(bad)
-    types = EncodedPairs(input_ids=[[0, 5, 6]], token_type_ids=[[0, 0, 2]], was_truncated=[False])
-    with pytest.raises(ValueError, match="token_type_ids must lie in \\[0, 2\\)"):
-        reranker.logits(types)
-    negative = EncodedPairs(input_ids=[[0, -1, 6]], token_type_ids=None, was_truncated=[False])
-    with pytest.raises(ValueError, match="got ids -1..6"):
-        reranker.logits(negative)

@@ -8,12 +8,8 @@ import pytest
 
 from tests.helpers import sample_pairs
 from turborank.testing import random_text
-from turborank.tokenization import (
-    CLIP_MAX_CHARS_PER_TOKEN,
-    PairTokenizer,
-    TruncationWarning,
-    UncuttableTextError,
-)
+from turborank.text_clipping import CLIP_MAX_CHARS_PER_TOKEN, UncuttableTextError
+from turborank.tokenization import PairTokenizer, TruncationWarning
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import torch
 
 from turborank.eval.trec import Run, write_query
 from turborank.packing import descending_order
-from turborank.reranker import Reranker, check_long_doc_options
+from turborank.reranker import Reranker
+from turborank.scoring_options import check_long_doc_options
 
 
 @dataclasses.dataclass(frozen=True)

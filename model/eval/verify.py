@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from turborank.devices import resolve_device
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 from turborank.jsonl import iter_jsonl
-from turborank.reranker import Reranker, resolve_device
+from turborank.reranker import Reranker
 
 
 def sample_pairs() -> list[tuple[str, str]]:

@@ -23,7 +23,8 @@ from turborank.serving.metrics import ServerMetrics
 from turborank.serving.scheduler import BatchError, BatchScheduler
 from turborank.serving.settings import ServeSettings
 from turborank.serving.tokenizing import tokenize_in_pieces
-from turborank.tokenization import EncodedPairs, UncuttableTextError
+from turborank.text_clipping import UncuttableTextError
+from turborank.tokenization import EncodedPairs
 
 logger = logging.getLogger("turborank.serving")
 # A body this large leaves megabytes of freed heap behind (its text, tokens, response): trimmed a

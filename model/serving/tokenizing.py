@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
-from turborank.tokenization import CLIP_CHARS_PER_TOKEN, EncodedPairs, UncuttableTextError
+from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, UncuttableTextError
+from turborank.tokenization import EncodedPairs
 
 if TYPE_CHECKING:
     from turborank.reranker import Reranker

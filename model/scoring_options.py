@@ -1,0 +1,81 @@
+"""What ``Reranker.predict`` and ``rank`` accept, checked before any tokenising, and how the
+windows of a chunked document become one logit (``chunk_aggregate``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES
+
+# show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
+PROGRESS_MIN_PAIRS = 1000
+
+
+def progress_bar(total: int, show: bool | None) -> Any:
+    """A tqdm bar over ``total`` sequences: when asked, or (None) for a long job on a terminal."""
+    if show is None:
+        show = total >= PROGRESS_MIN_PAIRS and sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # a dependency of huggingface_hub, hence always installed
+
+    return tqdm(total=total, unit="pair", desc="scoring")
+
+
+def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:
+    if long_doc not in LONG_DOC_MODES:
+        raise ValueError(f"long_doc={long_doc!r}; expected one of {LONG_DOC_MODES}")
+    if chunk_aggregate not in CHUNK_AGGREGATES:
+        raise ValueError(f"chunk_aggregate={chunk_aggregate!r}; expected one of {CHUNK_AGGREGATES}")
+
+
+def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, how: str) -> torch.Tensor:
+    """Per-pair logits [n] from per-window logits [windows] (``owners`` [windows]: each window's
+    pair): the max, or the mean, over each pair's windows."""
+    index = torch.tensor(owners, dtype=torch.long)
+    if how == "max":
+        return torch.full((n,), float("-inf")).scatter_reduce(0, index, window_logits, reduce="amax")
+    sums = torch.zeros(n).index_add_(0, index, window_logits)
+    return sums / torch.bincount(index, minlength=n).float()
+
+
+def check_options(**options: object) -> None:
+    """Flags must be booleans (a truthy "no" is not False) and sizes positive integers (not "8" or 1.5)."""
+    for name, value in options.items():
+        if name in ("activation", "return_documents"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_query(query: object) -> None:
+    if not isinstance(query, str):
+        raise ValueError(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty")
+
+
+def as_pairs(pairs: object) -> list[tuple[str, str]]:
+    """Validate and normalise to a list of (query, document) tuples; one bare pair is accepted."""
+    if isinstance(pairs, (list, tuple)) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+        pairs = [pairs]
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise ValueError("pairs must be a list of (query, document) string pairs")
+    out = []
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"pair {index} is not a (query, document) pair: {pair!r:.80}")
+        query, document = pair
+        if not isinstance(document, str):
+            raise ValueError(f"pair {index}: document must be a string, got {type(document).__name__}")
+        try:
+            check_query(query)
+        except ValueError as exc:
+            raise ValueError(f"pair {index}: {exc}") from None
+        out.append((query, document))
+    return out
