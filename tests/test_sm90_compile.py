@@ -31,7 +31,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     run_repo_module("benchmarks.compile.sm90_compile", "--quick", "--out", str(tmp_path), env=env)
     (report,) = tmp_path.glob("sm90_compile_triton*.json")
-    rows = json.loads(report.read_text())["kernels"]
+    rows = json.loads(report.read_text())["rows"]
     kernels = {row["kernel"] for row in rows}
     assert kernels == {
         "alibi_attention_kernel",

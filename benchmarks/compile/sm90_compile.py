@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import importlib
-import json
 import re
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import markdown_table, write_report
 from turborank.kernels import interpreting
 from turborank.packing import cu_seqlens
 
@@ -307,25 +306,15 @@ def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
     return list(results.values())
 
 
-def _markdown(rows: list[Compiled], versions: str) -> str:
-    lines = [
-        f"# sm_90 compile report ({versions}, {datetime.date.today().isoformat()})",
-        "",
-        "Compiled for sm_90 (H100/H200) by Triton's bundled ptxas on a machine without a GPU, at the",
-        "configurations the launchers chose for the shapes in 'used for'. regs: registers per thread",
-        "(255 at most); spill B: local-memory bytes per thread; shared B: shared memory per block;",
-        "CTAs/SM: blocks one SM holds at once by registers, shared memory and warps.",
-        "",
-        "| kernel | used for | config | regs | spill B | shared B | CTAs/SM | wgmma |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
-        used = "; ".join(r.problems)
-        lines.append(
-            f"| {r.kernel} | {used} | {r.config} | {r.registers} | {r.spill_bytes} | {r.shared_bytes} "
-            f"| {r.ctas_per_sm} | {'yes' if r.wgmma else 'no'} |"
-        )
-    return "\n".join(lines) + "\n"
+# What the report's columns mean, written beside every table.
+NOTES = [
+    "compiled for sm_90 (H100/H200) by Triton's bundled ptxas on a machine without a GPU, at the "
+    "configurations the launchers chose for the shapes in used_for",
+    "registers: per thread (255 at most); spill_bytes: local-memory bytes per thread; shared_bytes: "
+    "shared memory per block; ctas_per_sm: blocks one SM holds at once by registers, shared memory "
+    "and warps; wgmma: whether Hopper's tensor-core instructions were used",
+]
+COLUMNS = ["kernel", "used_for", "config", "registers", "spill_bytes", "shared_bytes", "ctas_per_sm", "wgmma"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import triton
 
-    versions = f"triton {triton.__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}"
     rows = report(args.quick, args.candidates)
-    text = _markdown(rows, versions)
-    print(text)
+    table = [{**dataclasses.asdict(r), "used_for": "; ".join(r.problems)} for r in rows]
+    if args.out:
+        # The shared report writer: <name>_<date>.{json,md}, the machine's versions in the header.
+        name = f"sm90_compile{'_candidates' if args.candidates else ''}_triton{triton.__version__}"
+        write_report(args.out, name, table, COLUMNS, NOTES)
+    else:
+        print(markdown_table(table, COLUMNS))
     problems_found = [
         f"{r.kernel} [{r.config}]: {r.spill_bytes} bytes spilled" for r in rows if r.spill_bytes
     ] + [
@@ -351,13 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for line in problems_found:
         print("WARNING:", line)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        day = datetime.date.today().isoformat()
-        name = f"sm90_compile{'_candidates' if args.candidates else ''}_triton{triton.__version__}_{day}"
-        (args.out / f"{name}.md").write_text(text)
-        payload = {"versions": versions, "kernels": [dataclasses.asdict(r) for r in rows]}
-        (args.out / f"{name}.json").write_text(json.dumps(payload, indent=1))
     return 0
 
 
