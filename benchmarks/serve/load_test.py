@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.report import LOCAL_RESULTS, write_report
+from benchmarks.serve.readiness import wait_until_ready
 from turborank.testing import make_checkpoint, random_text
 
 
@@ -113,18 +114,8 @@ def _start_server(checkpoint: Path, port: int, device: str, extra: list[str]) ->
         *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+    wait_until_ready(proc, f"http://127.0.0.1:{port}", 120, lambda: proc.stderr.read())
+    return proc
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import write_report
+from benchmarks.serve.readiness import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,15 +69,7 @@ def _latencies(ckpt: Path, extra: list[str], requests: int) -> list[float]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server {extra} did not start")
-            try:
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_ready(proc, url, 600)
         body = {"query": MODEL_CARD_QUERY, "documents": MODEL_CARD_DOCUMENTS}
         seconds = []
         with httpx.Client(timeout=60) as client:

@@ -37,6 +37,7 @@ import httpx
 
 from benchmarks.report import RESULTS, write_report
 from benchmarks.serve.load_test import _free_port, _percentile, _rss_mib
+from benchmarks.serve.readiness import wait_until_ready
 from turborank.testing import make_checkpoint, random_text
 
 
@@ -272,18 +273,8 @@ def _start_server(checkpoint: Path, port: int, log: Path, options: list[str]) ->
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+    wait_until_ready(proc, f"http://127.0.0.1:{port}", 120, log.read_text)
+    return proc
 
 
 def _versions() -> str:
