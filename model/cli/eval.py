@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     # A failed run leaves an earlier file of that name as it was.
     with replace_when_done(args.output) as out:
         reranker = load_reranker(args)
-        progress = _progress_bar(sum(min(args.top_k, len(first_stage[q])) for q in qids))
+        progress = _progress_bar(args.top_k, inputs)
         start = time.perf_counter()
         interrupted = False
         try:
@@ -218,7 +218,7 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
     spec = ModelSpec(args.model, args.device, args.dtype, args.slopes, args.backend)
     qids, first_stage = inputs.qids, inputs.first_stage
     started = connect(plan)
-    progress = _progress_bar(sum(min(args.top_k, len(first_stage[q])) for q in qids))
+    progress = _progress_bar(args.top_k, inputs)
     start = time.perf_counter()
     try:
         reranked, stats = rerank_run_on_ray(
@@ -252,15 +252,9 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
     return 0
 
 
-def _progress_bar(total: int) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
+def _progress_bar(top_k: int, inputs: _EvalInputs) -> Any:
+    """A bar over the documents to rerank (tqdm comes with huggingface_hub, so it is always there)."""
+    from tqdm import tqdm
 
-        class _Silent:
-            def update(self, n: int) -> None: ...
-
-            def close(self) -> None: ...
-
-        return _Silent()
+    total = sum(min(top_k, len(inputs.first_stage[q])) for q in inputs.qids)
     return tqdm(total=total, unit="doc", desc="reranking", file=sys.stderr, disable=None, smoothing=0.1)
