@@ -10,9 +10,9 @@ import time
 import httpx
 import uvicorn
 
-from tests.serve_process import free_port
 from turborank import Reranker
 from turborank.serving.app import ServeSettings, create_app
+from turborank.testing import free_port
 
 __all__ = ["free_port", "metric", "running_server"]
 

@@ -194,6 +194,44 @@ def test_serve_cuda_graphs_on_cpu_is_a_clear_error(small_ckpt, capsys):
     assert "Traceback" not in err and err.splitlines()[-1].startswith("turborank: error: ")
 
 
+def test_serve_on_a_port_in_use_fails_before_loading_the_model(small_ckpt, capsys):
+    """uvicorn found out only after the load (minutes for a large model on a GPU) and exited 3."""
+    import socket
+
+    pytest.importorskip("fastapi")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(["serve", "--model", str(small_ckpt), "--port", str(port)], capsys)
+    assert code == 1
+    assert err.startswith(f"turborank: error: --host 127.0.0.1 --port {port}: cannot listen there (")
+    assert len(err.splitlines()) == 1  # checked before the load: not one log line
+    code, _, err = run(["serve", "--model", str(small_ckpt), "--host", "no-such-host.invalid"], capsys)
+    assert code == 1 and "--host no-such-host.invalid --port 8080: cannot resolve the host" in err
+    assert "loaded" not in err and "Traceback" not in err
+
+
+def test_ray_proxy_failing_to_bind_is_one_clear_error(monkeypatch):
+    """The port can be taken between the command's check and the proxy's bind (a Ray cluster
+    starts a dozen processes in between): a one-line OSError naming the port, not Ray's trace."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    from turborank.serving.app import ServeSettings
+    from turborank.serving.ray_serve import ReplicaPlan, serve_on_ray
+
+    def proxy_cannot_bind(http_options):
+        raise RuntimeError(f"Failed to bind to address '{http_options['host']}:{http_options['port']}'.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no cluster is started
+    monkeypatch.setattr(ray, "cluster_resources", dict)
+    monkeypatch.setattr(serve, "start", proxy_cannot_bind)
+    plan = ReplicaPlan(address=None, replicas=1, gpus_per_replica=0.0, cpus_per_replica=1.0)
+    refused = r"^--port 23456: Ray Serve's proxy could not listen on 127.0.0.1:23456$"
+    with pytest.raises(OSError, match=refused):
+        serve_on_ray({}, ServeSettings(model_name="m"), plan, port=23456)
+
+
 def test_version_from_package_metadata():
     from importlib.metadata import version
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
-from turborank.testing import make_beir_dataset, make_checkpoint
+from turborank.testing import free_port, make_beir_dataset, make_checkpoint
 
 pytestmark = pytest.mark.slow  # each test starts a local Ray cluster (10-25 s)
 
@@ -133,14 +133,6 @@ def test_failed_ray_job_leaves_the_earlier_output(inputs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "ray.trec"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
     import httpx
 
@@ -166,7 +158,7 @@ def test_serve_on_ray_answers_each_request_with_its_own_scores_and_drains(inputs
     from turborank import Reranker
 
     ckpt = inputs[0]
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "turborank", "serve", "--model", str(ckpt), "--device", "cpu"]
     command += ["--port", str(port), "--ray", "--replicas", "2", "--max-client-batch-size", "64"]

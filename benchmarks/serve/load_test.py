@@ -18,7 +18,6 @@ import json
 import math
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,7 @@ import httpx
 
 from benchmarks.report import LOCAL_RESULTS, write_report
 from benchmarks.serve.readiness import wait_until_ready
-from turborank.testing import make_checkpoint, random_text
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from turborank.testing import free_port, make_checkpoint, random_text
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -141,7 +134,7 @@ def main() -> None:
     proc = None
     url = args.url
     if url is None:
-        port = _free_port()
+        port = free_port()
         checkpoint = make_checkpoint(tempfile.mkdtemp(), args.preset)
         proc = _start_server(checkpoint, port, args.device, args.server_args.split())
         url = f"http://127.0.0.1:{port}"

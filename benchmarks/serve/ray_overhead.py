@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 from benchmarks.serve.readiness import wait_until_ready
+from turborank.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,18 +47,12 @@ def _eval(ckpt: Path, data: Path, out: Path, extra: list[str]) -> dict:
     return {"docs_per_s": rate, "wall_s": wall}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _latencies(ckpt: Path, extra: list[str], requests: int) -> list[float]:
     import httpx
 
     from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "turborank", "serve", "--model", str(ckpt), "--device", "cpu"]
     proc = subprocess.Popen(
         [*command, "--port", str(port), *extra],

@@ -36,9 +36,9 @@ from typing import Any
 import httpx
 
 from benchmarks.report import RESULTS, write_report
-from benchmarks.serve.load_test import _free_port, _percentile, _rss_mib
+from benchmarks.serve.load_test import _percentile, _rss_mib
 from benchmarks.serve.readiness import wait_until_ready
-from turborank.testing import make_checkpoint, random_text
+from turborank.testing import free_port, make_checkpoint, random_text
 
 
 def _forward_stats(metrics: str) -> tuple[float, int]:
@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    port = _free_port()
+    port = free_port()
     work = Path(tempfile.mkdtemp())
     checkpoint = make_checkpoint(work / "checkpoint", args.preset)
     log = work / "server.log"

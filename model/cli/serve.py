@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not 1 <= args.port <= 65535:
         return fail(f"--port must be a TCP port number (1..65535), got {args.port}")
+    # Before the model is loaded (minutes for a large one on a GPU), not after, as uvicorn would.
+    unbindable = _cannot_bind(args.host, args.port)
+    if unbindable:
+        return fail(f"--host {args.host} --port {args.port}: {unbindable}")
     for name in (
         "max_batch_tokens",
         "max_client_batch_size",
@@ -176,6 +180,27 @@ def _load_and_serve(args: argparse.Namespace) -> int:
         return _serve_on_ray(args, settings)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port`` (in use, not an address of this machine,
+    not allowed), or None. As the server will bind: with SO_REUSEADDR, so a port whose last
+    connections are in TIME_WAIT counts as free."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        return f"cannot resolve the host ({exc.strerror})"
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return f"cannot listen there ({exc.strerror})"
+    return None
 
 
 def _tokenizer_only(args: argparse.Namespace) -> PairTokenizer:

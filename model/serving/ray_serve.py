@@ -117,7 +117,13 @@ def serve_on_ray(
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        serve.start(http_options={"host": host, "port": port})
+        try:
+            serve.start(http_options={"host": host, "port": port})
+        except Exception as exc:  # Ray wraps the proxy's error in its own task error
+            if "Failed to bind" not in str(exc):
+                raise
+            # Free when the command checked it, taken before Ray's proxy bound it.
+            raise OSError(f"--port {port}: Ray Serve's proxy could not listen on {host}:{port}") from None
         deployment = serve.deployment(
             serve.ingress(_app_builder(load_kwargs, settings))(_Replica),
             name=APP_NAME,
