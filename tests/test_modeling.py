@@ -76,6 +76,33 @@ def test_last_layer_token0_only_gives_the_full_last_layer_logits(model, lengths)
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mlp_in_row_blocks_on_cpu_gives_the_whole_mlp_logits(small_ckpt, dtype):
+    """On CPU the MLP runs over row blocks (bounded temporaries); the blocks, the last one partial,
+    give the logits of the MLP over all rows at once."""
+    config = JinaBertConfig.from_file(small_ckpt / "config.json")
+    weights = load_weights(find_weights_file(small_ckpt), config, dtype)
+    model = JinaBertReranker(config, weights, resolve_ops("torch", torch.device("cpu"))).eval()
+    assert model.cpu_mlp_rows_per_step is not None  # the default on CPU
+    rng = random.Random(6)
+    seqs = [random_ids(rng, n) for n in (70, 1, 33, 129)]  # 233 rows: 14 blocks of 16 and one of 9
+    model.cpu_mlp_rows_per_step = 16
+    blocks = []
+    whole_mlp = model._mlp
+    model._mlp = lambda layer, x: blocks.append(x.shape[0]) or whole_mlp(layer, x)
+    try:
+        stepped = _logits(model, seqs)
+        model.cpu_mlp_rows_per_step = None
+        whole = _logits(model, seqs)
+    finally:
+        del model._mlp
+    layers = config.num_hidden_layers
+    # Full layers run 15 blocks each, then the plain MLP once; the last layer has 4 token-0 rows.
+    assert blocks == ([16] * 14 + [9]) * (layers - 1) + [4] + [233] * (layers - 1) + [4]
+    # Rows do not interact, but a GEMM library may pick another kernel for another row count.
+    torch.testing.assert_close(stepped, whole, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
 def test_check_token_ids_accepts_ids_inside_the_tables(model):
     cfg = model.config
     model.check_token_ids(torch.tensor([0, cfg.vocab_size - 1]), torch.tensor([0, cfg.type_vocab_size - 1]))
