@@ -203,10 +203,11 @@ def test_serve_on_a_port_in_use_fails_before_loading_the_model(small_ckpt, capsy
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, _, err = run(["serve", "--model", str(small_ckpt), "--port", str(port)], capsys)
-    assert code == 1
-    assert err.startswith(f"turborank: error: --host 127.0.0.1 --port {port}: cannot listen there (")
-    assert len(err.splitlines()) == 1  # checked before the load: not one log line
+        for ray in ([], ["--ray"]):  # a local Ray cluster is not started either
+            code, _, err = run(["serve", "--model", str(small_ckpt), "--port", str(port), *ray], capsys)
+            assert code == 1
+            assert err.startswith(f"turborank: error: --host 127.0.0.1 --port {port}: cannot listen there (")
+            assert len(err.splitlines()) == 1  # checked before the load: not one log line
     code, _, err = run(["serve", "--model", str(small_ckpt), "--host", "no-such-host.invalid"], capsys)
     assert code == 1 and "--host no-such-host.invalid --port 8080: cannot resolve the host" in err
     assert "loaded" not in err and "Traceback" not in err

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         return fail(f"--port must be a TCP port number (1..65535), got {args.port}")
     # Before the model is loaded (minutes for a large one on a GPU), not after, as uvicorn would.
-    unbindable = _cannot_bind(args.host, args.port)
+    # Only where the server listens on this machine: on a Ray cluster the proxy binds on its head.
+    unbindable = _cannot_bind(args.host, args.port) if args.ray in (None, "local") else None
     if unbindable:
         return fail(f"--host {args.host} --port {args.port}: {unbindable}")
     for name in (
