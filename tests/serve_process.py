@@ -7,12 +7,10 @@ import contextlib
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
+from benchmarks.serve.readiness import wait_until_ready
 from turborank.testing import free_port
 
 
@@ -41,18 +39,7 @@ def serve_process(checkpoint: Path, log: Path, *options: str) -> Iterator[tuple[
     url = f"http://127.0.0.1:{port}"
     try:
         # Generous: on a loaded 2-core machine importing torch alone can take a minute.
-        start = time.monotonic()
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            waited = time.monotonic() - start
-            assert proc.poll() is None and waited < 300, (
-                f"the server exited or was not ready after {waited:.0f} s; its log: {log.read_text()[-3000:]}"
-            )
-            time.sleep(0.1)
+        wait_until_ready(proc, url, 300, log.read_text)
         yield proc, url
     finally:
         if proc.poll() is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
+from benchmarks.serve.readiness import wait_until_ready
 from turborank.testing import free_port, make_beir_dataset, make_checkpoint
 
 pytestmark = pytest.mark.slow  # each test starts a local Ray cluster (10-25 s)
@@ -133,21 +134,6 @@ def test_failed_ray_job_leaves_the_earlier_output(inputs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "ray.trec"]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("serve --ray never became ready")
-
-
 def test_serve_on_ray_answers_each_request_with_its_own_scores_and_drains(inputs):
     """Two replicas behind Ray Serve's proxy: concurrent requests each get the library's scores for
     their own documents; on SIGTERM a request in flight is answered, new ones get 503, exit 0."""
@@ -164,7 +150,7 @@ def test_serve_on_ray_answers_each_request_with_its_own_scores_and_drains(inputs
     command += ["--port", str(port), "--ray", "--replicas", "2", "--max-client-batch-size", "64"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
-        _wait_ready(url, proc)
+        wait_until_ready(proc, url, 300, lambda: proc.communicate()[1])
         reranker = Reranker.from_pretrained(ckpt, device="cpu")
         requests = [
             (f"query {i}", [f"document {i} {j} " + "word " * (3 * j + i) for j in range(5)])

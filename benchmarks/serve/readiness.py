@@ -1,4 +1,4 @@
-"""Waiting for a `turborank serve` child process to answer /ready, shared by the serving scripts."""
+"""Waiting for a `turborank serve` child process to answer /ready (the serving scripts, the tests)."""
 
 from __future__ import annotations
 
