@@ -127,22 +127,3 @@ def check_ref_lengths(
         if n_q and not n_k:
             raise ValueError(f"sequence {seq} has queries but no keys in cu_seqlens_k; softmax needs a key")
     return torch.tensor(key_counts, dtype=torch.long, device=cu_seqlens_k.device)
-
-
-def pad_packed(
-    x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[total, heads, d] packed -> (fp32 [batch, heads, L, d] zero-padded, [batch, L] valid)."""
-    batch = cu_seqlens.numel() - 1
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.long)
-    valid = torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None]
-    if int(cu_seqlens[-1]) == batch * max_seqlen:
-        # Every sequence is max_seqlen long (one long document, a batch of equal pairs): the
-        # padded layout is a view of the packed one, no scatter needed.
-        heads, d = x.shape[1:]
-        padded = torch.empty(batch, heads, max_seqlen, d, device=x.device, dtype=torch.float32)
-        padded.copy_(x[: batch * max_seqlen].view(batch, max_seqlen, heads, d).transpose(1, 2))
-        return padded, valid
-    padded = x.new_zeros(batch, max_seqlen, x.shape[1], x.shape[2], dtype=torch.float32)
-    padded[valid] = x.float()
-    return padded.transpose(1, 2).contiguous(), valid

@@ -8,7 +8,11 @@ lets the last layer attend with the token-0 rows only.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 
 from turborank.kernels._alibi_common import (
     check_launch_config,
@@ -16,7 +20,6 @@ from turborank.kernels._alibi_common import (
     check_max_seqlen,
     check_qkv,
     check_ref_lengths,
-    pad_packed,
     resolve_softmax_scale,
 )
 from turborank.kernels._launch import LOG2E, attention_block_d, attention_launch_config
@@ -390,10 +393,20 @@ def alibi_attention(
     )
 
 
-# Bytes of fp32 scores per (head, query block) in the PyTorch path. Small enough to stay in cache,
-# large enough that the Python loop is not the cost: measured on 2 CPU cores at 8k tokens, 4 MiB
-# blocks ran 2.8x faster than one 64 MiB block for all heads.
-_SCORE_BLOCK_BYTES = 4 * 1024 * 1024
+# Query rows per band block: the band's key range is computed per (head, block of this many rows).
+# Smaller blocks follow the band more closely and cost more calls; at 256 rows one call is about
+# 10 us of overhead against milliseconds of work, and 8k tokens ran fastest (2 CPU cores).
+_BAND_ROWS = 256
+# Bias elements one SDPA call may cover. The CPU flash kernel reads the strided bias view in place;
+# a backend that materialises it (math, or memory-efficient with an unaligned mask) then holds at
+# most this many (32 MiB in fp32), so no path ever builds an [L, L] tensor.
+_CALL_BIAS_ELEMENTS = 8 << 20
+# Rows one banded call may merge: blocks of a head whose ranges barely differ (flat heads read
+# every key) run as one call, which keeps the CPU kernel's work items few and large; it splits a
+# call of >= 768 query rows into 256-row items, so merged calls stay at 512 rows or a multiple of
+# 512, which divides evenly between threads.
+_MERGED_ROWS_STEP = 512
+_MERGE_SLACK = 1.15
 
 
 def alibi_attention_ref(
@@ -408,7 +421,7 @@ def alibi_attention_ref(
     softmax_scale: float | None = None,
     band: bool | None = None,
 ) -> torch.Tensor:
-    """PyTorch reference: softmax(q kᵀ * scale - slope * |i - j|) v per sequence, keys past the end masked.
+    """PyTorch path: softmax(q kᵀ * scale - slope * |i - j|) v per sequence.
 
     Args:
         q: [total_q, heads, d]; k, v: [total_k, heads, d], same dtype.
@@ -418,16 +431,19 @@ def alibi_attention_ref(
         max_seqlen_q, max_seqlen_k: Python ints, at least the longest query / key run.
         slopes: fp32 [heads], >= 0.
         softmax_scale: positive; defaults to 1 / sqrt(d).
-        band: each (head, query block) reads only the keys whose weight can reach 2^-56 of the
-            row's largest (see ``band_key_ranges``); None = from ``BAND_MIN_SEQLEN`` keys on,
+        band: each (head, block of query rows) reads only the keys whose weight can reach 2^-56 of
+            the row's largest (see ``band_key_ranges``); None = from ``BAND_MIN_SEQLEN`` keys on,
             False reads all.
     Returns:
-        [total_q, heads, d] in q's dtype.
+        [cu_seqlens_q[-1], heads, d] in q's dtype.
 
-    Computes in fp32 whatever the input dtype. The bias exists one (head, query block) at a time,
-    about 4 MiB, fused into the score GEMM as ``baddbmm(distance, q, kᵀ, beta=-slope)``; padded keys
-    get an infinite distance, hence an exactly-zero probability. No [heads, L, L] tensor is built.
-    Bad lengths (cu_seqlens, max_seqlen) and scales are a ValueError naming the argument.
+    Computes in fp32 whatever the input dtype, with ``scaled_dot_product_attention`` (on CPU its
+    flash kernel: online softmax over key blocks, no score matrix in memory). Each sequence runs on
+    its own real keys, so there is no padding to mask; runs of sequences of one length share a call.
+    The bias is never materialised either: with the keys in reverse order, -slope * |i - j| depends
+    only on i + j', so one [heads, Lq + Lk - 1] vector viewed with strides (1, 1) is the whole
+    [heads, Lq, Lk] bias. Bad lengths (cu_seqlens, max_seqlen) and scales are a ValueError naming
+    the argument.
     """
     if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -437,47 +453,113 @@ def alibi_attention_ref(
     scale = resolve_softmax_scale(softmax_scale, d)
     max_seqlen_q = check_max_seqlen("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = check_max_seqlen("max_seqlen_k", max_seqlen_k)
-    key_lengths = check_ref_lengths(
-        cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]
-    )
-    qp, query_valid = pad_packed(q, cu_seqlens_q, max_seqlen_q)
-    kp, key_valid = pad_packed(k, cu_seqlens_k, max_seqlen_k)
-    vp, _ = pad_packed(v, cu_seqlens_k, max_seqlen_k)
-    kt = kp.transpose(-1, -2)
-    batch = qp.shape[0]
-    # Slopes as Python floats: baddbmm's beta is a scalar, one call per head.
-    neg_slopes = (-slopes.double()).tolist()
-    key_pos = torch.arange(max_seqlen_k, device=q.device, dtype=torch.float32)
-    key_inf = torch.zeros(batch, 1, max_seqlen_k, device=q.device)
-    key_inf.masked_fill_(~key_valid[:, None, :], float("inf"))
-    padded_keys = not bool(key_valid.all())  # none: one long document, N pairs of one length
-
-    rows = max(1, _SCORE_BLOCK_BYTES // (4 * batch * max_seqlen_k))
-    ranges = None
-    if use_band(band, max_seqlen_k):
-        ranges = band_key_ranges(qp, kp, vp, query_valid, key_lengths, slopes, scale, rows)
-    out = torch.empty_like(qp)
-    for block, start in enumerate(range(0, max_seqlen_q, rows)):
-        stop = min(start + rows, max_seqlen_q)
-        distance = (torch.arange(start, stop, device=q.device, dtype=torch.float32)[:, None] - key_pos).abs_()
-        if padded_keys:
-            distance = distance + key_inf
-        else:
-            distance = distance.expand(batch, -1, -1)
-        for h in range(heads):
-            lo, hi = ranges[h][block] if ranges else (0, max_seqlen_k)
-            scores = torch.baddbmm(
-                distance[..., lo:hi],
-                qp[:, h, start:stop],
-                kt[:, h, :, lo:hi],
-                beta=neg_slopes[h],
-                alpha=scale,
+    check_ref_lengths(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0])
+    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    dtype = q.dtype
+    q, k, v = q.float(), k.float(), v.float()  # no copy in fp32
+    out = torch.empty(starts_q[-1], heads, d, device=q.device, dtype=torch.float32)
+    neg_slopes = -slopes.float().reshape(heads, 1)
+    for first, count, length_q, length_k in _runs_of_one_length(starts_q, starts_k):
+        # [count, heads, L, d] views of the packed rows
+        rows_q = slice(starts_q[first], starts_q[first] + count * length_q)
+        rows_k = slice(starts_k[first], starts_k[first] + count * length_k)
+        qs = q[rows_q].view(count, length_q, heads, d).transpose(1, 2)
+        ks = k[rows_k].view(count, length_k, heads, d).transpose(1, 2)
+        vs = v[rows_k].view(count, length_k, heads, d).transpose(1, 2)
+        # bias[h, t] = -slope_h * |t - (Lk - 1)|: query i against reversed key j' sits at t = i + j'
+        offsets = torch.arange(length_q + length_k - 1, device=q.device, dtype=torch.float32) - (length_k - 1)
+        run = _Run(qs, ks.flip(2), vs.flip(2), (neg_slopes * offsets.abs_()).contiguous(), scale)
+        dest = out[rows_q].view(count, length_q, heads, d).transpose(1, 2)
+        if use_band(band, length_k):
+            ranges = band_key_ranges(
+                qs,
+                ks,
+                vs,
+                torch.ones(count, length_q, dtype=torch.bool, device=q.device),
+                torch.full((count,), length_k, device=q.device),
+                slopes,
+                scale,
+                _BAND_ROWS,
             )
-            if neg_slopes[h] == 0 and padded_keys:  # beta 0: baddbmm ignores its input, mask here
-                scores -= key_inf[..., lo:hi]
-            out[:, h, start:stop] = torch.bmm(torch.softmax(scores, dim=-1), vp[:, h, lo:hi])
+            for h, head_ranges in enumerate(ranges):
+                for start, stop, lo, hi in _merged_blocks(head_ranges, length_q, count):
+                    dest[:, h : h + 1, start:stop] = run.attend(h, h + 1, start, stop, lo, hi)
+        else:
+            rows = max(1, _CALL_BIAS_ELEMENTS // (count * heads * length_k))
+            for start in range(0, length_q, rows):
+                stop = min(start + rows, length_q)
+                dest[:, :, start:stop] = run.attend(0, heads, start, stop, 0, length_k)
+    return out.to(dtype)
 
-    out = out.transpose(1, 2)
-    if query_valid.all():  # no padding rows: a reshape, not a gather
-        return out.reshape(-1, heads, d).to(q.dtype)
-    return out[query_valid].to(q.dtype)
+
+@dataclasses.dataclass
+class _Run:
+    """Sequences of one length: q [n, heads, Lq, d]; k, v [n, heads, Lk, d] with keys reversed;
+    bias [heads, Lq + Lk - 1]."""
+
+    q: torch.Tensor
+    k_reversed: torch.Tensor
+    v_reversed: torch.Tensor
+    bias: torch.Tensor
+    scale: float
+
+    def attend(self, h0: int, h1: int, start: int, stop: int, lo: int, hi: int) -> torch.Tensor:
+        """Heads h0:h1, query rows start:stop against keys lo:hi -> [n, h1 - h0, stop - start, d]."""
+        n, length_k = self.q.shape[0], self.k_reversed.shape[2]
+        width = self.bias.shape[1]
+        # Reversed keys lo:hi are rows Lk - hi : Lk - lo; query i and reversed key j' read bias[i + j'].
+        mask = self.bias.as_strided(
+            (n, h1 - h0, stop - start, hi - lo), (0, width, 1, 1), h0 * width + start + length_k - hi
+        )
+        keys = slice(length_k - hi, length_k - lo)
+        return F.scaled_dot_product_attention(
+            self.q[:, h0:h1, start:stop],
+            self.k_reversed[:, h0:h1, keys],
+            self.v_reversed[:, h0:h1, keys],
+            attn_mask=mask,
+            scale=self.scale,
+        )
+
+
+def _runs_of_one_length(starts_q: list[int], starts_k: list[int]) -> Iterator[tuple[int, int, int, int]]:
+    """(first sequence, count, Lq, Lk) for each run of consecutive sequences of equal lengths with
+    queries."""
+    batch, first = len(starts_q) - 1, 0
+    while first < batch:
+
+        def lengths_of(seq: int) -> tuple[int, int]:
+            return starts_q[seq + 1] - starts_q[seq], starts_k[seq + 1] - starts_k[seq]
+
+        lengths, end = lengths_of(first), first + 1
+        while end < batch and lengths_of(end) == lengths:
+            end += 1
+        if lengths[0]:
+            yield first, end - first, *lengths
+        first = end
+
+
+def _merged_blocks(
+    ranges: list[tuple[int, int]], length_q: int, count: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """One head's (first key, end key) per block of ``_BAND_ROWS`` query rows -> calls
+    (start row, stop row, first key, end key): neighbouring blocks merge while the merged call
+    computes at most ``_MERGE_SLACK`` times their scores and covers at most ``_CALL_BIAS_ELEMENTS``."""
+    rows = _BAND_ROWS
+    blocks = [(b * rows, min(b * rows + rows, length_q), lo, hi) for b, (lo, hi) in enumerate(ranges)]
+    i = 0
+    while i < len(blocks):
+        start, stop, lo, hi = blocks[i]
+        scores, j = (stop - start) * (hi - lo), i + 1
+        best = (j, stop, lo, hi)  # the longest merge whose rows divide evenly (see _MERGED_ROWS_STEP)
+        while j < len(blocks):
+            _, next_stop, next_lo, next_hi = blocks[j]
+            lo, hi = min(lo, next_lo), max(hi, next_hi)
+            scores += (next_stop - blocks[j][0]) * (next_hi - next_lo)
+            rows = next_stop - start
+            if rows * (hi - lo) > _MERGE_SLACK * scores or count * rows * (hi - lo) > _CALL_BIAS_ELEMENTS:
+                break
+            j += 1
+            if rows <= _MERGED_ROWS_STEP or rows % _MERGED_ROWS_STEP == 0 or next_stop == length_q:
+                best = (j, next_stop, lo, hi)
+        i, stop, lo, hi = best
+        yield start, stop, lo, hi

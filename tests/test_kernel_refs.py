@@ -63,15 +63,35 @@ def test_alibi_attention_ref_query_prefix():
     )
 
 
-def test_alibi_attention_ref_blocking_is_exact(monkeypatch):
-    """Query blocks of a few rows give the same result as one block."""
+@pytest.mark.parametrize("band", [False, True])
+def test_alibi_attention_ref_blocking_is_exact(monkeypatch, band):
+    """Calls of a few query rows give the same result as one call per sequence."""
     lengths = [300, 129]
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(sum(lengths), 6, 32, generator=gen) for _ in range(3))
     args = (q, k, v, _cu(lengths), _cu(lengths), 300, 300, alibi_slopes(6))
-    whole = alibi_attention_ref(*args)
-    monkeypatch.setattr(attention_module, "_SCORE_BLOCK_BYTES", 4 * 2 * 300 * 7)  # 7 query rows per block
-    torch.testing.assert_close(alibi_attention_ref(*args), whole, rtol=0, atol=1e-6)
+    whole = alibi_attention_ref(*args, band=False)
+    monkeypatch.setattr(attention_module, "_CALL_BIAS_ELEMENTS", 6 * 300 * 7)  # 7 query rows per call
+    monkeypatch.setattr(attention_module, "_BAND_ROWS", 7)
+    monkeypatch.setattr(attention_module, "_MERGE_SLACK", 1.0)
+    torch.testing.assert_close(alibi_attention_ref(*args, band=band), whole, rtol=0, atol=1e-6)
+
+
+def test_band_blocks_merge_only_where_little_is_added(monkeypatch):
+    monkeypatch.setattr(attention_module, "_BAND_ROWS", 4)
+    monkeypatch.setattr(attention_module, "_MERGED_ROWS_STEP", 8)
+    # Three blocks reading every key, then two narrow ones; 18 query rows in all.
+    ranges = [(0, 100), (0, 100), (0, 100), (10, 20), (14, 24)]
+    calls = list(attention_module._merged_blocks(ranges, 18, 1))
+    # Rows are covered in order, once, each call reading at least its blocks' keys.
+    assert [c[0] for c in calls] == [0, *[c[1] for c in calls[:-1]]] and calls[-1][1] == 18
+    for start, stop, lo, hi in calls:
+        blocks = ranges[start // 4 : (stop + 3) // 4]
+        assert lo <= min(b[0] for b in blocks) and hi >= max(b[1] for b in blocks)
+    # The whole-key blocks merge, but only to 8 rows (12 is not a multiple of the step); a narrow
+    # block never joins a wide one, and the two narrow ones stay apart: merged, they would compute
+    # 6 x 14 scores for 4 x 10 + 2 x 10 of their own, more than the 15% slack.
+    assert calls == [(0, 8, 0, 100), (8, 12, 0, 100), (12, 16, 10, 20), (16, 18, 14, 24)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
