@@ -460,27 +460,20 @@ def alibi_attention_ref(
     out = torch.empty(starts_q[-1], heads, d, device=q.device, dtype=torch.float32)
     neg_slopes = -slopes.float().reshape(heads, 1)
     for first, count, length_q, length_k in _runs_of_one_length(starts_q, starts_k):
-        # [count, heads, L, d] views of the packed rows
+        # [count, L, heads, d]: the packed rows of the run as a batch
         rows_q = slice(starts_q[first], starts_q[first] + count * length_q)
         rows_k = slice(starts_k[first], starts_k[first] + count * length_k)
-        qs = q[rows_q].view(count, length_q, heads, d).transpose(1, 2)
-        ks = k[rows_k].view(count, length_k, heads, d).transpose(1, 2)
-        vs = v[rows_k].view(count, length_k, heads, d).transpose(1, 2)
+        qs = q[rows_q].view(count, length_q, heads, d)
+        ks = k[rows_k].view(count, length_k, heads, d)
+        vs = v[rows_k].view(count, length_k, heads, d)
         # bias[h, t] = -slope_h * |t - (Lk - 1)|: query i against reversed key j' sits at t = i + j'
         offsets = torch.arange(length_q + length_k - 1, device=q.device, dtype=torch.float32) - (length_k - 1)
-        run = _Run(qs, ks.flip(2), vs.flip(2), (neg_slopes * offsets.abs_()).contiguous(), scale)
+        bias = (neg_slopes * offsets.abs_()).contiguous()
+        # SDPA takes [batch, heads, L, d]; flipping the packed layout copies whole rows.
+        run = _Run(qs.transpose(1, 2), ks.flip(1).transpose(1, 2), vs.flip(1).transpose(1, 2), bias, scale)
         dest = out[rows_q].view(count, length_q, heads, d).transpose(1, 2)
         if use_band(band, length_k):
-            ranges = band_key_ranges(
-                qs,
-                ks,
-                vs,
-                torch.ones(count, length_q, dtype=torch.bool, device=q.device),
-                torch.full((count,), length_k, device=q.device),
-                slopes,
-                scale,
-                _BAND_ROWS,
-            )
+            ranges = band_key_ranges(qs, ks, vs, slopes, scale, _BAND_ROWS)
             for h, head_ranges in enumerate(ranges):
                 for start, stop, lo, hi in _merged_blocks(head_ranges, length_q, count):
                     dest[:, h : h + 1, start:stop] = run.attend(h, h + 1, start, stop, lo, hi)

@@ -121,20 +121,19 @@ def use_band(band: bool | None, max_seqlen_k: int) -> bool:
 
 
 def band_key_ranges(
-    qp: torch.Tensor,
-    kp: torch.Tensor,
-    vp: torch.Tensor,
-    query_valid: torch.Tensor,
-    key_lengths: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
     slopes: torch.Tensor,
     scale: float,
     rows: int,
 ) -> list[list[tuple[int, int]]]:
-    """[head][query block of ``rows``] -> (first key, end key) that block needs, over the batch.
+    """[head][query block of ``rows``] -> (first key, end key) that block needs, over a batch of
+    sequences of one length.
 
     Args:
-        qp: [batch, heads, Lq, d]; kp, vp: [batch, heads, Lk, d], zero-padded fp32.
-        query_valid: [batch, Lq] bool; key_lengths: [batch].
+        q: [batch, Lq, heads, d]; k, v: [batch, Lk, heads, d], fp32: sequences of one length, in
+            the packed layout's order (a run of packed rows viewed as a batch; no padding).
 
     Query i can skip key j when even the largest score j could have, scale * |q_i| * max_j |k_j|
     (Cauchy-Schwarz) minus slope * |i - j|, is below the score i has with its own key, minus a margin
@@ -142,30 +141,29 @@ def band_key_ranges(
     the output moves by less than 2^-42 of max |v|, far below fp32 resolution. Steep heads (large
     slopes) thus attend to a band around the diagonal; the bound uses only the data at hand.
     """
-    heads, length_q, length_k = qp.shape[1], qp.shape[2], kp.shape[2]
-    q_norm = qp.norm(dim=-1)  # [batch, heads, Lq]
-    k_norm = kp.norm(dim=-1)  # [batch, heads, Lk]
+    length_q, heads, length_k = q.shape[1], q.shape[2], k.shape[1]
+    # Reductions over d of the packed layout: [batch, L, heads], each row contiguous.
+    q_norm = q.norm(dim=-1)
+    k_norm = k.norm(dim=-1)
     # A non-finite key or value anywhere in a (sequence, head) gives an infinite bound: no band
     # there, so NaN and inf reach the output exactly as they do without the band. Sums carry any
     # NaN or inf (and a finite sum that overflows only turns the band off, which is always exact);
-    # they are far cheaper than an elementwise isfinite over [batch, heads, L, d].
-    finite = torch.isfinite(k_norm.sum(-1, keepdim=True) + vp.sum((-2, -1))[..., None])
-    k_max = torch.where(finite, k_norm.amax(-1, keepdim=True), torch.inf)  # [batch, heads, 1]
-    own_keys = kp[:, :, :length_q]
+    # they are far cheaper than an elementwise isfinite over [batch, L, heads, d].
+    finite = torch.isfinite(k_norm.sum(1, keepdim=True) + v.sum((1, 3))[:, None])  # [batch, 1, heads]
+    k_max = torch.where(finite, k_norm.amax(1, keepdim=True), torch.inf)
+    with_own = min(length_q, length_k)
+    own = (q[:, :with_own] * k[:, :with_own]).sum(-1)  # the score with the key at the query's own position
     if length_q > length_k:
-        own_keys = F.pad(own_keys, (0, 0, 0, length_q - length_k))
-    own = (qp * own_keys).sum(-1)  # the score with the key at the query's own position
+        own = F.pad(own, (0, 0, 0, length_q - length_k))
     excess = scale * (q_norm * k_max * BAND_BOUND_SLACK - own) + BAND_MARGIN_BITS * math.log(2)
-    radius = excess / slopes.float()[None, :, None]
-    positions = torch.arange(length_q, device=qp.device, dtype=torch.float32)
+    radius = excess / slopes.float()
+    positions = torch.arange(length_q, device=q.device, dtype=torch.float32)[:, None]
     # As in the kernel, every key for: a zero slope (infinite radius), NaN inputs (NaN radius)
     # and a query past its sequence's last key (no own key to measure against).
-    has_own = (positions[None, :] < key_lengths[:, None].to(positions.device))[:, None, :]
-    radius = torch.where(has_own & (radius >= 0), radius, torch.inf)
-    valid = query_valid[:, None, :]
-    pad = (-length_q) % rows  # whole blocks: padding rows never widen a range
-    first = F.pad(torch.where(valid, positions - radius, torch.inf).amin(0), (0, pad), value=torch.inf)
-    last = F.pad(torch.where(valid, positions + radius, -torch.inf).amax(0), (0, pad), value=-torch.inf)
+    radius = torch.where((positions < length_k) & (radius >= 0), radius, torch.inf)
+    pad = (-length_q) % rows  # whole blocks
+    first = F.pad((positions - radius).amin(0).T, (0, pad), value=torch.inf)  # [heads, Lq + pad]
+    last = F.pad((positions + radius).amax(0).T, (0, pad), value=-torch.inf)
     lo = first.view(heads, -1, rows).amin(-1).floor().clamp(0, length_k).long().tolist()
     hi = (last.view(heads, -1, rows).amax(-1).ceil() + 1).clamp(0, length_k).long().tolist()
     return [list(zip(lo_h, hi_h, strict=True)) for lo_h, hi_h in zip(lo, hi, strict=True)]

@@ -53,10 +53,7 @@ def test_ref_band_equals_full_attention():
 def test_band_ranges_are_narrow_for_steep_heads_and_whole_for_flat_ones():
     length = 512
     q, k, _ = _qkv(length, scale=0.1)
-    qp, kp = q.float().transpose(0, 1)[None], k.float().transpose(0, 1)[None]
-    valid = torch.ones(1, length, dtype=torch.bool, device=DEVICE)
-    key_lengths = torch.tensor([length], device=DEVICE)
-    ranges = band_key_ranges(qp, kp, kp, valid, key_lengths, _slopes(), 32**-0.5, rows=64)
+    ranges = band_key_ranges(q.float()[None], k.float()[None], k.float()[None], _slopes(), 32**-0.5, rows=64)
     lo, hi = ranges[0][3]  # slope 8, rows 192..255: 56 bits / (8 / ln 2) is under 5 tokens
     assert 192 - 8 <= lo <= 192 and 256 <= hi <= 256 + 8
     assert ranges[4][3] == (0, length)  # slope 0: every key

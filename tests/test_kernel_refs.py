@@ -50,6 +50,25 @@ def test_alibi_attention_ref_matches_dense(lengths, heads, d):
     )
 
 
+@pytest.mark.parametrize("band", [False, True])
+def test_alibi_attention_ref_runs_of_equal_lengths(band):
+    """Neighbouring sequences of one length share a call; each must still see only its own keys."""
+    lengths = [50, 50, 50, 7, 50, 50, 1, 1]
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(sum(lengths), 12, 32, generator=gen) for _ in range(3))
+    slopes = alibi_slopes(12)
+    cu = _cu(lengths)
+    got = alibi_attention_ref(q, k, v, cu, cu, 50, 50, slopes, band=band)
+    torch.testing.assert_close(
+        got.double(), dense_attention(q, k, v, lengths, lengths, slopes), rtol=1e-5, atol=1e-5
+    )
+    # The same pairs with one key changed in the second sequence: only its rows may move.
+    k2 = k.clone()
+    k2[60] += 10.0
+    moved = (alibi_attention_ref(q, k2, v, cu, cu, 50, 50, slopes, band=band) - got).abs().amax((1, 2))
+    assert moved[50:100].max() > 0 and moved[:50].max() == 0 and moved[100:].max() == 0
+
+
 def test_alibi_attention_ref_query_prefix():
     """Queries that are a prefix of each sequence (token 0 only, as in the last layer)."""
     lengths_k, lengths_q = [5, 40, 1, 77], [1, 1, 1, 1]
