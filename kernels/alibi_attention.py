@@ -459,7 +459,7 @@ def alibi_attention_ref(
     q, k, v = q.float(), k.float(), v.float()  # no copy in fp32
     out = torch.empty(starts_q[-1], heads, d, device=q.device, dtype=torch.float32)
     neg_slopes = -slopes.float().reshape(heads, 1)
-    for first, count, length_q, length_k in _runs_of_one_length(starts_q, starts_k):
+    for first, count, length_q, length_k in _runs_of_one_length(starts_q, starts_k, heads):
         # [count, L, heads, d]: the packed rows of the run as a batch
         rows_q = slice(starts_q[first], starts_q[first] + count * length_q)
         rows_k = slice(starts_k[first], starts_k[first] + count * length_k)
@@ -468,7 +468,7 @@ def alibi_attention_ref(
         vs = v[rows_k].view(count, length_k, heads, d)
         # bias[h, t] = -slope_h * |t - (Lk - 1)|: query i against reversed key j' sits at t = i + j'
         offsets = torch.arange(length_q + length_k - 1, device=q.device, dtype=torch.float32) - (length_k - 1)
-        bias = (neg_slopes * offsets.abs_()).contiguous()
+        bias = neg_slopes * offsets.abs_()  # a new contiguous tensor: _Run.attend views its storage
         # SDPA takes [batch, heads, L, d]; flipping the packed layout copies whole rows.
         run = _Run(qs.transpose(1, 2), ks.flip(1).transpose(1, 2), vs.flip(1).transpose(1, 2), bias, scale)
         dest = out[rows_q].view(count, length_q, heads, d).transpose(1, 2)
@@ -514,20 +514,29 @@ class _Run:
         )
 
 
-def _runs_of_one_length(starts_q: list[int], starts_k: list[int]) -> Iterator[tuple[int, int, int, int]]:
-    """(first sequence, count, Lq, Lk) for each run of consecutive sequences of equal lengths with
-    queries."""
+def _runs_of_one_length(
+    starts_q: list[int], starts_k: list[int], heads: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """(first sequence, count, Lq, Lk) for runs of consecutive sequences of equal lengths with
+    queries, cut so that a call over all heads and ``_BAND_ROWS`` query rows of a run covers at
+    most ``_CALL_BIAS_ELEMENTS``."""
+
+    def lengths_of(seq: int) -> tuple[int, int]:
+        return starts_q[seq + 1] - starts_q[seq], starts_k[seq + 1] - starts_k[seq]
+
     batch, first = len(starts_q) - 1, 0
     while first < batch:
-
-        def lengths_of(seq: int) -> tuple[int, int]:
-            return starts_q[seq + 1] - starts_q[seq], starts_k[seq + 1] - starts_k[seq]
-
-        lengths, end = lengths_of(first), first + 1
-        while end < batch and lengths_of(end) == lengths:
+        length_q, length_k = lengths_of(first)
+        most = (
+            max(1, _CALL_BIAS_ELEMENTS // (heads * min(length_q, _BAND_ROWS) * length_k))
+            if length_q
+            else batch
+        )
+        end = first + 1
+        while end < batch and end - first < most and lengths_of(end) == (length_q, length_k):
             end += 1
-        if lengths[0]:
-            yield first, end - first, *lengths
+        if length_q:
+            yield first, end - first, length_q, length_k
         first = end
 
 
@@ -548,11 +557,11 @@ def _merged_blocks(
             _, next_stop, next_lo, next_hi = blocks[j]
             lo, hi = min(lo, next_lo), max(hi, next_hi)
             scores += (next_stop - blocks[j][0]) * (next_hi - next_lo)
-            rows = next_stop - start
-            if rows * (hi - lo) > _MERGE_SLACK * scores or count * rows * (hi - lo) > _CALL_BIAS_ELEMENTS:
+            merged = next_stop - start
+            if merged * (hi - lo) > _MERGE_SLACK * scores or count * merged * (hi - lo) > _CALL_BIAS_ELEMENTS:
                 break
             j += 1
-            if rows <= _MERGED_ROWS_STEP or rows % _MERGED_ROWS_STEP == 0 or next_stop == length_q:
+            if merged <= _MERGED_ROWS_STEP or merged % _MERGED_ROWS_STEP == 0 or next_stop == length_q:
                 best = (j, next_stop, lo, hi)
         i, stop, lo, hi = best
         yield start, stop, lo, hi

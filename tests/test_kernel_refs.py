@@ -69,6 +69,31 @@ def test_alibi_attention_ref_runs_of_equal_lengths(band):
     assert moved[50:100].max() > 0 and moved[:50].max() == 0 and moved[100:].max() == 0
 
 
+def test_runs_are_cut_to_the_call_size(monkeypatch):
+    lengths = [50] * 5 + [7, 1, 1]
+    starts = _cu(lengths).tolist()
+    assert list(attention_module._runs_of_one_length(starts, starts, 12)) == [
+        (0, 5, 50, 50),
+        (5, 1, 7, 7),
+        (6, 2, 1, 1),
+    ]
+    monkeypatch.setattr(attention_module, "_CALL_BIAS_ELEMENTS", 12 * 50 * 50 * 2)  # two 50-token sequences
+    assert [run[:2] for run in attention_module._runs_of_one_length(starts, starts, 12)] == [
+        (0, 2),
+        (2, 2),
+        (4, 1),
+        (5, 1),
+        (6, 2),
+    ]
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(sum(lengths), 12, 32, generator=gen) for _ in range(3))
+    slopes = alibi_slopes(12)
+    got = alibi_attention_ref(q, k, v, _cu(lengths), _cu(lengths), 50, 50, slopes)
+    torch.testing.assert_close(
+        got.double(), dense_attention(q, k, v, lengths, lengths, slopes), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_alibi_attention_ref_query_prefix():
     """Queries that are a prefix of each sequence (token 0 only, as in the last layer)."""
     lengths_k, lengths_q = [5, 40, 1, 77], [1, 1, 1, 1]
