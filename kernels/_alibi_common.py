@@ -83,8 +83,8 @@ def check_lengths_tensor(name: str, t: torch.Tensor, device: torch.device) -> No
         raise ValueError(f"{name} must be contiguous, got stride {t.stride()}")
 
 
-def _ref_lengths(name: str, cu_seqlens: torch.Tensor, total: int, longest: int) -> list[int]:
-    """Sequence lengths from ``cu_seqlens_{name}``, checked against the rows of ``name`` and
+def _ref_offsets(name: str, cu_seqlens: torch.Tensor, total: int, longest: int) -> list[int]:
+    """``cu_seqlens_{name}`` on the host, checked against the rows of ``name`` and
     ``max_seqlen_{name}``."""
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() == 0 or cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise ValueError(
@@ -103,7 +103,7 @@ def _ref_lengths(name: str, cu_seqlens: torch.Tensor, total: int, longest: int) 
         raise ValueError(
             f"max_seqlen_{name}={longest} is below the longest sequence in cu_seqlens_{name} ({max(lengths)})"
         )
-    return lengths
+    return cu
 
 
 def check_ref_lengths(
@@ -113,17 +113,18 @@ def check_ref_lengths(
     max_seqlen_k: int,
     total_q: int,
     total_k: int,
-) -> torch.Tensor:
-    """The PyTorch path reads the lengths on the host anyway: check them all. Returns the key
-    lengths [batch] (int64, on cu_seqlens_k's device)."""
+) -> tuple[list[int], list[int]]:
+    """The PyTorch path reads the lengths on the host anyway: check them all. Returns
+    (cu_seqlens_q, cu_seqlens_k) as lists."""
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(
             "cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
             f"{tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
         )
-    query_counts = _ref_lengths("q", cu_seqlens_q, total_q, max_seqlen_q)
-    key_counts = _ref_lengths("k", cu_seqlens_k, total_k, max_seqlen_k)
-    for seq, (n_q, n_k) in enumerate(zip(query_counts, key_counts, strict=True)):
-        if n_q and not n_k:
+    starts_q = _ref_offsets("q", cu_seqlens_q, total_q, max_seqlen_q)
+    starts_k = _ref_offsets("k", cu_seqlens_k, total_k, max_seqlen_k)
+    spans = zip(itertools.pairwise(starts_q), itertools.pairwise(starts_k), strict=True)
+    for seq, ((q0, q1), (k0, k1)) in enumerate(spans):
+        if q1 > q0 and k1 == k0:
             raise ValueError(f"sequence {seq} has queries but no keys in cu_seqlens_k; softmax needs a key")
-    return torch.tensor(key_counts, dtype=torch.long, device=cu_seqlens_k.device)
+    return starts_q, starts_k

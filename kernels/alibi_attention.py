@@ -453,8 +453,9 @@ def alibi_attention_ref(
     scale = resolve_softmax_scale(softmax_scale, d)
     max_seqlen_q = check_max_seqlen("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = check_max_seqlen("max_seqlen_k", max_seqlen_k)
-    check_ref_lengths(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0])
-    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    starts_q, starts_k = check_ref_lengths(
+        cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]
+    )
     dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()  # no copy in fp32
     out = torch.empty(starts_q[-1], heads, d, device=q.device, dtype=torch.float32)
