@@ -10,7 +10,8 @@ from turborank.kernels.add_layer_norm import (
     embedding_layer_norm,
     embedding_layer_norm_ref,
 )
-from turborank.kernels.alibi_attention import alibi_attention, alibi_attention_ref
+from turborank.kernels.alibi_attention import alibi_attention
+from turborank.kernels.alibi_attention_cpu import alibi_attention_ref
 from turborank.kernels.alibi_attention_padded import alibi_attention_padded, alibi_attention_padded_ref
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu, gelu_glu_ref
 from turborank.kernels.gelu_glu_linear import gelu_glu_linear, gelu_glu_linear_ref

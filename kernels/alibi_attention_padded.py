@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from turborank.kernels._alibi_common import check_lengths_tensor, check_qkv, resolve_softmax_scale
-from turborank.kernels.alibi_attention import alibi_attention_ref, launch_alibi_attention
+from turborank.kernels.alibi_attention import launch_alibi_attention
+from turborank.kernels.alibi_attention_cpu import alibi_attention_ref
 
 
 def alibi_attention_padded(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 
 import pytest
@@ -12,8 +13,8 @@ from turborank.alibi import alibi_slopes
 from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, gelu_glu_ref
 from turborank.packing import cu_seqlens
 
-# The package exports the function `alibi_attention` under the module's name; fetch the module itself.
-attention_module = importlib.import_module("turborank.kernels.alibi_attention")
+# The PyTorch engine's module, for its call-size settings.
+attention_module = importlib.import_module("turborank.kernels.alibi_attention_cpu")
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
@@ -149,6 +150,80 @@ def test_alibi_attention_ref_half_dtypes(dtype):
     assert got.dtype == dtype
     want = dense_attention(q, k, v, lengths, lengths, slopes)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-2 if dtype == torch.bfloat16 else 4e-3)
+
+
+def _bf16_reference(q, k, v, lengths, slopes):
+    """What the reference's own bf16 forward computes: scores with the bias rounded to bf16, softmax,
+    weights rounded to bf16, product in bf16; the yardstick for the bf16 tiles."""
+    out, offset = [], 0
+    d = q.shape[-1]
+    for n in lengths:
+        qs, ks, vs = (t[offset : offset + n].bfloat16().transpose(0, 1) for t in (q, k, v))
+        i = torch.arange(n, dtype=torch.float32)[:, None]
+        bias = (-slopes.float()[:, None, None] * (i - i.T).abs()).bfloat16()
+        scores = (qs @ ks.transpose(1, 2)) / math.sqrt(d) + bias
+        out.append((torch.softmax(scores.float(), dim=-1).bfloat16() @ vs).transpose(0, 1))
+        offset += n
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[1], [17], [300, 300, 300], [129, 1, 64], [1024], [1025, 5]],
+    ids=["one", "17", "run-of-3", "mixed", "last-tiled", "past-the-tiles"],
+)
+def test_alibi_attention_ref_bf16_within_twice_the_bf16_reference_error(lengths):
+    """bf16 runs of up to _TILE_MAX_KEYS keys take bf16 score tiles (longer ones SDPA in fp32):
+    judged against fp64 with flash-attention's rule, at most twice the error of the reference's own
+    bf16 attention, plus one bf16 unit of the output as a floor."""
+    heads = 12
+    gen = torch.Generator().manual_seed(sum(lengths))
+    q, k, v = (torch.randn(sum(lengths), heads, 32, generator=gen) for _ in range(3))
+    slopes = alibi_slopes(heads, "jina-reranker-v1")
+    cu = _cu(lengths)
+    want = dense_attention(q, k, v, lengths, lengths, slopes)
+    q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    got = alibi_attention_ref(q16, k16, v16, cu, cu, max(lengths), max(lengths), slopes)
+    assert got.dtype == torch.bfloat16
+    error = (got.double() - want).abs().max().item()
+    reference_error = (_bf16_reference(q16, k16, v16, lengths, slopes).double() - want).abs().max().item()
+    floor = torch.finfo(torch.bfloat16).eps * want.abs().max().item()
+    assert error <= 2 * reference_error + floor, (error, reference_error)
+
+
+def test_bf16_tiles_cut_into_row_blocks_are_exact(monkeypatch):
+    """A tile of a few query rows gives what one tile per sequence gives."""
+    lengths = [300, 300, 129]
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(sum(lengths), 6, 32, generator=gen).bfloat16() for _ in range(3))
+    args = (q, k, v, _cu(lengths), _cu(lengths), 300, 300, alibi_slopes(6))
+    whole = alibi_attention_ref(*args)
+    monkeypatch.setattr(attention_module, "_CALL_BIAS_ELEMENTS", 6 * 300 * 7)  # 7 query rows per tile
+    torch.testing.assert_close(alibi_attention_ref(*args), whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_input_reaches_only_its_own_sequence(dtype):
+    """NaN in one sequence's key and inf in another's value: those sequences' rows are not finite
+    (as in exact arithmetic), every other row is finite and unchanged. Lengths cover the bf16 tiles
+    (run of two, a lone short one) and SDPA with the band (1,100 keys)."""
+    lengths = [1100, 40, 40, 7, 300]
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(sum(lengths), 4, 32, generator=gen).to(dtype) for _ in range(3))
+    cu = _cu(lengths)
+    args = (cu, cu, 1100, 1100, alibi_slopes(4))
+    clean = alibi_attention_ref(q, k, v, *args)
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[1100 + 3, 2, 5] = float("nan")  # second sequence
+    v_bad[1100 + 80 + 40 + 2, 0, 0] = float("inf")  # fifth (300 keys): the last short one
+    got = alibi_attention_ref(q, k_bad, v_bad, *args)
+    starts = cu.tolist()
+    for index, (a, b) in enumerate(itertools.pairwise(starts)):
+        rows = got[a:b]
+        if index in (1, 4):
+            assert not torch.isfinite(rows).all(), index
+        else:
+            torch.testing.assert_close(rows, clean[a:b], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])

@@ -21,6 +21,7 @@ import torch
 from benchmarks.gpu.gpu_env import ENV, configure
 from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
+from turborank.kernels import alibi_attention_ref
 from turborank.kernels._launch import attention_launch_config
 from turborank.packing import cu_seqlens
 
@@ -70,7 +71,8 @@ def tune_workload(
         max_q, flops = 1, 4 * heads * d * total
     else:
         cu_q, max_q, flops = cu_k, max(lengths), 4 * heads * d * sum(n * n for n in lengths)
-    want = module.alibi_attention_ref(q, k, v, cu_q, cu_k, max_q, max(lengths), slopes)
+    # In fp32: for bf16 inputs the PyTorch engine would itself run bf16 score tiles.
+    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, max_q, max(lengths), slopes)
     default = attention_launch_config(d, max_q, dtype)
     candidates = TOKEN0_CANDIDATES if token0 else CANDIDATES
     if ENV.smoke:  # the interpreter is slow at large tiles; two candidates show the mechanics
