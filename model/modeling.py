@@ -8,6 +8,7 @@ from torch import nn
 
 from turborank.alibi import alibi_slopes
 from turborank.config import JinaBertConfig
+from turborank.linear_engines import AtenLinears, LinearChoice, OneDnnLinears, build_linears
 from turborank.ops import Ops
 
 # The widest MLP temporary of one row block on CPU: the [rows, 2I] up-projection in fp32.
@@ -74,6 +75,18 @@ class JinaBertReranker(nn.Module):
         self.cpu_mlp_rows_per_step: int | None = max(
             64, _CPU_MLP_STEP_BYTES // (2 * config.intermediate_size * 4)
         )
+        # F.linear until the loader chooses (``use_linear_engine``).
+        self.linear_choice = LinearChoice("aten", "default of a bare module")
+        self.linears: list[AtenLinears] | list[OneDnnLinears] = build_linears(self, "aten")
+
+    def use_linear_engine(self, choice: LinearChoice) -> None:
+        """Run the linear layers on ``choice.engine`` ("aten" or "onednn"; see
+        ``turborank.linear_engines.choose_linear_engine``), built from the weights as they are now:
+        call it again after moving the module."""
+        if choice.engine == "onednn" and self.fused_gelu_glu_gemm:
+            raise ValueError("the fused Triton GEGLU GEMM runs with linear='aten'")
+        self.linears = build_linears(self, choice.engine)
+        self.linear_choice = choice
 
     def use_fused_gelu_glu_gemm(self, enabled: bool = True) -> None:
         """Run the MLP up-projection and its gate as one Triton GEMM (``gelu_glu_linear``) instead
@@ -83,6 +96,10 @@ class JinaBertReranker(nn.Module):
             raise ValueError(
                 "the fused GEGLU GEMM is a Triton kernel; the gelu_glu op here is "
                 f"{self.ops.backends['gelu_glu']!r} (load with backend='triton' or on CUDA)"
+            )
+        if enabled and self.linear_choice.engine != "aten":
+            raise ValueError(
+                f"the fused GEGLU GEMM replaces F.linear; the linear engine is {self.linear_choice.engine!r}"
             )
         self.fused_gelu_glu_gemm = enabled
 
@@ -147,11 +164,11 @@ class JinaBertReranker(nn.Module):
         first_rows = cu_seqlens[:-1].long()
         batch = first_rows.shape[0]
         cls_cu_seqlens = torch.arange(batch + 1, device=cu_seqlens.device, dtype=torch.int32)
-        for index, layer in enumerate(self.layers):
+        for index, (layer, linears) in enumerate(zip(self.layers, self.linears, strict=True)):
             if index < len(self.layers) - 1 or not self.last_layer_token0_only:
-                x = self._layer(layer, x, cu_seqlens, max_seqlen, None, cu_seqlens, max_seqlen)
+                x = self._layer(layer, linears, x, cu_seqlens, max_seqlen, None, cu_seqlens, max_seqlen)
             else:
-                x = self._layer(layer, x, cu_seqlens, max_seqlen, first_rows, cls_cu_seqlens, 1)
+                x = self._layer(layer, linears, x, cu_seqlens, max_seqlen, first_rows, cls_cu_seqlens, 1)
         if not self.last_layer_token0_only:
             x = x[first_rows]
         pooled = torch.tanh(F.linear(x.float(), self.pooler_weight, self.pooler_bias))
@@ -160,6 +177,7 @@ class JinaBertReranker(nn.Module):
     def _layer(
         self,
         layer: _Layer,
+        linears: AtenLinears | OneDnnLinears,
         x: torch.Tensor,
         cu_seqlens: torch.Tensor,
         max_seqlen: int,
@@ -171,23 +189,18 @@ class JinaBertReranker(nn.Module):
         cfg, ops = self.config, self.ops
         H, heads, d = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
         if query_rows is None:
-            qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias).view(-1, 3, heads, d)
-            q, k, v = qkv.unbind(1)
+            q, k, v = linears.qkv(x).view(-1, 3, heads, d).unbind(1)
             residual = x
         else:
             residual = x[query_rows]
-            q = F.linear(residual, layer.qkv_weight[:H], layer.qkv_bias[:H]).view(-1, heads, d)
-            kv = F.linear(x, layer.qkv_weight[H:], layer.qkv_bias[H:]).view(-1, 2, heads, d)
-            k, v = kv.unbind(1)
+            q = linears.q(residual).view(-1, heads, d)
+            k, v = linears.kv(x).view(-1, 2, heads, d).unbind(1)
         ctx = ops.alibi_attention(
             q, k, v, cu_seqlens_q, cu_seqlens, max_seqlen_q, max_seqlen, self.slopes
         ).reshape(-1, H)
+        # (h, r): the projection and the residual, or their sum and None where the GEMM added it.
         x = ops.add_layer_norm(
-            F.linear(ctx, layer.out_weight, layer.out_bias),
-            residual,
-            layer.ln1_weight,
-            layer.ln1_bias,
-            cfg.layer_norm_eps,
+            *linears.out(ctx, residual), layer.ln1_weight, layer.ln1_bias, cfg.layer_norm_eps
         )
         # PyTorch's CPU allocator caches nothing: a whole-input MLP temporary (the [rows, 2I]
         # up-projection is 63 MB in fp32 at 10 x 512 tokens) comes from fresh pages on every call,
@@ -198,22 +211,20 @@ class JinaBertReranker(nn.Module):
         # per projection, where blocks would only add op overhead.
         step = self.cpu_mlp_rows_per_step
         if step is None or x.device.type != "cpu" or self.fused_gelu_glu_gemm or x.shape[0] <= 4 * step:
-            return self._mlp(layer, x)
+            return self._mlp(layer, linears, x)
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], step):
-            out[start : start + step] = self._mlp(layer, x[start : start + step])
+            out[start : start + step] = self._mlp(layer, linears, x[start : start + step])
         return out
 
-    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, layer: _Layer, linears: AtenLinears | OneDnnLinears, x: torch.Tensor) -> torch.Tensor:
         cfg, ops = self.config, self.ops
-        if self.fused_gelu_glu_gemm:
+        if linears.fuses_gate:  # oneDNN: the gate is the up-projections' epilogue
+            gated = linears.gated(x)
+        elif self.fused_gelu_glu_gemm:
             gated = ops.gelu_glu_linear(x, layer.gated_weight, cfg.glu_activation)
         else:
-            gated = ops.gelu_glu(F.linear(x, layer.gated_weight), cfg.glu_activation)
+            gated = ops.gelu_glu(linears.up(x), cfg.glu_activation)
         return ops.add_layer_norm(
-            F.linear(gated, layer.wo_weight, layer.wo_bias),
-            x,
-            layer.ln2_weight,
-            layer.ln2_bias,
-            cfg.layer_norm_eps,
+            *linears.down(gated, x), layer.ln2_weight, layer.ln2_bias, cfg.layer_norm_eps
         )

@@ -11,6 +11,9 @@ from __future__ import annotations
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # "auto" picks Triton for CUDA tensors and PyTorch otherwise (turborank.ops).
 BACKENDS = ("auto", "torch", "triton")
+# How the linear layers run (turborank.linear_engines): "auto" measures on CPU, "aten" is F.linear,
+# "onednn" packs the weights for oneDNN at load (CPU only).
+LINEAR_ENGINES = ("auto", "aten", "onednn")
 # The two JinaBERT ALiBi slope schemes (DEVELOPERS.md, "ALiBi slopes").
 SLOPE_SCHEMES = ("standard", "jina-reranker-v1")
 TRUNCATION_STRATEGIES = ("longest_first", "only_second")

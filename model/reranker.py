@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from turborank.config import JinaBertConfig
 from turborank.cuda_graphs import CudaGraphForward
 from turborank.devices import resolve_device, resolve_dtype
 from turborank.hub import DEFAULT_MODEL, resolve_checkpoint
+from turborank.linear_engines import choose_linear_engine, onednn_unavailable_reason
 from turborank.modeling import JinaBertReranker
 from turborank.ops import resolve_ops
 from turborank.packing import (
@@ -56,11 +58,13 @@ class Reranker:
         tokenizer: PairTokenizer,
         name: str = "",
         backend: str | dict[str, str] = "auto",
+        linear: str = "auto",
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
         self.name = name
         self.backend = backend
+        self.linear = linear
         self._cuda_graphs: CudaGraphForward | None = None
 
     @classmethod
@@ -73,6 +77,7 @@ class Reranker:
         backend: str | dict[str, str] = "auto",
         revision: str | None = None,
         cuda_graphs: bool = False,
+        linear: str = "auto",
     ) -> Reranker:
         """Load a checkpoint directory or hub id.
 
@@ -82,6 +87,10 @@ class Reranker:
             slopes: override the ALiBi slope scheme ("standard" | "jina-reranker-v1"); None = chosen
                 from config.json's auto_map (DEVELOPERS.md, "ALiBi slopes").
             backend: "auto" | "torch" | "triton", or {op: backend} per op.
+            linear: how the linear layers run (``turborank.linear_engines``): "aten" (``F.linear``),
+                "onednn" (CPU: weights packed for oneDNN at load, the GEGLU gate and the residual
+                adds in the GEMM epilogues), or "auto": on CPU the faster of the two, measured at
+                load on this CPU (``describe()["linear"]`` says which and why), "aten" on CUDA.
             cuda_graphs: replay captured CUDA graphs for small batches (see ``enable_cuda_graphs``).
         """
         directory = resolve_checkpoint(path_or_hub_id, revision)
@@ -93,15 +102,18 @@ class Reranker:
         tokenizer.check_fits(config.vocab_size, config.type_vocab_size, str(directory / "config.json"))
         weights = load_weights(find_weights_file(directory), config, dtype)
         model = JinaBertReranker(config, weights, ops).to(device).eval()
+        model.use_linear_engine(choose_linear_engine(model, linear))
         logger.info(
-            "loaded %s on %s as %s, ops %s, ALiBi %s",
+            "loaded %s on %s as %s, ops %s, linear %s (%s), ALiBi %s",
             directory,
             device,
             dtype,
             ops.backends,
+            model.linear_choice.engine,
+            model.linear_choice.reason,
             config.alibi_scheme,
         )
-        reranker = cls(model, tokenizer, name=str(path_or_hub_id), backend=backend)
+        reranker = cls(model, tokenizer, name=str(path_or_hub_id), backend=backend, linear=linear)
         if cuda_graphs:
             reranker.enable_cuda_graphs()
         return reranker
@@ -117,17 +129,24 @@ class Reranker:
         return self._cuda_graphs
 
     def to(self, device: str | torch.device) -> Reranker:
-        """Move the model to ``device``, its ops chosen again for it (``backend`` as loaded: "auto"
-        is Triton on CUDA, PyTorch on CPU). The dtype stays; CUDA graphs, bound to a device, are
-        dropped (``enable_cuda_graphs`` again on the new one)."""
+        """Move the model to ``device``, its ops and linear engine chosen again for it (``backend``
+        and ``linear`` as loaded: "auto" is Triton and F.linear on CUDA, PyTorch and the measured
+        engine on CPU). The dtype stays; CUDA graphs, bound to a device, are dropped
+        (``enable_cuda_graphs`` again on the new one)."""
         device = resolve_device(device)
         ops = resolve_ops(self.backend, device)
         if self._model.fused_gelu_glu_gemm and ops.backends["gelu_glu"] != "triton":
             raise ValueError(
                 f"the fused GEGLU GEMM is a Triton kernel; the gelu_glu op on {device} is PyTorch"
             )
-        self._model = self._model.to(device)
-        self._model.ops = ops
+        if self.linear == "onednn":  # checked before anything moves
+            unavailable = onednn_unavailable_reason(device, self.dtype, ops.backends)
+            if unavailable:
+                raise ValueError(f"linear='onednn': {unavailable}")
+        model = self._model.to(device)
+        model.ops = ops
+        model.use_linear_engine(choose_linear_engine(model, self.linear))
+        self._model = model
         self._cuda_graphs = None
         return self
 
@@ -168,13 +187,19 @@ class Reranker:
 
     def describe(self) -> dict[str, Any]:
         """What runs the scores, for ``/info`` and the server's startup line: device and dtype (as
-        text), the backend of each op, the ALiBi slope scheme and why it was chosen, and the CUDA
+        text), the backend of each op, the linear engine, the ALiBi slope scheme (each with why it
+        was chosen), the CPU threads and OpenMP spin count, and the CUDA
         graphs (None when off, else their caps, the buckets captured and the batches replayed)."""
         graphs = self._cuda_graphs
         return {
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "backends": dict(self._model.ops.backends),
+            "linear": self._model.linear_choice.as_dict(),
+            # On CPU: the OpenMP threads and how long an idle one spins (turborank.OPENMP_SPIN_COUNT;
+            # None: libgomp's own default, or the user's OMP_WAIT_POLICY).
+            "cpu_threads": torch.get_num_threads(),
+            "openmp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
             "alibi_scheme": self.config.alibi_scheme,
             "alibi_scheme_reason": self.config.alibi_scheme_reason,
             "cuda_graphs": None

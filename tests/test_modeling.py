@@ -89,7 +89,7 @@ def test_mlp_in_row_blocks_on_cpu_gives_the_whole_mlp_logits(small_ckpt, dtype):
     model.cpu_mlp_rows_per_step = 16
     blocks = []
     whole_mlp = model._mlp
-    model._mlp = lambda layer, x: blocks.append(x.shape[0]) or whole_mlp(layer, x)
+    model._mlp = lambda layer, linears, x: blocks.append(x.shape[0]) or whole_mlp(layer, linears, x)
     try:
         stepped = _logits(model, seqs)
         model.cpu_mlp_rows_per_step = None

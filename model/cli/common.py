@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from turborank.option_names import BACKENDS, DTYPE_NAMES, SLOPE_SCHEMES
+from turborank.option_names import BACKENDS, DTYPE_NAMES, LINEAR_ENGINES, SLOPE_SCHEMES
 
 if TYPE_CHECKING:
     from turborank.reranker import Reranker
@@ -50,6 +50,13 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
         help="per-op implementation: auto = Triton on CUDA, PyTorch on CPU",
     )
     parser.add_argument(
+        "--linear",
+        default="auto",
+        choices=list(LINEAR_ENGINES),
+        help="linear layers: aten = F.linear; onednn = CPU, weights packed for oneDNN at load with fused "
+        "epilogues; auto = the faster of the two measured at load on CPU, aten on CUDA (default: auto)",
+    )
+    parser.add_argument(
         "--slopes",
         default=None,
         choices=list(SLOPE_SCHEMES),
@@ -67,6 +74,7 @@ def load_reranker(args: argparse.Namespace) -> Reranker:
         dtype=args.dtype,
         slopes=args.slopes,
         backend=args.backend,
+        linear=args.linear,
         cuda_graphs=getattr(args, "cuda_graphs", False),
     )
 

@@ -215,7 +215,7 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
         cpus_per_worker=args.ray_cpus_per_worker,
         use_gpus=args.device != "cpu",
     )
-    spec = ModelSpec(args.model, args.device, args.dtype, args.slopes, args.backend)
+    spec = ModelSpec(args.model, args.device, args.dtype, args.slopes, args.backend, args.linear)
     qids, first_stage = inputs.qids, inputs.first_stage
     started = connect(plan)
     progress = _progress_bar(args.top_k, inputs)

@@ -233,6 +233,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
         "dtype": args.dtype,
         "slopes": args.slopes,
         "backend": args.backend,
+        "linear": args.linear,
     }
     serve_on_ray(load, settings, plan, host=args.host, port=args.port)
     return 0

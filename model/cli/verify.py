@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         slopes=args.slopes,
         backend=args.backend,
+        linear=args.linear,
     )
     passed = report["max_abs_score_diff"] <= args.tolerance and report["token_ids_equal"]
     report["tolerance"] = args.tolerance

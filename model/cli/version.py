@@ -37,9 +37,10 @@ class VersionAction(argparse.Action):
         values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
-        from turborank.cpu_features import cpu_bf16_support
+        from turborank.cpu_features import cpu_bf16_support, cpu_identity
 
         print(version_text())
         # Whether dtype="bfloat16" pays on this CPU (it is never chosen for the caller).
         print(f"cpu: {cpu_bf16_support().describe()}")
+        print(f"cpu model: {cpu_identity().describe()}")
         parser.exit()

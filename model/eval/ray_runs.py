@@ -37,6 +37,7 @@ class ModelSpec:
     dtype: str = "auto"
     slopes: str | None = None
     backend: str = "auto"
+    linear: str = "auto"
 
 
 # One model per worker process, kept for every task the worker runs after the first.
@@ -48,7 +49,12 @@ def _reranker(spec: ModelSpec):
         from turborank.reranker import Reranker
 
         _LOADED[spec] = Reranker.from_pretrained(
-            spec.model, device=spec.device, dtype=spec.dtype, slopes=spec.slopes, backend=spec.backend
+            spec.model,
+            device=spec.device,
+            dtype=spec.dtype,
+            slopes=spec.slopes,
+            backend=spec.backend,
+            linear=spec.linear,
         )
     return _LOADED[spec]
 

@@ -71,13 +71,16 @@ def verify_against_reference(
     max_length: int = 1024,
     slopes: str | None = None,
     backend: str = "auto",
+    linear: str = "auto",
 ) -> dict[str, Any]:
     """Score ``pairs`` with both implementations in fp32; report the largest differences."""
     directory = Path(model_dir)
     pairs = pairs or sample_pairs()
     device = resolve_device(device)
     hf_version, hf_tokenizer, hf_model = _load_reference(directory, device)
-    ours = Reranker.from_pretrained(directory, device=device, dtype="float32", slopes=slopes, backend=backend)
+    ours = Reranker.from_pretrained(
+        directory, device=device, dtype="float32", slopes=slopes, backend=backend, linear=linear
+    )
 
     queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
     hf_ids = hf_tokenizer(queries, documents, truncation=True, max_length=max_length)["input_ids"]

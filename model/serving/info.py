@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from turborank import __version__
-from turborank.cpu_features import cpu_bf16_support
+from turborank.cpu_features import cpu_bf16_support, cpu_identity
 from turborank.serving.state import ServerState
 
 
@@ -18,8 +18,10 @@ def info_body(state: ServerState) -> dict[str, Any]:
         "version": __version__,
         "device": engine["device"],
         "dtype": engine["dtype"],
+        "cpu": cpu_identity().describe(),
         "cpu_bf16": cpu_bf16_support().describe(),
         "backends": engine["backends"],
+        "linear": engine["linear"],
         "alibi_scheme": engine["alibi_scheme"],
         "max_input_length": settings.max_input_length,
         "max_batch_tokens": settings.max_batch_tokens,
@@ -59,6 +61,7 @@ def startup_line(state: ServerState) -> tuple[str, dict[str, Any]]:
         "device": engine["device"],
         "dtype": engine["dtype"],
         "backends": engine["backends"],
+        "linear": engine["linear"]["engine"],
         "alibi_scheme": engine["alibi_scheme"],
         "alibi_scheme_reason": engine["alibi_scheme_reason"],
         "max_input_length": settings.max_input_length,
@@ -75,7 +78,8 @@ def startup_line(state: ServerState) -> tuple[str, dict[str, Any]]:
     backends = ", ".join(f"{op}={name}" for op, name in sorted(fields["backends"].items()))
     message = (
         f"turborank {__version__} serving {fields['model']} on {fields['device']} ({fields['dtype']}); "
-        f"backends: {backends}; ALiBi slopes {fields['alibi_scheme']} ({fields['alibi_scheme_reason']}); "
+        f"backends: {backends}; linear {fields['linear']}; "
+        f"ALiBi slopes {fields['alibi_scheme']} ({fields['alibi_scheme_reason']}); "
         f"limits: max_input_length={settings.max_input_length} tokens, "
         f"max_batch_tokens={settings.max_batch_tokens}, max_documents={settings.max_documents} "
         f"(Jina/Cohere), max_client_batch_size={settings.max_client_batch_size} (TEI), "

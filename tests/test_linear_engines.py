@@ -1,0 +1,159 @@
+"""The linear engines: oneDNN with packed weights and fused epilogues against F.linear, and how
+the engine is chosen (requested, measured, or the only one that runs)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers import random_ids
+from turborank import Reranker
+from turborank import linear_engines as engines
+from turborank.config import JinaBertConfig
+from turborank.linear_engines import AtenLinears, LinearChoice, OneDnnLinears, choose_linear_engine
+from turborank.modeling import JinaBertReranker
+from turborank.ops import resolve_ops
+from turborank.packing import pack
+from turborank.testing import make_checkpoint
+from turborank.weights import find_weights_file, load_weights
+
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
+)
+
+
+def _model(ckpt, dtype=torch.float32, backend="torch") -> JinaBertReranker:
+    config = JinaBertConfig.from_file(ckpt / "config.json")
+    weights = load_weights(find_weights_file(ckpt), config, dtype)
+    return JinaBertReranker(config, weights, resolve_ops(backend, torch.device("cpu"))).eval()
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", ["geglu", "reglu"])
+@pytest.mark.parametrize("rows", [1, 7, 64, 333])
+def test_onednn_maps_equal_f_linear_in_fp32(tmp_path, activation, rows):
+    """Same maps up to the order of accumulation: the epilogues (gate, bias, residual) are exact."""
+    ckpt = make_checkpoint(tmp_path, "small", seed=3, feed_forward_type=activation)
+    model = _model(ckpt)
+    cfg = model.config
+    layer = model.layers[1]
+    aten = AtenLinears(layer, cfg.hidden_size)
+    onednn = OneDnnLinears(layer, cfg.hidden_size, cfg.intermediate_size, cfg.glu_activation)
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, cfg.hidden_size, generator=gen)
+    g = torch.randn(rows, cfg.intermediate_size, generator=gen)
+    residual = torch.randn(rows, cfg.hidden_size, generator=gen)
+    with torch.inference_mode():
+        for name in ("qkv", "q", "kv"):
+            torch.testing.assert_close(getattr(onednn, name)(x), getattr(aten, name)(x), rtol=1e-5, atol=1e-5)
+        for name, arg in (("out", x), ("down", g)):
+            h, r = getattr(onednn, name)(arg, residual)
+            assert r is None  # fp32: the residual is added in the epilogue
+            want = sum(getattr(aten, name)(arg, residual))
+            torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-5)
+        want = model.ops.gelu_glu(aten.up(x), cfg.glu_activation)
+        torch.testing.assert_close(onednn.gated(x), want, rtol=1e-5, atol=1e-5)
+        # The gate is the first half, through the activation: swapping the halves must fail.
+        u = aten.up(x)
+        swapped = torch.cat(u.chunk(2, dim=-1)[::-1], dim=-1)
+        assert (onednn.gated(x) - model.ops.gelu_glu(swapped, cfg.glu_activation)).abs().max() > 1e-3
+
+
+@needs_onednn
+def test_onednn_leaves_the_residual_to_the_layer_norm_in_bf16(small_ckpt):
+    """In bf16 the residual is added in fp32 by add_layer_norm, not rounded to bf16 first."""
+    model = _model(small_ckpt, torch.bfloat16)
+    cfg = model.config
+    onednn = OneDnnLinears(model.layers[0], cfg.hidden_size, cfg.intermediate_size, cfg.glu_activation)
+    x = torch.randn(5, cfg.hidden_size).bfloat16()
+    with torch.inference_mode():
+        h, r = onednn.out(x, x)
+    assert r is x
+    want = F.linear(x.float(), model.layers[0].out_weight.float(), model.layers[0].out_bias.float())
+    torch.testing.assert_close(h.float(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_requested_engines_and_bad_names(small_ckpt):
+    model = _model(small_ckpt)
+    assert choose_linear_engine(model, "aten") == LinearChoice("aten", "requested")
+    if torch.backends.mkldnn.is_available():
+        assert choose_linear_engine(model, "onednn").engine == "onednn"
+    with pytest.raises(ValueError, match=r"linear engine 'mkl' is not one of \('auto', 'aten', 'onednn'\)"):
+        choose_linear_engine(model, "mkl")
+
+
+def test_onednn_refused_where_its_epilogues_would_replace_triton_ops(small_ckpt):
+    """With Triton gelu_glu / add_layer_norm (the interpreter here), forcing oneDNN would skip
+    the kernels under test: refused by name; "auto" keeps F.linear and says why."""
+    model = _model(small_ckpt, backend={"gelu_glu": "triton"})
+    with pytest.raises(ValueError, match="replace the PyTorch gelu_glu, which run on Triton here"):
+        choose_linear_engine(model, "onednn")
+    choice = choose_linear_engine(model, "auto")
+    assert choice.engine == "aten" and "gelu_glu" in choice.reason
+
+
+def test_auto_without_onednn_says_why(small_ckpt, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    model = _model(small_ckpt)
+    choice = choose_linear_engine(model, "auto")
+    assert choice == LinearChoice(
+        "aten", f"only aten runs here: this torch build ({torch.__version__}) has no oneDNN"
+    )
+    with pytest.raises(ValueError, match="has no oneDNN; use linear='aten' or 'auto'"):
+        choose_linear_engine(model, "onednn")
+
+
+@needs_onednn
+def test_auto_measures_once_per_shape_and_takes_the_faster(small_ckpt, monkeypatch):
+    monkeypatch.setattr(engines, "_MEASURED", {})
+    timings = {"aten": 2.0, "onednn": 1.0}
+    calls = []
+
+    def fake_measure(model):
+        calls.append(model)
+        winner = min(timings, key=timings.__getitem__)
+        return LinearChoice(winner, "measured (test)", dict(timings))
+
+    monkeypatch.setattr(engines, "_measure", fake_measure)
+    model = _model(small_ckpt)
+    assert choose_linear_engine(model, "auto").engine == "onednn"
+    assert choose_linear_engine(_model(small_ckpt), "auto").engine == "onednn"
+    assert len(calls) == 1  # the second model of the same shape reuses the measurement
+    monkeypatch.setattr(engines, "_MEASURED", {})
+    timings.update(aten=0.5)
+    assert choose_linear_engine(model, "auto").engine == "aten"
+
+
+@needs_onednn
+def test_the_real_measurement_times_both_engines(small_ckpt, monkeypatch):
+    monkeypatch.setattr(engines, "_MEASURED", {})
+    choice = choose_linear_engine(_model(small_ckpt), "auto")
+    assert set(choice.seconds) == {"aten", "onednn"} and all(s > 0 for s in choice.seconds.values())
+    assert choice.engine == min(choice.seconds, key=choice.seconds.__getitem__)
+    assert "measured at load" in choice.reason and "aten" in choice.reason and "onednn" in choice.reason
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_engines_give_the_same_logits(small_ckpt, dtype):
+    """End to end, packed batch of odd lengths: the engines agree within the dtype's rounding."""
+    rng = random.Random(5)
+    seqs = [random_ids(rng, n) for n in (70, 1, 33, 129, 300)]
+    ids, cu, longest, _ = pack(seqs)
+    logits = {}
+    for engine in ("aten", "onednn"):
+        reranker = Reranker.from_pretrained(small_ckpt, device="cpu", dtype=dtype, linear=engine)
+        assert reranker.describe()["linear"]["engine"] == engine
+        logits[engine] = reranker.module(ids, cu, longest)
+    tolerance = 1e-5 if dtype == "float32" else 0.1
+    torch.testing.assert_close(logits["onednn"], logits["aten"], rtol=0, atol=tolerance)
+
+
+def test_describe_and_to_keep_the_choice(small_ckpt):
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu", linear="aten")
+    assert reranker.describe()["linear"] == {"engine": "aten", "reason": "requested", "seconds": None}
+    reranker.to("cpu")
+    assert reranker.describe()["linear"]["engine"] == "aten"
