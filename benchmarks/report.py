@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from turborank.cpu_features import cpu_identity
+
 # Where a script writes when no --out is given: inside the clone whatever the working directory,
 # and ignored by git (committed results go to benchmarks/results/ by name).
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,6 +32,9 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        # Vendor, family, model and ISA: CPU figures hold for the CPU they were taken on only.
+        "cpu": cpu_identity().describe(),
+        "torch_threads": torch.get_num_threads(),
     }
     try:
         import triton

@@ -20,10 +20,13 @@ import os
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from benchmarks.cpu.engines import ENGINES, make_workload
+from benchmarks.cpu.gemm_rates import forward_flops
+from turborank.config import JinaBertConfig
 
 
 def _status_mib(field: str) -> float:
@@ -72,7 +75,9 @@ def measure(
     options = {"slopes": slopes} if slopes else {}  # turborank's engines only: the peers run the code given
     engine = engine_cls(checkpoint, device=device, dtype=dtype, backend=backend, **options)
     pairs, max_length = make_workload(engine, workload)
-    tokens = sum(engine.pair_lengths(pairs, max_length))
+    lengths = engine.pair_lengths(pairs, max_length)
+    tokens = sum(lengths)
+    config = JinaBertConfig.from_file(Path(checkpoint) / "config.json")
     engine.logits(pairs, max_length=max_length, batch_size=batch_size)  # warm-up: allocator, lazy init
     peak_after_load = _peak_rss_mib()
     resident = _status_mib("VmRSS")
@@ -112,6 +117,10 @@ def measure(
         "min_s": times[0],
         "pairs_per_s": len(pairs) / median,
         "tokens_per_s": tokens / median,
+        # turborank's forward FLOPs for these lengths (gemm_rates.forward_flops), over the median:
+        # the rate the suite holds against the CPU's GEMM ceiling.
+        "forward_gflop": forward_flops(config, lengths) / 1e9,
+        "gflop_per_s": forward_flops(config, lengths) / 1e9 / median,
         "peak_rss_mib": max(peak_after_load, _peak_rss_mib()),
         # Clamped: pages freed after the resident-set reading can leave the new peak below it.
         "forward_peak_over_resident_mib": max(0.0, _status_mib("VmHWM") - resident) if reset else None,

@@ -60,6 +60,7 @@ def _run_measure(
     threads: int | None,
     slopes: str | None = None,
     batch_size: int | None = None,
+    busy: int = 0,
 ) -> dict:
     cmd = [
         python,
@@ -85,7 +86,7 @@ def _run_measure(
         cmd += ["--slopes", slopes]
     if batch_size and not engine.startswith("turborank"):
         cmd += ["--batch-size", str(batch_size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = _run_beside_busy_loops(cmd, busy)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         # A process killed by a signal (the kernel's OOM killer: SIGKILL) leaves no message of its
@@ -95,6 +96,30 @@ def _run_measure(
         else:
             why = lines[-1][:300]
         return {"engine": engine, "workload": workload, "error": why}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_beside_busy_loops(cmd: list[str], busy: int) -> subprocess.CompletedProcess:
+    """``cmd`` from the repository root, with ``busy`` processes spinning on the CPU meanwhile: a
+    machine whose cores are shared (``--busy``)."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def _gemm_rates(threads: int | None, model: str) -> dict:
+    """The CPU's GEMM ceiling at the model's shapes (``benchmarks.cpu.gemm_rates``), in a fresh
+    process with the engines' thread count."""
+    cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.cpu.gemm_rates", "--model", model]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -125,6 +150,8 @@ def _aggregate(runs: list[dict]) -> dict:
     row["p99_s"] = max(r["p99_s"] for r in good)
     row["pairs_per_s"] = row["pairs"] / row["median_s"]
     row["tokens_per_s"] = row["tokens"] / row["median_s"]
+    if "forward_gflop" in row:
+        row["gflop_per_s"] = row["forward_gflop"] / row["median_s"]
     row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in good)
     row["load_avg_1min"] = [r.get("load_avg_1min") for r in good]
     return row
@@ -152,6 +179,40 @@ def _agreement(rows: list[dict]) -> None:
         pairs = [(i, j) for i in range(len(got)) for j in range(i + 1, len(got)) if want[i] != want[j]]
         same = sum((got[i] - got[j]) * (want[i] - want[j]) > 0 for i, j in pairs)
         row["rank_agreement"] = same / len(pairs) if pairs else 1.0
+
+
+def _ceiling_shares(rows: list[dict], gemm: dict[str, dict[str, dict]]) -> None:
+    """Per turborank row, its forward's GFLOP/s as a share of the CPU's GEMM ceiling in its dtype
+    (the best of the before and after measurements: the ceiling is the best the CPU did)."""
+    for row in rows:
+        rates = gemm.get(row.get("model"), {})
+        label = {"float32": "fp32", "bfloat16": "bf16"}.get(row.get("dtype"))
+        ceilings = [r.get(f"best_{label}") for r in rates.values() if r.get(f"best_{label}")]
+        row.pop("share_of_gemm_ceiling", None)
+        if row.get("engine", "").startswith("turborank") and ceilings and "gflop_per_s" in row:
+            row["gemm_ceiling_gflop_per_s"] = max(ceilings)
+            row["share_of_gemm_ceiling"] = row["gflop_per_s"] / max(ceilings)
+
+
+def _gemm_lines(gemm: dict[str, dict[str, dict]]) -> list[str]:
+    lines = []
+    for model, moments in gemm.items():
+        for moment, rates in moments.items():
+            if "error" in rates:
+                lines.append(f"GEMM ceiling ({model}, {moment}): failed: {rates['error']}")
+                continue
+            engines = ", ".join(
+                f"{key} {figures['layer']:.0f}"
+                for key, figures in rates.items()
+                if isinstance(figures, dict) and "layer" in figures
+            )
+            lines.append(
+                f"GEMM ceiling ({model}, {moment} the cases, {rates['threads']} threads, "
+                f"{rates['rows']} rows, GFLOP/s over one layer's four GEMMs): {engines}; "
+                f"best fp32 {rates['best_fp32']:.0f}, "
+                f"best bf16 {rates['best_bf16']:.0f}"
+            )
+    return lines
 
 
 def _ratios(rows: list[dict]) -> list[str]:
@@ -280,6 +341,17 @@ def main() -> None:
         "standard), else turborank follows config.json and the logits cannot be compared",
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="processes spinning on the CPU during every measurement (a machine whose cores are shared)",
+    )
+    parser.add_argument(
+        "--no-gemm-rates",
+        action="store_true",
+        help="skip the GEMM ceiling measured before and after the cases",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--report-from", type=Path, default=None, help="rewrite the report of a finished run's JSON"
@@ -289,8 +361,19 @@ def main() -> None:
         saved = json.loads(args.report_from.read_text())
         rows = saved["rows"]
         args.rounds, args.long_rounds = saved["rounds"]["short"], saved["rounds"]["long"]
+        args.busy = saved.get("busy", 0)
         _agreement(rows)
-        print(_write_report(args, saved["models"], rows, len(rows), saved["machine"], saved["command"]))
+        print(
+            _write_report(
+                args,
+                saved["models"],
+                rows,
+                len(rows),
+                saved["machine"],
+                saved["command"],
+                saved.get("gemm_rates"),
+            )
+        )
         return
     if args.onnx and (args.reference_code is None or args.device != "cpu"):
         parser.error("--onnx exports the reference code (--reference-code) and runs on CPU")
@@ -305,10 +388,14 @@ def main() -> None:
 
     planned = len(models) * (len(cases) * len(engines) + len(sweep) * 2)
     rows: list[dict] = []
+    # Measured before and after the cases: a ceiling that moved between the two says the machine did.
+    gemm: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model, checkpoint in _checkpoints(models, args.reference_code, Path(tmp)).items():
             if args.onnx:
                 _export_onnx(args.hf_python, checkpoint)
+            if args.device == "cpu" and not args.no_gemm_rates:
+                gemm[model] = {"before": _gemm_rates(args.threads, model)}
             plan = [(case, engines) for case in cases] + [(case, engines[:2]) for case in sweep]
             for (workload, repeats), case_engines in plan:
                 long = workload in LONG_CASES
@@ -328,6 +415,7 @@ def main() -> None:
                             args.threads,
                             args.slopes,
                             args.peer_batch_size,
+                            args.busy,
                         )
                         runs[engine].append(measured)
                 for engine, _, _ in case_engines:
@@ -336,9 +424,13 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "logits"}), flush=True)
                 _agreement(rows)
+                _ceiling_shares(rows, gemm)
                 # After every case: a run stopped at its time limit keeps what it measured.
-                _write_report(args, models, rows, planned)
-    body = _write_report(args, models, rows, planned)
+                _write_report(args, models, rows, planned, gemm_rates=gemm)
+            if model in gemm:
+                gemm[model]["after"] = _gemm_rates(args.threads, model)
+                _ceiling_shares(rows, gemm)
+    body = _write_report(args, models, rows, planned, gemm_rates=gemm)
     try:
         _plot(rows, _stem(args).with_suffix(".png"), body.splitlines()[2])
     except ImportError:
@@ -360,6 +452,7 @@ def _write_report(
     planned: int,
     info: dict | None = None,
     command: str | None = None,
+    gemm_rates: dict | None = None,
 ) -> str:
     """Write <stem>.json and .md for the rows so far; returns the markdown."""
     info = info or machine_info()
@@ -367,7 +460,9 @@ def _write_report(
     info["reference"] = peers[-1]["versions"] if peers else None
     stem = _stem(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    notes = _ratios(rows)
+    notes = _ratios(rows) + _gemm_lines(gemm_rates or {})
+    if args.busy:
+        notes.insert(0, f"every measurement ran beside {args.busy} processes spinning on the CPU (--busy)")
     done = f"{len(rows)} of {planned} cases" + ("" if len(rows) == planned else " (incomplete)")
     report = {
         "machine": info,
@@ -376,6 +471,8 @@ def _write_report(
         "cases_done": done,
         "rows": rows,
         "ratios": notes,
+        "gemm_rates": gemm_rates or {},
+        "busy": args.busy,
         "command": command or " ".join(sys.argv),
     }
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -389,6 +486,8 @@ def _write_report(
         "min_s",
         "median_s",
         "pairs_per_s",
+        "gflop_per_s",
+        "share_of_gemm_ceiling",
         "peak_rss_mib",
         "max_abs_logit_diff",
         "rank_agreement",
