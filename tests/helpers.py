@@ -6,10 +6,13 @@ Imported after conftest.py has run, so TRITON_INTERPRET is already set when turb
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from turborank.testing import random_text
 
@@ -39,3 +42,18 @@ def sample_pairs(n: int, seed: int = 0, max_words: int = 60) -> list[tuple[str, 
     return [
         (random_text(rng, rng.randint(2, 8)), random_text(rng, rng.randint(0, max_words))) for _ in range(n)
     ]
+
+
+def dense_attention(q, k, v, lengths_q, lengths_k, slopes):
+    """Per sequence, a materialised [heads, Lq, Lk] bias, fp64."""
+    out, oq, ok = [], 0, 0
+    d = q.shape[-1]
+    for lq, lk in zip(lengths_q, lengths_k, strict=True):
+        qs, ks, vs = (t.double().transpose(0, 1) for t in (q[oq : oq + lq], k[ok : ok + lk], v[ok : ok + lk]))
+        i = torch.arange(lq, dtype=torch.float64)[:, None]
+        j = torch.arange(lk, dtype=torch.float64)[None, :]
+        bias = -slopes.double()[:, None, None] * (i - j).abs()
+        probs = torch.softmax(qs @ ks.transpose(1, 2) / math.sqrt(d) + bias, dim=-1)
+        out.append((probs @ vs).transpose(0, 1))
+        oq, ok = oq + lq, ok + lk
+    return torch.cat(out)

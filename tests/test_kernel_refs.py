@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers import dense_attention
 from turborank.alibi import alibi_slopes
 from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, gelu_glu_ref
 from turborank.packing import cu_seqlens
@@ -19,21 +20,6 @@ attention_module = importlib.import_module("turborank.kernels.alibi_attention_cp
 
 def _cu(lengths: list[int]) -> torch.Tensor:
     return cu_seqlens(lengths)
-
-
-def dense_attention(q, k, v, lengths_q, lengths_k, slopes):
-    """Per sequence, a materialised [heads, Lq, Lk] bias, fp64."""
-    out, oq, ok = [], 0, 0
-    d = q.shape[-1]
-    for lq, lk in zip(lengths_q, lengths_k, strict=True):
-        qs, ks, vs = (t.double().transpose(0, 1) for t in (q[oq : oq + lq], k[ok : ok + lk], v[ok : ok + lk]))
-        i = torch.arange(lq, dtype=torch.float64)[:, None]
-        j = torch.arange(lk, dtype=torch.float64)[None, :]
-        bias = -slopes.double()[:, None, None] * (i - j).abs()
-        probs = torch.softmax(qs @ ks.transpose(1, 2) / math.sqrt(d) + bias, dim=-1)
-        out.append((probs @ vs).transpose(0, 1))
-        oq, ok = oq + lq, ok + lk
-    return torch.cat(out)
 
 
 @pytest.mark.parametrize("lengths", [[1], [2], [17], [64, 97], [129, 1, 300, 5]])

@@ -149,12 +149,14 @@ def _layer_rate(figures: dict[str, float], shapes: dict[str, tuple[int, int, int
     return sum(flops.values()) / sum(flops[name] / figures[name] for name in shapes)
 
 
-def measure(model: str = "turbo", rows: int = 5120, threads: int | None = None) -> dict:
+def measure(
+    model: str = "turbo", rows: int = 5120, threads: int | None = None, square_size: int = 2048
+) -> dict:
     if threads:
         torch.set_num_threads(threads)
     config = JinaBertConfig.from_dict(make_config(model))
     shapes = layer_shapes(config, rows)
-    square = {"square": (2048, 2048, 2048)}
+    square = {"square": (square_size, square_size, square_size)}
     result: dict = {
         "cpu": cpu_identity().describe(),
         "torch": torch.__version__,

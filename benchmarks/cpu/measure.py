@@ -102,6 +102,9 @@ def measure(
 
         versions["transformers"] = transformers.__version__
     versions.update(getattr(engine, "versions", {}))
+    # turborank: which linear engine ran and why (measured at load on this CPU).
+    reranker = getattr(engine, "reranker", None)
+    linear = reranker.describe()["linear"] if reranker is not None else None
     return {
         "versions": versions,
         "engine": engine_name,
@@ -130,6 +133,7 @@ def measure(
         "gpu_allocated_before_mib": allocated / 2**20 if cuda else None,
         # What else the machine ran meanwhile (a shared machine's load skews every engine's times).
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "linear": linear,
         # Input order, for the suite's error and rank-agreement columns.
         "logits": [float(x) for x in logits],
     }

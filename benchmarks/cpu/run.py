@@ -442,7 +442,8 @@ def main() -> None:
 
 def _stem(args: argparse.Namespace) -> Path:
     date = datetime.date.today().isoformat()
-    return args.out / f"{args.device}_{date}{'_quick' if args.quick else ''}"
+    busy = f"_busy{args.busy}" if args.busy else ""
+    return args.out / f"{args.device}_{date}{'_quick' if args.quick else ''}{busy}"
 
 
 def _write_report(
