@@ -194,6 +194,20 @@ def _ceiling_shares(rows: list[dict], gemm: dict[str, dict[str, dict]]) -> None:
             row["share_of_gemm_ceiling"] = row["gflop_per_s"] / max(ceilings)
 
 
+def _slowdowns(rows: list[dict], idle_rows: list[dict], notes: list[str]) -> None:
+    """Each row's median over the same (model, workload, engine) of an idle run: how much a machine
+    whose cores are shared slows each engine down."""
+    idle = {(r["model"], r["workload"], r["engine"]): r for r in idle_rows if "error" not in r}
+    for row in rows:
+        base = idle.get((row.get("model"), row.get("workload"), row.get("engine")))
+        if base is not None and "median_s" in row:
+            row["slowdown_vs_idle"] = row["median_s"] / base["median_s"]
+            notes.append(
+                f"{row['model']} {row['workload']} {row['engine']}: {row['median_s']:.4g} s busy against "
+                f"{base['median_s']:.4g} s idle, {row['slowdown_vs_idle']:.2f}x"
+            )
+
+
 def _gemm_lines(gemm: dict[str, dict[str, dict]]) -> list[str]:
     lines = []
     for model, moments in gemm.items():
@@ -348,6 +362,12 @@ def main() -> None:
         help="processes spinning on the CPU during every measurement (a machine whose cores are shared)",
     )
     parser.add_argument(
+        "--idle-report",
+        type=Path,
+        default=None,
+        help="with --busy: a finished idle run's JSON; each row then shows its slowdown against it",
+    )
+    parser.add_argument(
         "--no-gemm-rates",
         action="store_true",
         help="skip the GEMM ceiling measured before and after the cases",
@@ -461,7 +481,10 @@ def _write_report(
     info["reference"] = peers[-1]["versions"] if peers else None
     stem = _stem(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    notes = _ratios(rows) + _gemm_lines(gemm_rates or {})
+    notes: list[str] = []
+    if getattr(args, "idle_report", None) is not None:
+        _slowdowns(rows, json.loads(args.idle_report.read_text())["rows"], notes)
+    notes += _ratios(rows) + _gemm_lines(gemm_rates or {})
     if args.busy:
         notes.insert(0, f"every measurement ran beside {args.busy} processes spinning on the CPU (--busy)")
     done = f"{len(rows)} of {planned} cases" + ("" if len(rows) == planned else " (incomplete)")
@@ -489,6 +512,7 @@ def _write_report(
         "pairs_per_s",
         "gflop_per_s",
         "share_of_gemm_ceiling",
+        "slowdown_vs_idle",
         "peak_rss_mib",
         "max_abs_logit_diff",
         "rank_agreement",
