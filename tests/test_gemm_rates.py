@@ -6,9 +6,11 @@ import dataclasses
 import json
 import random
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.cpu import gemm_rates
 from benchmarks.cpu.gemm_rates import forward_flops, measure
 from tests.helpers import dense_attention, random_ids
 from turborank import Reranker
@@ -38,7 +40,10 @@ def test_forward_flops_counts_what_the_forward_computes(small_ckpt):
     assert counter.get_total_flops() == forward_flops(config, lengths) + head
 
 
-def test_gemm_rates_script_reports_each_engine_and_the_ceilings():
+@pytest.mark.parametrize("with_ort", [True, False])
+def test_gemm_rates_script_reports_each_engine_and_the_ceilings(monkeypatch, with_ort):
+    if not with_ort:  # CI has no onnxruntime: the figures of the other engines stand
+        monkeypatch.setattr(gemm_rates, "_ort_rates", lambda shapes, threads: None)
     threads = torch.get_num_threads()
     try:
         result = json.loads(json.dumps(measure("small", rows=64, threads=1, square_size=256)))
@@ -49,3 +54,4 @@ def test_gemm_rates_script_reports_each_engine_and_the_ceilings():
     fp32_layers = [v["layer"] for k, v in result.items() if k.endswith("_fp32") and isinstance(v, dict)]
     assert result["best_fp32"] == max(fp32_layers) > 0
     assert result["best_bf16"] > 0
+    assert ("ort_fp32" in result) is (with_ort and result.get("onnxruntime") is not None)

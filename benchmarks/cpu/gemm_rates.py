@@ -177,7 +177,7 @@ def measure(
                 }
     ort = _best_over_row_counts(
         lambda shapes: {"ort": _ort_rates({**shapes, **square}, torch.get_num_threads())}, config, rows
-    )["ort"]
+    ).get("ort")  # absent without onnxruntime
     if ort:
         import onnxruntime
 
