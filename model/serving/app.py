@@ -36,7 +36,7 @@ from turborank.serving.errors import (
 )
 from turborank.serving.info import info_body, startup_line
 from turborank.serving.parsing import describe, parse_body
-from turborank.serving.request_body import CLOSE, read_body
+from turborank.serving.request_body import CLOSE, read_body, watch_disconnect
 from turborank.serving.request_id import RequestIdMiddleware, request_id_of
 from turborank.serving.rerank_routes import RerankRoutes
 from turborank.serving.responses import Error, JinaCohereError, RerankResponse, TEIError, TEIRank
@@ -51,11 +51,37 @@ _JINA_COHERE_ERRORS = {code: {"model": JinaCohereError} for code in (400, 401, 4
 _TEI_ERRORS = {code: {"model": TEIError} for code in (400, 401, 408, 413, 422, 424, 429, 503)}
 
 
+class _RerankLane:
+    """The rerank POSTs answered here, ahead of FastAPI: ``handle`` reads, parses and answers its
+    own requests and turns every error into a response, so the layers FastAPI puts around a route
+    (its error, telemetry, body-limit, exception and exit-stack middlewares, routing, dependency
+    solving) only cost time: about 0.6 ms of a one-pair request's 1.5 on 2 Zen 4 cores, a third of
+    the server's CPU per request. The routes stay declared on the app for the OpenAPI document;
+    every other request, and every other method on these paths, goes through FastAPI as before."""
+
+    def __init__(self, routes: dict[str, Callable[[Request], Awaitable[Response]]], app: Any) -> None:
+        self.routes, self.app = routes, app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        route = (
+            self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        )
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        response = await route(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
 class _App(FastAPI):
+    rerank_lane: dict[str, Callable[[Request], Awaitable[Response]]]
+
     def build_middleware_stack(self) -> Any:
         # Outermost, so that even the answer of Starlette's last-resort error handler has the id
         # and its access-log line.
-        return RequestIdMiddleware(AccessLogMiddleware(super().build_middleware_stack()))
+        return RequestIdMiddleware(
+            AccessLogMiddleware(_RerankLane(self.rerank_lane, super().build_middleware_stack()))
+        )
 
 
 def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
@@ -121,6 +147,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             state.active += 1
             state.metrics.active.set(state.active)
             large = False
+            watch = None
             try:
                 body = await read_body(
                     request.receive,
@@ -129,11 +156,14 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                     settings.body_timeout_s,
                     settings.min_body_rate,
                 )
+                watch = watch_disconnect(request.scope, request.receive)
                 large = len(body) >= LARGE_BODY_BYTES
-                payload = await state.off_loop(parse_body, schema, body)
+                payload = await state.small_or_off_loop(len(body), parse_body, schema, body)
                 del body
                 response = await work(payload, request)
             finally:
+                if watch is not None:
+                    watch.close()
                 state.active -= 1
                 state.metrics.active.set(state.active)
                 state.release_memory_soon(large)
@@ -197,6 +227,13 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
     )
     async def root_rerank(request: Request) -> Response:
         return await handle(request, "/", TEIRerankRequest, routes.tei)
+
+    app.rerank_lane = {
+        "/v1/rerank": lambda request: handle(request, "/v1/rerank", JinaRerankRequest, routes.jina_cohere_v1),
+        "/v2/rerank": lambda request: handle(request, "/v2/rerank", CohereV2RerankRequest, routes.cohere_v2),
+        "/rerank": lambda request: handle(request, "/rerank", TEIRerankRequest, routes.tei),
+        "/": lambda request: handle(request, "/", TEIRerankRequest, routes.tei),
+    }
 
     def get_and_head(path: str, endpoint: Callable[..., Any], summary: str, **options: Any) -> None:
         # One route per method: a GET+HEAD route gives both operations the same OpenAPI id.

@@ -63,3 +63,38 @@ async def read_body(
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class DisconnectWatch:
+    """Whether the client has gone, once its body is read. From then on the only message the ASGI
+    server has for this request is ``http.disconnect`` (when the connection drops, or once the
+    answer is sent), so one task waiting for it replaces polling ``receive`` with a timeout:
+    ``task`` can be awaited beside the work, ``gone`` read at any time. ``close`` when done."""
+
+    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self.task = asyncio.ensure_future(receive())
+
+    @property
+    def gone(self) -> bool:
+        return self.task.done() and not self.task.cancelled()
+
+    def close(self) -> None:
+        if self.task.done() and not self.task.cancelled():
+            self.task.exception()  # retrieved: a failed receive is a disconnect here, not a log line
+        self.task.cancel()
+
+
+_WATCH = "turborank_disconnect_watch"
+
+
+def watch_disconnect(
+    scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
+) -> DisconnectWatch:
+    """Start watching a request whose body has been read; ``watch_of(scope)`` finds it."""
+    watch = DisconnectWatch(receive)
+    scope.setdefault("state", {})[_WATCH] = watch
+    return watch
+
+
+def watch_of(scope: dict[str, Any]) -> DisconnectWatch | None:
+    return scope.get("state", {}).get(_WATCH)

@@ -46,15 +46,27 @@ def _sigmoid(logits: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
 
 
+# What one result costs in the JSON answer besides any document it echoes (index, score, keys).
+_RESULT_BYTES = 64
+
+
+def _answer_size(results: list[dict[str, Any]], echoed: list[str | dict[str, Any]]) -> int:
+    """About how large the JSON answer is, to decide where it is encoded: a document object (any
+    fields a client sent) counts as large without being measured."""
+    texts = sum(len(d) if isinstance(d, str) else 1 << 30 for d in echoed)
+    return _RESULT_BYTES * len(results) + texts
+
+
 class RerankRoutes:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.settings = state.settings
 
-    async def _json(self, content: Any) -> Response:
-        # Off the loop: echoing 16 MiB of documents is tens of milliseconds of encoding.
-        body = await self.state.off_loop(
-            lambda: json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    async def _json(self, content: Any, size: int) -> Response:
+        # Off the loop unless small: echoing 16 MiB of documents is tens of milliseconds of encoding.
+        body = await self.state.small_or_off_loop(
+            size,
+            lambda: json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(),
         )
         return Response(body, media_type="application/json")
 
@@ -100,8 +112,12 @@ class RerankRoutes:
                 warnings.append(
                     "max_chunks_per_doc: each document is scored as one window of max_input_length tokens"
                 )
-        results = self._results(scored, payload.top_n, payload.documents if return_documents else None)
-        return await self._json(self._body(request, "1", results, len(payload.documents), scored, warnings))
+        echoed = payload.documents if return_documents else None
+        results = self._results(scored, payload.top_n, echoed)
+        body = self._body(request, "1", results, len(payload.documents), scored, warnings)
+        return await self._json(
+            body, _answer_size(results, [echoed[r["index"]] for r in results] if echoed else [])
+        )
 
     async def cohere_v2(self, payload: CohereV2RerankRequest, request: Request) -> Response:
         limit = payload.document_token_limit
@@ -117,7 +133,9 @@ class RerankRoutes:
             )
         documents = payload.documents if payload.return_documents else None
         results = self._results(scored, payload.top_n, documents)  # type: ignore[arg-type]
-        return await self._json(self._body(request, "2", results, len(payload.documents), scored, warnings))
+        body = self._body(request, "2", results, len(payload.documents), scored, warnings)
+        echoed = [documents[r["index"]] for r in results] if documents else []
+        return await self._json(body, _answer_size(results, echoed))
 
     def _body(
         self,
@@ -159,4 +177,5 @@ class RerankRoutes:
             if payload.return_text:
                 item["text"] = payload.texts[index]
             results.append(item)
-        return await self._json(results)
+        echoed = [payload.texts[r["index"]] for r in results] if payload.return_text else []
+        return await self._json(results, _answer_size(results, echoed))

@@ -1,0 +1,400 @@
+"""The host side of turborank serving, measured in front of a stand-in device.
+
+    python -m benchmarks.serve.host_pipeline [--seconds 10] [--clients 8,32] [--out DIR] [-- SERVE_OPTIONS]
+
+On a GPU the turbo forward of a request takes a fraction of a millisecond to about one; what costs
+latency is the host: HTTP, JSON, tokenising, scheduling, packing. This drives `turborank serve`,
+started with its forward replaced by ``benchmarks.serve.stand_in`` (the projected H200 time in a
+sleep that burns no CPU), over loopback, with raw-socket HTTP/1.1 keep-alive clients (a few us
+of client work per request, so the figures are the server's):
+
+- one pair (a query of 6 words, a document of 30): sequential requests, p50/p99 latency, and the
+  server's overhead: latency minus the stand-in's forward time per request;
+- 1 query x 50 documents of about 300 tokens: sequential, p50/p99, against the stand-in forward
+  plus tokenising the request's pairs on 2 threads in this process (``Reranker.encode``);
+- throughput with N concurrent clients at 10 x 512 tokens and 50 x 300: requests/s, pairs/s,
+  p50/p99;
+
+each with the server's CPU time per request (/proc/PID/stat) and the share of the wall time the
+stand-in device was busy. Then the library path in this process, on the stand-in: ``predict`` and
+``rank`` over 100k pairs, and ``turborank eval`` (BM25 top 100) on a synthetic BEIR set. Writes
+``host_pipeline_<date>.{json,md}`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.gpu.targets import H200_BF16_TFLOPS, PROJECTED_EFFICIENCY, PROJECTED_FIXED_S
+from benchmarks.report import LOCAL_RESULTS, write_report
+from benchmarks.serve import stand_in
+from benchmarks.serve.readiness import wait_until_ready
+from turborank.testing import free_port, make_checkpoint, random_text
+
+ROOT = Path(__file__).resolve().parents[2]
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..1), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection on a raw socket: a request is one sendall, the answer is
+    read by Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        header, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = header.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length")
+        )
+        while len(self.buffer) < length:
+            self._read()
+        payload, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, payload
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _body(rng: random.Random, documents: int, words: int) -> bytes:
+    return json.dumps(
+        {"query": random_text(rng, 6), "documents": [random_text(rng, words) for _ in range(documents)]}
+    ).encode()
+
+
+@contextlib.contextmanager
+def stand_in_server(
+    checkpoint: Path, stats: Path, log: Path, options: list[str]
+) -> Iterator[tuple[int, int]]:
+    """`turborank serve` on the stand-in device; yields (pid, port) once /ready answers."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.serve.stand_in",
+        "serve",
+        "--model",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *options,
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, stand_in.STATS_ENV: str(stats)},
+        )
+    try:
+        wait_until_ready(proc, f"http://127.0.0.1:{port}", 300, log.read_text)
+        yield proc.pid, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class Phase:
+    """Server CPU and stand-in busy time over a phase of requests."""
+
+    def __init__(self, pid: int, stats: Path) -> None:
+        self.pid, self.stats = pid, stats
+
+    def __enter__(self) -> Phase:
+        self.cpu0, self.wall0 = cpu_seconds(self.pid), time.perf_counter()
+        self.forwards0, self.busy0 = stand_in.read_stats(self.stats)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = cpu_seconds(self.pid) - self.cpu0
+        forwards, busy = stand_in.read_stats(self.stats)
+        self.forwards, self.busy = forwards - self.forwards0, busy - self.busy0
+
+
+def sequential(pid: int, port: int, stats: Path, bodies: list[bytes], case: str, pairs: int) -> dict:
+    connection = Connection(port)
+    connection.post("/v1/rerank", bodies[0])  # the connection and the first request's caches
+    latencies = []
+    with Phase(pid, stats) as phase:
+        for body in bodies:
+            start = time.perf_counter()
+            status, _ = connection.post("/v1/rerank", body)
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                raise RuntimeError(f"{case}: status {status}")
+    connection.close()
+    n = len(bodies)
+    device_ms = 1e3 * phase.busy / n
+    p50 = percentile(latencies, 0.5)
+    return {
+        "case": case,
+        "clients": 1,
+        "requests": n,
+        "requests_per_s": n / phase.wall,
+        "pairs_per_s": n * pairs / phase.wall,
+        "p50_ms": 1e3 * p50,
+        "p99_ms": 1e3 * percentile(latencies, 0.99),
+        "stand_in_ms_per_request": device_ms,
+        "overhead_p50_ms": 1e3 * p50 - device_ms,
+        "server_cpu_ms_per_request": 1e3 * phase.cpu / n,
+        "device_busy": phase.busy / phase.wall,
+        "forwards_per_request": phase.forwards / n,
+    }
+
+
+def concurrent(
+    pid: int, port: int, stats: Path, bodies: list[bytes], case: str, pairs: int, clients: int, seconds: float
+) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        connection = Connection(port)
+        mine = []
+        try:
+            i = index
+            while time.perf_counter() < stop:
+                start = time.perf_counter()
+                status, _ = connection.post("/v1/rerank", bodies[i % len(bodies)])
+                if status != 200:
+                    errors.append(str(status))
+                mine.append(time.perf_counter() - start)
+                i += clients
+        finally:
+            connection.close()
+            with lock:
+                latencies.extend(mine)
+
+    with Phase(pid, stats) as phase, ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    n = len(latencies)
+    return {
+        "case": case,
+        "clients": clients,
+        "requests": n,
+        "errors": len(errors),
+        "requests_per_s": n / phase.wall,
+        "pairs_per_s": n * pairs / phase.wall,
+        "p50_ms": 1e3 * percentile(latencies, 0.5),
+        "p99_ms": 1e3 * percentile(latencies, 0.99),
+        "stand_in_ms_per_request": 1e3 * phase.busy / max(n, 1),
+        "server_cpu_ms_per_request": 1e3 * phase.cpu / max(n, 1),
+        "device_busy": phase.busy / phase.wall,
+        "forwards_per_request": phase.forwards / max(n, 1),
+    }
+
+
+def tokenise_on_two_threads(checkpoint: Path, bodies: list[bytes], max_length: int) -> float:
+    """Median seconds to tokenise one request's pairs with ``Reranker.encode`` split over 2 threads."""
+    from turborank import Reranker
+
+    reranker = Reranker.from_pretrained(checkpoint, device="cpu", linear="aten")
+    times = []
+    with ThreadPoolExecutor(2) as pool:
+        for body in bodies:
+            request = json.loads(body)
+            pairs = [(request["query"], d) for d in request["documents"]]
+            half = len(pairs) // 2
+            start = time.perf_counter()
+            list(
+                pool.map(
+                    lambda part: reranker.encode(part, max_length, warn=False), (pairs[:half], pairs[half:])
+                )
+            )
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def library_path(checkpoint: Path, data: Path, pairs: int) -> list[dict]:
+    """predict and rank over ``pairs`` pairs in this process, and `turborank eval`, on the stand-in."""
+    from turborank import Reranker
+
+    rows = []
+    reranker = Reranker.from_pretrained(checkpoint, device="cpu")
+    device = stand_in.install(reranker)
+    rng = random.Random(1)
+    documents = [random_text(rng, rng.randint(20, 200)) for _ in range(pairs)]
+    query = random_text(rng, 6)
+    for name, call in (
+        ("predict", lambda: reranker.predict([(query, d) for d in documents], batch_size=256)),
+        ("rank", lambda: reranker.rank(query, documents, top_k=10)),
+    ):
+        busy0, start = device.busy_s, time.perf_counter()
+        call()
+        wall = time.perf_counter() - start
+        rows.append(
+            {
+                "case": f"library {name}, {pairs} pairs of 20-200 words",
+                "pairs_per_s": pairs / wall,
+                "wall_s": wall,
+                "device_busy": (device.busy_s - busy0) / wall,
+            }
+        )
+    stats = data / "eval-stats"
+    start = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.serve.stand_in",
+            "eval",
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--bm25",
+            "--top-k",
+            "100",
+            "--output",
+            str(data / "run.trec"),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, stand_in.STATS_ENV: str(stats)},
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        rows.append({"case": "eval", "error": done.stderr.strip().splitlines()[-1][:300]})
+    else:
+        _, busy = stand_in.read_stats(stats)
+        rows.append(
+            {
+                "case": "turborank eval (BM25 top 100, whole process)",
+                "wall_s": wall,
+                "device_busy": busy / wall,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput phase")
+    parser.add_argument("--clients", default="8,32", help="concurrent clients of the throughput phases")
+    parser.add_argument("--one-pair-requests", type=int, default=500)
+    parser.add_argument("--fifty-doc-requests", type=int, default=40)
+    parser.add_argument("--library-pairs", type=int, default=100_000)
+    parser.add_argument("--no-library", action="store_true")
+    parser.add_argument("--name", default="host_pipeline", help="report name (a date is added)")
+    parser.add_argument("--out", type=Path, default=LOCAL_RESULTS)
+    parser.add_argument("serve_options", nargs="*", help="extra `turborank serve` options, after --")
+    args = parser.parse_args()
+    rng = random.Random(0)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        checkpoint = make_checkpoint(tmp_path / "ckpt", "small", seed=0)
+        stats = tmp_path / "stats"
+        one_pair = [_body(rng, 1, 30) for _ in range(args.one_pair_requests)]
+        fifty = [_body(rng, 50, 180) for _ in range(args.fifty_doc_requests)]  # ~300 tokens a pair
+        ten_512 = [_body(rng, 10, 600) for _ in range(20)]  # cut to 512 tokens
+        tokenise_s = tokenise_on_two_threads(checkpoint, fifty[:10], 8192)
+        with stand_in_server(checkpoint, stats, tmp_path / "server.log", args.serve_options) as (pid, port):
+            rows.append(sequential(pid, port, stats, one_pair, "1 pair, 30 words", 1))
+            row = sequential(pid, port, stats, fifty, "1 x 50 docs of ~300 tokens", 50)
+            row["tokenise_2_threads_ms"] = 1e3 * tokenise_s
+            row["p50_target_ms"] = row["stand_in_ms_per_request"] + 1e3 * tokenise_s + 1.0
+            rows.append(row)
+            for clients in (int(c) for c in args.clients.split(",")):
+                rows.append(
+                    concurrent(pid, port, stats, fifty, "50 x ~300 tokens", 50, clients, args.seconds)
+                )
+                rows.append(
+                    concurrent(pid, port, stats, ten_512, "10 x 512 tokens", 10, clients, args.seconds)
+                )
+        if not args.no_library:
+            from turborank.testing import make_beir_dataset
+
+            data = make_beir_dataset(tmp_path / "beir")
+            rows += library_path(checkpoint, data, args.library_pairs)
+    columns = [
+        "case",
+        "clients",
+        "requests",
+        "requests_per_s",
+        "pairs_per_s",
+        "p50_ms",
+        "p99_ms",
+        "stand_in_ms_per_request",
+        "overhead_p50_ms",
+        "tokenise_2_threads_ms",
+        "p50_target_ms",
+        "server_cpu_ms_per_request",
+        "device_busy",
+        "forwards_per_request",
+        "wall_s",
+        "errors",
+        "error",
+    ]
+    notes = [
+        f"stand-in device: the turbo forward's FLOPs at {PROJECTED_EFFICIENCY:.0%} of an H200's "
+        f"{H200_BF16_TFLOPS:.0f} TFLOP/s bf16 plus {PROJECTED_FIXED_S * 1e6:.0f} us per forward "
+        "(benchmarks.gpu.targets.projected_forward_seconds), slept without CPU; the server and the "
+        "clients share this machine's cores",
+        f"serve options: {' '.join(args.serve_options) or '(defaults)'}",
+    ]
+    write_report(args.out, args.name, rows, columns, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The stand-in device the host-side benchmarks run the server in front of, and the benchmark itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.gpu.targets import PROJECTED_FIXED_S, projected_forward_seconds
+from benchmarks.serve import stand_in
+from tests.helpers import run_repo_module, sample_pairs
+from turborank import Reranker
+from turborank.packing import cu_seqlens
+
+
+def test_projected_forward_time_grows_with_the_work():
+    one = projected_forward_seconds([40])
+    card = projected_forward_seconds([300] * 50)
+    assert PROJECTED_FIXED_S < one < card
+    assert 0.5e-3 < card < 2e-3  # 1 query x 50 documents of 300 tokens: about a millisecond
+    assert projected_forward_seconds([600] * 25) > card  # the same tokens in longer pairs: more attention
+
+
+def test_stand_in_forward_sleeps_the_projection_and_counts_it(tmp_path):
+    stats = tmp_path / "stats"
+    forward = stand_in.StandInForward(str(stats))
+    lengths = [300] * 20
+    logits = forward(torch.zeros(sum(lengths), dtype=torch.long), cu_seqlens(lengths), 300)
+    assert logits.shape == (20,) and logits.dtype == torch.float32
+    assert forward.forwards == 1 and forward.busy_s >= projected_forward_seconds(lengths)
+    assert stand_in.read_stats(stats) == (1, forward.busy_s)
+
+
+def test_installed_stand_in_leaves_everything_else_to_the_product(small_ckpt):
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu")
+    device = stand_in.install(reranker)
+    pairs = sample_pairs(9, seed=3)
+    assert reranker.predict(pairs) == [0.5] * 9  # sigmoid of the stand-in's zero logits
+    assert device.forwards >= 1
+    assert [r["corpus_id"] for r in reranker.rank("q", ["a", "b", "c"])] == [0, 1, 2]  # ties keep order
+
+
+@pytest.mark.slow
+def test_host_pipeline_benchmark_runs_end_to_end(tmp_path):
+    run_repo_module(
+        "benchmarks.serve.host_pipeline",
+        "--seconds",
+        "0.5",
+        "--clients",
+        "2",
+        "--one-pair-requests",
+        "20",
+        "--fifty-doc-requests",
+        "3",
+        "--library-pairs",
+        "200",
+        "--out",
+        str(tmp_path),
+        env=None,
+    )
+    (report,) = tmp_path.glob("host_pipeline_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    cases = [row["case"] for row in rows]
+    assert cases[:2] == ["1 pair, 30 words", "1 x 50 docs of ~300 tokens"]
+    assert all("error" not in row for row in rows), rows
+    assert all(0 < row["device_busy"] < 1 for row in rows)
