@@ -35,6 +35,7 @@ def machine_info() -> dict[str, Any]:
         # Vendor, family, model and ISA: CPU figures hold for the CPU they were taken on only.
         "cpu": cpu_identity().describe(),
         "torch_threads": torch.get_num_threads(),
+        "commit": _commit(),
     }
     try:
         import triton
@@ -47,6 +48,23 @@ def machine_info() -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with "+changes" when the tree differs from it), or None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
