@@ -119,6 +119,7 @@ class OneDnnLinears:
     fuses_gate = True
 
     def __init__(self, layer: _Layer, hidden: int, intermediate: int, activation: str) -> None:
+        self.layer, self.hidden, self.intermediate, self.activation = layer, hidden, intermediate, activation
         H, I = hidden, intermediate
         qkv_w, qkv_b, gated_w = layer.qkv_weight, layer.qkv_bias, layer.gated_weight
         self._qkv = _Packed(qkv_w, qkv_b)
@@ -131,6 +132,10 @@ class OneDnnLinears:
         self._down = _Packed(layer.wo_weight, layer.wo_bias)
         self._gate_post_op = _GATE_POST_OPS[activation]
         self._residual_in_epilogue = layer.out_weight.dtype == torch.float32
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        # Packed oneDNN tensors have no storage to copy or pickle: a copy packs its layer again.
+        return OneDnnLinears, (self.layer, self.hidden, self.intermediate, self.activation)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         return self._qkv(x)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from turborank.alibi import alibi_slopes
 from turborank.config import JinaBertConfig
-from turborank.linear_engines import AtenLinears, LinearChoice, OneDnnLinears, build_linears
+from turborank.linear_engines import (
+    AtenLinears,
+    LinearChoice,
+    OneDnnLinears,
+    build_linears,
+    onednn_unavailable_reason,
+)
 from turborank.ops import Ops
+
+logger = logging.getLogger("turborank")
 
 # The widest MLP temporary of one row block on CPU: the [rows, 2I] up-projection in fp32.
 _CPU_MLP_STEP_BYTES = 3 << 20
@@ -87,6 +98,22 @@ class JinaBertReranker(nn.Module):
             raise ValueError("the fused Triton GEGLU GEMM runs with linear='aten'")
         self.linears = build_linears(self, choice.engine)
         self.linear_choice = choice
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> JinaBertReranker:
+        """``to``, ``cuda``, ``half`` and the rest, then the linear engine follows the weights: the
+        oneDNN engine packs them again where it still runs, and gives way to ``F.linear``, with a
+        warning and the reason in ``linear_choice``, where it does not (``Reranker.to`` chooses
+        again from the caller's ``linear`` instead)."""
+        module = super()._apply(fn, recurse)
+        choice = getattr(self, "linear_choice", None)
+        if choice is not None and choice.engine == "onednn":
+            unavailable = onednn_unavailable_reason(self.device, self.dtype, self.ops.backends)
+            if unavailable is None:
+                self.linears = build_linears(self, "onednn")
+            else:
+                logger.warning("linear layers back on F.linear: %s", unavailable)
+                self.use_linear_engine(LinearChoice("aten", f"the module moved: {unavailable}"))
+        return module
 
     def use_fused_gelu_glu_gemm(self, enabled: bool = True) -> None:
         """Run the MLP up-projection and its gate as one Triton GEMM (``gelu_glu_linear``) instead

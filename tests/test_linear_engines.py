@@ -157,3 +157,33 @@ def test_describe_and_to_keep_the_choice(small_ckpt):
     assert reranker.describe()["linear"] == {"engine": "aten", "reason": "requested", "seconds": None}
     reranker.to("cpu")
     assert reranker.describe()["linear"]["engine"] == "aten"
+
+
+@needs_onednn
+def test_a_copied_or_pickled_module_packs_its_weights_again(small_ckpt):
+    """Packed oneDNN tensors have no storage to copy: a copy of the module packs its own."""
+    import copy
+    import pickle
+
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu", linear="onednn")
+    ids, cu, longest, _ = pack([random_ids(random.Random(2), n) for n in (40, 7)])
+    want = reranker.module(ids, cu, longest)
+    for clone in (copy.deepcopy(reranker.module), pickle.loads(pickle.dumps(reranker.module))):
+        assert clone.linear_choice.engine == "onednn"
+        assert clone.linears[0]._qkv.weight is not reranker.module.linears[0]._qkv.weight
+        torch.testing.assert_close(clone(ids, cu, longest), want, rtol=0, atol=0)
+
+
+@needs_onednn
+def test_a_module_moved_where_onednn_cannot_run_says_so(small_ckpt, monkeypatch, caplog):
+    """Moving the bare module (not through Reranker.to, which chooses again) keeps the linear
+    engine when it still runs, and otherwise falls back to F.linear with a warning and the reason."""
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu", linear="onednn")
+    module = reranker.module.to("cpu")
+    assert module.linear_choice.engine == "onednn"
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="turborank"):
+        module.to("cpu")
+    assert module.linear_choice.engine == "aten" and "no oneDNN" in module.linear_choice.reason
+    assert isinstance(module.linears[0], AtenLinears)
+    assert "linear layers back on F.linear" in caplog.text
