@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.serve.readiness import wait_until_ready
+from benchmarks.serve.readiness import serve_command, wait_until_ready
 from turborank.testing import free_port
 
 
@@ -20,19 +19,7 @@ def serve_process(checkpoint: Path, log: Path, *options: str) -> Iterator[tuple[
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "turborank.cli",
-                "serve",
-                "--model",
-                str(checkpoint),
-                "--device",
-                "cpu",
-                "--port",
-                str(port),
-                *options,
-            ],
+            serve_command(checkpoint, port, *options),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

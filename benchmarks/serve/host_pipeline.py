@@ -43,7 +43,7 @@ from pathlib import Path
 from benchmarks.gpu.targets import H200_BF16_TFLOPS, PROJECTED_EFFICIENCY, PROJECTED_FIXED_S
 from benchmarks.report import LOCAL_RESULTS, write_report
 from benchmarks.serve import stand_in
-from benchmarks.serve.readiness import wait_until_ready
+from benchmarks.serve.readiness import serve_command, wait_until_ready
 from turborank.testing import free_port, make_checkpoint, random_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,21 +114,9 @@ def stand_in_server(
 ) -> Iterator[tuple[int, int]]:
     """`turborank serve` on the stand-in device; yields (pid, port) once /ready answers."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.serve.stand_in",
-        "serve",
-        "--model",
-        str(checkpoint),
-        "--device",
-        "cpu",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *options,
-    ]
+    command = serve_command(
+        checkpoint, port, "--log-level", "warning", *options, entry="benchmarks.serve.stand_in"
+    )
     with open(log, "w") as out:
         proc = subprocess.Popen(
             command,

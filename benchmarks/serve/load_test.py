@@ -20,7 +20,6 @@ import random
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.report import LOCAL_RESULTS, write_report
-from benchmarks.serve.readiness import wait_until_ready
+from benchmarks.serve.readiness import serve_command, wait_until_ready
 from turborank.testing import free_port, make_checkpoint, random_text
 
 
@@ -91,21 +90,7 @@ async def _phase(url: str, rate: float, seconds: float, docs: int, seed: int) ->
 
 
 def _start_server(checkpoint: Path, port: int, device: str, extra: list[str]) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "turborank.cli",
-        "serve",
-        "--model",
-        str(checkpoint),
-        "--port",
-        str(port),
-        "--device",
-        device,
-        "--log-level",
-        "warning",
-        *extra,
-    ]
+    cmd = serve_command(checkpoint, port, "--log-level", "warning", *extra, device=device)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_until_ready(proc, f"http://127.0.0.1:{port}", 120, lambda: proc.stderr.read())
     return proc

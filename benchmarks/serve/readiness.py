@@ -1,10 +1,13 @@
-"""Waiting for a `turborank serve` child process to answer /ready (the serving scripts, the tests)."""
+"""Starting a `turborank serve` child process and waiting for it to answer /ready (the serving
+scripts, the tests)."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -26,3 +29,23 @@ def wait_until_ready(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"server did not become ready in {seconds:.0f} s: {output()[-2000:]}")
+
+
+def serve_command(
+    checkpoint: str | Path, port: int, *options: str, device: str = "cpu", entry: str = "turborank.cli"
+) -> list[str]:
+    """The argv of `turborank serve` on ``checkpoint`` at ``port`` (``entry``: the module run with
+    ``python -m``, e.g. ``benchmarks.serve.stand_in`` for the stand-in device)."""
+    return [
+        sys.executable,
+        "-m",
+        entry,
+        "serve",
+        "--model",
+        str(checkpoint),
+        "--device",
+        device,
+        "--port",
+        str(port),
+        *options,
+    ]

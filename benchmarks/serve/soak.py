@@ -27,7 +27,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import httpx
 
 from benchmarks.report import RESULTS, write_report
 from benchmarks.serve.load_test import _percentile, _rss_mib
-from benchmarks.serve.readiness import wait_until_ready
+from benchmarks.serve.readiness import serve_command, wait_until_ready
 from turborank.testing import free_port, make_checkpoint, random_text
 
 
@@ -266,10 +265,7 @@ def _start_server(checkpoint: Path, port: int, log: Path, options: list[str]) ->
     """`turborank serve` with its log in a file (a pipe nobody reads would block it when full)."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "turborank.cli", "serve", "--model", str(checkpoint)),
-                *("--port", str(port), "--device", "cpu", "--log-level", "warning", *options),
-            ],
+            serve_command(checkpoint, port, "--log-level", "warning", *options),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
