@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from tests.serve_process import read_response, serve_process, start_upload  # noqa: E402
+from tests.serve_process import port_of, read_response, serve_process, start_upload  # noqa: E402
 
 SLOTS = 3
 SERVER_OPTIONS = (
@@ -236,9 +237,65 @@ def test_sigterm_answers_kept_alive_clients_503_and_is_not_held_by_a_stalled_upl
                 assert refused.status_code == 503 and refused.headers["retry-after"]
                 assert refused.json()["error"] == "the server is draining"
                 assert refused.headers["connection"] == "close"
+                # Every request, probes included (a load balancer must stop sending work); metrics
+                # stay scrapeable.
+                for path in ("/health", "/", "/ready", "/info"):
+                    probe = prober.get(path)
+                    assert probe.status_code == 503, path
+                    assert probe.headers["retry-after"] and probe.headers["connection"] == "close", path
+                assert prober.get("/metrics").status_code == 200
                 status, _, _ = read_response(stalled)
                 assert status == 408
             finally:
                 stalled.close()
         assert proc.wait(timeout=60) == 0
     assert "draining: 1 requests in flight" in log.read_text()
+
+
+def test_pipelined_requests_are_all_answered_in_order(server):
+    """HTTP/1.1 pipelining: three requests written at once on one connection get three answers, in
+    order (h11 answered the first and dropped the rest)."""
+    url, _ = server
+    bodies = [json.dumps({"query": "q", "texts": ["a " * n]}).encode() for n in (1, 2, 3)]
+    wire = b"".join(
+        b"POST /rerank HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nX-Request-ID: pipelined-{i}\r\n\r\n".encode()
+        + body
+        for i, body in enumerate(bodies)
+    )
+    sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=30)
+    buffer, answers = b"", []
+    try:
+        sock.sendall(wire)
+        while len(answers) < len(bodies):
+            head, separator, rest = buffer.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:] if ": " in line)}
+            length = int(headers.get("content-length", -1))
+            if not separator or len(rest) < length:
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {len(answers)} answers"
+                buffer += chunk
+                continue
+            answers.append((int(lines[0].split()[1]), headers["x-request-id"]))
+            buffer = rest[length:]
+    finally:
+        sock.close()
+    assert answers == [(200, "pipelined-0"), (200, "pipelined-1"), (200, "pipelined-2")]
+
+
+def test_a_path_cannot_forge_log_lines_or_write_terminal_escapes(small_ckpt, tmp_path):
+    """The text log escapes control characters: a newline in a path gives no second line, an ESC
+    no terminal sequence (both went to the log raw)."""
+    log = tmp_path / "server.log"
+    with serve_process(small_ckpt, log) as (_, url):
+        forged = "/x%0a2026-12-06 00:00:00,000 INFO turborank.access: FAKE"
+        assert httpx.get(url + forged).status_code == 404
+        assert httpx.get(url + "/y%1b[31mred").status_code == 404
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert not any(line.startswith("2026-12-06 00:00:00,000 INFO turborank.access: FAKE") for line in lines)
+    assert any("/x\\n2026-12-06 00:00:00,000 INFO turborank.access: FAKE" in line for line in lines)
+    assert any("/y\\x1b[31mred" in line for line in lines)

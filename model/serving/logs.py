@@ -13,6 +13,25 @@ from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELLED = ("turborank", "uvicorn")
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators, as escapes: a client
+# chooses what goes into a message (its path, its request id), and a raw newline there would write a
+# second, forged line into a text log, a raw ESC a terminal sequence.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape, on one line."""
+    return text.translate(_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """The text log: one line per record whatever its message holds (a traceback, which the server
+    writes itself, still follows on lines of its own)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging.Formatter's name
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -40,7 +59,7 @@ def serve_logging(level: str, json_lines: bool) -> Iterator[None]:
     saved_handlers, saved_level = list(root.handlers), root.level
     saved_levels = {name: logging.getLogger(name).level for name in _LEVELLED}
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLinesFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonLinesFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
     for old in saved_handlers:
         root.removeHandler(old)
     root.addHandler(handler)
