@@ -23,19 +23,27 @@ OPENMP_SPIN_COUNT = "10000"
 if "torch" not in sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
     os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
 
-__all__ = ["DEFAULT_MODEL", "CrossEncoder", "JinaBertConfig", "Reranker", "__version__", "cpu_bf16_support"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "CrossEncoder",
+    "JinaBertConfig",
+    "NonFiniteScoreError",
+    "Reranker",
+    "__version__",
+    "cpu_bf16_support",
+]
 
 if TYPE_CHECKING:
     from turborank.config import JinaBertConfig
     from turborank.cpu_features import cpu_bf16_support
     from turborank.cross_encoder import CrossEncoder
-    from turborank.reranker import DEFAULT_MODEL, Reranker
+    from turborank.reranker import DEFAULT_MODEL, NonFiniteScoreError, Reranker
 
 
 def __getattr__(name: str) -> Any:
     # torch and triton take seconds to import: `import turborank` (and so the command line) stays
     # light until the model is needed, so Ctrl-C in that time is handled by the CLI, not a traceback.
-    if name in ("DEFAULT_MODEL", "Reranker"):
+    if name in ("DEFAULT_MODEL", "NonFiniteScoreError", "Reranker"):
         from turborank import reranker
 
         return getattr(reranker, name)

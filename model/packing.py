@@ -98,7 +98,8 @@ def in_input_order(batch_outputs: list[torch.Tensor], order: list[int], n: int) 
     """fp32 [n] on the host: outputs computed batch by batch (``order`` is the concatenation of the
     batches' pair indices) put back where each pair came in."""
     if len(batch_outputs) == 1 and order == list(range(n)):  # one batch, in order: nothing to move
-        return batch_outputs[0].float().cpu()
+        # A copy: the forward's output is an inference tensor, which a caller could not write to.
+        return batch_outputs[0].float().cpu().clone()
     out = torch.empty(n, dtype=torch.float32)
     if order:
         out[torch.tensor(order)] = torch.cat(batch_outputs).cpu()

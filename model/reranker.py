@@ -39,6 +39,25 @@ from turborank.weights import find_weights_file, load_weights
 logger = logging.getLogger("turborank")
 
 
+class NonFiniteScoreError(ValueError):
+    """The model produced a NaN or infinite logit; the message names the pairs (input order)."""
+
+
+def check_finite(logits: torch.Tensor, owners: list[int] | None = None) -> None:
+    """NonFiniteScoreError naming the pairs (``owners[i]`` for window i, when given) whose logit is
+    not finite; one check over the host tensor."""
+    if bool(torch.isfinite(logits).all()):
+        return
+    windows = (~torch.isfinite(logits)).nonzero().flatten().tolist()
+    pairs = list(dict.fromkeys(windows if owners is None else [owners[i] for i in windows]))
+    first = logits[windows[0]].item()
+    more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""
+    raise NonFiniteScoreError(
+        f"the model produced a non-finite score ({first}) for pair {pairs[0]}{more} (input order); "
+        "the checkpoint's weights or the dtype's range are the usual cause, so no scores are returned"
+    )
+
+
 class Reranker:
     """A JinaBERT cross-encoder: scores (query, document) pairs.
 
@@ -327,7 +346,10 @@ class Reranker:
         (owners None), or [n_pairs] with each pair's window logits aggregated by
         ``chunk_aggregate`` ("max" or "mean"). ``n_pairs`` defaults to one past the largest owner
         (every pair has at least one window). Batches of at most ``batch_size`` pairs and
-        ``max_batch_tokens`` tokens are length-sorted; the order of ``encoded`` is kept."""
+        ``max_batch_tokens`` tokens are length-sorted; the order of ``encoded`` is kept.
+
+        A non-finite logit (NaN or inf: a checkpoint with bad weights, or an overflow in fp16) is a
+        ``NonFiniteScoreError`` naming the pairs, never a score: a ranking over NaN is no ranking."""
         check_long_doc_options("truncate", chunk_aggregate)
         logits = self._score_encoded(
             encoded,
@@ -335,6 +357,7 @@ class Reranker:
             max_batch_tokens=max_batch_tokens,
             show_progress_bar=show_progress_bar,
         )
+        check_finite(logits, owners)
         if owners is None:
             return logits
         if n_pairs is None:

@@ -384,3 +384,21 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path):
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "turborank: error: interrupted\n"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_rank_refuses_a_non_finite_score(small_ckpt, capsys, monkeypatch, as_json):
+    """No `nan` in the table, no NaN (invalid JSON) on stdout: status 1 naming the pair."""
+    real = Reranker.from_pretrained.__func__
+
+    def poisoned(cls, *args, **kwargs):
+        reranker = real(cls, *args, **kwargs)
+        forward = reranker.module.forward
+        reranker.module.forward = lambda *a: forward(*a).clone().fill_(float("nan"))
+        return reranker
+
+    monkeypatch.setattr(Reranker, "from_pretrained", classmethod(poisoned))
+    args = ["rank", "--model", str(small_ckpt), "--query", "q", "first doc", "second doc"]
+    code, out, err = run([*args, "--json"] if as_json else args, capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("turborank: error: the model produced a non-finite score (nan) for pair 0")

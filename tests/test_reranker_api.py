@@ -166,3 +166,46 @@ def test_load_refuses_a_tokenizer_with_ids_past_vocab_size(tmp_path, small_ckpt)
         ValueError, match=r"tokenizer.json: token ids reach 1\d\d\d, but .*config.json has vocab_size 1000"
     ):
         Reranker.from_pretrained(target, device="cpu")
+
+
+def test_logits_are_an_ordinary_tensor_the_caller_may_write_to(small_ckpt):
+    """The forward runs under inference mode; what ``logits`` hands back must not be an inference
+    tensor (writing to one outside inference mode raises), whether it came in one batch or several."""
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu")
+    for batch_size in (32, 1):
+        encoded, _ = reranker.encode([("q", "a document"), ("q", "another one")])
+        logits = reranker.logits(encoded, batch_size=batch_size)
+        assert not logits.is_inference()
+        logits[0] = 0.0
+
+
+def _poisoned(reranker: Reranker, poison_length: int) -> None:
+    """The model's forward gives NaN for every sequence of ``poison_length`` tokens."""
+    real = reranker.module.forward
+
+    def forward(input_ids, cu_seqlens, max_seqlen, token_type_ids=None):
+        logits = real(input_ids, cu_seqlens, max_seqlen, token_type_ids).clone()
+        logits[(cu_seqlens[1:] - cu_seqlens[:-1]) == poison_length] = float("nan")
+        return logits
+
+    reranker.module.forward = forward
+
+
+def test_a_non_finite_score_is_an_error_naming_the_pair_in_input_order(small_ckpt):
+    """Length-sorted batches put the poisoned pair elsewhere; the error names its input index."""
+    from turborank.reranker import NonFiniteScoreError
+
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu")
+    pairs = [("q", "short"), ("q", "a much longer document " * 20), ("q", "mid length doc here")]
+    poison = reranker.encode(pairs[2:])[0].lengths[0]
+    _poisoned(reranker, poison)
+    with pytest.raises(NonFiniteScoreError, match=r"non-finite score \(nan\) for pair 2 \(input order\)"):
+        reranker.predict(pairs, batch_size=1)
+    with pytest.raises(NonFiniteScoreError, match="for pair 2"):
+        reranker.rank("q", [d for _, d in pairs])
+    # Windows of a chunked document name the document, not the window.
+    long_doc = [("q", "x " * 600)]
+    encoded, owners = reranker.encode(long_doc, max_length=64, long_doc="chunk", chunk_overlap=16)
+    _poisoned(reranker, encoded.lengths[-1])
+    with pytest.raises(NonFiniteScoreError, match=r"for pair 0 \(input order\)"):
+        reranker.logits(encoded, owners)

@@ -485,3 +485,34 @@ def test_rerank_paths_keep_their_other_methods_and_slash_handling(server):
     paths = httpx.get(url + "/openapi.json").json()["paths"]
     assert {"/v1/rerank", "/v2/rerank", "/rerank", "/"} <= set(paths)
     assert "post" in paths["/v1/rerank"]
+
+
+def test_a_request_whose_score_is_nan_fails_alone_not_the_requests_sharing_its_forward(reranker, monkeypatch):
+    """Two requests batched into one forward, one of them poisoned: the forward fails, each request's
+    pairs run again on their own, and only the poisoned request is answered with the error."""
+    poison = reranker.encode([("q", "poison document")])[0].input_ids[0]
+    with running_server(reranker, max_concurrent_requests=8) as (url, state):
+        forwards = []
+        slow = slowed(reranker, 0.3, poison)
+
+        def counted(encoded, **kwargs):
+            forwards.append(len(encoded.input_ids))
+            return slow(encoded, **kwargs)
+
+        monkeypatch.setattr(state.scheduler, "_score", counted)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            blocker = pool.submit(
+                httpx.post, url + "/rerank", json={"query": "q", "texts": ["x"]}, timeout=60
+            )
+            while not forwards:  # the blocker's forward runs: the next two queue together
+                time.sleep(0.01)
+            good = pool.submit(
+                httpx.post, url + "/rerank", json={"query": "q", "texts": ["fine", "ok"]}, timeout=60
+            )
+            bad = pool.submit(
+                httpx.post, url + "/rerank", json={"query": "q", "texts": ["poison document"]}, timeout=60
+            )
+            assert blocker.result().status_code == 200
+            assert good.result().status_code == 200 and len(good.result().json()) == 2
+            assert bad.result().status_code == 424 and "non-finite" in bad.result().json()["error"]
+        assert 3 in forwards  # the two requests did share a forward, which failed and was retried

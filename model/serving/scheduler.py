@@ -4,8 +4,9 @@ The event loop tokenises (in a thread pool), submits a ticket and awaits its fut
 thread owns the model. Batches are formed round-robin across queued requests, one pair each per
 round, and the requests served by a forward move to the back of the queue, so the next forward
 starts with one that was not: a small request waits for at most one forward of a huge one.
-A failure inside a forward (an exception, or a non-finite score) fails only the requests that had
-pairs in it.
+A failure inside a forward (an exception, or a non-finite score) is retried with each request's
+pairs alone, so only the request whose own pairs fail again is answered with the error; the others
+sharing the batch get their scores.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any
 
 import torch
 
+from turborank.reranker import NonFiniteScoreError
 from turborank.tokenization import EncodedPairs
+
+_NON_FINITE = "the model produced a non-finite score"
 
 
 class BatchError(RuntimeError):
@@ -184,18 +188,27 @@ class BatchScheduler:
         tickets = list(dict.fromkeys(ticket for ticket, _ in batch))
         encoded = EncodedPairs.gather([(ticket.encoded, i) for ticket, i in batch])
         start = time.perf_counter()
+        failure: BaseException | None = None
         try:
             logits = self._score(encoded)
             if not bool(torch.isfinite(logits).all()):
-                raise BatchError("the model produced a non-finite score")
+                failure = BatchError(_NON_FINITE)
+        except NonFiniteScoreError as exc:  # its pair numbers are this batch's, not a request's
+            failure = BatchError(_NON_FINITE)
+            failure.__cause__ = exc
         except Exception as exc:
+            failure = BatchError(f"forward failed: {exc}")
+            failure.__cause__ = exc
+        if failure is not None:
             self._observe("batch_failed", pairs=len(batch))
-            for ticket in tickets:
-                # One error per request, each chained to the cause, so every request's log line
-                # shows the forward's traceback.
-                error = BatchError(str(exc) if isinstance(exc, BatchError) else f"forward failed: {exc}")
-                error.__cause__ = exc
-                self._fail(ticket, error)
+            if len(tickets) > 1:
+                # Each request's pairs again on their own: one request's NaN (or a failure its
+                # input causes) must not fail the requests that shared its forward.
+                for ticket in tickets:
+                    self._forward([(t, i) for t, i in batch if t is ticket])
+                return
+            # Chained to the cause, so the request's log line shows the forward's traceback.
+            self._fail(tickets[0], failure)
             return
         self.last_success = time.monotonic()
         self._observe(
