@@ -321,25 +321,18 @@ def test_lone_surrogate_in_documents_file_names_the_line(small_ckpt, tmp_path, c
     assert code == 1 and "docs.jsonl:2: the document contains a lone surrogate U+D800 at character 4" in err
 
 
-def test_closed_pipe_exits_quietly(small_ckpt):
-    """`turborank rank ... | head -1` once head has gone: no "Broken pipe" message, no traceback, and
-    the status of a tool stopped by SIGPIPE."""
+@pytest.mark.parametrize("command", ["rank", "--version"])
+def test_closed_pipe_exits_quietly(small_ckpt, command):
+    """`turborank rank ... | head -1` or `turborank --version | head -1` once head has gone: no
+    "Broken pipe" message, no traceback, and the status of a tool stopped by SIGPIPE."""
+    args = (
+        ["rank", "--model", str(small_ckpt), "--query", "q", "a", "b"] if command == "rank" else ["--version"]
+    )
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "turborank.cli",
-                "rank",
-                "--model",
-                str(small_ckpt),
-                "--query",
-                "q",
-                "a",
-                "b",
-            ],
+            [sys.executable, "-m", "turborank.cli", *args],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -351,29 +344,38 @@ def test_closed_pipe_exits_quietly(small_ckpt):
     assert proc.returncode == 141
 
 
-def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path):
-    """SIGINT lands while the console script is still importing torch (made certain by an import
-    hook that sends it then): one line and status 130, no traceback."""
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [
+        ("rank", "torch"),  # before torch has run a line
+        ("rank", "torch.nn"),  # torch half imported: its finalisers must not run
+        ("--version", "torch"),  # --version imports torch while the options are parsed
+        ("--version", "torch.nn"),
+    ],
+)
+def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path, command, module):
+    """SIGINT lands while the console script is importing torch, at its start or halfway (made
+    certain by an import hook that sends it then): one line and status 130, no traceback."""
     (tmp_path / "sitecustomize.py").write_text(
         textwrap.dedent(
-            """
+            f"""
             import os, signal, sys
 
-            class InterruptOnTorch:
+            class InterruptOnImport:
                 def find_spec(self, name, path=None, target=None):
-                    if name == "torch":
+                    if name == {module!r}:
                         sys.meta_path.remove(self)
                         os.kill(os.getpid(), signal.SIGINT)
                     return None
 
-            sys.meta_path.insert(0, InterruptOnTorch())
+            sys.meta_path.insert(0, InterruptOnImport())
             """
         )
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    console_script = "import sys; from turborank.cli import main; sys.exit(main())"
+    args = ["rank", "--model", str(small_ckpt), "--query", "q", "d"] if command == "rank" else ["--version"]
     proc = subprocess.run(
-        [sys.executable, "-c", console_script, "rank", "--model", str(small_ckpt), "--query", "q", "d"],
+        [sys.executable, "-m", "turborank.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -384,6 +386,7 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path):
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "turborank: error: interrupted\n"
+    assert proc.stdout == ""
 
 
 @pytest.mark.parametrize("as_json", [False, True])

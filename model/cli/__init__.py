@@ -6,25 +6,28 @@ Ctrl-C during that (seconds-long) import is reported in one line like any other 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from turborank.cli.common import BROKEN_PIPE_EXIT, USER_ERRORS, fail
 from turborank.cli.parser import COMMANDS, build_parser
 from turborank.cli.version import version_text
 
-__all__ = ["build_parser", "main", "version_text"]
+__all__ = ["build_parser", "console", "main", "version_text"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="turborank: %(levelname)s: %(message)s")
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
         try:
+            # Inside: --version prints (a closed pipe) and imports torch (an interrupt) while parsing.
+            args = build_parser().parse_args(argv)
             code = COMMANDS[args.command].run(args)
             sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
             return code
@@ -37,3 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(str(exc))
         except KeyboardInterrupt:  # also while torch is still being imported
             return fail("interrupted", code=130)
+
+
+def console() -> NoReturn:
+    """The ``turborank`` command: ``main``, then exit with its status. After an interrupt the
+    process ends at once (``os._exit``): an interrupt can land in the middle of importing torch or
+    numpy, and the interpreter's normal exit then runs the finalisers of those half-imported modules,
+    which printed an AttributeError or RecursionError traceback, or aborted in C++."""
+    code = main()
+    if code != 130:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(130)
