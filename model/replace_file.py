@@ -4,33 +4,59 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 
-def check_writable_path(path: Path) -> None:
-    """OSError naming ``path`` when a file cannot be written there: a directory in its place, a
-    file where one of its parent directories should be, or a directory we may not write to."""
-    if path.is_dir():
-        raise OSError(f"{path}: is a directory")
-    for parent in path.parents:
+def output_target(path: Path, make_parents: bool = False) -> Path:
+    """Where an output named ``path`` is written: ``path`` itself, or what a symlink there points
+    to (followed, so the link keeps pointing at the new content instead of being replaced by a
+    file). OSError naming ``path`` when no file can be written there: a directory; something that
+    is not a regular file (a FIFO would block, a device take the run); a missing parent directory,
+    unless ``make_parents``; a file where a parent directory should be; a directory we may not
+    write to."""
+    target = Path(os.path.realpath(path))
+    if target.exists():
+        mode = target.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(f"{path}: is a directory")
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise OSError(f"{path}: is a {kind}; outputs are written to regular files only")
+    for parent in target.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OSError(f"{path}: {parent} is not a directory")
+            if parent != target.parent and not make_parents:
+                missing = target.parent
+                raise OSError(
+                    f"{path}: the directory {missing} does not exist (create it, or pass --parents)"
+                )
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise OSError(f"{path}: cannot write there ({parent} is not writable)")
-            return
+            return target
+    return target
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 @contextlib.contextmanager
-def replace_when_done(path: Path) -> Iterator[TextIO]:
-    """A text file next to ``path`` that takes its name when the block ends, also when the block
-    is interrupted with Ctrl-C (what was written is the result so far), and is removed on any other
-    error, so an earlier file of that name survives a failed run. Opening it first tells at once
-    whether ``path`` can be written, before any slow work."""
-    check_writable_path(path)
+def replace_when_done(path: Path, make_parents: bool = False) -> Iterator[TextIO]:
+    """A text file next to ``path`` (``output_target``: a symlink is followed) that takes its name
+    when the block ends, also when the block is interrupted with Ctrl-C (what was written is the
+    result so far), and is removed on any other error, so an earlier file of that name survives a
+    failed run. Opening it first tells at once whether ``path`` can be written, before any slow
+    work."""
+    path = output_target(path, make_parents)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

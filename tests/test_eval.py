@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -443,3 +446,78 @@ def test_a_non_finite_score_writes_no_run(dataset, small_ckpt, tmp_path, capsys,
     assert code == 1 and "non-finite score (nan)" in err
     assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+
+
+def test_a_symlinked_output_is_followed_and_stays_a_link(short_dataset, small_ckpt, tmp_path, capsys):
+    """The run goes to the file the link points to; the link is not replaced by a regular file."""
+    target = tmp_path / "runs" / "real.trec"
+    target.parent.mkdir()
+    target.write_text("stale\n")
+    link = tmp_path / "run.trec"
+    link.symlink_to(target)
+    code, _, err = run_cli(
+        [*eval_args(small_ckpt, short_dataset), "--bm25", "--top-k", "3", "--output", str(link)], capsys
+    )
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() != "stale\n" and read_run(target)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_outputs_that_are_not_regular_files_are_refused_before_the_work(
+    short_dataset, small_ckpt, tmp_path, capsys, kind
+):
+    """A FIFO would block the write, a device (here /dev/null; as root, /dev/full became a file)
+    would take the run: refused by name, before BM25 and the model load."""
+    if kind == "fifo":
+        output = tmp_path / "pipe"
+        os.mkfifo(output)
+        want = "is a FIFO"
+    else:
+        output = Path("/dev/null")
+        want = "is a character device"
+    code, _, err = run_cli([*eval_args(small_ckpt, short_dataset), "--bm25", "--output", str(output)], capsys)
+    assert code == 1 and f"{output}: {want}; outputs are written to regular files only" in err
+    assert "docs/s" not in err  # no reranking started
+    assert output.exists() and not output.is_file()
+
+
+def test_missing_parent_directories_are_created_only_when_asked(short_dataset, small_ckpt, tmp_path, capsys):
+    output = tmp_path / "new" / "deeper" / "run.trec"
+    args = [*eval_args(small_ckpt, short_dataset), "--bm25", "--top-k", "3", "--output", str(output)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and f"the directory {output.parent} does not exist (create it, or pass --parents)" in err
+    assert not (tmp_path / "new").exists()
+    code, _, err = run_cli([*args, "--parents"], capsys)
+    assert code == 0, err
+    assert read_run(output)
+
+
+def test_an_id_a_trec_run_cannot_hold_is_named_before_the_work(short_dataset, small_ckpt, tmp_path, capsys):
+    """TREC fields are whitespace-separated: a corpus id with a space would shift its line (the run
+    was written and then refused by merge-runs); it is an error naming the id, and nothing is written."""
+    data = tmp_path / "spaced"
+    shutil.copytree(short_dataset, data)
+    corpus = (data / "corpus.jsonl").read_text().splitlines()
+    first = json.loads(corpus[0])
+    first["_id"] = "doc with spaces"
+    (data / "corpus.jsonl").write_text("\n".join([json.dumps(first), *corpus[1:]]) + "\n")
+    output = tmp_path / "run.trec"
+    code, _, err = run_cli(
+        [*eval_args(small_ckpt, data), "--bm25", "--top-k", "200", "--output", str(output)], capsys
+    )
+    assert code == 1 and "document id 'doc with spaces' cannot be written to a TREC run" in err
+    assert not output.exists()
+
+
+def test_merge_runs_refuses_a_device_and_follows_a_link(tmp_path, capsys):
+    shard = tmp_path / "shard.trec"
+    shard.write_text("q1 Q0 d1 1 0.5 t\n")
+    code, _, err = run_cli(["merge-runs", str(shard), "--output", "/dev/null"], capsys)
+    assert code == 1 and "/dev/null: is a character device" in err
+    target, link = tmp_path / "merged.trec", tmp_path / "link.trec"
+    target.write_text("")
+    link.symlink_to(target)
+    code, _, err = run_cli(["merge-runs", str(shard), "--output", str(link)], capsys)
+    assert code == 0, err
+    assert link.is_symlink() and target.read_text() == "q1 Q0 d1 1 0.5 turborank\n"

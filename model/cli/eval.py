@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=100, help="documents reranked per query")
     parser.add_argument("--split", default="test")
     parser.add_argument("--output", type=Path, default=Path("run.trec"), help="reranked run (TREC format)")
+    parser.add_argument(
+        "--parents",
+        action="store_true",
+        help="create the output's missing parent directories (else an error)",
+    )
     parser.add_argument("--batch-tokens", type=int, default=16384, help="token budget of one forward")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per pair (default: model max)")
     parser.add_argument("--long-doc", choices=list(LONG_DOC_MODES), default="truncate")
@@ -92,8 +97,8 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     or built with BM25), that the output can be written, that every document is in the corpus."""
     from turborank.eval.beir import judged_queries, load_corpus, load_qrels, load_queries
     from turborank.eval.rerank_run import check_first_stage, shard_queries
-    from turborank.eval.trec import read_run
-    from turborank.replace_file import check_writable_path
+    from turborank.eval.trec import check_trec_ids, read_run
+    from turborank.replace_file import output_target
 
     corpus, queries = load_corpus(args.data), load_queries(args.data)
     qrels = load_qrels(args.data, args.split)
@@ -108,7 +113,7 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     if not qids:
         raise ValueError(f"--shard {args.shard} takes none of the {len(judged)} judged queries")
     # Before BM25 and the model load: an output that cannot be written is known at once.
-    check_writable_path(args.output)
+    output_target(args.output, args.parents)
     if first_stage is None:
         from turborank.eval.bm25 import bm25_run
 
@@ -117,6 +122,7 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     if not qids:
         raise ValueError("no query has both judgments and first-stage results")
     check_first_stage(corpus, first_stage, qids, args.top_k)
+    check_trec_ids(first_stage, qids, args.top_k)
     return _EvalInputs(corpus, queries, qrels, first_stage, qids)
 
 
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return _eval_on_ray(args, options, inputs)
     qids, first_stage = inputs.qids, inputs.first_stage
     # A failed run leaves an earlier file of that name as it was.
-    with replace_when_done(args.output) as out:
+    with replace_when_done(args.output, args.parents) as out:
         reranker = load_reranker(args)
         progress = _progress_bar(args.top_k, inputs)
         start = time.perf_counter()
@@ -208,6 +214,7 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
 
     from turborank.eval.metrics import evaluate
     from turborank.eval.ray_runs import ModelSpec, RayPlan, connect, rerank_run_on_ray
+    from turborank.replace_file import output_target
 
     plan = RayPlan(
         address=None if args.ray == "local" else args.ray,
@@ -229,7 +236,7 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
             first_stage,
             qids,
             options,
-            args.output,
+            output_target(args.output, args.parents),
             on_progress=progress.update,
         )
     except KeyboardInterrupt:

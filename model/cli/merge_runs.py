@@ -14,6 +14,11 @@ HELP = "merge shard runs; with --data, score the merged run"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--parents",
+        action="store_true",
+        help="create the output's missing parent directories (else an error)",
+    )
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--split", default="test")
 
@@ -21,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from turborank.eval.trec import merge_runs
 
-    merged = merge_runs(args.runs, args.output)
+    merged = merge_runs(args.runs, args.output, make_parents=args.parents)
     print(
         f"turborank: {len(merged)} queries from {len(args.runs)} runs written to {args.output}",
         file=sys.stderr,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TextIO
 
 from turborank.jsonl import read_lines
+from turborank.replace_file import replace_when_done
 
 Run = dict[str, list[tuple[str, float]]]  # query id -> [(doc id, score)], best first
 
@@ -42,12 +43,37 @@ def read_run(path: str | Path) -> Run:
 
 
 def write_query(out: TextIO, qid: str, ranked: Iterable[tuple[str, float]], tag: str) -> None:
+    check_trec_id(qid, "query")
     for rank, (docid, score) in enumerate(ranked, 1):
+        check_trec_id(docid, "document")
         out.write(f"{qid} Q0 {docid} {rank} {score:.8g} {tag}\n")
 
 
-def merge_runs(paths: list[str | Path], output: str | Path, tag: str = "turborank") -> Run:
-    """Concatenate shard runs; a query found in two shards is an error."""
+def check_trec_id(name: str, kind: str) -> None:
+    """ValueError naming an id a TREC run cannot hold: its fields are separated by whitespace, so an
+    id that is empty or holds any would shift the fields of its line (every TREC reader, ours
+    included, would then refuse the run or misread it)."""
+    if not name or any(c.isspace() for c in name):
+        raise ValueError(
+            f"{kind} id {name!r} cannot be written to a TREC run (an id must be non-empty, with no "
+            "whitespace: the format separates its fields by whitespace); rename it in the dataset"
+        )
+
+
+def check_trec_ids(first_stage: Run, qids: list[str], top_k: int) -> None:
+    """``check_trec_id`` over every query and document id a reranked run of ``qids`` would hold,
+    before the work starts."""
+    for qid in qids:
+        check_trec_id(qid, "query")
+        for docid, _ in first_stage[qid][:top_k]:
+            check_trec_id(docid, "document")
+
+
+def merge_runs(
+    paths: list[str | Path], output: str | Path, tag: str = "turborank", make_parents: bool = False
+) -> Run:
+    """Concatenate shard runs; a query found in two shards is an error. The output is replaced
+    once it is complete (``replace_when_done``: a symlink is followed, a FIFO or device refused)."""
     merged: Run = {}
     origin: dict[str, str] = {}
     for path in paths:
@@ -56,7 +82,7 @@ def merge_runs(paths: list[str | Path], output: str | Path, tag: str = "turboran
                 raise ValueError(f"{path}: query {qid!r} is also in {origin[qid]}; shards must not overlap")
             merged[qid] = ranked
             origin[qid] = str(path)
-    with open(output, "w", encoding="utf-8") as out:
+    with replace_when_done(Path(output), make_parents) as out:
         for qid in sorted(merged):
             write_query(out, qid, merged[qid], tag)
     return merged
