@@ -4,6 +4,7 @@ httpx will not do (stall mid-body, trickle, hold a keep-alive connection)."""
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,14 +15,22 @@ from turborank.testing import free_port
 
 
 @contextlib.contextmanager
-def serve_process(checkpoint: Path, log: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Yields (process, base url) once /ready answers 200; the server's log goes to ``log``."""
+def serve_process(
+    checkpoint: Path, log: Path, *options: str, open_files: int | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Yields (process, base url) once /ready answers 200; the server's log goes to ``log``.
+    ``open_files``: the server's RLIMIT_NOFILE (ulimit -n)."""
     port = free_port()
+
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with open(log, "w") as out:
         proc = subprocess.Popen(
             serve_command(checkpoint, port, *options),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if open_files is None else limit_open_files,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -38,9 +47,17 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def start_upload(url: str, body: bytes, sent: int, path: str = "/rerank") -> socket.socket:
+def connect(url: str, source: str = "127.0.0.1") -> socket.socket:
+    """A raw connection to the server from ``source``: any 127.x.y.z address is this machine's
+    loopback on Linux, so tests can be several clients."""
+    return socket.create_connection(("127.0.0.1", port_of(url)), timeout=60, source_address=(source, 0))
+
+
+def start_upload(
+    url: str, body: bytes, sent: int, path: str = "/rerank", source: str = "127.0.0.1"
+) -> socket.socket:
     """A POST whose headers promise ``len(body)`` bytes, of which only the first ``sent`` are sent."""
-    sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=60)
+    sock = connect(url, source)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

@@ -3,7 +3,11 @@ the engine is chosen (requested, measured, or the only one that runs)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -187,3 +191,68 @@ def test_a_module_moved_where_onednn_cannot_run_says_so(small_ckpt, monkeypatch,
     assert module.linear_choice.engine == "aten" and "no oneDNN" in module.linear_choice.reason
     assert isinstance(module.linears[0], AtenLinears)
     assert "linear layers back on F.linear" in caplog.text
+
+
+_MANY_SHAPES = """
+import ctypes, gc, json, random, sys
+import turborank
+from turborank import Reranker
+from turborank.testing import random_text
+
+def rss():
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as status:
+        return int(next(l for l in status if l.startswith("VmRSS")).split()[1]) / 1024
+
+reranker = Reranker.from_pretrained(sys.argv[1], linear="onednn")
+rng = random.Random(0)
+sizes = []
+def batches(n):
+    for _ in range(n):
+        documents = [random_text(rng, rng.randint(5, 300)) for _ in range(rng.randint(1, 12))]
+        reranker.predict([(random_text(rng, 3), document) for document in documents])
+batches(40)
+warm = rss()
+batches(120)
+print(json.dumps({"warm": warm, "after": rss()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc, trims glibc's heap")
+def test_onednn_memory_stays_bounded_over_many_input_shapes(small_ckpt):
+    """Each new row count makes oneDNN create primitives, which it caches: with its default of
+    1,024 entries the process grew ~2.5 MiB per shape (about 250 MiB over these batches); with
+    turborank's 128 it levels off once the cache is full."""
+    backends = {"alibi_attention": "torch", "gelu_glu": "torch", "add_layer_norm": "torch"}
+    if engines.onednn_unavailable_reason(torch.device("cpu"), torch.float32, backends) is not None:
+        pytest.skip("oneDNN cannot run here")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _MANY_SHAPES, str(small_ckpt)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    memory = json.loads(out.stdout.strip().splitlines()[-1])
+    assert memory["after"] - memory["warm"] < 60, memory
+
+
+def test_turborank_bounds_onednn_caches_unless_the_user_did():
+    code = "import os, turborank; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"  # noqa: E501
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    }
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert ours.stdout.split() == ["128", "128"]
+    env["LRU_CACHE_CAPACITY"] = "7"
+    theirs = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert theirs.stdout.split() == ["128", "7"]

@@ -5,6 +5,7 @@ serve` process on loopback: no client holds a slot past the body timeout, every 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -14,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from tests.serve_process import port_of, read_response, serve_process, start_upload  # noqa: E402
+from tests.serve_process import connect, port_of, read_response, serve_process, start_upload  # noqa: E402
 
 SLOTS = 3
 SERVER_OPTIONS = (
@@ -299,3 +300,36 @@ def test_a_path_cannot_forge_log_lines_or_write_terminal_escapes(small_ckpt, tmp
     assert not any(line.startswith("2026-12-06 00:00:00,000 INFO turborank.access: FAKE") for line in lines)
     assert any("/x\\n2026-12-06 00:00:00,000 INFO turborank.access: FAKE" in line for line in lines)
     assert any("/y\\x1b[31mred" in line for line in lines)
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+def test_abandoned_huge_requests_give_their_memory_back_without_another_request(small_ckpt, tmp_path):
+    """Three 11 MiB requests whose clients leave once the body is sent: the server's RSS peaks
+    ~150 MiB above idle, and is back within 100 MiB of it seconds later with no request since
+    (it stayed ~200 MiB up until the next request came)."""
+    docs = [f"word{i} " * 1500 for i in range(1000)]
+    body = json.dumps({"query": "q", "documents": docs}).encode()
+    head = f"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}"
+    with serve_process(small_ckpt, tmp_path / "server.log") as (proc, url):
+        small = {"query": "q", "documents": ["a", "b"]}
+        for _ in range(2):
+            assert httpx.post(url + "/v1/rerank", json=small).status_code == 200
+        time.sleep(11)  # the trim every request schedules (at most every 10 s) has run
+        idle = _rss_mib(proc.pid)
+        peak = idle
+        for _ in range(3):
+            sock = connect(url)
+            sock.sendall(head.encode() + b"\r\n\r\n" + body)
+            time.sleep(0.3)
+            peak = max(peak, _rss_mib(proc.pid))
+            sock.close()
+        time.sleep(4)
+        after = _rss_mib(proc.pid)
+        assert peak - idle > 60, f"the requests did not load it (idle {idle:.0f}, peak {peak:.0f} MiB)"
+        assert after - idle < 100, f"idle {idle:.0f} MiB, peak {peak:.0f} MiB, 4 s later {after:.0f} MiB"

@@ -10,10 +10,15 @@ server's RSS is read before, at its peak, and after.
 Soak: for ``--soak-seconds``, at once: valid requests of 1..16 documents, invalid ones (malformed
 JSON, lone surrogates, deep nesting, huge numbers, wrong types, too many documents, wrong
 method), uploads that stall (answered 408), uploads that trickle within the rate limit (answered
-200), and clients that send a large request and hang up before the answer. Reports requests served,
-4xx/5xx counts, p50/p99 of the valid ones, RSS at start and end, and the requests lost: a client
-that waited for an answer and got none (a reset, a timeout). Everything stops by itself; the server
-is stopped with SIGTERM and must exit 0.
+200), and clients that send a large request and hang up before the answer; these are the
+legitimate client, on 127.0.0.1. Beside them two attackers, each its own client address: the slot
+hog (127.0.0.2) keeps ``--slot-hogs`` uploads that send their headers and 5 bytes of body, each
+reopened as soon as it is answered, to hold every request slot; the header hog (127.0.0.3) keeps
+``--header-hogs`` connections that send a request line and half a header, reopened when closed,
+against a server started with ``ulimit -n`` of ``--open-files``, to exhaust its file descriptors.
+Reports requests served, 4xx/5xx counts, p50/p99 of the valid ones, RSS at start and end, the
+requests lost (a client that waited for an answer and got none: a reset, a timeout), and what the
+attackers got. Everything stops by itself; the server is stopped with SIGTERM and must exit 0.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import importlib.metadata
 import json
+import multiprocessing
 import random
 import re
+import resource
 import signal
 import subprocess
 import tempfile
@@ -119,10 +127,16 @@ _INVALID = [
 ]
 
 
-async def _raw_upload(port: int, body: bytes, pace: list[tuple[int, float]]) -> tuple[int | None, str]:
+SLOT_HOG = "127.0.0.2"
+HEADER_HOG = "127.0.0.3"
+
+
+async def _raw_upload(
+    port: int, body: bytes, pace: list[tuple[int, float]], source: str = "127.0.0.1"
+) -> tuple[int | None, str]:
     """Send the headers, then ``pace``: (bytes, seconds to wait after them); read the status line.
     Returns (status or None when the connection ended without one, what happened)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         writer.write(
             f"POST /rerank HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
@@ -142,7 +156,59 @@ async def _raw_upload(port: int, body: bytes, pace: list[tuple[int, float]]) -> 
         writer.close()
 
 
-async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> dict[str, Any]:
+async def _half_headers(port: int) -> str:
+    """A connection that sends a request line and half a header, then waits; what ended it."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(HEADER_HOG, 0))
+    except OSError as exc:
+        return f"connect: {type(exc).__name__}"
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: hog\r\nX-Wait: ")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 120)
+        return line.split(b" ", 2)[1].decode() if line else "closed"
+    except (ConnectionError, asyncio.TimeoutError) as exc:
+        return type(exc).__name__
+    finally:
+        writer.close()
+
+
+def attack(port: int, seconds: float, slot_hogs: int, header_hogs: int) -> dict[str, dict[str, int]]:
+    """The two attackers, for ``seconds``, in a process of their own (their reconnect loops would
+    otherwise slow the event loop that times the legitimate client): what each got, by outcome."""
+
+    async def run() -> dict[str, collections.Counter]:
+        got = {"slot_hog": collections.Counter(), "header_hog": collections.Counter()}
+        stop = time.monotonic() + seconds
+        body = json.dumps({"query": "q", "texts": ["a slot hog"]}).encode()
+
+        async def slot_hog() -> None:
+            while time.monotonic() < stop:
+                status, what = await _raw_upload(port, body, [(5, 0.0)], SLOT_HOG)
+                got["slot_hog"][status if status is not None else what] += 1
+
+        async def header_hog() -> None:
+            while time.monotonic() < stop:
+                got["header_hog"][await _half_headers(port)] += 1
+
+        hogs = [slot_hog() for _ in range(slot_hogs)] + [header_hog() for _ in range(header_hogs)]
+        await asyncio.gather(*hogs)
+        return got
+
+    return {
+        name: {str(k): v for k, v in sorted(c.items(), key=str)} for name, c in asyncio.run(run()).items()
+    }
+
+
+async def soak(
+    url: str,
+    pid: int,
+    seconds: float,
+    workers: dict[str, int],
+    slot_hogs: int = 0,
+    header_hogs: int = 0,
+    idle_wait_s: float = 12.0,
+) -> dict[str, Any]:
     port = int(url.rsplit(":", 1)[1])
     codes: collections.Counter = collections.Counter()
     lost: collections.Counter = collections.Counter()
@@ -221,14 +287,20 @@ async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> d
                 rss.append(_rss_mib(pid) or 0.0)
                 await asyncio.sleep(5)
 
+        attackers = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        attacked = asyncio.get_running_loop().run_in_executor(
+            attackers, attack, port, seconds, slot_hogs, header_hogs
+        )
         tasks = [
             asyncio.create_task(worker(kind, 1000 * i + n))
             for i, (kind, n_workers) in enumerate(workers.items())
             for n in range(n_workers)
         ]
         await asyncio.gather(sample(), *tasks)
+        attacks = await attacked
+        attackers.shutdown()
         rss.append(_rss_mib(pid) or 0.0)
-        await asyncio.sleep(12)  # past the server's 10 s heap trim
+        await asyncio.sleep(idle_wait_s)  # by default past the server's 10 s heap trim
         idle = _rss_mib(pid)
     under_load = rss[1:-1]
     half = len(under_load) // 2
@@ -239,7 +311,7 @@ async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> d
         v for k, v in codes.items() if isinstance(k, int) and 400 <= k < 500 and k not in failed
     )
     return {
-        "phase": "soak",
+        "phase": "soak, attacked" if slot_hogs or header_hogs else "soak",
         "seconds": seconds,
         "clients": dict(workers),
         "requests": sum(counts.values()),
@@ -258,16 +330,25 @@ async def soak(url: str, pid: int, seconds: float, workers: dict[str, int]) -> d
         "rss_end_mib": rss[-1],
         "rss_idle_after_mib": idle,
         "rss_every_5s_mib": [round(x) for x in rss],
+        **attacks,
     }
 
 
-def _start_server(checkpoint: Path, port: int, log: Path, options: list[str]) -> subprocess.Popen:
-    """`turborank serve` with its log in a file (a pipe nobody reads would block it when full)."""
+def _start_server(
+    checkpoint: Path, port: int, log: Path, options: list[str], open_files: int | None
+) -> subprocess.Popen:
+    """`turborank serve` with its log in a file (a pipe nobody reads would block it when full),
+    and ``ulimit -n open_files`` when given."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with open(log, "w") as out:
         proc = subprocess.Popen(
             serve_command(checkpoint, port, "--log-level", "warning", *options),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if open_files is None else limit,
         )
     wait_until_ready(proc, f"http://127.0.0.1:{port}", 120, log.read_text)
     return proc
@@ -292,7 +373,11 @@ def main() -> None:
     parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     parser.add_argument("--max-client-batch-size", type=int, default=32)
     parser.add_argument("--max-concurrent-requests", type=int, default=64)
+    parser.add_argument("--slot-hogs", type=int, default=64, help="the slot hog's uploads (0: none)")
+    parser.add_argument("--header-hogs", type=int, default=450, help="the header hog's connections")
+    parser.add_argument("--open-files", type=int, default=400, help="the server's ulimit -n")
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--idle-wait", type=float, default=12.0, help="seconds before the idle RSS reading")
     parser.add_argument("--machine", default="cpu", help="machine kind, for the report's name")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -309,7 +394,7 @@ def main() -> None:
         "--max-concurrent-requests",
         str(args.max_concurrent_requests),
     ]
-    proc = _start_server(checkpoint, port, log, server_args)
+    proc = _start_server(checkpoint, port, log, server_args, args.open_files)
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -318,8 +403,13 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         if args.soak_seconds > 0:
             workers = {"valid": 6, "invalid": 3, "stalled": 4, "trickle": 2, "disconnecting": 2}
-            rows.append(asyncio.run(soak(url, proc.pid, args.soak_seconds, workers)))
-            print(json.dumps(rows[-1]), flush=True)
+            # The same load without and then with the attackers: what they cost the legitimate client.
+            for hogs in ((0, 0), (args.slot_hogs, args.header_hogs)):
+                run = soak(url, proc.pid, args.soak_seconds, workers, *hogs, idle_wait_s=args.idle_wait)
+                rows.append(asyncio.run(run))
+                print(json.dumps(rows[-1]), flush=True)
+                if hogs == (0, 0) and not any((args.slot_hogs, args.header_hogs)):
+                    break
     finally:
         proc.send_signal(signal.SIGTERM)
         exit_code = proc.wait(timeout=120)
@@ -352,6 +442,8 @@ def main() -> None:
         "rss_max_mib",
         "rss_end_mib",
         "rss_idle_after_mib",
+        "slot_hog",
+        "header_hog",
     ]
     write_report(
         args.out,
@@ -360,6 +452,11 @@ def main() -> None:
         columns,
         notes=[
             f"machine: {_cpu_model()}; server and clients on the same cores, over loopback",
+            f"attackers: the slot hog ({SLOT_HOG}) keeps {args.slot_hogs} uploads that stop after 5 bytes "
+            f"of body, the header hog ({HEADER_HOG}) {args.header_hogs} connections that stop halfway "
+            f"through a header, each reopened at once; the server runs under ulimit -n {args.open_files}; "
+            "`requests`, `4xx`, `5xx`, `lost` and the latencies are the legitimate client's (127.0.0.1), "
+            "the slot_hog and header_hog columns what the attackers got",
             f"server: `turborank serve` on a synthetic {args.preset} checkpoint, CPU, float32, "
             f"defaults except {' '.join(server_args)}; it exited {exit_code} after SIGTERM and logged "
             f"{len(server_log)} lines at warning level and above",

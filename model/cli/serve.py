@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from turborank.cli.common import add_model_options, fail, load_reranker
 from turborank.hub import DEFAULT_MODEL
+from turborank.serving.settings import SettingError, from_arguments, option_name
+from turborank.serving.settings import add_arguments as add_setting_arguments
 
 if TYPE_CHECKING:
     from turborank.serving.app import ServeSettings
@@ -19,57 +21,9 @@ HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rera
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, DEFAULT_MODEL)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="token budget of one forward")
-    parser.add_argument(
-        "--max-client-batch-size", type=int, default=32, help="documents per request on the TEI routes"
-    )
-    parser.add_argument(
-        "--max-documents",
-        type=int,
-        default=1000,
-        help="documents per request on the Jina/Cohere routes (/v1/rerank, /v2/rerank)",
-    )
-    parser.add_argument("--max-concurrent-requests", type=int, default=512, help="beyond it: 429")
-    parser.add_argument(
-        "--max-input-length", type=int, default=None, help="tokens per pair (default: model max)"
-    )
-    parser.add_argument(
-        "--auto-truncate",
-        action="store_true",
-        help="TEI routes: truncate long inputs when the request does not say (else 422)",
-    )
-    parser.add_argument(
-        "--strict-input-length",
-        action="store_true",
-        help="Jina/Cohere routes: refuse (422) a pair over --max-input-length instead of truncating it",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("TURBORANK_API_KEY"),
-        help="require 'Authorization: Bearer KEY' on the rerank routes and /info (default: "
-        "$TURBORANK_API_KEY; health, ready, metrics and docs stay open)",
-    )
-    parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="beyond it: 413")
-    parser.add_argument(
-        "--body-timeout",
-        type=float,
-        default=5.0,
-        help="seconds a request body may stall before 408 (the slot is freed)",
-    )
-    parser.add_argument(
-        "--min-body-rate",
-        type=int,
-        default=64 * 1024,
-        help="bytes/s a request body must average after --body-timeout, else 408 (0: no minimum)",
-    )
-    parser.add_argument(
-        "--tokenization-workers", type=int, default=2, help="threads that decode and tokenise requests"
-    )
-    parser.add_argument(
-        "--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for in-flight requests"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
+    add_setting_arguments(parser, os.environ.get("TURBORANK_API_KEY"))
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -114,27 +68,14 @@ def run(args: argparse.Namespace) -> int:
     unbindable = _cannot_bind(args.host, args.port) if args.ray in (None, "local") else None
     if unbindable:
         return fail(f"--host {args.host} --port {args.port}: {unbindable}")
-    for name in (
-        "max_batch_tokens",
-        "max_client_batch_size",
-        "max_documents",
-        "max_concurrent_requests",
-        "max_body_bytes",
-        "max_input_length",
-        "tokenization_workers",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            return fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("body_timeout", "drain_timeout"):
-        if not getattr(args, name) > 0:  # also refuses nan
-            return fail(
-                f"--{name.replace('_', '-')} must be a positive number of seconds, got {getattr(args, name)}"
-            )
-    if args.min_body_rate < 0:
-        return fail(f"--min-body-rate must be >= 0, got {args.min_body_rate}")
-    if args.api_key is not None and not (args.api_key and all("!" <= c <= "~" for c in args.api_key)):
-        return fail("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
+    try:  # every limit checked before the model is loaded; max_input_length again after
+        settings = from_arguments(args, args.model)
+        if args.ray is None:
+            from turborank.serving.connections import connection_limit
+
+            connection_limit(settings)
+    except SettingError as error:
+        return fail(f"{option_name(error.field)} {error.problem}")
     from turborank.serving.logs import serve_logging
 
     # Before the load, so that its lines are in the chosen format too; put back when serving ends.
@@ -143,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_and_serve(args: argparse.Namespace) -> int:
-    from turborank.serving.app import ServeSettings
     from turborank.serving.server import serve
 
     if args.ray is not None:
@@ -161,22 +101,7 @@ def _load_and_serve(args: argparse.Namespace) -> int:
             f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "
             f"needs its {low - 1} special tokens and at least one more"
         )
-    settings = ServeSettings(
-        model_name=args.model,
-        max_batch_tokens=args.max_batch_tokens,
-        max_client_batch_size=args.max_client_batch_size,
-        max_documents=args.max_documents,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_input_length=max_input_length,
-        auto_truncate=args.auto_truncate,
-        strict_input_length=args.strict_input_length,
-        api_key=args.api_key,
-        max_body_bytes=args.max_body_bytes,
-        body_timeout_s=args.body_timeout,
-        min_body_rate=args.min_body_rate,
-        tokenizer_threads=args.tokenization_workers,
-        drain_timeout_s=args.drain_timeout,
-    )
+    settings = from_arguments(args, args.model, max_input_length)
     if args.ray is not None:
         return _serve_on_ray(args, settings)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)

@@ -149,25 +149,31 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 raise APIError(
                     503, errors.UNHEALTHY, "the model is not ready yet", {"Retry-After": "1", **CLOSE}
                 )
-            if state.active >= settings.max_concurrent_requests:
-                raise APIError(
-                    429,
-                    errors.OVERLOADED,
-                    f"more than {settings.max_concurrent_requests} requests in flight",
-                    {"Retry-After": "1", **CLOSE},
-                )
-            state.active += 1
-            state.metrics.active.set(state.active)
+            client = request.scope.get("client")
+            slot = state.admission.admit(client[0] if client else "-")
+            state.metrics.active.set(state.admission.active)
             large = False
             watch = None
             try:
-                body = await read_body(
-                    request.receive,
-                    request.headers.get("content-length"),
-                    settings.max_body_bytes,
-                    settings.body_timeout_s,
-                    settings.min_body_rate,
-                )
+                length = request.headers.get("content-length")
+                slot.expected = int(length) if length is not None and length.isdigit() else None
+                try:
+                    body = await read_body(
+                        request.receive,
+                        length,
+                        settings.max_body_bytes,
+                        settings.body_timeout_s,
+                        settings.min_body_rate,
+                        slot,
+                    )
+                except asyncio.CancelledError:
+                    if not slot.taken:
+                        raise
+                    task = asyncio.current_task()
+                    if hasattr(task, "uncancel"):  # Python 3.11+: the cancel is handled here
+                        task.uncancel()
+                    raise state.admission.taken_error(slot) from None
+                slot.uploading = False
                 watch = watch_disconnect(request.scope, request.receive)
                 large = len(body) >= LARGE_BODY_BYTES
                 payload = await state.small_or_off_loop(len(body), parse_body, schema, body)
@@ -176,8 +182,8 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             finally:
                 if watch is not None:
                     watch.close()
-                state.active -= 1
-                state.metrics.active.set(state.active)
+                state.admission.release(slot)
+                state.metrics.active.set(state.admission.active)
                 state.release_memory_soon(large)
             status = response.status_code
             return response
@@ -271,13 +277,14 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         fresh = last is not None and time.monotonic() - last < settings.ready_max_age_s
         if state.draining or not state.started:
             return fail(request, APIError(503, errors.UNHEALTHY, "not accepting requests"))
-        if state.active >= settings.max_concurrent_requests:
+        if state.admission.active >= settings.max_concurrent_requests:
             return fail(
                 request,
                 APIError(
                     503,
                     errors.OVERLOADED,
-                    f"no free request slot: {state.active} of {settings.max_concurrent_requests} in use",
+                    f"no free request slot: {state.admission.active} of {settings.max_concurrent_requests} "
+                    "in use",
                     {"Retry-After": "1"},
                 ),
             )

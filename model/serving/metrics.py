@@ -58,6 +58,14 @@ class ServerMetrics:
             "turborank_dropped_pairs", "Queued pairs dropped because the client left", registry=r
         )
         self.failed_batches = Counter("turborank_failed_batches", "Forwards that failed", registry=r)
+        self.closed_connections = Counter(
+            "turborank_closed_connections",
+            "Connections the server closed: header_timeout (408), evicted (idle or half-sent, to make "
+            "room for a new one), refused (503: every connection carried a request)",
+            ["reason"],
+            registry=r,
+        )
+        self.open_connections = Gauge("turborank_open_connections", "Open client connections", registry=r)
         self.active = Gauge("turborank_active_requests", "Requests admitted and not finished", registry=r)
         self.queued_pairs = Gauge("turborank_queued_pairs", "Pairs waiting for a forward", registry=r)
 

@@ -22,10 +22,12 @@ async def read_body(
     max_bytes: int,
     timeout_s: float,
     min_rate: int,
+    progress: Any = None,
 ) -> bytes:
     """The whole body, or APIError 413 (too large; checked on Content-Length first) or 408 (no data
     for ``timeout_s``, or slower than ``min_rate`` bytes/s on average after the first
-    ``timeout_s``), or ClientDisconnectedError."""
+    ``timeout_s``), or ClientDisconnectedError. ``progress.received`` (when given) follows the
+    bytes read: admission gives the slot of the upload that has sent least to another client."""
     if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
         raise APIError(
             413, PAYLOAD_TOO_LARGE, f"request body of {content_length} bytes exceeds {max_bytes} bytes", CLOSE
@@ -58,6 +60,8 @@ async def read_body(
             raise ClientDisconnectedError
         chunk = message.get("body", b"")
         size += len(chunk)
+        if progress is not None:
+            progress.received = size
         if size > max_bytes:
             raise APIError(413, PAYLOAD_TOO_LARGE, f"request body exceeds {max_bytes} bytes", CLOSE)
         chunks.append(chunk)

@@ -16,6 +16,7 @@ import uvicorn
 
 from turborank.reranker import Reranker
 from turborank.serving.app import ServerState, ServeSettings, create_app
+from turborank.serving.connections import uvicorn_options
 
 logger = logging.getLogger("turborank.serving")
 
@@ -66,7 +67,19 @@ def serve(
     """Serve until SIGTERM/SIGINT. uvicorn's records go to the root logger, whose handlers are the
     caller's (the command line sets them up with ``turborank.serving.logs.serve_logging``)."""
     app = create_app(reranker, settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(app, host, port, log_level)
+    _DrainingServer(config, app.state.turborank).run()
+
+
+def uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """How every turborank server runs under uvicorn (this module's ``serve`` and the tests' own
+    threads): our connection limits, our logs."""
+    state: ServerState = app.state.turborank
+    metrics = state.metrics
+    options = uvicorn_options(state.settings, lambda reason: metrics.closed_connections.labels(reason).inc())
+    guard = options["http"].guard
+    metrics.open_connections.set_function(lambda: guard.count)
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -74,7 +87,7 @@ def serve(
         # uvicorn's records propagate to the root's handlers, in the same format as ours.
         log_config=None,
         # In-flight work was waited for while draining; this bounds what is left after it.
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        timeout_graceful_shutdown=int(state.settings.drain_timeout_s),
         access_log=False,  # turborank.access logs every request, with its pairs, tokens and timings
+        **options,
     )
-    _DrainingServer(config, app.state.turborank).run()

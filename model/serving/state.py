@@ -17,6 +17,7 @@ from starlette.requests import Request
 from turborank.reranker import Reranker
 from turborank.serving import errors
 from turborank.serving.access_log import note
+from turborank.serving.admission import Admission
 from turborank.serving.errors import APIError, ClientDisconnectedError
 from turborank.serving.memory import release_free_memory
 from turborank.serving.metrics import ServerMetrics
@@ -88,12 +89,17 @@ class ServerState:
         self.tokenizer_pool = ThreadPoolExecutor(
             max_workers=settings.tokenizer_threads, thread_name_prefix="turborank-tokenize"
         )
-        self.active = 0
+        self.admission = Admission(settings.max_concurrent_requests, settings.max_requests_per_client)
         self.draining = False
         self.started = False
         self.warmed = False  # the first (warm-up) forward succeeded
         self._probe_failing = False
         self._trim: asyncio.TimerHandle | None = None
+
+    @property
+    def active(self) -> int:
+        """Requests holding a slot."""
+        return self.admission.active
 
     def release_memory_soon(self, large: bool) -> None:
         """After a request: once its objects are gone (a moment after its answer), give the freed

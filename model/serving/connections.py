@@ -1,0 +1,222 @@
+"""Connections: a time limit on a request's headers and a cap on open connections.
+
+uvicorn closes a kept-alive connection that idles between requests (``timeout_keep_alive``) but
+sets no time limit on a request's headers, nor on a connection that opens and sends nothing: each
+such connection holds a file descriptor for as long as its client likes. At the process's
+open-file limit ``accept`` fails with EMFILE and every client, probes included, waits. So:
+
+- from the moment a connection opens, or a request's first byte arrives on a kept-alive one, its
+  headers must be complete within ``header_timeout_s``; else it is answered 408 and closed;
+- at most ``max_connections`` are open (by default the open-file limit less a reserve for the
+  model's files, logs and threads). One more closes a connection that is idle or still sending
+  headers (doing nothing for a request): of the client address with the most connections, the
+  one so the longest (a kept-alive connection's clock restarts with each request and answer).
+  Only when every connection carries a request is the newcomer answered 503 and closed. So a
+  flood of idle or half-sent connections cannot keep out a probe or a client with a request.
+
+The request slots and their per-client fairness are the app's (``admission``); the connections
+behind them are bounded by this cap and by the header and body timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from turborank.serving.settings import ServeSettings, SettingError
+
+logger = logging.getLogger("turborank.serving")
+
+# File descriptors kept for everything but client connections: the listening socket, the model's
+# files while loading, log files, the tokenizer and torch threads' pipes and event fds.
+FD_RESERVE = 64
+
+
+def connection_limit(settings: ServeSettings) -> int:
+    """``max_connections``, or the open-file limit less FD_RESERVE; SettingError when the setting
+    asks for more connections than the limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = 1 << 20 if soft == resource.RLIM_INFINITY else soft - FD_RESERVE
+    if room < 1:
+        raise SettingError(
+            "max_connections", f"has no room: the open-file limit is {soft} (ulimit -n), {FD_RESERVE} kept"
+        )
+    if settings.max_connections is None:
+        return room
+    if settings.max_connections > room:
+        raise SettingError(
+            "max_connections",
+            f"{settings.max_connections} is more than the open-file limit ({soft}, ulimit -n) leaves room "
+            f"for after {FD_RESERVE} kept for the process: at most {room}, or raise the limit",
+        )
+    return settings.max_connections
+
+
+def canned_response(status: int, reason: str, error_type: str, message: str, request_id: str) -> bytes:
+    """A whole HTTP/1.1 answer with Connection: close, in the API's error shape, written straight to
+    the socket: the request (if any) never reached the app."""
+    body = json.dumps({"error": message, "error_type": error_type}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\nx-request-id: {request_id}\r\n"
+    )
+    if status == 503:
+        head += "retry-after: 1\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+class ConnectionGuard:
+    """What the connections of one server share: the open ones by client address, each client's
+    least recently active first, and the limits. ``closed(reason)`` is told of every connection
+    this closes (``header_timeout``, ``evicted``, ``refused``)."""
+
+    def __init__(self, header_timeout_s: float, limit: int, closed: Callable[[str], None]) -> None:
+        self.header_timeout_s, self.limit, self.closed = header_timeout_s, limit, closed
+        self.by_client: dict[str, dict[GuardedHttpToolsProtocol, None]] = {}
+        self.count = 0
+
+    def admit(self, connection: GuardedHttpToolsProtocol) -> bool:
+        """Counts a new connection in; False when it is over the limit and nothing could make room.
+        Room is made at the expense of the client with the most connections (the newcomer's own,
+        when that is it): a flood from one address closes its own connections, not others'."""
+        self.by_client.setdefault(connection.address, {})[connection] = None
+        self.count += 1
+        if self.count <= self.limit:
+            return True
+        for client in sorted(self.by_client.values(), key=len, reverse=True):
+            for other in client:
+                if other is not connection and other.between_requests():
+                    other.close_for_room()
+                    return True
+        return False
+
+    def touch(self, connection: GuardedHttpToolsProtocol) -> None:
+        client = self.by_client.get(connection.address)
+        if client is not None and client.pop(connection, False) is None:
+            client[connection] = None
+
+    def forget(self, connection: GuardedHttpToolsProtocol) -> None:
+        client = self.by_client.get(connection.address)
+        if client is None or client.pop(connection, False) is not None:
+            return
+        self.count -= 1
+        if not client:
+            del self.by_client[connection.address]
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header timeout and a place under ConnectionGuard's cap.
+    ``protocol_class(guard)`` makes the class uvicorn is given (it builds one per connection)."""
+
+    guard: ConnectionGuard
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        # The peer's address: a proxy's X-Forwarded-For is not known before a request's headers.
+        self.address = self.client[0] if self.client else "-"
+        if not self.guard.admit(self):
+            request_id = uuid.uuid4().hex
+            logger.warning(
+                "request %s: connection from %s refused -> 503: all %d connections carry a request",
+                request_id,
+                self.client[0] if self.client else "-",
+                self.guard.limit,
+            )
+            self._answer_and_close(
+                canned_response(
+                    503,
+                    "Service Unavailable",
+                    "overloaded",
+                    f"all {self.guard.limit} connections the server keeps carry a request",
+                    request_id,
+                ),
+                "refused",
+            )
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        self.guard.forget(self)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        self.guard.touch(self)
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self.guard.touch(self)
+        super().on_response_complete()
+
+    def between_requests(self) -> bool:
+        """Idle, or receiving a request's headers: no request of this connection is with the app."""
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def close_for_room(self) -> None:
+        self._disarm_header_timer()
+        self.guard.forget(self)
+        if not self.transport.is_closing():
+            self.transport.close()
+        self.guard.closed("evicted")
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.guard.header_timeout_s, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if not self.between_requests():
+            # A pipelined request's headers behind one still being answered: its clock starts
+            # once the connection is free again (nothing may be written into that answer).
+            self._arm_header_timer()
+            return
+        timeout = self.guard.header_timeout_s
+        self._answer_and_close(
+            canned_response(
+                408,
+                "Request Timeout",
+                "timeout",
+                f"the request's headers were not complete within {timeout:g} s",
+                uuid.uuid4().hex,
+            ),
+            "header_timeout",
+        )
+
+    def _answer_and_close(self, response: bytes, reason: str) -> None:
+        self.guard.forget(self)
+        self.transport.write(response)
+        self.transport.close()
+        self.guard.closed(reason)
+
+
+def protocol_class(guard: ConnectionGuard) -> type[GuardedHttpToolsProtocol]:
+    return type("TurborankHttpProtocol", (GuardedHttpToolsProtocol,), {"guard": guard})
+
+
+def uvicorn_options(settings: ServeSettings, closed: Callable[[str], None]) -> dict[str, Any]:
+    """The uvicorn.Config arguments that put a server's connections under these limits."""
+    guard = ConnectionGuard(settings.header_timeout_s, connection_limit(settings), closed)
+    options: dict[str, Any] = {"http": protocol_class(guard)}
+    if settings.forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = settings.forwarded_allow_ips
+    return options

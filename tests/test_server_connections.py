@@ -1,0 +1,179 @@
+"""Clients that hold the server without making requests, through a real `turborank serve` process on
+loopback: slow uploads from one client must not keep out another (request slots are shared
+fairly), connections that never finish their headers are closed, and a flood of connections stays
+below the open-file limit so that probes keep answering. Several clients on one machine are
+several loopback addresses (127.0.0.2 is the attacker)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from tests.serve_process import connect, read_response, serve_process, start_upload  # noqa: E402
+from tests.serve_thread import metric  # noqa: E402
+
+ATTACKER = "127.0.0.2"
+BODY = json.dumps({"query": "q", "texts": ["a document"]}).encode()
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> tuple[float, bytes]:
+    """(seconds until the server closed the connection, what it sent before)."""
+    start = time.monotonic()
+    sock.settimeout(within_s)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return time.monotonic() - start, data
+        data += chunk
+
+
+def test_one_clients_slow_uploads_do_not_keep_out_another(small_ckpt, tmp_path):
+    """The attacker fills every slot with uploads that stall after 5 bytes (and reopens them); the
+    other client is still served at once, long before the 20 s body timeout frees anything."""
+    slots = 4
+    options = ("--max-concurrent-requests", str(slots), "--body-timeout", "20", "--min-body-rate", "0")
+    with serve_process(small_ckpt, tmp_path / "server.log", *options) as (_, url):
+        stalled = [start_upload(url, BODY, sent=5, source=ATTACKER) for _ in range(slots)]
+        try:
+            deadline = time.monotonic() + 30
+            while httpx.get(url + "/ready").status_code != 503:  # every slot taken
+                assert time.monotonic() < deadline, "the stalled uploads never took the slots"
+                time.sleep(0.05)
+            # The attacker itself gets no more: it is the busiest client.
+            more = start_upload(url, BODY, sent=5, source=ATTACKER)
+            status, _, answer = read_response(more)
+            assert status == 429 and "more than 4 requests in flight" in json.loads(answer)["error"]
+            more.close()
+            for _ in range(3):
+                start = time.monotonic()
+                served = httpx.post(url + "/rerank", content=BODY, timeout=30)
+                assert served.status_code == 200, served.text
+                assert time.monotonic() - start < 5
+            # The first took the slot of one stalled upload (answered 429, saying why); the
+            # others found it free again.
+            answers = []
+            for sock in stalled:
+                sock.settimeout(0.5)
+                try:
+                    answers.append(read_response(sock))
+                except TimeoutError:
+                    continue
+            assert len(answers) == 1
+            for status, headers, answer in answers:
+                assert status == 429 and headers["connection"] == "close" and headers["retry-after"]
+                error = json.loads(answer)["error"]
+                assert (
+                    f"this client ({ATTACKER}) held the most" in error
+                    and f"(5 of {len(BODY)} bytes)" in error
+                )
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_a_per_client_cap_refuses_the_client_over_it(small_ckpt, tmp_path):
+    options = ("--max-requests-per-client", "2", "--body-timeout", "20", "--min-body-rate", "0")
+    with serve_process(small_ckpt, tmp_path / "server.log", *options) as (_, url):
+        stalled = [start_upload(url, BODY, sent=5, source=ATTACKER) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 30
+            while metric(url, "turborank_active_requests") < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            third = start_upload(url, BODY, sent=5, source=ATTACKER)
+            status, _, answer = read_response(third)
+            third.close()
+            assert status == 429
+            assert json.loads(answer)["error"] == (
+                f"this client ({ATTACKER}) has 2 requests in flight, the most one client may have"
+            )
+            assert httpx.post(url + "/rerank", content=BODY, timeout=30).status_code == 200
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_headers_that_never_finish_get_408_and_the_connection_closes(small_ckpt, tmp_path):
+    with serve_process(small_ckpt, tmp_path / "server.log", "--header-timeout", "1") as (_, url):
+        partial = connect(url)
+        partial.sendall(b"POST /rerank HTTP/1.1\r\nHost: test\r\nContent-Type: appl")
+        silent = connect(url)
+        kept_alive = connect(url)  # a whole request, then part of the next one's headers
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert read_response(kept_alive)[0] == 200
+        time.sleep(1.5)  # the first request's time does not count for the second's headers
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHo")
+        for sock in (partial, silent, kept_alive):
+            seconds, sent = closed_by_server(sock, within_s=10)
+            assert seconds < 5
+            assert sent.startswith(b"HTTP/1.1 408 "), sent
+            assert b"the request's headers were not complete within 1 s" in sent
+            sock.close()
+        assert metric(url, 'turborank_closed_connections_total{reason="header_timeout"}') == 3
+        # Headers that do finish in time are served as ever.
+        assert httpx.get(url + "/health").status_code == 200
+
+
+def test_a_connection_flood_stays_under_the_open_file_limit_and_probes_answer(small_ckpt, tmp_path):
+    """With `ulimit -n 200`, 300 connections that send half their headers (the header timeout is
+    long, so only the connection cap can help): the longest idle are closed to make room, /ready and
+    /health answer within a second, and the server never runs out of file descriptors."""
+    log = tmp_path / "server.log"
+    options = ("--header-timeout", "60")
+    with serve_process(small_ckpt, log, *options, open_files=200) as (proc, url):
+        flood = []
+        # A kept-alive client in use throughout: its connection is older than every attacker's
+        # but never the longest idle, so it is not the one closed.
+        kept_alive = connect(url)
+        try:
+            for _ in range(6):
+                for _ in range(50):
+                    sock = connect(url, ATTACKER)
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+                    flood.append(sock)
+                kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert read_response(kept_alive)[0] == 200
+            for path in ("/ready", "/health"):
+                start = time.monotonic()
+                assert httpx.get(url + path, timeout=10).status_code == 200
+                assert time.monotonic() - start < 1
+            assert metric(url, "turborank_open_connections") <= 200 - 64
+            assert metric(url, 'turborank_closed_connections_total{reason="evicted"}') >= 300 - (200 - 64)
+            assert proc.poll() is None
+        finally:
+            for sock in flood:
+                sock.close()
+            kept_alive.close()
+    assert "Too many open files" not in log.read_text()
+
+
+def test_at_the_connection_cap_with_every_connection_busy_a_newcomer_gets_503(small_ckpt, tmp_path):
+    options = ("--max-connections", "4", "--max-concurrent-requests", "8")
+    options += ("--body-timeout", "20", "--min-body-rate", "0")
+    log = tmp_path / "server.log"
+    with serve_process(small_ckpt, log, *options) as (_, url):
+        busy = [start_upload(url, BODY, sent=5) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 30
+            while metric(url, "turborank_active_requests") < 3:  # the scrape is the 4th connection
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            busy.append(start_upload(url, BODY, sent=5))
+            time.sleep(0.5)  # (a scrape now would be the newcomer)
+            newcomer = connect(url)
+            _, sent = closed_by_server(newcomer, within_s=10)
+            newcomer.close()
+            assert sent.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in sent
+            assert b"all 4 connections the server keeps carry a request" in sent
+            request_id = sent.split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        finally:
+            for sock in busy:
+                sock.close()
+    assert f"request {request_id}: connection from 127.0.0.1 refused -> 503" in log.read_text()
