@@ -22,14 +22,15 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 OPENMP_SPIN_COUNT = "10000"
 if "torch" not in sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
     os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
-# oneDNN keeps the primitives it creates (one per linear layer and input shape) in two LRU caches,
-# its own and ideep's, of 1,024 entries each by default. A server sees a new row count with almost
-# every batch, so with the packed-weight linear engine a process grew by ~2.5 MiB per new shape
-# (small model: 330 -> 800 MiB over 200 varied batches; turbo 790 MiB after 60). 128 entries hold
-# several forwards' worth (a turbo forward creates 16 per shape; with 16 entries one short pair
-# took 11 ms instead of 8) and bound the growth (turbo 600 MiB, small 395 MiB). oneDNN reads both
-# when it first creates a primitive; a value the user set is kept.
-ONEDNN_CACHE_ENTRIES = "128"
+# oneDNN keeps the primitives it creates (one per linear layer and input shape, each with buffers
+# sized by its row count) in two LRU caches, its own and ideep's, of 1,024 entries each by default.
+# A server sees a new row count with almost every batch, so with the packed-weight linear engine a
+# process grew by ~2.5 MiB per new shape (small model: 330 -> 800 MiB over 200 varied batches), and
+# a soak server held 0.9-1.0 GiB under load against 0.5 GiB with F.linear. 32 entries hold two
+# shapes of a turbo forward (16 primitives each; with 16 entries one short pair took 11 ms instead
+# of 8, with 32 8.1 ms) and bring the soak server to 0.46-0.64 GiB. oneDNN reads both when it first
+# creates a primitive; a value the user set is kept.
+ONEDNN_CACHE_ENTRIES = "32"
 for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
     os.environ.setdefault(_cache, ONEDNN_CACHE_ENTRIES)
 

@@ -223,7 +223,7 @@ print(json.dumps({"warm": warm, "after": rss()}))
 def test_onednn_memory_stays_bounded_over_many_input_shapes(small_ckpt):
     """Each new row count makes oneDNN create primitives, which it caches: with its default of
     1,024 entries the process grew ~2.5 MiB per shape (about 250 MiB over these batches); with
-    turborank's 128 it levels off once the cache is full."""
+    turborank's 32 it levels off once the cache is full."""
     backends = {"alibi_attention": "torch", "gelu_glu": "torch", "add_layer_norm": "torch"}
     if engines.onednn_unavailable_reason(torch.device("cpu"), torch.float32, backends) is not None:
         pytest.skip("oneDNN cannot run here")
@@ -252,7 +252,7 @@ def test_turborank_bounds_onednn_caches_unless_the_user_did():
         if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
     }
     ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert ours.stdout.split() == ["128", "128"]
+    assert ours.stdout.split() == ["32", "32"]
     env["LRU_CACHE_CAPACITY"] = "7"
     theirs = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert theirs.stdout.split() == ["128", "7"]
+    assert theirs.stdout.split() == ["32", "7"]

@@ -377,6 +377,7 @@ def main() -> None:
     parser.add_argument("--header-hogs", type=int, default=450, help="the header hog's connections")
     parser.add_argument("--open-files", type=int, default=400, help="the server's ulimit -n")
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--linear", default="auto", help="the server's --linear engine")
     parser.add_argument("--idle-wait", type=float, default=12.0, help="seconds before the idle RSS reading")
     parser.add_argument("--machine", default="cpu", help="machine kind, for the report's name")
     parser.add_argument("--out", default=str(RESULTS))
@@ -393,6 +394,8 @@ def main() -> None:
         str(args.max_client_batch_size),
         "--max-concurrent-requests",
         str(args.max_concurrent_requests),
+        "--linear",
+        args.linear,
     ]
     proc = _start_server(checkpoint, port, log, server_args, args.open_files)
     url = f"http://127.0.0.1:{port}"
