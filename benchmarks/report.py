@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -24,6 +25,26 @@ from turborank.cpu_features import cpu_identity
 # and ignored by git (committed results go to benchmarks/results/ by name).
 RESULTS = Path(__file__).resolve().parent / "results"
 LOCAL_RESULTS = RESULTS / "local"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..1): a value that was measured; None for no values. Every
+    benchmark's p50/p99 comes from here, so two reports' p99 of the same latencies agree."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def rss_mib(pid: int) -> float | None:
+    """A process's resident set in MiB, from /proc (None where there is none, or it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def machine_info() -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -241,43 +240,6 @@ def cached_synthetic_checkpoint(preset: str = "turbo", seed: int = 0) -> Path:
             if not (target / "model.safetensors").is_file():
                 raise
     return target
-
-
-# Ray hands its workers ports from this range by default; a port picked for a server must avoid it.
-RAY_WORKER_PORTS = range(10002, 20000)
-
-
-def _ephemeral_ports() -> range:
-    """The range the kernel picks from for bind(port 0) and outgoing connections (Linux's default
-    where /proc does not say)."""
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return range(low, high + 1)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that is free now and that no other process is likely to take before a
-    server binds it.
-
-    Asking the kernel for port 0 and closing the socket is not enough: the port comes from the
-    ephemeral range, which every process binding port 0 or connecting out draws from too (a Ray
-    cluster starts a dozen such processes between our choice and its proxy's bind). This picks from
-    the ports below 32768 outside Ray's worker range and outside the ephemeral range, and checks
-    that it binds."""
-    ephemeral = _ephemeral_ports()
-    candidates = [p for p in range(20000, 32768) if p not in ephemeral and p not in RAY_WORKER_PORTS] or list(
-        range(1024, 65536)
-    )
-    for port in random.SystemRandom().sample(candidates, min(200, len(candidates))):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no free TCP port found on {host} outside the ephemeral range")
 
 
 def make_beir_dataset(

@@ -1,46 +1,13 @@
-"""`turborank serve` as a child process on a free loopback port, and raw-socket clients for what
-httpx will not do (stall mid-body, trickle, hold a keep-alive connection)."""
+"""Raw-socket clients for what httpx will not do (stall mid-body, trickle, hold a keep-alive
+connection, come from another loopback address); the server process is turborank.testing_server's."""
 
 from __future__ import annotations
 
-import contextlib
-import resource
 import socket
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-from benchmarks.serve.readiness import serve_command, wait_until_ready
-from turborank.testing import free_port
+from turborank.testing_server import serve_process
 
-
-@contextlib.contextmanager
-def serve_process(
-    checkpoint: Path, log: Path, *options: str, open_files: int | None = None
-) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Yields (process, base url) once /ready answers 200; the server's log goes to ``log``.
-    ``open_files``: the server's RLIMIT_NOFILE (ulimit -n)."""
-    port = free_port()
-
-    def limit_open_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            serve_command(checkpoint, port, *options),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=None if open_files is None else limit_open_files,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # Generous: on a loaded 2-core machine importing torch alone can take a minute.
-        wait_until_ready(proc, url, 300, log.read_text)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+__all__ = ["connect", "port_of", "read_response", "serve_process", "start_upload"]
 
 
 def port_of(url: str) -> int:

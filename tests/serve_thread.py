@@ -13,7 +13,7 @@ import uvicorn
 from turborank import Reranker
 from turborank.serving.app import ServeSettings, create_app
 from turborank.serving.server import uvicorn_config
-from turborank.testing import free_port
+from turborank.testing_server import free_port
 
 __all__ = ["free_port", "metric", "running_server"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
-from benchmarks.serve.readiness import wait_until_ready
-from turborank.testing import free_port, make_beir_dataset, make_checkpoint
+from turborank.testing import make_beir_dataset, make_checkpoint
+from turborank.testing_server import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow  # each test starts a local Ray cluster (10-25 s)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import random
 import socket
@@ -41,21 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.gpu.targets import H200_BF16_TFLOPS, PROJECTED_EFFICIENCY, PROJECTED_FIXED_S
-from benchmarks.report import LOCAL_RESULTS, write_report
+from benchmarks.report import LOCAL_RESULTS, percentile, write_report
 from benchmarks.serve import stand_in
-from benchmarks.serve.readiness import serve_command, wait_until_ready
-from turborank.testing import free_port, make_checkpoint, random_text
+from turborank.testing import make_checkpoint, random_text
+from turborank.testing_server import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..1), None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -113,27 +104,20 @@ def stand_in_server(
     checkpoint: Path, stats: Path, log: Path, options: list[str]
 ) -> Iterator[tuple[int, int]]:
     """`turborank serve` on the stand-in device; yields (pid, port) once /ready answers."""
-    port = free_port()
-    command = serve_command(
-        checkpoint, port, "--log-level", "warning", *options, entry="benchmarks.serve.stand_in"
+    environment = {**os.environ, stand_in.STATS_ENV: str(stats)}
+    options = ("--log-level", "warning", *options)
+    server = serve_process(
+        checkpoint, log, *options, env=environment, cwd=ROOT, entry="benchmarks.serve.stand_in"
     )
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, stand_in.STATS_ENV: str(stats)},
-        )
-    try:
-        wait_until_ready(proc, f"http://127.0.0.1:{port}", 300, log.read_text)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
+    with server as (proc, url):
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            yield proc.pid, int(url.rsplit(":", 1)[1])
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 class Phase:

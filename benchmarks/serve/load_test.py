@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
-import math
 import random
 import signal
 import statistics
@@ -26,26 +26,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.report import LOCAL_RESULTS, write_report
-from benchmarks.serve.readiness import serve_command, wait_until_ready
-from turborank.testing import free_port, make_checkpoint, random_text
-
-
-def _rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[max(0, math.ceil(q * len(values)) - 1)]  # nearest rank
+from benchmarks.report import LOCAL_RESULTS, percentile, rss_mib, write_report
+from turborank.testing import make_checkpoint, random_text
+from turborank.testing_server import serve_process
 
 
 async def _phase(url: str, rate: float, seconds: float, docs: int, seed: int) -> dict:
@@ -83,17 +66,50 @@ async def _phase(url: str, rate: float, seconds: float, docs: int, seed: int) ->
         "ok": codes.get(200, 0),
         "throughput_rps": codes.get(200, 0) / elapsed,
         "p50_ms": None if not latencies else 1e3 * statistics.median(latencies),
-        "p90_ms": None if not latencies else 1e3 * _percentile(latencies, 0.90),
-        "p99_ms": None if not latencies else 1e3 * _percentile(latencies, 0.99),
+        "p90_ms": None if not latencies else 1e3 * percentile(latencies, 0.90),
+        "p99_ms": None if not latencies else 1e3 * percentile(latencies, 0.99),
         "errors": {str(k): v for k, v in codes.items() if k != 200},
     }
 
 
-def _start_server(checkpoint: Path, port: int, device: str, extra: list[str]) -> subprocess.Popen:
-    cmd = serve_command(checkpoint, port, "--log-level", "warning", *extra, device=device)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_until_ready(proc, f"http://127.0.0.1:{port}", 120, lambda: proc.stderr.read())
-    return proc
+def _run(args: argparse.Namespace, url: str, proc: subprocess.Popen | None) -> list[dict]:
+    """The rate phases, then the soak; ``proc`` (when the server was started here) is sampled for RSS."""
+    rows = []
+    for rate in (float(r) for r in args.rates.split(",")):
+        row = asyncio.run(_phase(url, rate, args.seconds, args.docs, seed=int(rate * 1000)))
+        row["phase"] = "rate"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.soak > 0:
+        best = max(r["throughput_rps"] for r in rows) if rows else 5.0
+        rate = args.soak_rate or max(1.0, best / 2)
+        samples = []
+
+        async def soak() -> dict:
+            async def sample() -> None:
+                while True:
+                    if proc is not None:
+                        samples.append(rss_mib(proc.pid))
+                    await asyncio.sleep(args.soak / 10)
+
+            sampler = asyncio.create_task(sample())
+            result = await _phase(url, rate, args.soak, args.docs, seed=7)
+            sampler.cancel()
+            return result
+
+        row = asyncio.run(soak())
+        rss = [s for s in samples if s is not None]
+        row.update(
+            phase="soak",
+            seconds=args.soak,
+            rss_first_mib=rss[0] if rss else None,
+            rss_last_mib=rss[-1] if rss else None,
+            rss_max_mib=max(rss) if rss else None,
+        )
+        row["5xx"] = sum(v for k, v in row["errors"].items() if k.isdigit() and k.startswith("5"))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -116,55 +132,22 @@ def main() -> None:
     parser.add_argument("--out", default=str(LOCAL_RESULTS))
     args = parser.parse_args()
 
-    proc = None
-    url = args.url
-    if url is None:
-        port = free_port()
-        checkpoint = make_checkpoint(tempfile.mkdtemp(), args.preset)
-        proc = _start_server(checkpoint, port, args.device, args.server_args.split())
-        url = f"http://127.0.0.1:{port}"
-    rows = []
-    try:
-        for rate in (float(r) for r in args.rates.split(",")):
-            row = asyncio.run(_phase(url, rate, args.seconds, args.docs, seed=int(rate * 1000)))
-            row["phase"] = "rate"
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        if args.soak > 0:
-            best = max(r["throughput_rps"] for r in rows) if rows else 5.0
-            rate = args.soak_rate or max(1.0, best / 2)
-            samples = []
-
-            async def soak() -> dict:
-                async def sample() -> None:
-                    while True:
-                        if proc is not None:
-                            samples.append(_rss_mib(proc.pid))
-                        await asyncio.sleep(args.soak / 10)
-
-                sampler = asyncio.create_task(sample())
-                result = await _phase(url, rate, args.soak, args.docs, seed=7)
-                sampler.cancel()
-                return result
-
-            row = asyncio.run(soak())
-            rss = [s for s in samples if s is not None]
-            row.update(
-                phase="soak",
-                seconds=args.soak,
-                rss_first_mib=rss[0] if rss else None,
-                rss_last_mib=rss[-1] if rss else None,
-                rss_max_mib=max(rss) if rss else None,
-            )
-            row["5xx"] = sum(v for k, v in row["errors"].items() if k.isdigit() and k.startswith("5"))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=120)
-            print(f"server exit code after SIGTERM: {code}")
-    origin = f"started here: synthetic {args.preset} checkpoint, {args.device}" if proc else "external"
+    server = contextlib.nullcontext((None, args.url))
+    if args.url is None:
+        work = Path(tempfile.mkdtemp())
+        checkpoint = make_checkpoint(work / "checkpoint", args.preset)
+        options = ("--log-level", "warning", *args.server_args.split())
+        server = serve_process(
+            checkpoint, work / "server.log", *options, ready_within_s=120, device=args.device
+        )
+    with server as (proc, url):
+        try:
+            rows = _run(args, url, proc)
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                print(f"server exit code after SIGTERM: {proc.wait(timeout=120)}")
+    origin = "external" if args.url else f"started here: synthetic {args.preset} checkpoint, {args.device}"
     columns = [
         "phase",
         "offered_rps",

@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_report
-from benchmarks.serve.readiness import wait_until_ready
-from turborank.testing import free_port
+from benchmarks.report import percentile, write_report
+from turborank.testing_server import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,11 +78,6 @@ def _latencies(ckpt: Path, extra: list[str], requests: int) -> list[float]:
         proc.wait(timeout=120)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write ray_overhead_<date>.{json,md} here")
@@ -116,7 +110,7 @@ def main() -> None:
                 {
                     "case": label,
                     "p50_ms": 1e3 * statistics.median(seconds),
-                    "p99_ms": 1e3 * _percentile(seconds, 0.99),
+                    "p99_ms": 1e3 * percentile(seconds, 0.99),
                     "requests": len(seconds),
                 }
             )

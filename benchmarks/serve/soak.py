@@ -32,9 +32,7 @@ import json
 import multiprocessing
 import random
 import re
-import resource
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,10 +40,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import RESULTS, write_report
-from benchmarks.serve.load_test import _percentile, _rss_mib
-from benchmarks.serve.readiness import serve_command, wait_until_ready
-from turborank.testing import free_port, make_checkpoint, random_text
+from benchmarks.report import RESULTS, percentile, rss_mib, write_report
+from turborank.testing import make_checkpoint, random_text
+from turborank.testing_server import serve_process
 
 
 def _forward_stats(metrics: str) -> tuple[float, int]:
@@ -70,7 +67,7 @@ async def fairness(url: str, pid: int, max_bytes: int, documents: int) -> dict[s
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         for _ in range(5):  # warm the small path
             (await client.post("/rerank", json=small)).raise_for_status()
-        baseline = _rss_mib(pid)
+        baseline = rss_mib(pid)
         forward_sum, forward_count = _forward_stats((await client.get("/metrics")).text)
         big = [
             asyncio.create_task(
@@ -86,22 +83,22 @@ async def fairness(url: str, pid: int, max_bytes: int, documents: int) -> dict[s
             response.raise_for_status()
             if not all(task.done() for task in big):
                 latencies.append(time.perf_counter() - start)
-            peak = max(peak, _rss_mib(pid) or 0.0)
+            peak = max(peak, rss_mib(pid) or 0.0)
             # Random spacing: sent right after the previous answer, every request would land at the
             # start of a forward, the worst phase, and measure that instead of a random arrival.
             await asyncio.sleep(rng.uniform(0.0, 1.0))
         statuses = [(await task).status_code for task in big]
         forward_sum_after, forward_count_after = _forward_stats((await client.get("/metrics")).text)
         await asyncio.sleep(3)  # the server trims its heap a second after a large request
-        after = _rss_mib(pid)
+        after = rss_mib(pid)
     forwards = forward_count_after - forward_count
     mean_forward = (forward_sum_after - forward_sum) / max(forwards, 1)
-    p99 = _percentile(latencies, 0.99)
+    p99 = percentile(latencies, 0.99)
     return {
         "phase": "fairness",
         "huge_requests": f"2 x {documents} documents, {len(huge) / 2**20:.1f} MiB each: {statuses}",
         "small_requests": len(latencies),
-        "small_p50_ms": 1e3 * _percentile(latencies, 0.5) if latencies else None,
+        "small_p50_ms": 1e3 * percentile(latencies, 0.5) if latencies else None,
         "small_p99_ms": 1e3 * p99 if latencies else None,
         "mean_forward_ms": 1e3 * mean_forward,
         "p99_over_forward": p99 / mean_forward if latencies else None,
@@ -284,7 +281,7 @@ async def soak(
 
         async def sample() -> None:
             while time.monotonic() < stop:
-                rss.append(_rss_mib(pid) or 0.0)
+                rss.append(rss_mib(pid) or 0.0)
                 await asyncio.sleep(5)
 
         attackers = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -299,9 +296,9 @@ async def soak(
         await asyncio.gather(sample(), *tasks)
         attacks = await attacked
         attackers.shutdown()
-        rss.append(_rss_mib(pid) or 0.0)
+        rss.append(rss_mib(pid) or 0.0)
         await asyncio.sleep(idle_wait_s)  # by default past the server's 10 s heap trim
-        idle = _rss_mib(pid)
+        idle = rss_mib(pid)
     under_load = rss[1:-1]
     half = len(under_load) // 2
     # TEI's routes answer a failed forward with 424: a server error, though its code is a 4xx.
@@ -321,8 +318,8 @@ async def soak(
         "lost": sum(lost.values()),
         "by_code": {str(k): v for k, v in sorted(codes.items(), key=str)},
         "lost_by_kind": dict(lost),
-        "valid_p50_ms": 1e3 * _percentile(latencies, 0.5) if latencies else None,
-        "valid_p99_ms": 1e3 * _percentile(latencies, 0.99) if latencies else None,
+        "valid_p50_ms": 1e3 * percentile(latencies, 0.5) if latencies else None,
+        "valid_p99_ms": 1e3 * percentile(latencies, 0.99) if latencies else None,
         "rss_start_mib": rss[0],
         "rss_load_first_half_mib": sum(under_load[:half]) / max(half, 1),
         "rss_load_second_half_mib": sum(under_load[half:]) / max(len(under_load) - half, 1),
@@ -332,26 +329,6 @@ async def soak(
         "rss_every_5s_mib": [round(x) for x in rss],
         **attacks,
     }
-
-
-def _start_server(
-    checkpoint: Path, port: int, log: Path, options: list[str], open_files: int | None
-) -> subprocess.Popen:
-    """`turborank serve` with its log in a file (a pipe nobody reads would block it when full),
-    and ``ulimit -n open_files`` when given."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            serve_command(checkpoint, port, "--log-level", "warning", *options),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=None if open_files is None else limit,
-        )
-    wait_until_ready(proc, f"http://127.0.0.1:{port}", 120, log.read_text)
-    return proc
 
 
 def _versions() -> str:
@@ -383,7 +360,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    port = free_port()
     work = Path(tempfile.mkdtemp())
     checkpoint = make_checkpoint(work / "checkpoint", args.preset)
     log = work / "server.log"
@@ -397,25 +373,30 @@ def main() -> None:
         "--linear",
         args.linear,
     ]
-    proc = _start_server(checkpoint, port, log, server_args, args.open_files)
-    url = f"http://127.0.0.1:{port}"
-    rows = []
-    try:
-        if not args.skip_fairness:
-            rows.append(asyncio.run(fairness(url, proc.pid, args.max_body_bytes, args.max_client_batch_size)))
-            print(json.dumps(rows[-1]), flush=True)
-        if args.soak_seconds > 0:
-            workers = {"valid": 6, "invalid": 3, "stalled": 4, "trickle": 2, "disconnecting": 2}
-            # The same load without and then with the attackers: what they cost the legitimate client.
-            for hogs in ((0, 0), (args.slot_hogs, args.header_hogs)):
-                run = soak(url, proc.pid, args.soak_seconds, workers, *hogs, idle_wait_s=args.idle_wait)
-                rows.append(asyncio.run(run))
+    options = ("--log-level", "warning", *server_args)
+    with serve_process(checkpoint, log, *options, open_files=args.open_files, ready_within_s=120) as (
+        proc,
+        url,
+    ):
+        rows = []
+        try:
+            if not args.skip_fairness:
+                rows.append(
+                    asyncio.run(fairness(url, proc.pid, args.max_body_bytes, args.max_client_batch_size))
+                )
                 print(json.dumps(rows[-1]), flush=True)
-                if hogs == (0, 0) and not any((args.slot_hogs, args.header_hogs)):
-                    break
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        exit_code = proc.wait(timeout=120)
+            if args.soak_seconds > 0:
+                workers = {"valid": 6, "invalid": 3, "stalled": 4, "trickle": 2, "disconnecting": 2}
+                # The same load without and then with the attackers: what they cost the legitimate client.
+                for hogs in ((0, 0), (args.slot_hogs, args.header_hogs)):
+                    run = soak(url, proc.pid, args.soak_seconds, workers, *hogs, idle_wait_s=args.idle_wait)
+                    rows.append(asyncio.run(run))
+                    print(json.dumps(rows[-1]), flush=True)
+                    if hogs == (0, 0) and not any((args.slot_hogs, args.header_hogs)):
+                        break
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            exit_code = proc.wait(timeout=120)
     server_log = log.read_text().splitlines()
     print(f"server log: {len(server_log)} lines", *server_log[-20:], sep="\n")
     columns = [

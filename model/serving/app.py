@@ -206,45 +206,40 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             state.metrics.requests.labels(endpoint, str(status)).inc()
             state.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
 
-    @app.post(
-        "/v1/rerank",
-        summary="Rerank (Jina, Cohere v1)",
-        response_model=RerankResponse,
-        responses=_JINA_COHERE_ERRORS,
-        openapi_extra=openapi.request_body(JinaRerankRequest),
-    )
-    async def v1_rerank(request: Request) -> Response:
-        return await handle(request, "/v1/rerank", JinaRerankRequest, routes.jina_cohere_v1)
+    def rerank_route(
+        name: str,
+        path: str,
+        summary: str,
+        schema: type[pydantic.BaseModel],
+        work: Callable[[Any, Request], Awaitable[Response]],
+    ) -> None:
+        """A rerank route: answered at the front door (``_FrontDoor``), declared on the app for the
+        OpenAPI document (``name`` makes its operation id, as a function's name would)."""
 
-    @app.post(
-        "/v2/rerank",
-        summary="Rerank (Cohere v2)",
-        response_model=RerankResponse,
-        responses=_JINA_COHERE_ERRORS,
-        openapi_extra=openapi.request_body(CohereV2RerankRequest),
-    )
-    async def v2_rerank(request: Request) -> Response:
-        return await handle(request, "/v2/rerank", CohereV2RerankRequest, routes.cohere_v2)
+        async def endpoint(request: Request) -> Response:
+            return await handle(request, path, schema, work)
 
-    @app.post(
-        "/rerank",
-        summary="Rerank (text-embeddings-inference)",
-        response_model=list[TEIRank],
-        responses=_TEI_ERRORS,
-        openapi_extra=openapi.request_body(TEIRerankRequest),
-    )
-    async def rerank(request: Request) -> Response:
-        return await handle(request, "/rerank", TEIRerankRequest, routes.tei)
+        tei = schema is TEIRerankRequest
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            name=name,
+            summary=summary,
+            response_model=list[TEIRank] if tei else RerankResponse,
+            responses=_TEI_ERRORS if tei else _JINA_COHERE_ERRORS,
+            openapi_extra=openapi.request_body(schema),
+        )
+        app.rerank_routes[path] = endpoint
 
-    @app.post(
-        "/",
-        summary="Rerank (text-embeddings-inference's POST / alias of /rerank)",
-        response_model=list[TEIRank],
-        responses=_TEI_ERRORS,
-        openapi_extra=openapi.request_body(TEIRerankRequest),
+    app.rerank_routes = {}
+    rerank_route(
+        "v1_rerank", "/v1/rerank", "Rerank (Jina, Cohere v1)", JinaRerankRequest, routes.jina_cohere_v1
     )
-    async def root_rerank(request: Request) -> Response:
-        return await handle(request, "/", TEIRerankRequest, routes.tei)
+    rerank_route("v2_rerank", "/v2/rerank", "Rerank (Cohere v2)", CohereV2RerankRequest, routes.cohere_v2)
+    rerank_route("rerank", "/rerank", "Rerank (text-embeddings-inference)", TEIRerankRequest, routes.tei)
+    summary = "Rerank (text-embeddings-inference's POST / alias of /rerank)"
+    rerank_route("root_rerank", "/", summary, TEIRerankRequest, routes.tei)
 
     def refuse(request: Request) -> Response | None:
         if not state.draining or request.url.path == "/metrics":
@@ -254,12 +249,6 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         )
 
     app.refuse = refuse
-    app.rerank_routes = {
-        "/v1/rerank": lambda request: handle(request, "/v1/rerank", JinaRerankRequest, routes.jina_cohere_v1),
-        "/v2/rerank": lambda request: handle(request, "/v2/rerank", CohereV2RerankRequest, routes.cohere_v2),
-        "/rerank": lambda request: handle(request, "/rerank", TEIRerankRequest, routes.tei),
-        "/": lambda request: handle(request, "/", TEIRerankRequest, routes.tei),
-    }
 
     def get_and_head(path: str, endpoint: Callable[..., Any], summary: str, **options: Any) -> None:
         # One route per method: a GET+HEAD route gives both operations the same OpenAPI id.
