@@ -112,10 +112,10 @@ def _check_rows(name: str, t: torch.Tensor, n: int) -> None:
         raise ValueError(f"{name} must be [rows, {n}] with contiguous rows, got shape {tuple(t.shape)}")
 
 
-def add_layer_norm(
+def add_layer_norm_triton(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """Triton: LayerNorm(x + residual), fp32 statistics; see ``add_layer_norm_ref``.
+    """Triton: LayerNorm(x + residual), fp32 statistics; see ``add_layer_norm_torch``.
 
     Args:
         x: [rows, H]; residual: [rows, H] (a row stride of 0 broadcasts one row) or None.
@@ -132,7 +132,7 @@ def add_layer_norm(
     return _launch(x, residual, None, None, weight, bias, eps, x.shape[0], x.dtype)
 
 
-def embedding_layer_norm(
+def embedding_layer_norm_triton(
     input_ids: torch.Tensor,
     token_type_ids: torch.Tensor | None,
     word_embeddings: torch.Tensor,
@@ -175,7 +175,7 @@ def _check_ids(name: str, ids: torch.Tensor, rows: int, table: str) -> None:
         )
 
 
-def add_layer_norm_ref(
+def add_layer_norm_torch(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor,
@@ -200,7 +200,7 @@ def add_layer_norm_ref(
     return F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps).to(x.dtype)
 
 
-def embedding_layer_norm_ref(
+def embedding_layer_norm_torch(
     input_ids: torch.Tensor,
     token_type_ids: torch.Tensor | None,
     word_embeddings: torch.Tensor,
@@ -218,4 +218,4 @@ def embedding_layer_norm_ref(
         types = type_embeddings[0].expand(input_ids.shape[0], -1)
     else:
         types = F.embedding(token_type_ids, type_embeddings)
-    return add_layer_norm_ref(F.embedding(input_ids, word_embeddings), types, weight, bias, eps)
+    return add_layer_norm_torch(F.embedding(input_ids, word_embeddings), types, weight, bias, eps)

@@ -295,7 +295,7 @@ def launch_alibi_attention(
     return out
 
 
-def alibi_attention(
+def alibi_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -309,7 +309,8 @@ def alibi_attention(
     band: bool | None = None,
     launch_config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Triton flash attention over packed sequences with a symmetric ALiBi bias; see ``alibi_attention_ref``.
+    """Triton flash attention over packed sequences with a symmetric ALiBi bias (PyTorch engine:
+    ``alibi_attention_torch``).
 
     Args:
         q: [total_q, heads, d]; k, v: [total_k, heads, d]; fp16, bf16 or fp32, d <= 256, any row

@@ -48,7 +48,7 @@ _MERGED_ROWS_STEP = 512
 _MERGE_SLACK = 1.15
 
 
-def alibi_attention_ref(
+def alibi_attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,

@@ -10,10 +10,10 @@ import torch
 
 from turborank.kernels._alibi_common import check_lengths_tensor, check_qkv, resolve_softmax_scale
 from turborank.kernels.alibi_attention import launch_alibi_attention
-from turborank.kernels.alibi_attention_cpu import alibi_attention_ref
+from turborank.kernels.alibi_attention_cpu import alibi_attention_torch
 
 
-def alibi_attention_padded(
+def alibi_attention_padded_triton(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -62,7 +62,7 @@ def alibi_attention_padded(
     )
 
 
-def alibi_attention_padded_ref(
+def alibi_attention_padded_torch(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -78,7 +78,7 @@ def alibi_attention_padded_ref(
     valid = torch.arange(seqlen, device=q.device)[None, :] < key_lengths.long()[:, None]
     cu_k = torch.zeros(batch + 1, device=q.device, dtype=torch.int32)
     cu_k[1:] = key_lengths.cumsum(0)
-    out = alibi_attention_ref(
+    out = alibi_attention_torch(
         q.reshape(batch * seqlen, heads, d),
         k[valid],
         v[valid],

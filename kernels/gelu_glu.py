@@ -45,8 +45,8 @@ def _check(u: torch.Tensor, activation: str) -> None:
         raise ValueError(f"gelu_glu needs an even last dimension, got shape {tuple(u.shape)}")
 
 
-def gelu_glu(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
-    """Triton: act(u[:, :I]) * u[:, I:] in one pass, fp32 math; see ``gelu_glu_ref``.
+def gelu_glu_triton(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+    """Triton: act(u[:, :I]) * u[:, I:] in one pass, fp32 math; see ``gelu_glu_torch``.
 
     Args:
         u: [tokens, 2 * I] with contiguous rows.
@@ -77,7 +77,7 @@ def gelu_glu(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
     return y
 
 
-def gelu_glu_ref(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+def gelu_glu_torch(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
     """PyTorch reference of the gated activation.
 
     Args:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from turborank.kernels._launch import gelu_glu_linear_launch_config
-from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_ref
+from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_torch
 
 try:
     import triton
@@ -79,7 +79,7 @@ if triton is not None:
             wg_ptrs += BLOCK_K
             wl_ptrs += BLOCK_K
         # The GEMM rounds its output to the input dtype before the activation sees it, as
-        # F.linear followed by gelu_glu does; the product is then formed in fp32.
+        # F.linear followed by the gelu_glu op does; the product is then formed in fp32.
         gate = acc_gate.to(Y.dtype.element_ty).to(tl.float32)
         linear = acc_linear.to(Y.dtype.element_ty).to(tl.float32)
         if ACTIVATION == 0:
@@ -137,7 +137,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, activation: str) -> None:
         )
 
 
-def gelu_glu_linear(
+def gelu_glu_linear_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
     activation: str = "gelu",
@@ -178,7 +178,7 @@ def _check_launch_config(config: tuple[int, int, int, int, int]) -> None:
         )
 
 
-def gelu_glu_linear_ref(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+def gelu_glu_linear_torch(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
     """PyTorch reference: the up-projection (no bias in JinaBERT), then the gated activation.
 
     Args:
@@ -187,4 +187,4 @@ def gelu_glu_linear_ref(x: torch.Tensor, weight: torch.Tensor, activation: str =
         [M, I] in x's dtype.
     """
     _check(x, weight, activation)
-    return gelu_glu_ref(F.linear(x, weight), activation)
+    return gelu_glu_torch(F.linear(x, weight), activation)

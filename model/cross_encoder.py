@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from turborank.packing import descending_order
+from turborank.ranking import ranked_results
 from turborank.reranker import DEFAULT_MODEL, Reranker
 
 
@@ -154,11 +154,4 @@ class CrossEncoder:
             activation_fn=activation_fn,
             convert_to_numpy=False,
         )
-        order = descending_order(scores)
-        results = []
-        for index in order[:top_k]:
-            item: dict[str, Any] = {"corpus_id": index, "score": scores[index]}
-            if return_documents:
-                item["text"] = documents[index]
-            results.append(item)
-        return results
+        return ranked_results(scores, documents, top_k, return_documents)

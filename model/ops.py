@@ -1,8 +1,11 @@
-"""Per-op dispatch between the Triton kernels and their PyTorch references.
+"""Per-op dispatch between each op's two engines: its Triton kernel (``*_triton``) and its PyTorch
+engine (``*_torch``, the CPU path).
 
 "auto" picks Triton for CUDA tensors and PyTorch otherwise; "torch" and "triton" force one side for
 every op, and a dict sets ops one by one. Nothing falls back silently: forcing an implementation that
-cannot run raises. This is the one module of the model that imports ``turborank.kernels``.
+cannot run raises. The choice is made once, when a model is built (``resolve_ops``), and the model
+calls ``ops.<op>``: the function ``ENGINES[op][backend]`` names. This is the one module of the model
+that imports ``turborank.kernels``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,17 @@ class Ops:
     backends: dict[str, str]
 
 
-def _impl(op: str, backend: str) -> Callable[..., torch.Tensor]:
-    # kernels exports each op's Triton function as `op` and its PyTorch reference as `op_ref`.
-    return getattr(kernels, op if backend == "triton" else f"{op}_ref")
+# Every op's engine for each backend: what ``ops.<op>(...)`` runs.
+ENGINES: dict[str, dict[str, Callable[..., torch.Tensor]]] = {
+    "embedding_layer_norm": {
+        "triton": kernels.embedding_layer_norm_triton,
+        "torch": kernels.embedding_layer_norm_torch,
+    },
+    "alibi_attention": {"triton": kernels.alibi_attention_triton, "torch": kernels.alibi_attention_torch},
+    "gelu_glu": {"triton": kernels.gelu_glu_triton, "torch": kernels.gelu_glu_torch},
+    "add_layer_norm": {"triton": kernels.add_layer_norm_triton, "torch": kernels.add_layer_norm_torch},
+    "gelu_glu_linear": {"triton": kernels.gelu_glu_linear_triton, "torch": kernels.gelu_glu_linear_torch},
+}
 
 
 def triton_can_run(device: torch.device) -> bool:
@@ -70,6 +81,6 @@ def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
                 "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
                 f"the model is on {device}. Use backend='torch' on CPU."
             )
-    impls = {op: _impl(op, name) for op, name in choice.items()}
-    impls.update({fused: _impl(fused, choice[base]) for fused, base in FUSED_OPS.items()})
+    impls = {op: ENGINES[op][name] for op, name in choice.items()}
+    impls.update({fused: ENGINES[fused][choice[base]] for fused, base in FUSED_OPS.items()})
     return Ops(**impls, backends=choice)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
+from turborank.ranking import best_first
+
 PAIR_BUCKETS = (2, 4, 8, 16, 32, 64, 128)
 TOKEN_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 PAD_TOKEN_ID = 0  # any valid id: dummy sequences' logits are dropped
@@ -45,12 +47,6 @@ def cu_seqlens(
     return cu if device is None else cu.to(device)
 
 
-def descending_order(values: Sequence[float]) -> list[int]:
-    """Indices of ``values``, largest first; equal values keep their input order (a stable sort,
-    so a ranking or a batch plan does not depend on how ties happen to fall)."""
-    return sorted(range(len(values)), key=lambda i: -values[i])
-
-
 def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
     """Group pair indices longest first, so each batch holds sequences of similar length.
 
@@ -59,7 +55,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int)
     longer than the budget gets a batch of its own.
     """
     batches: list[list[int]] = []
-    for index in descending_order(lengths):
+    for index in best_first(lengths):  # longest first; equal lengths keep input order
         if batches:
             current = batches[-1]
             longest = lengths[current[0]]

@@ -20,11 +20,11 @@ from turborank.ops import resolve_ops
 from turborank.packing import (
     PAIR_BUCKETS,
     TOKEN_BUCKETS,
-    descending_order,
     in_input_order,
     pack,
     plan_batches,
 )
+from turborank.ranking import ranked_results
 from turborank.scoring_options import (
     aggregate_windows,
     as_pairs,
@@ -191,6 +191,18 @@ class Reranker:
         """Special tokens the pair template adds (``<s> q </s></s> d </s>``: 4); a ``max_length``
         must leave room for them and one more token."""
         return self._tokenizer.num_special_tokens
+
+    @staticmethod
+    def pair_length_range(
+        path_or_hub_id: str | Path = DEFAULT_MODEL, slopes: str | None = None, revision: str | None = None
+    ) -> tuple[int, int]:
+        """(fewest, most) tokens a pair of this checkpoint may be cut to, read from its config and
+        tokenizer without loading the weights: ``num_special_tokens + 1`` and ``max_length`` of the
+        Reranker it would load (a server that only routes to replicas checks its limits so)."""
+        directory = resolve_checkpoint(path_or_hub_id, revision)
+        config = JinaBertConfig.from_file(directory / "config.json", slopes=slopes)
+        tokenizer = PairTokenizer.from_directory(directory, config.max_position_embeddings)
+        return tokenizer.num_special_tokens + 1, tokenizer.model_max_length
 
     def check_max_length(self, max_length: int | None) -> int:
         """``max_length`` when it is an integer in ``num_special_tokens + 1 .. max_length``, the
@@ -382,14 +394,7 @@ class Reranker:
         check_options(return_documents=return_documents)
         check_query(query)
         scores = self.predict([(query, doc) for doc in documents], **options)
-        order = descending_order(scores)[:top_k]
-        results = []
-        for i in order:
-            item: dict[str, Any] = {"corpus_id": i, "score": scores[i]}
-            if return_documents:
-                item["text"] = documents[i]
-            results.append(item)
-        return results
+        return ranked_results(scores, documents, top_k, return_documents)
 
     def _score_encoded(
         self,

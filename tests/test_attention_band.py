@@ -11,10 +11,10 @@ import torch
 
 from tests.devices import DEVICE, GPU, TRITON_RUNS, needs_triton
 from turborank.kernels import (
-    alibi_attention,
-    alibi_attention_padded,
-    alibi_attention_padded_ref,
-    alibi_attention_ref,
+    alibi_attention_padded_torch,
+    alibi_attention_padded_triton,
+    alibi_attention_torch,
+    alibi_attention_triton,
 )
 from turborank.kernels._launch import ATTENTION_INTERPRETER_TILES, attention_gpu_launch_configs
 from turborank.kernels.alibi_band import band_key_ranges
@@ -45,8 +45,8 @@ def _slopes():
 def test_ref_band_equals_full_attention():
     q, k, v = _qkv(sum(LENGTHS), scale=2.0)
     cu, longest = _cu(LENGTHS), max(LENGTHS)
-    banded = alibi_attention_ref(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
-    full = alibi_attention_ref(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
+    banded = alibi_attention_torch(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
+    full = alibi_attention_torch(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
     torch.testing.assert_close(banded, full, rtol=1e-5, atol=1e-5)
 
 
@@ -62,8 +62,8 @@ def test_band_ranges_are_narrow_for_steep_heads_and_whole_for_flat_ones():
 def test_padded_ref_band_equals_full():
     q, k, v = (t.view(2, 150, HEADS, 32) for t in _qkv(300, scale=2.0))
     lengths = torch.tensor([150, 77], dtype=torch.int32, device=DEVICE)
-    banded = alibi_attention_padded_ref(q, k, v, lengths, _slopes(), band=True)
-    full = alibi_attention_padded_ref(q, k, v, lengths, _slopes(), band=False)
+    banded = alibi_attention_padded_torch(q, k, v, lengths, _slopes(), band=True)
+    full = alibi_attention_padded_torch(q, k, v, lengths, _slopes(), band=False)
     torch.testing.assert_close(banded[0], full[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(banded[1, :77], full[1, :77], rtol=1e-5, atol=1e-5)
 
@@ -73,17 +73,17 @@ def test_padded_ref_band_equals_full():
 def test_kernel_band_equals_full_attention(scale):
     q, k, v = _qkv(sum(LENGTHS), scale=scale, seed=1)
     cu, longest = _cu(LENGTHS), max(LENGTHS)
-    want = alibi_attention_ref(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
-    got = alibi_attention(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
-    full = alibi_attention(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
+    want = alibi_attention_torch(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
+    got = alibi_attention_triton(q, k, v, cu, cu, longest, longest, _slopes(), band=True)
+    full = alibi_attention_triton(q, k, v, cu, cu, longest, longest, _slopes(), band=False)
     # Skipped keys weigh under 2^-56 of the row's largest: below one unit in the last place.
     torch.testing.assert_close(got, full, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
     # The token-0 queries of the last layer: one query row per sequence.
     first = cu[:-1].long()
     cls_cu = torch.arange(len(LENGTHS) + 1, dtype=torch.int32, device=DEVICE)
-    want0 = alibi_attention_ref(q[first], k, v, cls_cu, cu, 1, longest, _slopes(), band=False)
-    got0 = alibi_attention(q[first].contiguous(), k, v, cls_cu, cu, 1, longest, _slopes(), band=True)
+    want0 = alibi_attention_torch(q[first], k, v, cls_cu, cu, 1, longest, _slopes(), band=False)
+    got0 = alibi_attention_triton(q[first].contiguous(), k, v, cls_cu, cu, 1, longest, _slopes(), band=True)
     torch.testing.assert_close(got0, want0, rtol=1e-5, atol=2e-5)
 
 
@@ -110,9 +110,9 @@ def test_kernel_never_reads_keys_outside_the_band(tile):
     cleaned[far, 2] = 0.0
     cls_cu = torch.arange(len(LENGTHS) + 1, dtype=torch.int32, device=DEVICE)
     q0 = q[first].contiguous()
-    run = partial(alibi_attention, q0, k, cu_seqlens_q=cls_cu, cu_seqlens_k=cu, max_seqlen_q=1)
+    run = partial(alibi_attention_triton, q0, k, cu_seqlens_q=cls_cu, cu_seqlens_k=cu, max_seqlen_q=1)
     got = run(v=poisoned, max_seqlen_k=longest, slopes=_slopes(), band=True, launch_config=tile)
-    want = alibi_attention_ref(q0, k, cleaned, cls_cu, cu, 1, longest, _slopes(), band=False)
+    want = alibi_attention_torch(q0, k, cleaned, cls_cu, cu, 1, longest, _slopes(), band=False)
     torch.testing.assert_close(got[:, 2], want[:, 2], rtol=1e-5, atol=1e-6)
     read = run(v=poisoned, max_seqlen_k=longest, slopes=_slopes(), band=False, launch_config=tile)
     assert (read[:, 2] - want[:, 2]).abs().max() > 1.0  # the poison is reachable: the test can fail
@@ -122,9 +122,9 @@ def test_kernel_never_reads_keys_outside_the_band(tile):
 def test_padded_kernel_band_equals_full():
     q, k, v = (t.view(2, 150, HEADS, 32) for t in _qkv(300, scale=2.0, seed=3))
     lengths = torch.tensor([150, 77], dtype=torch.int32, device=DEVICE)
-    want = alibi_attention_padded_ref(q, k, v, lengths, _slopes(), band=False)
-    got = alibi_attention_padded(q, k, v, lengths, _slopes(), band=True)
-    full = alibi_attention_padded(q, k, v, lengths, _slopes(), band=False)
+    want = alibi_attention_padded_torch(q, k, v, lengths, _slopes(), band=False)
+    got = alibi_attention_padded_triton(q, k, v, lengths, _slopes(), band=True)
+    full = alibi_attention_padded_triton(q, k, v, lengths, _slopes(), band=False)
     torch.testing.assert_close(got[0], full[0], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(got[1, :77], full[1, :77], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
@@ -136,14 +136,14 @@ def test_band_argument_is_checked():
     q, k, v = _qkv(20)
     cu = _cu([20])
     with pytest.raises(ValueError, match="band must be True, False or None"):
-        alibi_attention(q, k, v, cu, cu, 20, 20, _slopes(), band="yes")
+        alibi_attention_triton(q, k, v, cu, cu, 20, 20, _slopes(), band="yes")
 
 
 def _paths():
     """The PyTorch path, and the Triton kernel where it can run."""
-    yield "torch", alibi_attention_ref
+    yield "torch", alibi_attention_torch
     if TRITON_RUNS:
-        yield "triton", alibi_attention
+        yield "triton", alibi_attention_triton
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -185,10 +185,10 @@ def test_padding_rows_are_finite_with_the_band(key_length):
     seqlen = 160
     q, k, v = (t.view(2, seqlen, HEADS, 32) for t in _qkv(2 * seqlen, seed=6))
     lengths = torch.tensor([seqlen, key_length], dtype=torch.int32, device=DEVICE)
-    want = alibi_attention_padded_ref(q, k, v, lengths, _slopes(), band=False)
-    checks = [("torch", alibi_attention_padded_ref, {})]
+    want = alibi_attention_padded_torch(q, k, v, lengths, _slopes(), band=False)
+    checks = [("torch", alibi_attention_padded_torch, {})]
     if TRITON_RUNS:
-        checks += [("triton", alibi_attention_padded, {"launch_config": tile}) for tile in TILES]
+        checks += [("triton", alibi_attention_padded_triton, {"launch_config": tile}) for tile in TILES]
     for name, attention, options in checks:
         got = attention(q, k, v, lengths, _slopes(), band=True, **options)
         assert torch.isfinite(got).all(), (name, options)

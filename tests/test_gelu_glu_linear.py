@@ -1,4 +1,4 @@
-"""The fused GEGLU GEMM against ``F.linear`` + ``gelu_glu_ref``: interpreter here, full size on a GPU."""
+"""The fused GEGLU GEMM against ``F.linear`` + ``gelu_glu_torch``: interpreter here, full size on a GPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
-from turborank.kernels import gelu_glu_linear, gelu_glu_linear_ref
+from turborank.kernels import gelu_glu_linear_torch, gelu_glu_linear_triton
 from turborank.kernels._launch import gelu_glu_linear_gpu_launch_config
 
 pytestmark = [pytest.mark.gpu, needs_triton]
@@ -34,8 +34,8 @@ def _exact(x: torch.Tensor, weight: torch.Tensor, activation: str) -> torch.Tens
 @pytest.mark.parametrize("m,k,inner", SHAPES)
 def test_fp32_matches_reference(m, k, inner, activation):
     x, weight = _inputs(m, k, inner, seed=m + k)
-    got = gelu_glu_linear(x, weight, activation)
-    want = gelu_glu_linear_ref(x, weight, activation)
+    got = gelu_glu_linear_triton(x, weight, activation)
+    want = gelu_glu_linear_torch(x, weight, activation)
     assert got.shape == (m, inner) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -46,8 +46,8 @@ def test_half_within_twice_pytorch_error(m, k, inner, dtype):
     x, weight = _inputs(m, k, inner, seed=m * k)
     x, weight = x.to(dtype), weight.to(dtype)
     exact = _exact(x, weight, "gelu")
-    ours = (gelu_glu_linear(x, weight).double() - exact).abs().max().item()
-    pytorch = (gelu_glu_linear_ref(x, weight).double() - exact).abs().max().item()
+    ours = (gelu_glu_linear_triton(x, weight).double() - exact).abs().max().item()
+    pytorch = (gelu_glu_linear_torch(x, weight).double() - exact).abs().max().item()
     assert ours <= 2 * pytorch + 1e-6
 
 
@@ -60,23 +60,23 @@ def test_no_reads_past_the_ends():
     buffer[:m, :k] = x
     wbuffer = torch.full((2 * inner + 8, k + 8), float("nan"), device=DEVICE)
     wbuffer[: 2 * inner, :k] = weight
-    got = gelu_glu_linear(buffer[:m, :k], wbuffer[: 2 * inner, :k])
-    torch.testing.assert_close(got, gelu_glu_linear_ref(x, weight), rtol=1e-5, atol=1e-5)
-    assert gelu_glu_linear(buffer[:0, :k], weight).shape == (0, inner)
+    got = gelu_glu_linear_triton(buffer[:m, :k], wbuffer[: 2 * inner, :k])
+    torch.testing.assert_close(got, gelu_glu_linear_torch(x, weight), rtol=1e-5, atol=1e-5)
+    assert gelu_glu_linear_triton(buffer[:0, :k], weight).shape == (0, inner)
 
 
 def test_rejects_bad_input():
     x, weight = _inputs(4, 32, 8, seed=0)
     with pytest.raises(ValueError, match="weight \\[2I, K\\]"):
-        gelu_glu_linear(x, weight[:, :16])
+        gelu_glu_linear_triton(x, weight[:, :16])
     with pytest.raises(ValueError, match="weight \\[2I, K\\]"):
-        gelu_glu_linear(x, weight[:15])
+        gelu_glu_linear_triton(x, weight[:15])
     with pytest.raises(ValueError, match="share dtype"):
-        gelu_glu_linear(x, weight.half())
+        gelu_glu_linear_triton(x, weight.half())
     with pytest.raises(ValueError, match="unknown GLU activation"):
-        gelu_glu_linear(x, weight, "swish")
+        gelu_glu_linear_triton(x, weight, "swish")
     with pytest.raises(ValueError, match="contiguous rows"):
-        gelu_glu_linear(x.t().contiguous().t(), weight)
+        gelu_glu_linear_triton(x.t().contiguous().t(), weight)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])
@@ -88,16 +88,16 @@ def test_gpu_tiles_in_the_interpreter(dtype):
     x, weight = _inputs(block_m + 3, block_k * 2 + 5, block_n + 7, seed=3)
     x, weight = x.to(dtype), weight.to(dtype)
     exact = _exact(x, weight, "gelu")
-    got = gelu_glu_linear(x, weight, launch_config=config)
+    got = gelu_glu_linear_triton(x, weight, launch_config=config)
     ours = (got.double() - exact).abs().max().item()
     if dtype == torch.float32:
         assert ours <= 1e-5 * exact.abs().max().item()
     else:
-        assert ours <= 2 * (gelu_glu_linear_ref(x, weight).double() - exact).abs().max().item() + 1e-6
+        assert ours <= 2 * (gelu_glu_linear_torch(x, weight).double() - exact).abs().max().item() + 1e-6
 
 
 def test_launch_config_is_checked():
     x, weight = _inputs(4, 32, 16, seed=0)
     for bad in ((16, 16, 16, 3, 1), (8, 16, 16, 1, 1), (16, 16, 16, 1), (16, 16, 16, 1, 0)):
         with pytest.raises(ValueError, match="launch_config must be"):
-            gelu_glu_linear(x, weight, launch_config=bad)
+            gelu_glu_linear_triton(x, weight, launch_config=bad)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 
@@ -11,11 +10,11 @@ import torch
 
 from tests.helpers import dense_attention
 from turborank.alibi import alibi_slopes
-from turborank.kernels import add_layer_norm_ref, alibi_attention_ref, gelu_glu_ref
+from turborank.kernels import add_layer_norm_torch, alibi_attention_cpu, alibi_attention_torch, gelu_glu_torch
 from turborank.packing import cu_seqlens
 
 # The PyTorch engine's module, for its call-size settings.
-attention_module = importlib.import_module("turborank.kernels.alibi_attention_cpu")
+attention_module = alibi_attention_cpu
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
@@ -30,7 +29,7 @@ def test_alibi_attention_ref_matches_dense(lengths, heads, d):
     q, k, v = (torch.randn(total, heads, d, generator=gen) for _ in range(3))
     slopes = alibi_slopes(heads, "jina-reranker-v1")
     cu = _cu(lengths)
-    got = alibi_attention_ref(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    got = alibi_attention_torch(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
     assert got.shape == q.shape and got.dtype == q.dtype
     torch.testing.assert_close(
         got.double(), dense_attention(q, k, v, lengths, lengths, slopes), rtol=1e-5, atol=1e-5
@@ -45,14 +44,14 @@ def test_alibi_attention_ref_runs_of_equal_lengths(band):
     q, k, v = (torch.randn(sum(lengths), 12, 32, generator=gen) for _ in range(3))
     slopes = alibi_slopes(12)
     cu = _cu(lengths)
-    got = alibi_attention_ref(q, k, v, cu, cu, 50, 50, slopes, band=band)
+    got = alibi_attention_torch(q, k, v, cu, cu, 50, 50, slopes, band=band)
     torch.testing.assert_close(
         got.double(), dense_attention(q, k, v, lengths, lengths, slopes), rtol=1e-5, atol=1e-5
     )
     # The same pairs with one key changed in the second sequence: only its rows may move.
     k2 = k.clone()
     k2[60] += 10.0
-    moved = (alibi_attention_ref(q, k2, v, cu, cu, 50, 50, slopes, band=band) - got).abs().amax((1, 2))
+    moved = (alibi_attention_torch(q, k2, v, cu, cu, 50, 50, slopes, band=band) - got).abs().amax((1, 2))
     assert moved[50:100].max() > 0 and moved[:50].max() == 0 and moved[100:].max() == 0
 
 
@@ -75,7 +74,7 @@ def test_runs_are_cut_to_the_call_size(monkeypatch):
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(sum(lengths), 12, 32, generator=gen) for _ in range(3))
     slopes = alibi_slopes(12)
-    got = alibi_attention_ref(q, k, v, _cu(lengths), _cu(lengths), 50, 50, slopes)
+    got = alibi_attention_torch(q, k, v, _cu(lengths), _cu(lengths), 50, 50, slopes)
     torch.testing.assert_close(
         got.double(), dense_attention(q, k, v, lengths, lengths, slopes), rtol=1e-5, atol=1e-5
     )
@@ -88,7 +87,7 @@ def test_alibi_attention_ref_query_prefix():
     q = torch.randn(sum(lengths_q), 4, 32, generator=gen)
     k, v = (torch.randn(sum(lengths_k), 4, 32, generator=gen) for _ in range(2))
     slopes = alibi_slopes(4)
-    got = alibi_attention_ref(q, k, v, _cu(lengths_q), _cu(lengths_k), 1, max(lengths_k), slopes)
+    got = alibi_attention_torch(q, k, v, _cu(lengths_q), _cu(lengths_k), 1, max(lengths_k), slopes)
     torch.testing.assert_close(
         got.double(), dense_attention(q, k, v, lengths_q, lengths_k, slopes), rtol=1e-5, atol=1e-5
     )
@@ -101,11 +100,11 @@ def test_alibi_attention_ref_blocking_is_exact(monkeypatch, band):
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(sum(lengths), 6, 32, generator=gen) for _ in range(3))
     args = (q, k, v, _cu(lengths), _cu(lengths), 300, 300, alibi_slopes(6))
-    whole = alibi_attention_ref(*args, band=False)
+    whole = alibi_attention_torch(*args, band=False)
     monkeypatch.setattr(attention_module, "_CALL_BIAS_ELEMENTS", 6 * 300 * 7)  # 7 query rows per call
     monkeypatch.setattr(attention_module, "_BAND_ROWS", 7)
     monkeypatch.setattr(attention_module, "_MERGE_SLACK", 1.0)
-    torch.testing.assert_close(alibi_attention_ref(*args, band=band), whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alibi_attention_torch(*args, band=band), whole, rtol=0, atol=1e-6)
 
 
 def test_band_blocks_merge_only_where_little_is_added(monkeypatch):
@@ -132,7 +131,7 @@ def test_alibi_attention_ref_half_dtypes(dtype):
     q, k, v = (torch.randn(sum(lengths), 4, 32, generator=gen) for _ in range(3))
     slopes = alibi_slopes(4)
     cu = _cu(lengths)
-    got = alibi_attention_ref(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, 70, 70, slopes)
+    got = alibi_attention_torch(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, 70, 70, slopes)
     assert got.dtype == dtype
     want = dense_attention(q, k, v, lengths, lengths, slopes)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-2 if dtype == torch.bfloat16 else 4e-3)
@@ -169,7 +168,7 @@ def test_alibi_attention_ref_bf16_within_twice_the_bf16_reference_error(lengths)
     cu = _cu(lengths)
     want = dense_attention(q, k, v, lengths, lengths, slopes)
     q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    got = alibi_attention_ref(q16, k16, v16, cu, cu, max(lengths), max(lengths), slopes)
+    got = alibi_attention_torch(q16, k16, v16, cu, cu, max(lengths), max(lengths), slopes)
     assert got.dtype == torch.bfloat16
     error = (got.double() - want).abs().max().item()
     reference_error = (_bf16_reference(q16, k16, v16, lengths, slopes).double() - want).abs().max().item()
@@ -183,9 +182,9 @@ def test_bf16_tiles_cut_into_row_blocks_are_exact(monkeypatch):
     gen = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(sum(lengths), 6, 32, generator=gen).bfloat16() for _ in range(3))
     args = (q, k, v, _cu(lengths), _cu(lengths), 300, 300, alibi_slopes(6))
-    whole = alibi_attention_ref(*args)
+    whole = alibi_attention_torch(*args)
     monkeypatch.setattr(attention_module, "_CALL_BIAS_ELEMENTS", 6 * 300 * 7)  # 7 query rows per tile
-    torch.testing.assert_close(alibi_attention_ref(*args), whole, rtol=0, atol=0)
+    torch.testing.assert_close(alibi_attention_torch(*args), whole, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -198,11 +197,11 @@ def test_non_finite_input_reaches_only_its_own_sequence(dtype):
     q, k, v = (torch.randn(sum(lengths), 4, 32, generator=gen).to(dtype) for _ in range(3))
     cu = _cu(lengths)
     args = (cu, cu, 1100, 1100, alibi_slopes(4))
-    clean = alibi_attention_ref(q, k, v, *args)
+    clean = alibi_attention_torch(q, k, v, *args)
     k_bad, v_bad = k.clone(), v.clone()
     k_bad[1100 + 3, 2, 5] = float("nan")  # second sequence
     v_bad[1100 + 80 + 40 + 2, 0, 0] = float("inf")  # fifth (300 keys): the last short one
-    got = alibi_attention_ref(q, k_bad, v_bad, *args)
+    got = alibi_attention_torch(q, k_bad, v_bad, *args)
     starts = cu.tolist()
     for index, (a, b) in enumerate(itertools.pairwise(starts)):
         rows = got[a:b]
@@ -219,22 +218,22 @@ def test_gelu_glu_ref(activation, shape):
     half = shape[1] // 2
     gate, lin = u[:, :half], u[:, half:]
     act = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2))) if activation == "gelu" else gate.clamp(min=0)
-    got = gelu_glu_ref(u.float(), activation)
+    got = gelu_glu_torch(u.float(), activation)
     torch.testing.assert_close(got.double(), act * lin, rtol=1e-6, atol=1e-6)
 
 
 def test_gelu_glu_ref_is_not_tanh_gelu():
     u = torch.full((1, 2), 1.5)
-    exact = gelu_glu_ref(u)
+    exact = gelu_glu_torch(u)
     tanh_form = torch.nn.functional.gelu(u[:, :1], approximate="tanh") * u[:, 1:]
     assert (exact - tanh_form).abs().item() > 1e-4
 
 
 def test_gelu_glu_ref_rejects_bad_input():
     with pytest.raises(ValueError, match="even last dimension"):
-        gelu_glu_ref(torch.zeros(2, 3))
+        gelu_glu_torch(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="unknown GLU activation 'silu'"):
-        gelu_glu_ref(torch.zeros(2, 4), "silu")
+        gelu_glu_torch(torch.zeros(2, 4), "silu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -248,7 +247,9 @@ def test_add_layer_norm_ref(dtype, with_residual):
     want = (h - h.mean(-1, keepdim=True)) / torch.sqrt(
         h.var(-1, unbiased=False, keepdim=True) + 1e-12
     ) * w.double() + b.double()
-    got = add_layer_norm_ref(x.to(dtype), None if r is None else r.to(dtype), w.to(dtype), b.to(dtype), 1e-12)
+    got = add_layer_norm_torch(
+        x.to(dtype), None if r is None else r.to(dtype), w.to(dtype), b.to(dtype), 1e-12
+    )
     assert got.dtype == dtype
     tol = {torch.float32: 1e-5, torch.float16: 1e-1, torch.bfloat16: 2.5e-1}[dtype]
     # Half inputs are rounded before the add; compare against the fp64 result of the rounded inputs.
@@ -265,7 +266,7 @@ def test_add_layer_norm_ref(dtype, with_residual):
 def test_add_layer_norm_ref_constant_row_is_finite():
     """eps = 1e-12 would vanish in fp16; fp32 statistics keep a constant row finite."""
     x = torch.full((2, 64), 3.0, dtype=torch.float16)
-    got = add_layer_norm_ref(
+    got = add_layer_norm_torch(
         x, None, torch.ones(64, dtype=torch.float16), torch.zeros(64, dtype=torch.float16), 1e-12
     )
     assert torch.isfinite(got).all()
@@ -281,7 +282,7 @@ def _attention_inputs(lengths: list[int], heads: int = 4, d: int = 32):
 def test_alibi_attention_ref_rejects_bad_softmax_scale(scale):
     q, k, v, cu, slopes = _attention_inputs([10])
     with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
-        alibi_attention_ref(q, k, v, cu, cu, 10, 10, slopes, scale)
+        alibi_attention_torch(q, k, v, cu, cu, 10, 10, slopes, scale)
 
 
 def test_alibi_attention_ref_rejects_bad_lengths():
@@ -308,7 +309,7 @@ def test_alibi_attention_ref_rejects_bad_lengths():
             q=q, k=k, v=v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=20, max_seqlen_k=20, slopes=slopes
         )
         with pytest.raises(ValueError, match=message):
-            alibi_attention_ref(**{**args, **override})
+            alibi_attention_torch(**{**args, **override})
 
 
 def test_alibi_attention_ref_takes_any_slopes_and_lengths_strides():
@@ -317,6 +318,6 @@ def test_alibi_attention_ref_takes_any_slopes_and_lengths_strides():
     strided_slopes = torch.stack([slopes, slopes], 1)[:, 0]
     strided_cu = torch.stack([cu, cu], 1)[:, 0]
     assert not strided_slopes.is_contiguous() and not strided_cu.is_contiguous()
-    want = alibi_attention_ref(q, k, v, cu, cu, 20, 20, slopes)
-    got = alibi_attention_ref(q, k, v, strided_cu, strided_cu, 20, 20, strided_slopes)
+    want = alibi_attention_torch(q, k, v, cu, cu, 20, 20, slopes)
+    got = alibi_attention_torch(q, k, v, strided_cu, strided_cu, 20, 20, strided_slopes)
     torch.testing.assert_close(got, want, rtol=0, atol=0)

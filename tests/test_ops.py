@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from turborank import kernels
-from turborank.ops import FUSED_OPS, OP_NAMES, resolve_ops, triton_can_run
+from turborank.ops import ENGINES, FUSED_OPS, OP_NAMES, resolve_ops, triton_can_run
 
 CPU = torch.device("cpu")
 
@@ -16,7 +16,7 @@ def test_cpu_gets_the_pytorch_reference_of_every_op(backend):
     ops = resolve_ops(backend, CPU)
     assert ops.backends == dict.fromkeys(OP_NAMES, "torch")
     for op in (*OP_NAMES, *FUSED_OPS):
-        assert getattr(ops, op) is getattr(kernels, f"{op}_ref"), op
+        assert getattr(ops, op) is ENGINES[op]["torch"] is getattr(kernels, f"{op}_torch"), op
 
 
 def test_backends_name_the_four_ops_and_not_the_fused_gemm():
@@ -30,12 +30,14 @@ def test_fused_gemm_op_takes_the_gelu_glu_backend():
     """The fused GEGLU GEMM is dispatched like the others, through gelu_glu's entry (no key of its
     own in the backends a model reports)."""
     cpu = torch.device("cpu")
-    assert resolve_ops("auto", cpu).gelu_glu_linear is kernels.gelu_glu_linear_ref
-    assert resolve_ops("torch", cpu).gelu_glu_linear is kernels.gelu_glu_linear_ref
+    assert resolve_ops("auto", cpu).gelu_glu_linear is kernels.gelu_glu_linear_torch
+    assert resolve_ops("torch", cpu).gelu_glu_linear is kernels.gelu_glu_linear_torch
     if kernels.TRITON_AVAILABLE:  # tests run Triton in its interpreter on CPU
         ops = resolve_ops({"gelu_glu": "triton"}, cpu)
-        assert ops.gelu_glu_linear is kernels.gelu_glu_linear and ops.gelu_glu is kernels.gelu_glu
-        assert ops.alibi_attention is kernels.alibi_attention_ref
+        assert (
+            ops.gelu_glu_linear is kernels.gelu_glu_linear_triton and ops.gelu_glu is kernels.gelu_glu_triton
+        )
+        assert ops.alibi_attention is kernels.alibi_attention_torch
         assert set(ops.backends) == set(OP_NAMES)
     with pytest.raises(ValueError, match="unknown op"):
         resolve_ops({"gelu_glu_linear": "torch"}, cpu)
@@ -44,7 +46,7 @@ def test_fused_gemm_op_takes_the_gelu_glu_backend():
 def test_a_dict_sets_ops_one_by_one_and_leaves_the_rest_auto():
     ops = resolve_ops({"alibi_attention": "torch"}, CPU)
     assert ops.backends == dict.fromkeys(OP_NAMES, "torch")
-    assert ops.alibi_attention is kernels.alibi_attention_ref
+    assert ops.alibi_attention is kernels.alibi_attention_torch
     assert resolve_ops({}, CPU).backends == resolve_ops("auto", CPU).backends
 
 
@@ -53,8 +55,8 @@ def test_forcing_one_op_to_triton_in_the_interpreter_binds_only_that_op(monkeypa
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     ops = resolve_ops({"add_layer_norm": "triton"}, CPU)
     assert ops.backends == {**dict.fromkeys(OP_NAMES, "torch"), "add_layer_norm": "triton"}
-    assert ops.add_layer_norm is kernels.add_layer_norm
-    assert ops.embedding_layer_norm is kernels.embedding_layer_norm_ref
+    assert ops.add_layer_norm is kernels.add_layer_norm_triton
+    assert ops.embedding_layer_norm is kernels.embedding_layer_norm_torch
 
 
 def test_an_unknown_op_name_is_refused_by_name():

@@ -8,12 +8,12 @@ import torch
 
 from turborank.packing import (
     cu_seqlens,
-    descending_order,
     in_input_order,
     pack,
     plan_batches,
     unpack,
 )
+from turborank.ranking import best_first, ranked_results
 
 
 def test_cu_seqlens_of_known_lengths():
@@ -33,10 +33,19 @@ def test_cu_seqlens_moves_to_the_device_asked_for():
     assert cu_seqlens([4], "cpu").device.type == "cpu"
 
 
-def test_descending_order_is_stable_on_ties():
-    assert descending_order([3, 7, 3, 7, 1]) == [1, 3, 0, 2, 4]
-    assert descending_order([0.5, 0.5, 0.5]) == [0, 1, 2]
-    assert descending_order([]) == []
+def test_best_first_is_stable_on_ties():
+    assert best_first([3, 7, 3, 7, 1]) == [1, 3, 0, 2, 4]
+    assert best_first([0.5, 0.5, 0.5]) == [0, 1, 2]
+    assert best_first([]) == []
+
+
+def test_ranked_results_cut_and_carry_the_text():
+    results = ranked_results([0.1, 0.9, 0.5], ["a", "b", "c"], top_k=2, return_documents=True)
+    assert results == [
+        {"corpus_id": 1, "score": 0.9, "text": "b"},
+        {"corpus_id": 2, "score": 0.5, "text": "c"},
+    ]
+    assert ranked_results([0.2], ["a"], None, False) == [{"corpus_id": 0, "score": 0.2}]
 
 
 def test_plan_batches_respects_the_pair_cap_and_the_token_budget():

@@ -152,3 +152,50 @@ def test_benchmark_commands_and_paths_name_files_that_exist():
             bad += [m.group(0) for m in path_pattern.finditer(line) if not (ROOT / m.group(0)).is_file()]
             stale += [f"{path.relative_to(ROOT)}:{number}: {name}" for name in bad]
     assert not stale, "\n".join(stale)
+
+
+def _modules_on_disk() -> set[str]:
+    found = set()
+    for folder, package in (("model", "turborank"), ("kernels", "turborank.kernels")):
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found.add(".".join([package, *parts]))
+    return found
+
+
+def test_readme_lists_every_module_once_and_nothing_else():
+    listed = re.findall(r"^\| `(turborank(?:\.[\w]+)*)` \| [^|]+ \|$", (ROOT / "README.md").read_text(), re.M)
+    doubles = sorted({name for name in listed if listed.count(name) > 1})
+    assert not doubles, f"listed twice in README.md's module table: {doubles}"
+    on_disk = _modules_on_disk()
+    assert not on_disk - set(listed), (
+        f"modules missing from README.md's module table: {sorted(on_disk - set(listed))}"
+    )
+    assert not set(listed) - on_disk, (
+        f"README.md lists modules that do not exist: {sorted(set(listed) - on_disk)}"
+    )
+
+
+def test_no_product_file_over_500_lines():
+    long = {
+        str(path.relative_to(ROOT)): n
+        for folder in ("model", "kernels")
+        for path in (ROOT / folder).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, f"product files over 500 lines: {long}"
+
+
+def test_every_benchmark_result_is_listed_in_the_results_index():
+    results = ROOT / "benchmarks" / "results"
+    index = (results / "README.md").read_text()
+    listed = set(re.findall(r"`([\w.-]+\.(?:json|md|png))`", index))
+    for folder in (results, results / "history"):
+        files = {p.name for p in folder.iterdir() if p.is_file() and p.name != "README.md"}
+        assert not files - listed, f"not in benchmarks/results/README.md: {sorted(files - listed)}"
+    present = {p.name for p in results.rglob("*") if p.is_file()}
+    assert not listed - present, (
+        f"benchmarks/results/README.md lists missing files: {sorted(listed - present)}"
+    )

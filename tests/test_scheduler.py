@@ -57,3 +57,51 @@ def test_a_request_arriving_during_a_forward_is_in_the_next_one():
     assert forwards[0] == [1, 2]
     assert 3 in forwards[1], forwards
     assert sorted(m for forward in forwards for m in forward) == [1] * 4 + [2] * 4 + [3]
+
+
+class Owner:
+    """A request, as far as the scheduler cares: something a weak reference can point at."""
+
+
+def test_the_pieces_of_one_request_share_one_turn():
+    """Two huge requests submitted as 6 one-pair pieces each (as the server scores a request piece
+    by piece), forwards of two pairs: a one-pair request queued after all those pieces must still
+    be in the second forward. When every piece took its own turn it waited behind all twelve."""
+
+    async def scenario() -> list[list[int]]:
+        forwards: list[list[int]] = []
+        step = threading.Semaphore(0)
+
+        def score(encoded: EncodedPairs) -> torch.Tensor:
+            forwards.append([ids[0] for ids in encoded.input_ids])
+            step.acquire(timeout=30)
+            return torch.zeros(len(encoded.input_ids))
+
+        scheduler = BatchScheduler(score, max_batch_tokens=200)
+        scheduler.start()
+        try:
+            owners = (Owner(), Owner())
+            huge = [scheduler.submit(pairs(marker, 100, 1), owner=owners[marker - 1]) for marker in (1, 2)]
+            await until(lambda: len(forwards) == 1, "the first forward")
+            huge += [
+                scheduler.submit(pairs(marker, 100, 1), owner=owners[marker - 1])
+                for _ in range(5)
+                for marker in (1, 2)
+            ]
+            small = scheduler.submit(pairs(3, 5, 1))
+            step.release()
+            await until(lambda: len(forwards) == 2, "the second forward")
+            for _ in range(16):
+                step.release()
+            await asyncio.wait_for(asyncio.gather(small.future, *(t.future for t in huge)), 30)
+            assert [t.future.result() for t in huge] == [[0.0]] * 12
+        finally:
+            for _ in range(16):
+                step.release()
+            scheduler.stop()
+        return forwards
+
+    forwards = asyncio.run(scenario())
+    assert forwards[0] == [1, 2]
+    assert 3 in forwards[1], forwards
+    assert sorted(m for forward in forwards for m in forward) == [1] * 6 + [2] * 6 + [3]

@@ -15,16 +15,16 @@ import torch
 from tests.devices import DEVICE, GPU, HALF_DTYPES, needs_triton
 from turborank.alibi import alibi_slopes
 from turborank.kernels import (
-    add_layer_norm,
-    add_layer_norm_ref,
-    alibi_attention,
-    alibi_attention_padded,
-    alibi_attention_padded_ref,
-    alibi_attention_ref,
-    embedding_layer_norm,
-    embedding_layer_norm_ref,
-    gelu_glu,
-    gelu_glu_ref,
+    add_layer_norm_torch,
+    add_layer_norm_triton,
+    alibi_attention_padded_torch,
+    alibi_attention_padded_triton,
+    alibi_attention_torch,
+    alibi_attention_triton,
+    embedding_layer_norm_torch,
+    embedding_layer_norm_triton,
+    gelu_glu_torch,
+    gelu_glu_triton,
 )
 from turborank.kernels._launch import attention_gpu_launch_configs
 from turborank.packing import cu_seqlens
@@ -72,8 +72,8 @@ def test_attention_fp32_matches_ref(lengths, heads, d):
     q, k, v = _qkv(sum(lengths), heads, d, torch.float32, seed=sum(lengths) + d)
     slopes = alibi_slopes(heads, "jina-reranker-v1", device=DEVICE)
     cu = _cu(lengths)
-    got = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
-    want = alibi_attention_ref(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    got = alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    want = alibi_attention_torch(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
 
 
@@ -88,8 +88,8 @@ def test_attention_half_within_twice_pytorch_error(dtype, lengths):
     slopes = alibi_slopes(heads, "jina-reranker-v1", device=DEVICE)
     cu = _cu(lengths)
     # The fp32 reference sees the same rounded inputs: the comparison is about the computation.
-    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu, cu, max(lengths), max(lengths), slopes)
-    got = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    want = alibi_attention_torch(q.float(), k.float(), v.float(), cu, cu, max(lengths), max(lengths), slopes)
+    got = alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
     pytorch_error = (_eager_same_dtype(q, k, v, lengths, slopes).float() - want).abs().max().item()
     kernel_error = (got.float() - want).abs().max().item()
     assert got.dtype == dtype
@@ -118,14 +118,14 @@ def test_attention_at_every_gpu_tile(config, cases):
     if max_q <= 16:  # the last layer's token-0 queries
         q = q[cu_k[:-1].long()].contiguous()
         cu_q, longest_q = _cu([1] * len(lengths)), 1
-    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, longest_q, max(lengths), slopes)
+    want = alibi_attention_torch(q.float(), k.float(), v.float(), cu_q, cu_k, longest_q, max(lengths), slopes)
     if dtype == torch.float32:
         allowed = 2e-5
     else:
-        eager = alibi_attention_ref(q, k, v, cu_q, cu_k, longest_q, max(lengths), slopes)
+        eager = alibi_attention_torch(q, k, v, cu_q, cu_k, longest_q, max(lengths), slopes)
         allowed = 2 * (eager.float() - want).abs().max().item() + 1e-5
     for band in (True, False):
-        got = alibi_attention(
+        got = alibi_attention_triton(
             q, k, v, cu_q, cu_k, longest_q, max(lengths), slopes, band=band, launch_config=config
         )
         error = (got.float() - want).abs().max().item()
@@ -139,8 +139,8 @@ def test_attention_query_prefix_token0_rows():
     _, k, v = _qkv(sum(lengths_k), heads, d, torch.float32, seed=4)
     slopes = alibi_slopes(heads, device=DEVICE)
     cu_q, cu_k = _cu([1] * len(lengths_k)), _cu(lengths_k)
-    got = alibi_attention(q, k, v, cu_q, cu_k, 1, max(lengths_k), slopes)
-    want = alibi_attention_ref(q, k, v, cu_q, cu_k, 1, max(lengths_k), slopes)
+    got = alibi_attention_triton(q, k, v, cu_q, cu_k, 1, max(lengths_k), slopes)
+    want = alibi_attention_torch(q, k, v, cu_q, cu_k, 1, max(lengths_k), slopes)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
 
 
@@ -151,8 +151,8 @@ def test_attention_fused_qkv_views():
     q, k, v = qkv.unbind(1)
     slopes = alibi_slopes(6, device=DEVICE)
     cu = _cu(lengths)
-    got = alibi_attention(q, k, v, cu, cu, 70, 70, slopes)
-    want = alibi_attention_ref(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, 70, 70, slopes)
+    got = alibi_attention_triton(q, k, v, cu, cu, 70, 70, slopes)
+    want = alibi_attention_torch(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, 70, 70, slopes)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
 
 
@@ -164,7 +164,9 @@ def test_attention_does_not_read_past_the_ends():
     storage[:, :total] = torch.randn(3, total, heads, d, device=DEVICE)
     q, k, v = storage[0, :total], storage[1, :total], storage[2, :total]
     cu = _cu(lengths)
-    out = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), alibi_slopes(heads, device=DEVICE))
+    out = alibi_attention_triton(
+        q, k, v, cu, cu, max(lengths), max(lengths), alibi_slopes(heads, device=DEVICE)
+    )
     assert torch.isfinite(out).all()
 
 
@@ -177,13 +179,13 @@ def test_padded_layout_ignores_poisoned_padding_and_matches_varlen():
         k[b, n:] = float("nan")
         v[b, n:] = float("nan")
     slopes = alibi_slopes(heads, device=DEVICE)
-    got = alibi_attention_padded(q, k, v, lengths, slopes)
-    want = alibi_attention_padded_ref(q, k.nan_to_num(), v.nan_to_num(), lengths, slopes)
+    got = alibi_attention_padded_triton(q, k, v, lengths, slopes)
+    want = alibi_attention_padded_torch(q, k.nan_to_num(), v.nan_to_num(), lengths, slopes)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
     # Valid rows equal the packed (varlen) kernel's rows for the same sequences.
     valid = torch.arange(seqlen, device=DEVICE)[None, :] < lengths[:, None]
     cu = _cu(key_lengths)
-    packed = alibi_attention(q[valid], k[valid], v[valid], cu, cu, seqlen, seqlen, slopes)
+    packed = alibi_attention_triton(q[valid], k[valid], v[valid], cu, cu, seqlen, seqlen, slopes)
     torch.testing.assert_close(got[valid], packed, rtol=1e-5, atol=2e-5)
 
 
@@ -192,9 +194,9 @@ def test_attention_repeated_runs_are_bitwise_equal():
     q, k, v = _qkv(sum(lengths), 12, 32, torch.bfloat16 if GPU else torch.float16, seed=5)
     cu = _cu(lengths)
     slopes = alibi_slopes(12, device=DEVICE)
-    first = alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+    first = alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
     for _ in range(2):
-        assert torch.equal(alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes), first)
+        assert torch.equal(alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes), first)
 
 
 def _compiled_variants(kernel) -> int:
@@ -207,15 +209,15 @@ def _compiled_variants(kernel) -> int:
 
 @pytest.mark.skipif(not GPU, reason="the interpreter does not compile")
 def test_attention_does_not_recompile_per_length():
-    import importlib
+    from turborank.kernels import alibi_attention
 
-    kernel = importlib.import_module("turborank.kernels.alibi_attention")._alibi_attention_kernel
+    kernel = alibi_attention._alibi_attention_kernel
     slopes = alibi_slopes(12, device=DEVICE)
 
     def run(lengths):
         q, k, v = _qkv(sum(lengths), 12, 32, torch.bfloat16, seed=0)
         cu = _cu(lengths)
-        alibi_attention(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
+        alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
 
     run([300, 200])
     compiled = _compiled_variants(kernel)
@@ -230,11 +232,11 @@ def test_attention_rejects_bad_input():
     cu = _cu([10])
     slopes = alibi_slopes(2, device=DEVICE)
     with pytest.raises(ValueError, match="cu_seqlens_q must be a 1-D int32"):
-        alibi_attention(q, k, v, cu.long(), cu, 10, 10, slopes)
+        alibi_attention_triton(q, k, v, cu.long(), cu, 10, 10, slopes)
     with pytest.raises(ValueError, match="slopes must be fp32 \\[2\\]"):
-        alibi_attention(q, k, v, cu, cu, 10, 10, slopes.half())
+        alibi_attention_triton(q, k, v, cu, cu, 10, 10, slopes.half())
     with pytest.raises(ValueError, match="q, k, v must share one of"):
-        alibi_attention(q, k.half(), v, cu, cu, 10, 10, slopes)
+        alibi_attention_triton(q, k.half(), v, cu, cu, 10, 10, slopes)
 
 
 @pytest.mark.parametrize("scale", [-0.5, 0.0, float("nan"), float("inf"), True])
@@ -243,7 +245,7 @@ def test_attention_rejects_bad_softmax_scale(scale):
     q, k, v = _qkv(10, 2, 32, torch.float32, seed=0)
     cu = _cu([10])
     with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
-        alibi_attention(q, k, v, cu, cu, 10, 10, alibi_slopes(2, device=DEVICE), scale, band=True)
+        alibi_attention_triton(q, k, v, cu, cu, 10, 10, alibi_slopes(2, device=DEVICE), scale, band=True)
 
 
 def test_attention_rejects_strided_slopes_lengths_and_bad_sizes():
@@ -253,22 +255,24 @@ def test_attention_rejects_strided_slopes_lengths_and_bad_sizes():
     strided_slopes = torch.stack([slopes, slopes], 1)[:, 0]
     strided_cu = torch.stack([cu, cu], 1)[:, 0]
     with pytest.raises(ValueError, match="slopes must be contiguous"):
-        alibi_attention(q, k, v, cu, cu, 20, 20, strided_slopes)
+        alibi_attention_triton(q, k, v, cu, cu, 20, 20, strided_slopes)
     with pytest.raises(ValueError, match="cu_seqlens_q must be contiguous"):
-        alibi_attention(q, k, v, strided_cu, cu, 20, 20, slopes)
+        alibi_attention_triton(q, k, v, strided_cu, cu, 20, 20, slopes)
     with pytest.raises(ValueError, match="cu_seqlens_k must be contiguous"):
-        alibi_attention(q, k, v, cu, strided_cu, 20, 20, slopes)
+        alibi_attention_triton(q, k, v, cu, strided_cu, 20, 20, slopes)
     with pytest.raises(ValueError, match="max_seqlen_q must be a Python int >= 1, got 0"):
-        alibi_attention(q, k, v, cu, cu, 0, 20, slopes)
+        alibi_attention_triton(q, k, v, cu, cu, 0, 20, slopes)
     with pytest.raises(ValueError, match="max_seqlen_k must be a Python int >= 1"):
-        alibi_attention(q, k, v, cu, cu, 20, torch.tensor(20), slopes)
+        alibi_attention_triton(q, k, v, cu, cu, 20, torch.tensor(20), slopes)
     lengths = torch.tensor([10, 20], dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match="key_lengths must be contiguous"):
         padded = q.view(1, 30, 2, 32).expand(2, 30, 2, 32)
-        alibi_attention_padded(padded, padded, padded, torch.stack([lengths, lengths], 1)[:, 0], slopes)
+        alibi_attention_padded_triton(
+            padded, padded, padded, torch.stack([lengths, lengths], 1)[:, 0], slopes
+        )
     wide = torch.zeros(4, 1, 257, device=DEVICE)
     with pytest.raises(ValueError, match="head_dim \\(q.shape\\[-1\\]\\) must be in 1..256, got 257"):
-        alibi_attention(wide, wide, wide, _cu([4]), _cu([4]), 4, 4, alibi_slopes(1, device=DEVICE))
+        alibi_attention_triton(wide, wide, wide, _cu([4]), _cu([4]), 4, 4, alibi_slopes(1, device=DEVICE))
 
 
 def test_attention_max_seqlen_q_below_the_longest_is_still_right():
@@ -278,9 +282,9 @@ def test_attention_max_seqlen_q_below_the_longest_is_still_right():
     q, k, v = _qkv(sum(lengths), 4, 32, torch.float32, seed=9)
     cu = _cu(lengths)
     slopes = alibi_slopes(4, device=DEVICE)
-    want = alibi_attention_ref(q, k, v, cu, cu, 40, 40, slopes)
+    want = alibi_attention_torch(q, k, v, cu, cu, 40, 40, slopes)
     for max_q in (1, 16, 17):
-        got = alibi_attention(q, k, v, cu, cu, max_q, 40, slopes)
+        got = alibi_attention_triton(q, k, v, cu, cu, max_q, 40, slopes)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
 
 
@@ -293,10 +297,10 @@ def test_attention_lengths_past_the_tensor_are_clamped_never_read():
     q, k, v = storage[0, :30], storage[1, :30], storage[2, :30]
     slopes = alibi_slopes(heads, device=DEVICE)
     claimed = torch.tensor([0, 10, 50], dtype=torch.int32, device=DEVICE)
-    got = alibi_attention(q, k, v, claimed, claimed, 40, 40, slopes, band=True)
+    got = alibi_attention_triton(q, k, v, claimed, claimed, 40, 40, slopes, band=True)
     cu = _cu([10, 20])
     torch.testing.assert_close(
-        got, alibi_attention_ref(q, k, v, cu, cu, 20, 20, slopes), rtol=1e-5, atol=2e-5
+        got, alibi_attention_torch(q, k, v, cu, cu, 20, 20, slopes), rtol=1e-5, atol=2e-5
     )
 
 
@@ -305,8 +309,8 @@ def test_attention_lengths_past_the_tensor_are_clamped_never_read():
 @pytest.mark.parametrize("shape", [(1, 2), (7, 3072), (33, 258), (5, 4098)])
 def test_gelu_glu(dtype, activation, shape):
     u = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
-    got = gelu_glu(u, activation)
-    want = gelu_glu_ref(u, activation)
+    got = gelu_glu_triton(u, activation)
+    want = gelu_glu_torch(u, activation)
     assert got.dtype == dtype and got.shape == want.shape
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -328,8 +332,8 @@ def test_add_layer_norm(dtype, rows, hidden, residual):
         "broadcast": torch.randn(hidden, device=DEVICE).to(dtype).expand(rows, hidden),
     }[residual]
     w, b = torch.randn(hidden, device=DEVICE).to(dtype), torch.randn(hidden, device=DEVICE).to(dtype)
-    got = add_layer_norm(x, res, w, b, 1e-12)
-    want = add_layer_norm_ref(x, res, w, b, 1e-12)
+    got = add_layer_norm_triton(x, res, w, b, 1e-12)
+    want = add_layer_norm_torch(x, res, w, b, 1e-12)
     assert got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps * want.float().abs().max().item()
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=tol)
@@ -345,16 +349,16 @@ def test_embedding_layer_norm(with_types):
     ids = torch.randint(0, 500, (77,), device=DEVICE, generator=gen)
     type_ids = torch.randint(0, 2, (77,), device=DEVICE, generator=gen) if with_types else None
     w, b = torch.randn(384, device=DEVICE, generator=gen), torch.randn(384, device=DEVICE, generator=gen)
-    got = embedding_layer_norm(ids, type_ids, words, types, w, b, 1e-12)
+    got = embedding_layer_norm_triton(ids, type_ids, words, types, w, b, 1e-12)
     torch.testing.assert_close(
-        got, embedding_layer_norm_ref(ids, type_ids, words, types, w, b, 1e-12), rtol=1e-5, atol=1e-5
+        got, embedding_layer_norm_torch(ids, type_ids, words, types, w, b, 1e-12), rtol=1e-5, atol=1e-5
     )
 
 
 def test_layer_norm_rejects_bad_shapes():
     x = torch.randn(4, 64, device=DEVICE)
     with pytest.raises(ValueError, match="x must be \\[rows, 32\\]"):
-        add_layer_norm(x, None, torch.ones(32, device=DEVICE), torch.zeros(32, device=DEVICE), 1e-12)
+        add_layer_norm_triton(x, None, torch.ones(32, device=DEVICE), torch.zeros(32, device=DEVICE), 1e-12)
 
 
 def test_attention_launch_config_override():
@@ -363,13 +367,13 @@ def test_attention_launch_config_override():
     q, k, v = _qkv(sum(lengths), 2, 32, torch.float32, seed=4)
     slopes = alibi_slopes(2, device=DEVICE)
     cu = _cu(lengths)
-    want = alibi_attention_ref(q, k, v, cu, cu, 64, 64, slopes)
+    want = alibi_attention_torch(q, k, v, cu, cu, 64, 64, slopes)
     for config in ((16, 32, 1, 1), (32, 16, 2, 2)):
-        got = alibi_attention(q, k, v, cu, cu, 64, 64, slopes, launch_config=config)
+        got = alibi_attention_triton(q, k, v, cu, cu, 64, 64, slopes, launch_config=config)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for bad in ((24, 16, 4, 2), (16, 8, 4, 2), (16, 16, 3, 2), (16, 16, 4)):
         with pytest.raises(ValueError, match="launch_config must be"):
-            alibi_attention(q, k, v, cu, cu, 64, 64, slopes, launch_config=bad)
+            alibi_attention_triton(q, k, v, cu, cu, 64, 64, slopes, launch_config=bad)
 
 
 def test_embedding_ids_out_of_range_read_nothing_and_give_nan_rows():
@@ -384,20 +388,20 @@ def test_embedding_ids_out_of_range_read_nothing_and_give_nan_rows():
     w, b = torch.ones(48, device=DEVICE), torch.zeros(48, device=DEVICE)
     ids = torch.tensor([3, 64, 5, -1, 70, 63], device=DEVICE)
     type_ids = torch.tensor([0, 0, 2, 1, 1, -3], device=DEVICE)
-    got = embedding_layer_norm(ids, type_ids, words, types, w, b, 1e-12)
+    got = embedding_layer_norm_triton(ids, type_ids, words, types, w, b, 1e-12)
     bad = torch.tensor([False, True, True, True, True, True], device=DEVICE)  # 2, -3: bad types
     assert torch.isnan(got[bad]).all() and torch.isfinite(got[~bad]).all()
     torch.testing.assert_close(
         got[0],
-        embedding_layer_norm_ref(ids[:1], type_ids[:1], words, types, w, b, 1e-12)[0],
+        embedding_layer_norm_torch(ids[:1], type_ids[:1], words, types, w, b, 1e-12)[0],
         rtol=1e-5,
         atol=1e-5,
     )
-    no_types = embedding_layer_norm(ids, None, words, types, w, b, 1e-12)
+    no_types = embedding_layer_norm_triton(ids, None, words, types, w, b, 1e-12)
     assert torch.equal(torch.isnan(no_types).any(1), (ids < 0) | (ids >= 64))
     with pytest.raises(
         ValueError, match="input_ids must lie in \\[0, 64\\) \\(word_embeddings has 64 rows\\)"
     ):
-        embedding_layer_norm_ref(ids, type_ids, words, types, w, b, 1e-12)
+        embedding_layer_norm_torch(ids, type_ids, words, types, w, b, 1e-12)
     with pytest.raises(ValueError, match="token_type_ids must lie in \\[0, 2\\)"):
-        embedding_layer_norm_ref(ids[:1], type_ids, words, types, w, b, 1e-12)
+        embedding_layer_norm_torch(ids[:1], type_ids, words, types, w, b, 1e-12)

@@ -103,12 +103,12 @@ def recording() -> Iterator[tuple[list[Launch], list[str]]]:
 def problems(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
     """(name, call) for the shapes the rerankers run: the calls go through the public functions."""
     from turborank.kernels import (
-        add_layer_norm,
-        alibi_attention,
-        alibi_attention_padded,
-        embedding_layer_norm,
-        gelu_glu,
-        gelu_glu_linear,
+        add_layer_norm_triton,
+        alibi_attention_padded_triton,
+        alibi_attention_triton,
+        embedding_layer_norm_triton,
+        gelu_glu_linear_triton,
+        gelu_glu_triton,
     )
 
     dtypes = (torch.bfloat16, torch.float32) if quick else (torch.bfloat16, torch.float16, torch.float32)
@@ -130,36 +130,36 @@ def problems(quick: bool) -> Iterator[tuple[str, Callable[[], object]]]:
                 m = max(lengths)
                 yield (
                     f"alibi_attention {tag} d={d} L={length}",
-                    partial(alibi_attention, q, k, v, cu, cu, m, m, slopes),
+                    partial(alibi_attention_triton, q, k, v, cu, cu, m, m, slopes),
                 )
             # The token-0 queries of the last layer: one query row per sequence.
             kv = torch.zeros(512, heads, d, dtype=dtype)
             yield (
                 f"alibi_attention {tag} d={d} token-0 queries",
-                partial(alibi_attention, kv[:1], kv, kv, _cu([1]), _cu([512]), 1, 512, slopes),
+                partial(alibi_attention_triton, kv[:1], kv, kv, _cu([1]), _cu([512]), 1, 512, slopes),
             )
         if not quick:
             qp = torch.zeros(2, 128, 12, 32, dtype=dtype)
             key_lengths = torch.tensor([128, 7], dtype=torch.int32)
             yield (
                 f"alibi_attention_padded {tag} d=32",
-                partial(alibi_attention_padded, qp, qp, qp, key_lengths, torch.ones(12)),
+                partial(alibi_attention_padded_triton, qp, qp, qp, key_lengths, torch.ones(12)),
             )
         for inner in (384, 1536, 3072):
             u = torch.zeros(4, 2 * inner, dtype=dtype)
-            yield f"gelu_glu {tag} I={inner}", partial(gelu_glu, u, "gelu")
+            yield f"gelu_glu {tag} I={inner}", partial(gelu_glu_triton, u, "gelu")
         x, w = torch.zeros(64, 384, dtype=dtype), torch.zeros(2 * 1536, 384, dtype=dtype)
-        yield f"gelu_glu_linear {tag} K=384 I=1536", partial(gelu_glu_linear, x, w, "gelu")
+        yield f"gelu_glu_linear {tag} K=384 I=1536", partial(gelu_glu_linear_triton, x, w, "gelu")
         for hidden in (192, 384, 768, 1024):
             x = torch.zeros(4, hidden, dtype=dtype)
             w = torch.ones(hidden, dtype=dtype)
-            yield f"add_layer_norm {tag} H={hidden}", partial(add_layer_norm, x, x, w, w, 1e-12)
+            yield f"add_layer_norm {tag} H={hidden}", partial(add_layer_norm_triton, x, x, w, w, 1e-12)
         ids = torch.zeros(4, dtype=torch.long)
         table, types = torch.zeros(64, 384, dtype=dtype), torch.zeros(2, 384, dtype=dtype)
         w = torch.ones(384, dtype=dtype)
         yield (
             f"embedding_layer_norm {tag} H=384",
-            partial(embedding_layer_norm, ids, ids, table, types, w, w, 1e-12),
+            partial(embedding_layer_norm_triton, ids, ids, table, types, w, w, 1e-12),
         )
 
 
@@ -170,7 +170,7 @@ def _cu(lengths: list[int]) -> torch.Tensor:
 def candidate_problems() -> Iterator[tuple[str, Callable[[], object]]]:
     """benchmarks.gpu.tune_attention's candidate tiles, bf16, d=32 and 64, long and token-0 queries."""
     from benchmarks.gpu.tune_attention import CANDIDATES, TOKEN0_CANDIDATES
-    from turborank.kernels import alibi_attention
+    from turborank.kernels import alibi_attention_triton
 
     for d in (32, 64):
         heads = 384 // d
@@ -180,7 +180,7 @@ def candidate_problems() -> Iterator[tuple[str, Callable[[], object]]]:
             yield (
                 f"d={d} L=1024 {config}",
                 partial(
-                    alibi_attention,
+                    alibi_attention_triton,
                     q,
                     q,
                     q,
@@ -196,7 +196,16 @@ def candidate_problems() -> Iterator[tuple[str, Callable[[], object]]]:
             yield (
                 f"d={d} token-0 {config}",
                 partial(
-                    alibi_attention, q[:1], q, q, _cu([1]), _cu([1024]), 1, 1024, slopes, launch_config=config
+                    alibi_attention_triton,
+                    q[:1],
+                    q,
+                    q,
+                    _cu([1]),
+                    _cu([1024]),
+                    1,
+                    1024,
+                    slopes,
+                    launch_config=config,
                 ),
             )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from turborank.packing import descending_order
+from turborank.ranking import best_first
 
 
 class TurborankEngine:
@@ -65,7 +65,7 @@ def padded_batches(
         lengths = tokenizer(
             [q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=max_length
         )["input_ids"]
-        order = descending_order([len(ids) for ids in lengths])
+        order = best_first([len(ids) for ids in lengths])
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         inputs = tokenizer(

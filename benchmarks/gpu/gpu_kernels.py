@@ -2,12 +2,12 @@
 
     python -m benchmarks.gpu.gpu_kernels [--out DIR] [--quick]
 
-alibi_attention (bf16, 12 heads, d=32) vs SDPA with a materialised bf16 bias (built once, outside
+alibi_attention_triton (bf16, 12 heads, d=32) vs SDPA with a materialised bf16 bias (built once, outside
 the timing: the cost the HF reference pays per layer is the attention with that bias), vs
 FlexAttention with a symmetric ALiBi ``score_mod`` (torch.compile'd; a document mask for packed
 batches), and flash-attn's ``alibi_slopes`` when importable (flash-attn's ALiBi is |i - j| symmetric
-for non-causal attention). gelu_glu and add_layer_norm vs eager PyTorch and torch.compile; the fused
-GEGLU GEMM (gelu_glu_linear) vs cuBLAS followed by gelu_glu.
+for non-causal attention). gelu_glu_triton and add_layer_norm_triton vs eager PyTorch and
+torch.compile; the fused GEGLU GEMM (gelu_glu_linear_triton) vs cuBLAS followed by gelu_glu_triton.
 Outputs are checked against the fp32 reference before anything is timed.
 """
 
@@ -25,14 +25,14 @@ from benchmarks.gpu.targets import H200_BF16_TFLOPS
 from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
 from turborank.kernels import (
-    add_layer_norm,
-    add_layer_norm_ref,
-    alibi_attention,
-    alibi_attention_ref,
-    gelu_glu,
-    gelu_glu_linear,
-    gelu_glu_linear_ref,
-    gelu_glu_ref,
+    add_layer_norm_torch,
+    add_layer_norm_triton,
+    alibi_attention_torch,
+    alibi_attention_triton,
+    gelu_glu_linear_torch,
+    gelu_glu_linear_triton,
+    gelu_glu_torch,
+    gelu_glu_triton,
 )
 from turborank.packing import cu_seqlens
 
@@ -64,7 +64,7 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
     flops = 4 * heads * d * sum(n * n for n in lengths)
     shape = f"{batch}x{longest}" if len(set(lengths)) == 1 else f"mixed {batch} seqs, {total} tok"
     # In fp32: for bf16 inputs the PyTorch engine would itself run bf16 score tiles.
-    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu, cu, longest, longest, slopes)
+    want = alibi_attention_torch(q.float(), k.float(), v.float(), cu, cu, longest, longest, slopes)
     rows = []
 
     def row(engine: str, ms: float, err: float) -> None:
@@ -81,10 +81,10 @@ def attention_rows(lengths: list[int], heads: int = 12, d: int = 32) -> list[dic
             }
         )
 
-    ours = lambda: alibi_attention(q, k, v, cu, cu, longest, longest, slopes)
+    ours = lambda: alibi_attention_triton(q, k, v, cu, cu, longest, longest, slopes)
     row("turborank", _bench(ours), _check("turborank", ours(), want, 2e-2))
     # Without the band (what it saves depends on the q, k norms; these are random normal).
-    full = lambda: alibi_attention(q, k, v, cu, cu, longest, longest, slopes, band=False)
+    full = lambda: alibi_attention_triton(q, k, v, cu, cu, longest, longest, slopes, band=False)
     row("turborank, band off", _bench(full), _check("turborank, band off", full(), want, 2e-2))
 
     uniform = len(set(lengths)) == 1
@@ -166,11 +166,11 @@ def elementwise_rows(tokens: int) -> list[dict]:
         "gelu_glu",
         f"{tokens}x3072",
         {
-            "turborank": lambda: gelu_glu(u),
+            "turborank": lambda: gelu_glu_triton(u),
             "eager": lambda: eager_glu(u),
             "torch.compile": lambda: compiled_glu(u),
         },
-        gelu_glu_ref(u),
+        gelu_glu_torch(u),
         (u.numel() + tokens * 1536) * u.element_size(),
     )
     x, r = (torch.randn(tokens, 384, device=device, dtype=dtype) for _ in range(2))
@@ -184,18 +184,18 @@ def elementwise_rows(tokens: int) -> list[dict]:
         "add_layer_norm",
         f"{tokens}x384",
         {
-            "turborank": lambda: add_layer_norm(x, r, w, b, 1e-12),
+            "turborank": lambda: add_layer_norm_triton(x, r, w, b, 1e-12),
             "eager": lambda: eager_ln(x, r),
             "torch.compile": lambda: compiled_ln(x, r),
         },
-        add_layer_norm_ref(x, r, w, b, 1e-12),
+        add_layer_norm_torch(x, r, w, b, 1e-12),
         3 * x.numel() * x.element_size(),
     )
     return rows
 
 
 def gelu_glu_linear_rows(tokens: int, hidden: int = 384, inner: int = 1536) -> list[dict]:
-    """The fused GEGLU GEMM against what the model runs by default (cuBLAS, then the gelu_glu
+    """The fused GEGLU GEMM against what the model runs by default (cuBLAS, then the gelu_glu_triton
     kernel), cuBLAS + eager PyTorch, and torch.compile of matmul + gate. The fused kernel becomes the
     default only if it beats "cuBLAS + gelu_glu" here: otherwise it is a second GEMM to maintain for
     nothing."""
@@ -203,12 +203,12 @@ def gelu_glu_linear_rows(tokens: int, hidden: int = 384, inner: int = 1536) -> l
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(tokens, hidden, device=device, dtype=dtype, generator=gen)
     weight = (torch.randn(2 * inner, hidden, device=device, generator=gen) * hidden**-0.5).to(dtype)
-    want = gelu_glu_linear_ref(x.float(), weight.float())
+    want = gelu_glu_linear_torch(x.float(), weight.float())
     eager = lambda: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, weight))
     compiled = ENV.compile(lambda x, w: (lambda u: F.gelu(u[:, :inner]) * u[:, inner:])(F.linear(x, w)))
     engines = {
-        "turborank fused": lambda: gelu_glu_linear(x, weight),
-        "cuBLAS + gelu_glu (default)": lambda: gelu_glu(F.linear(x, weight)),
+        "turborank fused": lambda: gelu_glu_linear_triton(x, weight),
+        "cuBLAS + gelu_glu_triton (default)": lambda: gelu_glu_triton(F.linear(x, weight)),
         "cuBLAS + eager": eager,
         "torch.compile": lambda: compiled(x, weight),
     }

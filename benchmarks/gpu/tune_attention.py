@@ -12,16 +12,16 @@ that justifies it committed under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from functools import partial
 
 import torch
 
+import turborank.kernels.alibi_attention
 from benchmarks.gpu.gpu_env import ENV, configure
 from benchmarks.report import LOCAL_RESULTS, run_sections
 from turborank.alibi import alibi_slopes
-from turborank.kernels import alibi_attention_ref
+from turborank.kernels import alibi_attention_torch
 from turborank.kernels._launch import attention_launch_config
 from turborank.packing import cu_seqlens
 
@@ -57,7 +57,7 @@ def tune_workload(
     dtype: torch.dtype, d: int, heads: int, name: str, lengths: list[int], token0: bool
 ) -> list[dict]:
     """Every candidate tile for one workload: checked against the fp32 reference, then timed."""
-    module = importlib.import_module("turborank.kernels.alibi_attention")
+    module = turborank.kernels.alibi_attention
     tag = str(dtype).removeprefix("torch.")
     device = ENV.device
     gen = torch.Generator(device=device).manual_seed(0)
@@ -72,7 +72,7 @@ def tune_workload(
     else:
         cu_q, max_q, flops = cu_k, max(lengths), 4 * heads * d * sum(n * n for n in lengths)
     # In fp32: for bf16 inputs the PyTorch engine would itself run bf16 score tiles.
-    want = alibi_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, max_q, max(lengths), slopes)
+    want = alibi_attention_torch(q.float(), k.float(), v.float(), cu_q, cu_k, max_q, max(lengths), slopes)
     default = attention_launch_config(d, max_q, dtype)
     candidates = TOKEN0_CANDIDATES if token0 else CANDIDATES
     if ENV.smoke:  # the interpreter is slow at large tiles; two candidates show the mechanics
@@ -82,7 +82,16 @@ def tune_workload(
     for config in candidates:
         base = {"dtype": tag, "d": d, "workload": name, "config": str(config), "default": config == default}
         run = partial(
-            module.alibi_attention, q, k, v, cu_q, cu_k, max_q, max(lengths), slopes, launch_config=config
+            module.alibi_attention_triton,
+            q,
+            k,
+            v,
+            cu_q,
+            cu_k,
+            max_q,
+            max(lengths),
+            slopes,
+            launch_config=config,
         )
         try:
             err = (run().float() - want).abs().max().item()

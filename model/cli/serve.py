@@ -14,7 +14,6 @@ from turborank.serving.settings import add_arguments as add_setting_arguments
 
 if TYPE_CHECKING:
     from turborank.serving.app import ServeSettings
-    from turborank.tokenization import PairTokenizer
 
 HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank"
 
@@ -88,14 +87,14 @@ def _load_and_serve(args: argparse.Namespace) -> int:
 
     if args.ray is not None:
         # The replicas load the model; here the tokenizer is enough to check the limits.
-        tokenizer = _tokenizer_only(args)
+        from turborank import Reranker
+
         reranker = None
-        special, longest = tokenizer.num_special_tokens, tokenizer.model_max_length
+        low, high = Reranker.pair_length_range(args.model, slopes=args.slopes)
     else:
         reranker = load_reranker(args)
-        special, longest = reranker.num_special_tokens, reranker.max_length
-    max_input_length = longest if args.max_input_length is None else args.max_input_length
-    low, high = special + 1, longest
+        low, high = reranker.num_special_tokens + 1, reranker.max_length
+    max_input_length = high if args.max_input_length is None else args.max_input_length
     if not low <= max_input_length <= high:
         return fail(
             f"--max-input-length {max_input_length} is outside the model's range ({low}..{high}): a pair "
@@ -127,16 +126,6 @@ def _cannot_bind(host: str, port: int) -> str | None:
         except OSError as exc:
             return f"cannot listen there ({exc.strerror})"
     return None
-
-
-def _tokenizer_only(args: argparse.Namespace) -> PairTokenizer:
-    from turborank.config import JinaBertConfig
-    from turborank.hub import resolve_checkpoint
-    from turborank.tokenization import PairTokenizer
-
-    directory = resolve_checkpoint(args.model)
-    config = JinaBertConfig.from_file(directory / "config.json", slopes=args.slopes)
-    return PairTokenizer.from_directory(directory, config.max_position_embeddings)
 
 
 def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:

@@ -13,7 +13,7 @@ from typing import TextIO
 import torch
 
 from turborank.eval.trec import Run, write_query
-from turborank.packing import descending_order
+from turborank.ranking import best_first
 from turborank.reranker import Reranker
 from turborank.scoring_options import check_long_doc_options
 
@@ -150,7 +150,7 @@ def rerank_run(
                 mine = scores[offset : offset + len(docs)]
                 offset += len(docs)
                 # Best first; ties keep the first stage's order.
-                order = descending_order(mine)
+                order = best_first(mine)
                 reranked[qid] = [(docs[i], mine[i]) for i in order]
                 write_query(lines, qid, reranked[qid], tag)
                 stats.queries += 1

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from turborank.devices import resolve_device
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 from turborank.jsonl import iter_jsonl
 from turborank.reranker import Reranker
@@ -76,11 +75,11 @@ def verify_against_reference(
     """Score ``pairs`` with both implementations in fp32; report the largest differences."""
     directory = Path(model_dir)
     pairs = pairs or sample_pairs()
-    device = resolve_device(device)
-    hf_version, hf_tokenizer, hf_model = _load_reference(directory, device)
     ours = Reranker.from_pretrained(
         directory, device=device, dtype="float32", slopes=slopes, backend=backend, linear=linear
     )
+    device = ours.device
+    hf_version, hf_tokenizer, hf_model = _load_reference(directory, device)
 
     queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
     hf_ids = hf_tokenizer(queries, documents, truncation=True, max_length=max_length)["input_ids"]

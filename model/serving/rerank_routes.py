@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from turborank.packing import descending_order
+from turborank.ranking import best_first
 from turborank.serving.request_id import request_id_of
 from turborank.serving.responses import rerank_body
 from turborank.serving.schemas import CohereV2RerankRequest, JinaRerankRequest, TEIRerankRequest
@@ -39,7 +39,7 @@ def from_cohere_sdk(headers: Headers) -> bool:
 
 
 def _order(scores: list[float]) -> list[int]:
-    return descending_order(scores)
+    return best_first(scores)
 
 
 def _sigmoid(logits: list[float]) -> list[float]:

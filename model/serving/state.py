@@ -162,7 +162,7 @@ class ServerState:
                 )
             if watch is not None and watch.gone:
                 raise ClientDisconnectedError
-            tickets.append(self.scheduler.submit(encoded))
+            tickets.append(self.scheduler.submit(encoded, owner=request))
             self.metrics.queued_pairs.set(self.scheduler.queued_pairs)
 
         try:
