@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from turborank.option_names import BACKENDS, DTYPE_NAMES, LINEAR_ENGINES, SLOPE_SCHEMES
 
@@ -64,19 +64,20 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
     )
 
 
+MODEL_OPTIONS = ("device", "dtype", "slopes", "backend", "linear")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Reranker.from_pretrained``'s arguments from the options of ``add_model_options`` (a Ray
+    worker or replica loads its copy from the same dict)."""
+    return {"path_or_hub_id": args.model, **{name: getattr(args, name) for name in MODEL_OPTIONS}}
+
+
 def load_reranker(args: argparse.Namespace) -> Reranker:
     """The model the options of ``add_model_options`` name (torch is imported here, not before)."""
     from turborank.reranker import Reranker
 
-    return Reranker.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        slopes=args.slopes,
-        backend=args.backend,
-        linear=args.linear,
-        cuda_graphs=getattr(args, "cuda_graphs", False),
-    )
+    return Reranker.from_pretrained(**model_options(args), cuda_graphs=getattr(args, "cuda_graphs", False))
 
 
 def print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
@@ -91,3 +92,16 @@ def print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
             f"{label:<12}"
             + "".join(f"{values[n]:>12.4f}" if n != "queries" else f"{values[n]:>12}" for n in names)
         )
+
+
+def add_ray_option(parser: argparse.ArgumentParser, what: str, after: str = "") -> None:
+    """``--ray [ADDRESS]``: 'local' when given bare; ``what`` says what runs on the cluster,
+    ``after`` what else the user should know."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what}: 'local' (default) starts a cluster here; 'auto' or ray://host:10001 joins one{after}",
+    )

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from turborank.cli.common import add_model_options, fail, load_reranker, print_metrics
+from turborank.cli.common import add_model_options, add_ray_option, fail, load_reranker, print_metrics
 from turborank.hub import DEFAULT_MODEL
 from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES
 
@@ -49,15 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4096,
         help="pairs of consecutive queries tokenised and scored together (the unit a Ray task takes)",
     )
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="run the groups of queries as Ray tasks: 'local' (default) starts a cluster here; 'auto' or "
-        "ray://host:10001 joins one (turborank installed on every node; the model a hub id or a path all "
-        "nodes read)",
+    add_ray_option(
+        parser,
+        "run the groups of queries as Ray tasks",
+        " (turborank installed on every node; the model a hub id or a path all nodes read)",
     )
     parser.add_argument(
         "--ray-workers",

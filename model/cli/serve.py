@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from turborank.cli.common import add_model_options, fail, load_reranker
+from turborank.cli.common import add_model_options, add_ray_option, fail, load_reranker, model_options
 from turborank.hub import DEFAULT_MODEL
 from turborank.serving.settings import SettingError, from_arguments, option_name
 from turborank.serving.settings import add_arguments as add_setting_arguments
@@ -35,15 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay CUDA graphs for small batches (< 128 pairs, <= 4096 tokens; each shape bucket is "
         "captured on first use); needs CUDA and the Triton backend",
     )
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="serve through Ray Serve's proxy with --replicas copies of the app: 'local' (default) starts a "
-        "cluster here; 'auto' or ray://host:10001 joins one",
-    )
+    add_ray_option(parser, "serve through Ray Serve's proxy with --replicas copies of the app")
     parser.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app")
     parser.add_argument(
         "--gpus-per-replica", type=float, default=None, help="with --ray: default 1 on CUDA, else 0"
@@ -141,13 +133,5 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
         gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica,
     )
-    load = {
-        "path_or_hub_id": args.model,
-        "device": args.device,
-        "dtype": args.dtype,
-        "slopes": args.slopes,
-        "backend": args.backend,
-        "linear": args.linear,
-    }
-    serve_on_ray(load, settings, plan, host=args.host, port=args.port)
+    serve_on_ray(model_options(args), settings, plan, host=args.host, port=args.port)
     return 0

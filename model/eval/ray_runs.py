@@ -48,14 +48,8 @@ def _reranker(spec: ModelSpec):
     if spec not in _LOADED:
         from turborank.reranker import Reranker
 
-        _LOADED[spec] = Reranker.from_pretrained(
-            spec.model,
-            device=spec.device,
-            dtype=spec.dtype,
-            slopes=spec.slopes,
-            backend=spec.backend,
-            linear=spec.linear,
-        )
+        options = dataclasses.asdict(spec)
+        _LOADED[spec] = Reranker.from_pretrained(options.pop("model"), **options)
     return _LOADED[spec]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from turborank.serving.request_id import request_id_of
+from turborank.serving.request_id import HttpMiddleware, request_id_of
 
 logger = logging.getLogger("turborank.access")
 _KEY = "turborank_access"
@@ -23,16 +23,10 @@ def note(request: Request, **values: float) -> None:
     request.scope.setdefault("state", {}).setdefault(_KEY, {}).update(values)
 
 
-class AccessLogMiddleware:
-    """Pure ASGI, inside RequestIdMiddleware (so the id is known) and outside everything else."""
+class AccessLogMiddleware(HttpMiddleware):
+    """Inside RequestIdMiddleware (so the id is known) and outside everything else."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         start = time.perf_counter()
         status = 500  # what the client gets when the app raised before answering
 

@@ -3,36 +3,39 @@ line the server logs when it starts."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from turborank import __version__
 from turborank.cpu_features import cpu_bf16_support, cpu_identity
+from turborank.serving.settings import ServeSettings
 from turborank.serving.state import ServerState
+
+
+def _identity(state: ServerState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the server runs: model, version, device, dtype, backends, ALiBi scheme; the engine's
+    whole ``describe()``)."""
+    engine = state.reranker.describe()
+    identity = {"model": state.settings.model_name, "version": __version__}
+    identity.update({key: engine[key] for key in ("device", "dtype", "backends", "alibi_scheme")})
+    return identity, engine
+
+
+def _limits(settings: ServeSettings) -> dict[str, Any]:
+    """Every setting of the server but its name and key, as ServeSettings names them."""
+    hidden = ("model_name", "api_key")
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in hidden}
 
 
 def info_body(state: ServerState) -> dict[str, Any]:
     settings = state.settings
-    engine = state.reranker.describe()
+    identity, engine = _identity(state)
     ours = {
-        "model": settings.model_name,
-        "version": __version__,
-        "device": engine["device"],
-        "dtype": engine["dtype"],
+        **identity,
         "cpu": cpu_identity().describe(),
         "cpu_bf16": cpu_bf16_support().describe(),
-        "backends": engine["backends"],
         "linear": engine["linear"],
-        "alibi_scheme": engine["alibi_scheme"],
-        "max_input_length": settings.max_input_length,
-        "max_batch_tokens": settings.max_batch_tokens,
-        "max_client_batch_size": settings.max_client_batch_size,
-        "max_documents": settings.max_documents,
-        "max_concurrent_requests": settings.max_concurrent_requests,
-        "auto_truncate": settings.auto_truncate,
-        "strict_input_length": settings.strict_input_length,
-        "max_body_bytes": settings.max_body_bytes,
-        "body_timeout_s": settings.body_timeout_s,
-        "min_body_rate": settings.min_body_rate,
+        **_limits(settings),
         "cuda_graphs": engine["cuda_graphs"],
     }
     # TEI's Info (router/src/lib.rs); "version" is ours in both.
@@ -54,22 +57,12 @@ def info_body(state: ServerState) -> dict[str, Any]:
 def startup_line(state: ServerState) -> tuple[str, dict[str, Any]]:
     """One line an operator can check the deployment against, and its fields for JSON logs."""
     settings = state.settings
-    engine = state.reranker.describe()
+    identity, engine = _identity(state)
     fields = {
-        "model": settings.model_name,
-        "version": __version__,
-        "device": engine["device"],
-        "dtype": engine["dtype"],
-        "backends": engine["backends"],
+        **identity,
         "linear": engine["linear"]["engine"],
-        "alibi_scheme": engine["alibi_scheme"],
         "alibi_scheme_reason": engine["alibi_scheme_reason"],
-        "max_input_length": settings.max_input_length,
-        "max_batch_tokens": settings.max_batch_tokens,
-        "max_documents": settings.max_documents,
-        "max_client_batch_size": settings.max_client_batch_size,
-        "max_concurrent_requests": settings.max_concurrent_requests,
-        "max_body_bytes": settings.max_body_bytes,
+        **_limits(settings),
         "long_documents_jina_cohere": "refused (422)" if settings.strict_input_length else "truncated",
         "long_documents_tei": "truncated" if settings.auto_truncate else "refused unless truncate=true",
         "api_key": settings.api_key is not None,

@@ -19,8 +19,9 @@ def request_id_of(scope: dict[str, Any]) -> str:
     return scope.get("state", {}).get("request_id", "-")
 
 
-class RequestIdMiddleware:
-    """Pure ASGI (no body buffering, disconnects pass through untouched)."""
+class HttpMiddleware:
+    """A pure ASGI middleware (no body buffering, disconnects pass through untouched) that sees
+    HTTP requests in ``handle`` and passes everything else (lifespan) straight on."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -29,6 +30,14 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+
+class RequestIdMiddleware(HttpMiddleware):
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         sent = dict(scope["headers"]).get(HEADER)
         request_id = sent.decode() if sent is not None and _USABLE.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
