@@ -15,6 +15,12 @@ def read_lines(path: Path) -> list[str]:
         return Path(path).read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a directory, not a file") from None
+    except PermissionError:
+        raise PermissionError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise OSError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
 

@@ -115,10 +115,20 @@ def load_weights(path: str | Path, config: JinaBertConfig, dtype: torch.dtype) -
                 raise ValueError(f"{path}: tensor {key} contains NaN or Inf values")
             cast = tensor.to(dtype)
             if not torch.isfinite(cast).all():
+                largest = tensor.abs().max().item()
+                wider = [
+                    str(d).removeprefix("torch.")
+                    for d in (torch.bfloat16, torch.float32)
+                    if torch.finfo(d).max > largest and d != dtype
+                ]
                 raise ValueError(
-                    f"{path}: tensor {key} has values up to {tensor.abs().max().item():.4g}, which overflow "
+                    f"{path}: tensor {key} has values up to {largest:.4g}, which overflow "
                     f"{str(dtype).removeprefix('torch.')} (largest finite {torch.finfo(dtype).max:.4g}); "
-                    "load it in a wider dtype"
+                    + (
+                        f"load it as {' or '.join(wider)} (dtype / --dtype)"
+                        if wider
+                        else "no dtype turborank runs in can hold it: the checkpoint is broken"
+                    )
                 )
             weights[key] = cast
     return weights

@@ -74,7 +74,9 @@ def test_documents_files(small_ckpt, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert sorted(r["text"] for r in json.loads(out)["results"]) == ["alpha doc", "beta doc", "inline doc"]
+    # Ids are positions in the input, the blank line keeping its place: file line N is id N.
+    ids = {r["text"]: r["corpus_id"] for r in json.loads(out)["results"]}
+    assert ids == {"inline doc": 0, "alpha doc": 1, "beta doc": 3}
     code, out, err = run(
         ["rank", "--model", str(small_ckpt), "--query", "q", "--documents-file", str(jsonl), "--json"], capsys
     )
@@ -111,10 +113,10 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
         (["rank", "--query", "q", "d", "--top-k", "0"], 1, "--top-k must be >= 1"),
         (["rank", "--model", "/nonexistent/dir", "--query", "q", "d"], 1, "no such checkpoint directory"),
         (["rank", "--query", "q", "--documents-file", "/nonexistent.txt"], 1, "txt: no such file"),
+        (["rank", "--query", "q", "--documents-file", "/tmp"], 1, "/tmp: is a directory, not a file"),
         (["verify"], 2, "the following arguments are required: --model"),
         (["serve", "--port", "0"], 1, "--port must be a TCP port number (1..65535), got 0"),
         (["serve", "--port", "70000"], 1, "--port must be a TCP port number (1..65535), got 70000"),
-        (["serve", "--max-input-length", "0"], 1, "--max-input-length must be a positive integer, got 0"),
         (["serve", "--body-timeout", "0"], 1, "--body-timeout must be a positive number of seconds, got 0.0"),
         (["serve", "--drain-timeout", "nan"], 1, "--drain-timeout must be a positive number of seconds"),
         (["serve", "--min-body-rate", "-1"], 1, "--min-body-rate must be a non-negative integer, got -1"),
@@ -408,3 +410,14 @@ def test_rank_refuses_a_non_finite_score(small_ckpt, capsys, monkeypatch, as_jso
     code, out, err = run([*args, "--json"] if as_json else args, capsys)
     assert code == 1 and out == ""
     assert err.startswith("turborank: error: the model produced a non-finite score (nan) for pair 0")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "4", "-3", "100000"])
+def test_serve_max_input_length_out_of_range_is_one_answer_before_loading(small_ckpt, capsys, value):
+    """Every value outside the model's range gets the same message, from the config and tokenizer,
+    before the weights are loaded (0 used to say '>= 1' and then 1..4 '(5..8192)')."""
+    code, out, err = run(["serve", "--model", str(small_ckpt), "--max-input-length", value], capsys)
+    assert code == 1 and out == ""
+    last = err.strip().splitlines()[-1]  # (the config's slope-scheme line is logged before it)
+    assert last.startswith("turborank: error: ") and "Traceback" not in err
+    assert f"--max-input-length {value} is outside the model's range (5.." in last

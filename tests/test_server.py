@@ -516,3 +516,14 @@ def test_a_request_whose_score_is_nan_fails_alone_not_the_requests_sharing_its_f
             assert good.result().status_code == 200 and len(good.result().json()) == 2
             assert bad.result().status_code == 424 and "non-finite" in bad.result().json()["error"]
         assert 3 in forwards  # the two requests did share a forward, which failed and was retried
+
+
+def test_a_wrong_path_answers_with_detail_as_jina_clients_read_it(server):
+    url, _ = server
+    body = httpx.post(url + "/v1/rerankk", json={"query": "q", "documents": ["a"]}).json()
+    assert body["detail"] == body["error"] == "no route /v1/rerankk" and body["error_type"] == "not_found"
+
+
+def test_the_spec_is_also_where_tei_serves_its_own(server):
+    url, _ = server
+    assert httpx.get(url + "/api-doc/openapi.json").json() == httpx.get(url + "/openapi.json").json()

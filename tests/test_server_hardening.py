@@ -113,6 +113,8 @@ def test_trickling_upload_gets_408(server):
         ("/rerank", b"[" * 100_000 + b"]" * 100_000, 400, "malformed JSON: nested too deeply"),
         ("/rerank", b'{"query": ' + b"9" * 5001 + b', "texts": ["a"]}', 400, "a number of more than"),
         ("/rerank", b'{"query": "\xff", "texts": ["a"]}', 400, "not UTF-8"),
+        ("/rerank", '{"query": "q", "texts": ["a"]}'.encode("utf-16"), 400, "not UTF-8"),
+        ("/v1/rerank", '{"query": "q", "documents": ["a"]}'.encode("utf-32-le"), 400, "not UTF-8"),
         ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": true}', 422, "top_n: Input should be"),
         ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": "1"}', 422, "top_n: Input should be"),
         ("/v1/rerank", b'{"query": "q", "documents": ["a", 3]}', 422, "documents: item 1: expected a string"),

@@ -29,7 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     first.add_argument("--bm25", action="store_true", help="build the first stage with BM25 (bm25s)")
     parser.add_argument("--top-k", type=int, default=100, help="documents reranked per query")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--output", type=Path, default=Path("run.trec"), help="reranked run (TREC format)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("run.trec"),
+        help="reranked run (TREC format), replaced only once the new run is complete (default: run.trec "
+        "in the current directory)",
+    )
     parser.add_argument(
         "--parents",
         action="store_true",

@@ -32,11 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def read_documents(path: Path) -> list[str]:
-    """Plain text: one document per non-blank line. JSONL (.jsonl): a JSON string or an object with
-    a "text" field per line. Errors name the file and line."""
+def read_documents(path: Path) -> list[tuple[int, str]]:
+    """(line number, document) per non-blank line. Plain text: the line is the document. JSONL
+    (.jsonl): a JSON string or an object with a "text" field per line. Errors name the file and line."""
     if path.suffix != ".jsonl":
-        return [line for line in read_lines(path) if line.strip()]
+        return [(number, line) for number, line in enumerate(read_lines(path), 1) if line.strip()]
     documents = []
     for number, item in iter_jsonl(path):
         text = item.get("text") if isinstance(item, dict) else item
@@ -47,14 +47,19 @@ def read_documents(path: Path) -> list[str]:
         problem = describe_lone_surrogate(text)
         if problem is not None:
             raise ValueError(f"{path}:{number}: the document contains {problem}")
-        documents.append(text)
+        documents.append((number, text))
     return documents
 
 
 def run(args: argparse.Namespace) -> int:
     documents = list(args.documents)
+    # A document's id is its place in the input: the arguments first, then the file's lines, a
+    # blank line keeping its place though it is skipped (so ids still match line numbers).
+    ids = list(range(len(documents)))
     if args.documents_file is not None:
-        documents += read_documents(args.documents_file)
+        for number, text in read_documents(args.documents_file):
+            documents.append(text)
+            ids.append(len(args.documents) + number - 1)
     if not documents:
         return fail("no documents: pass them as arguments or with --documents-file")
     if args.top_k is not None and args.top_k < 1:
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         truncation=args.truncation,
     )
+    for item in results:
+        item["corpus_id"] = ids[item["corpus_id"]]
     if args.json:
         payload = {"model": args.model, "query": args.query, "results": results}
         if getattr(args, "weights_note", None):

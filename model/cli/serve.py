@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
 
 from turborank.cli.common import add_model_options, add_ray_option, fail, load_reranker, model_options
 from turborank.hub import DEFAULT_MODEL
-from turborank.serving.settings import SettingError, from_arguments, option_name
+from turborank.serving.settings import ServeSettings, SettingError, from_arguments, option_name
 from turborank.serving.settings import add_arguments as add_setting_arguments
-
-if TYPE_CHECKING:
-    from turborank.serving.app import ServeSettings
 
 HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank"
 
@@ -59,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     unbindable = _cannot_bind(args.host, args.port) if args.ray in (None, "local") else None
     if unbindable:
         return fail(f"--host {args.host} --port {args.port}: {unbindable}")
-    try:  # every limit checked before the model is loaded; max_input_length again after
-        settings = from_arguments(args, args.model)
+    try:  # every limit checked before the model is loaded (max_input_length against the model's range)
+        settings = from_arguments(args, args.model, max_input_length=ServeSettings.max_input_length)
         if args.ray is None:
             from turborank.serving.connections import connection_limit
 
@@ -75,17 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_and_serve(args: argparse.Namespace) -> int:
+    from turborank import Reranker
     from turborank.serving.server import serve
 
-    if args.ray is not None:
-        # The replicas load the model; here the tokenizer is enough to check the limits.
-        from turborank import Reranker
-
-        reranker = None
-        low, high = Reranker.pair_length_range(args.model, slopes=args.slopes)
-    else:
-        reranker = load_reranker(args)
-        low, high = reranker.num_special_tokens + 1, reranker.max_length
+    # From the config and tokenizer alone, before the weights are loaded (the replicas load them
+    # with --ray), so every value out of the range gets the same answer at once.
+    low, high = Reranker.pair_length_range(args.model, slopes=args.slopes)
     max_input_length = high if args.max_input_length is None else args.max_input_length
     if not low <= max_input_length <= high:
         return fail(
@@ -93,6 +84,7 @@ def _load_and_serve(args: argparse.Namespace) -> int:
             f"needs its {low - 1} special tokens and at least one more"
         )
     settings = from_arguments(args, args.model, max_input_length)
+    reranker = None if args.ray is not None else load_reranker(args)
     if args.ray is not None:
         return _serve_on_ray(args, settings)
     serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)

@@ -297,6 +297,11 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         state.metrics.queued_pairs.set(state.scheduler.queued_pairs)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/api-doc/openapi.json", include_in_schema=False)
+    async def tei_openapi() -> Response:
+        # Where text-embeddings-inference serves its spec: TEI tooling finds ours there too.
+        return JSONResponse(app.openapi())
+
     @app.get(openapi.DOCS_URL, include_in_schema=False)
     async def docs(request: Request) -> Response:
         if not openapi.docs_assets_available():

@@ -62,7 +62,7 @@ def connection_limit(settings: ServeSettings) -> int:
 def canned_response(status: int, reason: str, error_type: str, message: str, request_id: str) -> bytes:
     """A whole HTTP/1.1 answer with Connection: close, in the API's error shape, written straight to
     the socket: the request (if any) never reached the app."""
-    body = json.dumps({"error": message, "error_type": error_type}).encode()
+    body = json.dumps({"detail": message, "error": message, "error_type": error_type}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
         f"connection: close\r\nx-request-id: {request_id}\r\n"

@@ -6,7 +6,8 @@
 - text-embeddings-inference routes (``/rerank``, ``POST /``): ``{"error", "error_type"}`` with TEI's
   own ``error_type`` names (its generated clients parse them as an enum) and 424 where TEI answers a
   backend failure with 424.
-- Everything else (health, readiness, info, unknown routes): ``{"error", "error_type"}``, ours.
+- Everything else (health, readiness, info, unknown routes): ``{"detail", "error", "error_type"}``,
+  ours with Jina's ``detail`` (a Jina client pointed at a wrong path reads it from the 404).
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def error_body(error: APIError, shape: Shape) -> dict[str, str]:
     if shape is Shape.TEI:
         name = error.tei_type or _TEI_NAMES.get(error.error_type, "Validation")
         return {"error": error.message, "error_type": name}
-    body = {"error": error.message, "error_type": error.error_type}
+    body = {"detail": error.message, "error": error.message, "error_type": error.error_type}
     if shape is Shape.JINA_COHERE:
-        return {"detail": error.message, "message": error.message, **body}
+        return {"message": error.message, **body}
     return body
 
 

@@ -20,8 +20,12 @@ _MAX_PROBLEMS = 5
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:
+    if b"\x00" in body:  # valid UTF-8, but never in JSON: UTF-16 or UTF-32 text
+        raise APIError(400, VALIDATION, "the body is not UTF-8 text: it holds NUL bytes (UTF-16 or UTF-32?)")
     try:
-        raw = json.loads(body)
+        # JSON between systems is UTF-8 (RFC 8259); json.loads would take UTF-16 and UTF-32 bytes
+        # too. A byte-order mark is allowed and dropped.
+        raw = json.loads(body.decode("utf-8-sig"))
     except RecursionError:
         raise APIError(400, VALIDATION, "malformed JSON: nested too deeply") from None
     except UnicodeDecodeError as exc:
