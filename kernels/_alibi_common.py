@@ -13,7 +13,7 @@ from turborank.kernels._launch import MAX_HEAD_DIM
 
 try:
     import triton
-except ImportError:  # triton ships for Linux only; the PyTorch references still work
+except ImportError:  # triton ships for Linux only; the PyTorch engines still work
     triton = None
 
 

@@ -209,7 +209,7 @@ def embedding_layer_norm_torch(
     bias: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """PyTorch reference of ``embedding_layer_norm``. Ids outside the tables are a ValueError (this
+    """PyTorch engine of ``embedding_layer_norm``. Ids outside the tables are a ValueError (this
     path reads them on the host anyway)."""
     _check_ids("input_ids", input_ids, word_embeddings.shape[0], "word_embeddings")
     if token_type_ids is not None:

@@ -23,7 +23,7 @@ from turborank.kernels.alibi_band import band_key_norm_max, use_band
 try:
     import triton
     import triton.language as tl
-except ImportError:  # triton ships for Linux only; the PyTorch reference below still works
+except ImportError:  # triton ships for Linux only; the PyTorch engine below still works
     triton = None
 
 if triton is not None:

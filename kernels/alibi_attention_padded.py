@@ -71,7 +71,7 @@ def alibi_attention_padded_torch(
     softmax_scale: float | None = None,
     band: bool | None = None,
 ) -> torch.Tensor:
-    """PyTorch reference of ``alibi_attention_padded``: every query row of each sequence, keys past
+    """PyTorch engine of ``alibi_attention_padded``: every query row of each sequence, keys past
     ``key_lengths[b]`` masked. [batch, L, heads, d] in, the same shape out."""
     batch, seqlen, heads, d = q.shape
     cu_q = torch.arange(0, (batch + 1) * seqlen, seqlen, device=q.device, dtype=torch.int32)

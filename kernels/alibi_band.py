@@ -18,7 +18,7 @@ from turborank.kernels._launch import attention_block_d
 try:
     import triton
     import triton.language as tl
-except ImportError:  # triton ships for Linux only; the PyTorch reference below still works
+except ImportError:  # triton ships for Linux only; the PyTorch engine below still works
     triton = None
 
 # The band is used from this many keys on (below it there is little to skip), with a 56-bit

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 try:
     import triton
     import triton.language as tl
-except ImportError:  # triton ships for Linux only; the PyTorch reference below still works
+except ImportError:  # triton ships for Linux only; the PyTorch engine below still works
     triton = None
 
 GLU_ACTIVATIONS = ("gelu", "relu")
@@ -78,7 +78,7 @@ def gelu_glu_triton(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
 
 
 def gelu_glu_torch(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
-    """PyTorch reference of the gated activation.
+    """PyTorch engine of the gated activation.
 
     Args:
         u: [tokens, 2 * I], the output of the gated up-projection. The *first* half goes through the

@@ -18,7 +18,7 @@ from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # triton ships for Linux only; the PyTorch reference below still works
+except ImportError:  # triton ships for Linux only; the PyTorch engine below still works
     triton = None
 
 if triton is not None:
@@ -179,7 +179,7 @@ def _check_launch_config(config: tuple[int, int, int, int, int]) -> None:
 
 
 def gelu_glu_linear_torch(x: torch.Tensor, weight: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
-    """PyTorch reference: the up-projection (no bias in JinaBERT), then the gated activation.
+    """PyTorch engine: the up-projection (no bias in JinaBERT), then the gated activation.
 
     Args:
         x: [M, K]; weight: [2I, K].

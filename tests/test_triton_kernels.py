@@ -1,5 +1,5 @@
-"""Triton kernels against their ``*_ref``: in Triton's CPU interpreter here (small shapes), full size
-on a GPU (the same file; lengths up to 8192, bf16).
+"""Triton kernels against their PyTorch engines (``*_torch``): in Triton's CPU interpreter here
+(small shapes), full size on a GPU (the same file; lengths up to 8192, bf16).
 
 Half-precision rule (flash-attention's): the kernel's error against an fp32 reference may be at
 most twice the error of plain PyTorch computing in that same half dtype.
