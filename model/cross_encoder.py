@@ -30,6 +30,23 @@ def _warn_ignored(where: str, names: Sequence[str]) -> None:
         )
 
 
+def _not_here(feature: str, instead: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"turborank.CrossEncoder.{feature} is a sentence-transformers feature it does not have; {instead}"
+    )
+
+
+# sentence-transformers attributes with no counterpart here, and what to use instead.
+_ELSEWHERE = {
+    "tokenizer": "it tokenises with the checkpoint's tokenizer.json itself (see .reranker.encode)",
+    "model": "the torch module is .reranker.module (turborank's packed JinaBERT, not a transformers model)",
+    "config": "the checkpoint's configuration is .reranker.config (a JinaBertConfig)",
+    "fit": "training is not supported: turborank runs the rerankers for inference only",
+    "save": "saving is not supported: the checkpoint directory is the model",
+    "save_pretrained": "saving is not supported: the checkpoint directory is the model",
+}
+
+
 class CrossEncoder:
     """A JinaBERT reranker behind sentence-transformers' ``CrossEncoder`` signature.
 
@@ -58,6 +75,15 @@ class CrossEncoder:
         dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
+        # A dtype asked for the sentence-transformers way runs in that dtype, not silently in fp32.
+        model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
+        asked = model_kwargs.pop("torch_dtype", None) or model_kwargs.pop("dtype", None)
+        if asked is not None and asked != "auto":
+            if dtype is not None and dtype != asked:
+                raise ValueError(f"dtype={dtype!r} and model_kwargs dtype {asked!r} disagree")
+            dtype = asked
+        if model_kwargs:
+            kwargs["model_kwargs"] = model_kwargs
         # sentence-transformers' own options (and any we do not know): warned about, never a TypeError.
         _warn_ignored("__init__", sorted(kwargs))
         if num_labels not in (None, 1):
@@ -78,38 +104,73 @@ class CrossEncoder:
     def device(self) -> torch.device:
         return self.reranker.device
 
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens per pair (sentence-transformers' name for ``max_length``); setting it takes effect
+        on the next ``predict`` and is checked against the model's range."""
+        return self.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.max_length = self.reranker.check_max_length(value)
+
+    def get_max_seq_length(self) -> int:
+        return self.max_length
+
     def to(self, device: str | torch.device) -> CrossEncoder:
         """Move the model (its ops follow the device: Triton on CUDA, PyTorch on CPU)."""
+        if isinstance(device, torch.dtype):
+            raise _not_here(f"to({device})", "the dtype is chosen at load: CrossEncoder(..., dtype=...)")
         self.reranker.to(device)
         return self
 
+    def eval(self) -> CrossEncoder:
+        """Nothing to do: the model only ever runs for inference (no dropout, no gradients)."""
+        return self
+
+    def half(self) -> CrossEncoder:
+        raise _not_here("half()", "the dtype is chosen at load: CrossEncoder(..., dtype='float16')")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the class does not have: say what to use instead of a bare error.
+        if name in _ELSEWHERE:
+            raise AttributeError(f"turborank.CrossEncoder has no {name!r}: {_ELSEWHERE[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def predict(
         self,
-        sentences: Sequence[Sequence[str]] | Sequence[str],
+        inputs: Sequence[Sequence[str]] | Sequence[str] | Any = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        *,
+        sentences: Sequence[Sequence[str]] | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Scores of (query, document) pairs in input order.
 
         Args:
-            sentences: a list of pairs, or one pair (then one score comes back, not a list).
+            inputs: a list of pairs (or a NumPy array of them, shape [n, 2]), or one pair (then one
+                score comes back, not a list); ``sentences=`` is its older name.
             activation_fn: overrides the constructor's for this call.
             apply_softmax: a softmax over the labels; with one label it changes nothing (as in
                 sentence-transformers).
-            convert_to_numpy: float32 NumPy array (the default); convert_to_tensor: a torch tensor.
+            convert_to_numpy: float32 NumPy array (the default); convert_to_tensor: a torch tensor;
+                neither: a list of 0-d tensors, as sentence-transformers returns.
         Returns:
-            [n] scores (numpy.ndarray, torch.Tensor or a list of floats), or a scalar for one pair.
+            [n] scores, or one for one pair.
         """
         _warn_ignored("predict", sorted(kwargs))
-        single = (
-            isinstance(sentences, (list, tuple)) and len(sentences) == 2 and isinstance(sentences[0], str)
-        )
-        pairs = [sentences] if single else list(sentences)
+        if (inputs is None) == (sentences is None):
+            raise TypeError("predict takes its pairs once: as the first argument (inputs=) or sentences=")
+        inputs = sentences if inputs is None else inputs
+        if not isinstance(inputs, (list, tuple)) and hasattr(inputs, "tolist"):  # a NumPy array
+            inputs = inputs.tolist()
+        single = isinstance(inputs, (list, tuple)) and len(inputs) == 2 and isinstance(inputs[0], str)
+        pairs = [inputs] if single else [tuple(pair) for pair in inputs]
         logits = self.reranker.predict(
             pairs,
             activation=False,
@@ -126,7 +187,7 @@ class CrossEncoder:
         if convert_to_numpy:
             array = scores.numpy()
             return array[0] if single else array
-        values = scores.tolist()
+        values = list(scores.unbind()) if len(scores) else []
         return values[0] if single else values
 
     def rank(
@@ -152,6 +213,6 @@ class CrossEncoder:
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             activation_fn=activation_fn,
-            convert_to_numpy=False,
+            convert_to_tensor=True,
         )
-        return ranked_results(scores, documents, top_k, return_documents)
+        return ranked_results(scores.tolist(), documents, top_k, return_documents)

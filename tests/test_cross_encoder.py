@@ -63,8 +63,10 @@ def test_output_types(encoder):
     pairs = [("q", "a document"), ("q", "another one")]
     tensor = encoder.predict(pairs, convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (2,)
+    # Neither: a list of 0-d tensors, as sentence-transformers returns.
     plain = encoder.predict(pairs, convert_to_numpy=False)
-    assert isinstance(plain, list) and all(isinstance(x, float) for x in plain)
+    assert isinstance(plain, list) and all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in plain)
+    assert torch.equal(torch.stack(plain), tensor)
     np.testing.assert_allclose(encoder.predict(pairs), tensor.numpy(), rtol=0, atol=0)
     assert encoder.predict([]).shape == (0,)
     assert encoder.predict(pairs, apply_softmax=True).shape == (2,)  # one label: unchanged, as ST
@@ -115,3 +117,51 @@ def test_same_scores_as_sentence_transformers():
     theirs = st.CrossEncoder(path, trust_remote_code=True, num_labels=1, device="cpu").predict(pairs)
     ours = CrossEncoder(path, device="cpu", dtype="float32").predict(pairs)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5)
+
+
+def test_inputs_by_either_name_or_as_an_array(encoder):
+    pairs = [("q", "a document"), ("q", "another one")]
+    want = encoder.predict(pairs)
+    np.testing.assert_array_equal(encoder.predict(inputs=pairs), want)
+    np.testing.assert_array_equal(encoder.predict(sentences=pairs), want)
+    np.testing.assert_array_equal(encoder.predict(np.array(pairs)), want)
+    with pytest.raises(TypeError, match="takes its pairs once"):
+        encoder.predict(pairs, sentences=pairs)
+
+
+def test_max_seq_length_reads_and_sets_the_length_predict_uses(small_ckpt):
+    encoder = CrossEncoder(str(small_ckpt), device="cpu")
+    assert encoder.max_seq_length == encoder.get_max_seq_length() == encoder.reranker.max_length
+    long_pair = ("q", "word " * 400)
+    full = encoder.predict(long_pair)
+    encoder.max_seq_length = 16
+    assert encoder.max_seq_length == 16 and encoder.get_max_seq_length() == 16
+    with pytest.warns(UserWarning, match="truncated"):
+        cut = encoder.predict(long_pair)
+    assert cut != full  # the setting took effect (it used to be silently ignored)
+    with pytest.raises(ValueError, match="max_length"):
+        encoder.max_seq_length = 2
+
+
+def test_a_dtype_asked_through_model_kwargs_is_the_dtype_it_runs_in(small_ckpt):
+    encoder = CrossEncoder(str(small_ckpt), device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
+    assert encoder.reranker.dtype == torch.bfloat16  # it ran in float32, silently
+    with pytest.warns(UserWarning, match="ignoring model_kwargs"):
+        CrossEncoder(str(small_ckpt), device="cpu", model_kwargs={"attn_implementation": "eager"})
+    with pytest.raises(ValueError, match="disagree"):
+        CrossEncoder(str(small_ckpt), device="cpu", dtype="float32", model_kwargs={"torch_dtype": "bfloat16"})
+
+
+def test_what_it_lacks_is_a_clear_error_naming_the_feature(encoder):
+    assert encoder.eval() is encoder
+    with pytest.raises(
+        NotImplementedError, match=r"CrossEncoder.half\(\) is a sentence-transformers feature"
+    ):
+        encoder.half()
+    with pytest.raises(NotImplementedError, match="dtype is chosen at load"):
+        encoder.to(torch.float16)
+    for name, hint in (("tokenizer", "tokenizer.json"), ("model", ".reranker.module"), ("fit", "training")):
+        with pytest.raises(AttributeError, match=hint):
+            getattr(encoder, name)
+    with pytest.raises(AttributeError, match="no attribute 'frobnicate'"):
+        encoder.frobnicate  # noqa: B018
