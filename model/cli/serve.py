@@ -16,8 +16,8 @@ HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rera
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, DEFAULT_MODEL)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port")
     add_setting_arguments(parser, os.environ.get("TURBORANK_API_KEY"))
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

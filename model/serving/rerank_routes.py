@@ -38,10 +38,6 @@ def from_cohere_sdk(headers: Headers) -> bool:
     return sdk.lower() == "cohere" or agent.lower().startswith("cohere/")
 
 
-def _order(scores: list[float]) -> list[int]:
-    return best_first(scores)
-
-
 def _sigmoid(logits: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
 
@@ -89,7 +85,7 @@ class RerankRoutes:
     ) -> list[dict[str, Any]]:
         scores = _sigmoid(scored.logits)
         results = []
-        for index in _order(scores)[:top_n]:
+        for index in best_first(scores)[:top_n]:
             item: dict[str, Any] = {"index": index, "relevance_score": scores[index]}
             if documents is not None:
                 document = documents[index]
@@ -172,7 +168,7 @@ class RerankRoutes:
         scored = await self.state.score(request, job)
         scores = scored.logits if payload.raw_scores else _sigmoid(scored.logits)
         results = []
-        for index in _order(scores):
+        for index in best_first(scores):
             item: dict[str, Any] = {"index": index, "score": scores[index]}
             if payload.return_text:
                 item["text"] = payload.texts[index]

@@ -87,7 +87,6 @@ class ServeSettings:
         5.0,
         "seconds a request body may stall before 408 (the slot is freed)",
         POSITIVE_SECONDS,
-        "--body-timeout",
     )
     min_body_rate: int = _setting(
         64 * 1024,
@@ -99,7 +98,6 @@ class ServeSettings:
         "seconds from a connection's opening (or a request's first byte) to the end of its headers; "
         "then 408 and the connection closes",
         POSITIVE_SECONDS,
-        "--header-timeout",
     )
     max_connections: int | None = _setting(
         None,
@@ -116,9 +114,7 @@ class ServeSettings:
         2, "threads that decode and tokenise requests", POSITIVE_INT, "--tokenization-workers"
     )
     ready_max_age_s: float = dataclasses.field(default=30.0, metadata={"check": POSITIVE_SECONDS})
-    drain_timeout_s: float = _setting(
-        60.0, "seconds SIGTERM waits for in-flight requests", POSITIVE_SECONDS, "--drain-timeout"
-    )
+    drain_timeout_s: float = _setting(60.0, "seconds SIGTERM waits for in-flight requests", POSITIVE_SECONDS)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -163,13 +159,11 @@ def add_arguments(parser: argparse.ArgumentParser, environment_api_key: str | No
         default = environment_api_key if field.name == "api_key" else field.default
         if field.name == "max_input_length":
             default = None  # the model's longest, known once it is loaded
-        if field.type in ("bool",):
+        if field.type == "bool":
             parser.add_argument(flag, dest=field.name, action="store_true", help=field.metadata["help"])
             continue
         kind = float if "float" in field.type else int if "int" in field.type else str
-        help = field.metadata["help"]
-        if "default" not in help:
-            help += f" (default: {default})"
+        help = field.metadata["help"]  # the parser's formatter adds the default
         metavar = "SECONDS" if kind is float else "N" if kind is int else field.name.split("_")[-1].upper()
         parser.add_argument(flag, dest=field.name, type=kind, default=default, metavar=metavar, help=help)
 
