@@ -138,6 +138,12 @@ class BatchScheduler:
         return dropped
 
     @property
+    def busy(self) -> bool:
+        """Whether pairs are queued or a forward is running."""
+        with self._cond:
+            return bool(self._queue or self._in_flight)
+
+    @property
     def queued_pairs(self) -> int:
         with self._cond:
             return sum(len(t.pending) for t in self._queue)

@@ -103,7 +103,9 @@ class ServerState:
 
     def release_memory_soon(self, large: bool) -> None:
         """After a request: once its objects are gone (a moment after its answer), give the freed
-        memory back to the OS, on a tokenizer thread; one trim pending at a time, the earliest due."""
+        memory back to the OS, on a tokenizer thread; one trim pending at a time, the earliest due.
+        While the scheduler still holds work (a forward of a request whose client left may outlive
+        its answer), another trim follows a second later, so the last one comes after the work."""
         loop = asyncio.get_running_loop()
         due = loop.time() + (TRIM_AFTER_LARGE_S if large else TRIM_INTERVAL_S)
         if self._trim is not None:
@@ -115,6 +117,8 @@ class ServerState:
             self._trim = None
             with contextlib.suppress(RuntimeError):  # the pool is shut down once the server stops
                 loop.run_in_executor(self.tokenizer_pool, release_free_memory)
+            if self.scheduler.busy:
+                self.release_memory_soon(large=True)
 
         self._trim = loop.call_at(due, start)
 
