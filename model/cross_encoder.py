@@ -4,12 +4,21 @@ Code written for ``sentence_transformers.CrossEncoder`` runs unchanged except fo
 ``predict`` returns a NumPy array (one float32 score per pair, a scalar for one pair), ``rank``
 returns ``[{"corpus_id", "score"[, "text"]}]`` best first. Scores are sigmoid(logit) by default, as
 sentence-transformers does for a one-label model; ``activation_fn=torch.nn.Identity()`` gives the
-raw logits. Keywords that only mean something to sentence-transformers (``trust_remote_code``,
-``cache_folder``, ``model_kwargs``, ...) are accepted and ignored with a warning, never a TypeError.
+raw logits. It is a ``torch.nn.Module`` as sentence-transformers' is (its parameters are the
+model's; ``eval()``, ``parameters()``, ``state_dict()`` work).
+
+Keywords: sentence-transformers' options with no effect on turborank (``cache_folder``,
+``tokenizer_kwargs``, ``num_workers``, ...) are accepted with a warning naming them;
+``trust_remote_code`` is accepted silently (turborank runs no code from the checkpoint, so there is
+nothing to allow); any other keyword is a TypeError naming it, with the nearest known name, as a
+misspelt keyword is to any Python function. Features it lacks (training, saving, prompts, several
+labels, another dtype after loading) are errors naming the feature.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,11 +28,52 @@ import torch
 from turborank.ranking import ranked_results
 from turborank.reranker import DEFAULT_MODEL, Reranker
 
+# sentence-transformers' keywords (2.x to 6.x) that change nothing here: the hub and cache options
+# (the checkpoint is found as turborank finds it), tokenizer / config / model loading options,
+# data-loading workers.
+_NO_EFFECT = {
+    "__init__": {
+        "cache_folder",
+        "local_files_only",
+        "token",
+        "use_auth_token",
+        "model_kwargs",
+        "tokenizer_kwargs",
+        "config_kwargs",
+        "model_card_data",
+        "automodel_args",
+        "tokenizer_args",
+        "config_args",
+        "default_activation_function",
+        "classifier_dropout",
+    },
+    "predict": {"num_workers", "pool", "chunk_size"},
+    "rank": {"num_workers", "apply_softmax", "convert_to_numpy", "convert_to_tensor"},
+}
+# Accepted without a word: a permission to run the checkpoint's code, which turborank never runs.
+_ACCEPTED = {"trust_remote_code"}
+# Options that would change the scores in sentence-transformers: refused when set.
+_REFUSED = {"prompt": "prompts are not supported: the rerankers score (query, document) as given"}
+_REFUSED["prompt_name"] = _REFUSED["prompt"]
 
-def _warn_ignored(where: str, names: Sequence[str]) -> None:
-    if names:
+
+def _check_keywords(where: str, method: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Warn about sentence-transformers' no-effect options; raise for one that would change the
+    scores, and a TypeError for a keyword nobody knows (a misspelling), with the nearest name."""
+    for name, value in options.items():
+        if name in _REFUSED and value is not None:
+            raise _not_here(f"{where}({name}=...)", _REFUSED[name])
+    unknown = sorted(set(options) - _NO_EFFECT[where] - _ACCEPTED - set(_REFUSED))
+    if unknown:
+        known = [p for p in inspect.signature(method).parameters if p not in ("self", "kwargs")]
+        known += sorted(_NO_EFFECT[where])
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise TypeError(f"CrossEncoder.{where}() got an unexpected keyword argument {unknown[0]!r}{hint}")
+    ignored = sorted(set(options) & _NO_EFFECT[where])
+    if ignored:
         warnings.warn(
-            f"CrossEncoder.{where}: ignoring {', '.join(sorted(names))} (sentence-transformers options "
+            f"CrossEncoder.{where}: ignoring {', '.join(ignored)} (sentence-transformers options "
             "with no effect on turborank)",
             UserWarning,
             stacklevel=3,
@@ -42,13 +92,15 @@ _ELSEWHERE = {
     "model": "the torch module is .reranker.module (turborank's packed JinaBERT, not a transformers model)",
     "config": "the checkpoint's configuration is .reranker.config (a JinaBertConfig)",
     "fit": "training is not supported: turborank runs the rerankers for inference only",
+    "old_fit": "training is not supported: turborank runs the rerankers for inference only",
     "save": "saving is not supported: the checkpoint directory is the model",
     "save_pretrained": "saving is not supported: the checkpoint directory is the model",
 }
 
 
-class CrossEncoder:
-    """A JinaBERT reranker behind sentence-transformers' ``CrossEncoder`` signature.
+class CrossEncoder(torch.nn.Module):
+    """A JinaBERT reranker behind sentence-transformers' ``CrossEncoder`` signature, as a
+    ``torch.nn.Module`` whose one child is the model (``.reranker.module``).
 
     Args:
         model_name_or_path: hub id or local checkpoint directory.
@@ -75,6 +127,7 @@ class CrossEncoder:
         dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
+        super().__init__()
         # A dtype asked for the sentence-transformers way runs in that dtype, not silently in fp32.
         model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
         asked = model_kwargs.pop("torch_dtype", None) or model_kwargs.pop("dtype", None)
@@ -84,8 +137,7 @@ class CrossEncoder:
             dtype = asked
         if model_kwargs:
             kwargs["model_kwargs"] = model_kwargs
-        # sentence-transformers' own options (and any we do not know): warned about, never a TypeError.
-        _warn_ignored("__init__", sorted(kwargs))
+        _check_keywords("__init__", CrossEncoder.__init__, kwargs)
         if num_labels not in (None, 1):
             raise ValueError(f"num_labels={num_labels!r}: the JinaBERT rerankers have one output label")
         if backend != "torch":
@@ -96,6 +148,8 @@ class CrossEncoder:
         self.reranker = Reranker.from_pretrained(
             model_name_or_path, device=device, dtype=dtype, revision=revision
         )
+        # The model as this module's child: parameters(), state_dict() and train/eval reach it.
+        self.encoder = self.reranker.module
         self.max_length = self.reranker.check_max_length(max_length)
         self.activation_fn = activation_fn if activation_fn is not None else torch.nn.Sigmoid()
         self.num_labels = 1
@@ -117,22 +171,48 @@ class CrossEncoder:
     def get_max_seq_length(self) -> int:
         return self.max_length
 
-    def to(self, device: str | torch.device) -> CrossEncoder:
-        """Move the model (its ops follow the device: Triton on CUDA, PyTorch on CPU)."""
-        if isinstance(device, torch.dtype):
-            raise _not_here(f"to({device})", "the dtype is chosen at load: CrossEncoder(..., dtype=...)")
-        self.reranker.to(device)
+    def to(self, *args: Any, **kwargs: Any) -> CrossEncoder:  # type: ignore[override]
+        """Move the model to a device (its ops follow it: Triton on CUDA, PyTorch on CPU). The dtype
+        is chosen at load: a dtype here is an error, not a cast behind the ops' back."""
+        # non_blocking, copy and memory_format change nothing for a move of the whole model.
+        targets = [*args, *(v for k, v in kwargs.items() if k in ("device", "dtype", "tensor"))]
+        if len(targets) != 1 or isinstance(targets[0], (torch.dtype, torch.Tensor)):
+            raise _not_here(
+                f"to({', '.join(map(str, targets))})",
+                "only a device moves it; the dtype is chosen at load: CrossEncoder(..., dtype=...)",
+            )
+        self.reranker.to(targets[0])
+        self.encoder = self.reranker.module
         return self
 
-    def eval(self) -> CrossEncoder:
-        """Nothing to do: the model only ever runs for inference (no dropout, no gradients)."""
-        return self
+    def cpu(self) -> CrossEncoder:
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> CrossEncoder:
+        return self.to(device if isinstance(device, (str, torch.device)) else f"cuda:{device or 0}")
 
     def half(self) -> CrossEncoder:
         raise _not_here("half()", "the dtype is chosen at load: CrossEncoder(..., dtype='float16')")
 
+    def float(self) -> CrossEncoder:
+        raise _not_here("float()", "the dtype is chosen at load: CrossEncoder(..., dtype='float32')")
+
+    def bfloat16(self) -> CrossEncoder:
+        raise _not_here("bfloat16()", "the dtype is chosen at load: CrossEncoder(..., dtype='bfloat16')")
+
+    def double(self) -> CrossEncoder:
+        raise _not_here("double()", "the rerankers run in float32, bfloat16 or float16")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_here("forward", "score pairs with predict() or rank()")
+
     def __getattr__(self, name: str) -> Any:
-        # Only reached for names the class does not have: say what to use instead of a bare error.
+        # nn.Module's lookup of parameters, buffers and children first; past that the name is one
+        # the class does not have: say what to use instead of a bare error.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
         if name in _ELSEWHERE:
             raise AttributeError(f"turborank.CrossEncoder has no {name!r}: {_ELSEWHERE[name]}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -163,7 +243,7 @@ class CrossEncoder:
         Returns:
             [n] scores, or one for one pair.
         """
-        _warn_ignored("predict", sorted(kwargs))
+        _check_keywords("predict", CrossEncoder.predict, kwargs)
         if (inputs is None) == (sentences is None):
             raise TypeError("predict takes its pairs once: as the first argument (inputs=) or sentences=")
         inputs = sentences if inputs is None else inputs
@@ -203,7 +283,7 @@ class CrossEncoder:
     ) -> list[dict[str, Any]]:
         """Documents best first: [{"corpus_id": index, "score": float[, "text": document]}], cut to
         ``top_k`` (0 gives an empty list, as in sentence-transformers). Ties keep input order."""
-        _warn_ignored("rank", sorted(kwargs))
+        _check_keywords("rank", CrossEncoder.rank, kwargs)
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
         if isinstance(documents, str) or not isinstance(documents, Sequence):

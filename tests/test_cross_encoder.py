@@ -79,14 +79,25 @@ def test_rank_top_k_zero_and_bad_top_k(encoder):
         encoder.rank("q", ["a"], top_k=-1)
 
 
-def test_sentence_transformers_only_keywords_warn_never_raise(small_ckpt, encoder):
-    with pytest.warns(UserWarning, match="ignoring cache_folder, trust_remote_code"):
-        CrossEncoder(str(small_ckpt), device="cpu", trust_remote_code=True, cache_folder="/nowhere")
-    with pytest.warns(UserWarning, match="ignoring convert_to_onnx"):
-        encoder.predict([("q", "d")], convert_to_onnx=True)
+def test_sentence_transformers_only_keywords_warn_misspelt_ones_raise(small_ckpt, encoder):
+    with pytest.warns(UserWarning, match="ignoring cache_folder, tokenizer_kwargs"):
+        CrossEncoder(str(small_ckpt), device="cpu", cache_folder="/nowhere", tokenizer_kwargs={})
+    with pytest.warns(UserWarning, match="ignoring num_workers"):
+        encoder.predict([("q", "d")], num_workers=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         encoder.predict([("q", "d")])  # nothing to warn about
+        # Jina's model card passes it; turborank runs no checkpoint code, so nothing is ignored.
+        CrossEncoder(str(small_ckpt), device="cpu", trust_remote_code=True)
+    # A misspelling is a TypeError naming it, as for any Python function (it only warned).
+    with pytest.raises(TypeError, match="'max_lenght' \\(did you mean 'max_length'\\?\\)"):
+        CrossEncoder(str(small_ckpt), device="cpu", max_lenght=128)
+    with pytest.raises(TypeError, match="'batchsize' \\(did you mean 'batch_size'\\?\\)"):
+        encoder.predict([("q", "d")], batchsize=8)
+    with pytest.raises(TypeError, match="'topk'"):
+        encoder.rank("q", ["d"], topk=1)
+    with pytest.raises(NotImplementedError, match="prompts are not supported"):
+        encoder.predict([("q", "d")], prompt="Represent this: ")
     with pytest.raises(ValueError, match="num_labels=2"):
         CrossEncoder(str(small_ckpt), device="cpu", num_labels=2)
     with pytest.raises(ValueError, match="backend='onnx'"):
@@ -150,6 +161,22 @@ def test_a_dtype_asked_through_model_kwargs_is_the_dtype_it_runs_in(small_ckpt):
         CrossEncoder(str(small_ckpt), device="cpu", model_kwargs={"attn_implementation": "eager"})
     with pytest.raises(ValueError, match="disagree"):
         CrossEncoder(str(small_ckpt), device="cpu", dtype="float32", model_kwargs={"torch_dtype": "bfloat16"})
+
+
+def test_it_is_a_torch_module_whose_parameters_are_the_models(encoder):
+    assert isinstance(encoder, torch.nn.Module)
+    assert encoder.eval() is encoder and not encoder.training
+    names = [name for name, _ in encoder.named_parameters()]
+    assert names and all(name.startswith("encoder.") for name in names)
+    assert sum(p.numel() for p in encoder.parameters()) == sum(
+        p.numel() for p in encoder.reranker.module.parameters()
+    )
+    assert encoder.cpu() is encoder and encoder.to("cpu", non_blocking=True) is encoder
+    with pytest.raises(NotImplementedError, match="predict"):
+        encoder([("q", "d")])
+    for cast in ("float", "bfloat16", "double"):
+        with pytest.raises(NotImplementedError, match="dtype|run in"):
+            getattr(encoder, cast)()
 
 
 def test_what_it_lacks_is_a_clear_error_naming_the_feature(encoder):

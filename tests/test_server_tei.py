@@ -132,3 +132,44 @@ def test_info_has_tei_keys_beside_ours(server):
     for key in ("max_concurrent_requests", "max_batch_tokens", "auto_truncate", "version", "model_sha"):
         assert key in info
     assert info["max_documents"] == 1000 and info["backends"] and info["alibi_scheme"]
+
+
+def test_info_matches_its_schema_in_openapi(server):
+    """TEI's generated clients parse /info with the Info schema: every key it requires is there,
+    of its type, and the spec (also at TEI's /api-doc/openapi.json) names the operations as TEI's."""
+    url, _ = server
+    spec = httpx.get(url + "/api-doc/openapi.json").json()
+    operation = spec["paths"]["/info"]["get"]
+    assert operation["operationId"] == "get_model_info"
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    info = httpx.get(url + "/info").json()
+    kinds = {"string": str, "integer": int, "boolean": bool, "object": dict}
+    for key in schema["required"]:
+        spec_type = schema["properties"][key].get("type")
+        if spec_type is not None:
+            assert isinstance(info[key], kinds[spec_type]), key
+    ids = {path: ops[m]["operationId"] for path, ops in spec["paths"].items() for m in ops}
+    assert ids["/rerank"] == "rerank" and ids["/health"] == "health" and ids["/metrics"] == "metrics"
+
+
+def test_tei_metric_names_beside_ours(server):
+    """A TEI dashboard reads te_request_count / _success / _failure (counters without a _total
+    suffix, as TEI writes them), te_request_duration and the batch and queue metrics."""
+    url, _ = server
+    httpx.post(url + "/rerank", json={"query": "q", "texts": ["a", "b"]}).raise_for_status()
+    httpx.post(url + "/rerank", json={"query": "", "texts": ["a"]})
+    text = httpx.get(url + "/metrics").text
+    lines = text.splitlines()
+
+    def value(sample: str) -> float:
+        return float(next(line for line in lines if line.startswith(sample + " ")).split()[-1])
+
+    assert value('te_request_count{method="rerank"}') >= 2
+    assert value('te_request_success{method="rerank"}') >= 1
+    assert value('te_request_failure{err="empty"}') >= 1
+    assert "# TYPE te_request_count counter" in lines
+    for name in ("te_request_duration_count", "te_request_input_length_count", "te_batch_next_size_count"):
+        assert value(name) >= 1, name
+    assert any(line.startswith("te_queue_size ") for line in lines)
+    assert any(line.startswith("turborank_requests_total") for line in lines)

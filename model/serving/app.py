@@ -27,28 +27,43 @@ from turborank.serving import errors, openapi
 from turborank.serving.access_log import AccessLogMiddleware
 from turborank.serving.auth import authorized, unauthorized
 from turborank.serving.errors import (
+    SHAPE_KEY,
     APIError,
     ClientDisconnectedError,
     error_response,
     log_server_error,
-    shape_of,
+    request_shape,
     status_for,
+    tei_error_type,
 )
 from turborank.serving.info import info_body, startup_line
-from turborank.serving.parsing import describe, parse_body
+from turborank.serving.parsing import decode_json, describe, validate
 from turborank.serving.request_body import CLOSE, read_body, watch_disconnect
 from turborank.serving.request_id import RequestIdMiddleware, request_id_of
-from turborank.serving.rerank_routes import RerankRoutes
-from turborank.serving.responses import Error, JinaCohereError, RerankResponse, TEIError, TEIRank
+from turborank.serving.rerank_routes import Dialect, RerankRoutes
+from turborank.serving.responses import (
+    DocumentsRerankResponse,
+    Error,
+    InfoResponse,
+    JinaCohereError,
+    ModelList,
+    OpenAIStyleError,
+    RerankResponse,
+    ScoreResponse,
+    TEIError,
+    TEIRank,
+)
 from turborank.serving.schemas import CohereV2RerankRequest, JinaRerankRequest, TEIRerankRequest
 from turborank.serving.settings import ServeSettings
 from turborank.serving.state import LARGE_BODY_BYTES, ServerState
+from turborank.serving.vllm_infinity import DocumentsRerankRequest, ScoreTextsRequest, models_body
 
 __all__ = ["APIError", "ServeSettings", "ServerState", "create_app"]
 logger = logging.getLogger("turborank.serving")
 
 _JINA_COHERE_ERRORS = {code: {"model": JinaCohereError} for code in (400, 401, 408, 413, 422, 429, 500, 503)}
 _TEI_ERRORS = {code: {"model": TEIError} for code in (400, 401, 408, 413, 422, 424, 429, 503)}
+_VLLM_ERRORS = {code: {"model": OpenAIStyleError} for code in (400, 401, 408, 413, 429, 500, 503)}
 
 
 class _FrontDoor:
@@ -125,7 +140,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
     routes = RerankRoutes(state)
 
     def fail(request: Request, error: APIError) -> Response:
-        shape = shape_of(request.url.path)
+        shape = request_shape(request.scope)
         status = status_for(error, shape)
         state.metrics.errors.labels(str(status), error.error_type).inc()
         if status >= 500 or status == errors.TEI_BACKEND_STATUS:
@@ -133,13 +148,11 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         return error_response(error, shape)
 
     async def handle(
-        request: Request,
-        endpoint: str,
-        schema: type[pydantic.BaseModel],
-        work: Callable[[Any, Request], Awaitable[Response]],
+        request: Request, endpoint: str, choose: Callable[[dict[str, Any]], Dialect]
     ) -> Response:
         start = time.perf_counter()
         status = 500
+        failure: str | None = "Backend"
         try:
             if settings.api_key is not None and not authorized(request.headers, settings.api_key):
                 raise unauthorized()
@@ -176,9 +189,14 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 slot.uploading = False
                 watch = watch_disconnect(request.scope, request.receive)
                 large = len(body) >= LARGE_BODY_BYTES
-                payload = await state.small_or_off_loop(len(body), parse_body, schema, body)
-                del body
-                response = await work(payload, request)
+                raw = await state.small_or_off_loop(len(body), decode_json, body)
+                # The body's keys say which API's dialect it is where two share a path; its
+                # errors from here on take that API's shape.
+                dialect = choose(raw)
+                request.scope[SHAPE_KEY] = dialect.shape
+                payload = await state.small_or_off_loop(len(body), validate, dialect.schema, raw)
+                del body, raw
+                response = await dialect.work(payload, request)
             finally:
                 if watch is not None:
                     watch.close()
@@ -186,12 +204,15 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 state.metrics.active.set(state.admission.active)
                 state.release_memory_soon(large)
             status = response.status_code
+            failure = None
             return response
         except APIError as error:
-            status = status_for(error, shape_of(request.url.path))
+            status = status_for(error, request_shape(request.scope))
+            failure = tei_error_type(error)
             return fail(request, error)
         except ClientDisconnectedError:
             status = 499  # nginx's code for it; nobody receives this response
+            failure = "Cancelled"
             return Response(status_code=status)
         except Exception as exc:  # a bug must not take the server down; the log gets the details
             error = APIError(
@@ -200,46 +221,77 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 f"internal error; the server log has it under request id {request_id_of(request.scope)}",
             )
             error.__cause__ = exc
-            status = status_for(error, shape_of(request.url.path))
+            status = status_for(error, request_shape(request.scope))
             return fail(request, error)
         finally:
+            seconds = time.perf_counter() - start
             state.metrics.requests.labels(endpoint, str(status)).inc()
-            state.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+            state.metrics.request_seconds.labels(endpoint).observe(seconds)
+            state.metrics.tei.request(seconds, failure)
 
     def rerank_route(
-        name: str,
+        operation_id: str,
         path: str,
         summary: str,
-        schema: type[pydantic.BaseModel],
-        work: Callable[[Any, Request], Awaitable[Response]],
+        choose: Callable[[dict[str, Any]], Dialect],
+        request_models: list[type[pydantic.BaseModel]],
+        response_model: Any,
+        error_responses: dict[int, dict[str, Any]],
     ) -> None:
-        """A rerank route: answered at the front door (``_FrontDoor``), declared on the app for the
-        OpenAPI document (``name`` makes its operation id, as a function's name would)."""
+        """A scoring route: answered at the front door (``_FrontDoor``), declared on the app for the
+        OpenAPI document; ``choose`` tells the body's dialect from its keys."""
 
         async def endpoint(request: Request) -> Response:
-            return await handle(request, path, schema, work)
+            return await handle(request, path, choose)
 
-        tei = schema is TEIRerankRequest
         app.add_api_route(
             path,
             endpoint,
             methods=["POST"],
-            name=name,
+            operation_id=operation_id,
             summary=summary,
-            response_model=list[TEIRank] if tei else RerankResponse,
-            responses=_TEI_ERRORS if tei else _JINA_COHERE_ERRORS,
-            openapi_extra=openapi.request_body(schema),
+            response_model=response_model,
+            responses=error_responses,
+            openapi_extra=openapi.request_body(request_models),
         )
         app.rerank_routes[path] = endpoint
 
     app.rerank_routes = {}
     rerank_route(
-        "v1_rerank", "/v1/rerank", "Rerank (Jina, Cohere v1)", JinaRerankRequest, routes.jina_cohere_v1
+        "v1_rerank",
+        "/v1/rerank",
+        "Rerank (Jina, Cohere v1; vLLM's and infinity's clients too)",
+        routes.v1_dialect,
+        [JinaRerankRequest],
+        RerankResponse,
+        _JINA_COHERE_ERRORS,
     )
-    rerank_route("v2_rerank", "/v2/rerank", "Rerank (Cohere v2)", CohereV2RerankRequest, routes.cohere_v2)
-    rerank_route("rerank", "/rerank", "Rerank (text-embeddings-inference)", TEIRerankRequest, routes.tei)
+    rerank_route(
+        "v2_rerank",
+        "/v2/rerank",
+        "Rerank (Cohere v2; vLLM's clients too)",
+        routes.v2_dialect,
+        [CohereV2RerankRequest],
+        RerankResponse,
+        _JINA_COHERE_ERRORS,
+    )
+    shared = [TEIRerankRequest, DocumentsRerankRequest]
+    either = list[TEIRank] | DocumentsRerankResponse
+    summary = "Rerank (text-embeddings-inference with texts; vLLM or infinity with documents)"
+    rerank_route("rerank", "/rerank", summary, routes.shared_dialect, shared, either, _TEI_ERRORS)
     summary = "Rerank (text-embeddings-inference's POST / alias of /rerank)"
-    rerank_route("root_rerank", "/", summary, TEIRerankRequest, routes.tei)
+    rerank_route("root_rerank", "/", summary, routes.shared_dialect, shared, either, _TEI_ERRORS)
+    for operation_id, path in (("score", "/score"), ("v1_score", "/v1/score")):
+        summary = "Score text_1 against text_2 (vLLM)"
+        rerank_route(
+            operation_id,
+            path,
+            summary,
+            routes.score_dialect,
+            [ScoreTextsRequest],
+            ScoreResponse,
+            _VLLM_ERRORS,
+        )
 
     def refuse(request: Request) -> Response | None:
         if not state.draining or request.url.path == "/metrics":
@@ -250,16 +302,20 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
 
     app.refuse = refuse
 
-    def get_and_head(path: str, endpoint: Callable[..., Any], summary: str, **options: Any) -> None:
+    def get_and_head(
+        path: str, endpoint: Callable[..., Any], summary: str, operation_id: str, **options: Any
+    ) -> None:
         # One route per method: a GET+HEAD route gives both operations the same OpenAPI id.
-        app.add_api_route(path, endpoint, methods=["GET"], summary=summary, **options)
+        app.add_api_route(
+            path, endpoint, methods=["GET"], summary=summary, operation_id=operation_id, **options
+        )
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     async def health() -> Response:
         return JSONResponse({"status": "ok"})
 
-    get_and_head("/health", health, "The process is up")
-    get_and_head("/", health, "The process is up (TEI's health route)")
+    get_and_head("/health", health, "The process is up", "health")
+    get_and_head("/", health, "The process is up (TEI's health route)", "root_health")
 
     async def ready(request: Request) -> Response:
         last = state.scheduler.last_success
@@ -282,17 +338,43 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         state.warmed = True
         return JSONResponse({"status": "ready"})
 
-    get_and_head("/ready", ready, "A forward succeeded lately", responses={503: {"model": Error}})
+    get_and_head("/ready", ready, "A forward succeeded lately", "ready", responses={503: {"model": Error}})
 
     @app.get(
-        "/info", summary="Model, limits and versions (ours and TEI's keys)", responses={401: {"model": Error}}
+        "/info",
+        summary="Model, limits and versions (ours and TEI's keys)",
+        operation_id="get_model_info",  # TEI's, so that generated clients name it as TEI's do
+        response_model=InfoResponse,
+        responses={401: {"model": Error}},
     )
     async def info(request: Request) -> Response:
         if settings.api_key is not None and not authorized(request.headers, settings.api_key):
             return fail(request, unauthorized())
         return JSONResponse(info_body(state))
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    def model_list(path: str, operation_id: str, owned_by: str | None, summary: str) -> None:
+        async def models(request: Request) -> Response:
+            if settings.api_key is not None and not authorized(request.headers, settings.api_key):
+                return fail(request, unauthorized())
+            body = models_body(settings.model_name, state.created, settings.max_input_length, owned_by)
+            return JSONResponse(body)
+
+        app.add_api_route(
+            path,
+            models,
+            methods=["GET"],
+            operation_id=operation_id,
+            summary=summary,
+            response_model=ModelList,
+            responses={401: {"model": OpenAIStyleError}},
+        )
+
+    model_list("/v1/models", "v1_models", "turborank", "The served model (OpenAI's and vLLM's list)")
+    model_list("/models", "models", None, "The served model (infinity's list)")
+
+    @app.get(
+        "/metrics", summary="Prometheus metrics (ours, and TEI's under its names)", operation_id="metrics"
+    )
     async def metrics() -> Response:
         state.metrics.queued_pairs.set(state.scheduler.queued_pairs)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -354,9 +436,17 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             errors.BACKEND,
             f"internal error; the server log has it under request id {request_id_of(request.scope)}",
         )
-        return error_response(error, shape_of(request.url.path))
+        return error_response(error, request_shape(request.scope))
 
     openapi.install(
-        app, [JinaRerankRequest, CohereV2RerankRequest, TEIRerankRequest], bearer=settings.api_key is not None
+        app,
+        [
+            JinaRerankRequest,
+            CohereV2RerankRequest,
+            TEIRerankRequest,
+            DocumentsRerankRequest,
+            ScoreTextsRequest,
+        ],
+        bearer=settings.api_key is not None,
     )
     return app

@@ -6,14 +6,25 @@
 - text-embeddings-inference routes (``/rerank``, ``POST /``): ``{"error", "error_type"}`` with TEI's
   own ``error_type`` names (its generated clients parse them as an enum) and 424 where TEI answers a
   backend failure with 424.
+- vLLM's routes (``/score``, ``/v1/score``, ``/v1/models``) and a body in vLLM's dialect on a shared
+  path: ``{"error": {"message", "type", "param", "code"}}`` as vLLM (and OpenAI) answers, with
+  vLLM's 400 where we would answer 422.
+- infinity's (``/models``) and a body in infinity's dialect: the same object, plus FastAPI's
+  ``detail`` list that infinity's generated client parses from a 422.
 - Everything else (health, readiness, info, unknown routes): ``{"detail", "error", "error_type"}``,
   ours with Jina's ``detail`` (a Jina client pointed at a wrong path reads it from the 404).
+
+A path shared by two APIs (``/rerank``: TEI's ``texts``, vLLM's and infinity's ``documents``) answers
+errors in the shape of the dialect its body was told to be (``SHAPE_KEY`` in the request's scope),
+and in the path's own shape when the body cannot be read.
 """
 
 from __future__ import annotations
 
 import enum
+import http
 import logging
+from typing import Any
 
 from fastapi.responses import JSONResponse
 
@@ -41,12 +52,18 @@ TEI_BACKEND_STATUS = 424
 
 TEI_PATHS = frozenset({"/rerank", "/"})
 JINA_COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
+VLLM_PATHS = frozenset({"/score", "/v1/score", "/v1/models"})
+INFINITY_PATHS = frozenset({"/models"})
+# Where a shared path's handler records the dialect it told the body to be.
+SHAPE_KEY = "turborank.error_shape"
 
 
 class Shape(enum.Enum):
     OURS = "ours"
     JINA_COHERE = "jina_cohere"
     TEI = "tei"
+    VLLM = "vllm"
+    INFINITY = "infinity"
 
 
 def shape_of(path: str) -> Shape:
@@ -54,7 +71,16 @@ def shape_of(path: str) -> Shape:
         return Shape.JINA_COHERE
     if path in TEI_PATHS:
         return Shape.TEI
+    if path in VLLM_PATHS:
+        return Shape.VLLM
+    if path in INFINITY_PATHS:
+        return Shape.INFINITY
     return Shape.OURS
+
+
+def request_shape(scope: dict[str, Any]) -> Shape:
+    """The shape errors of this request take: its body's dialect when told, else its path's."""
+    return scope.get(SHAPE_KEY) or shape_of(scope["path"])
 
 
 class APIError(Exception):
@@ -83,13 +109,29 @@ class ClientDisconnectedError(Exception):
 def status_for(error: APIError, shape: Shape) -> int:
     if shape is Shape.TEI and error.status >= 500 and error.error_type == BACKEND:
         return TEI_BACKEND_STATUS
+    if shape is Shape.VLLM and error.status == 422:
+        return 400  # vLLM answers every request it cannot take with 400 BadRequestError
     return error.status
 
 
-def error_body(error: APIError, shape: Shape) -> dict[str, str]:
+def _openai_error(error: APIError, status: int) -> dict[str, Any]:
+    kind = http.HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    kind = kind if kind.endswith("Error") else kind + "Error"  # "InternalServerError", "BadRequestError"
+    return {"message": error.message, "type": kind, "param": None, "code": status}
+
+
+def tei_error_type(error: APIError) -> str:
+    return error.tei_type or _TEI_NAMES.get(error.error_type, "Validation")
+
+
+def error_body(error: APIError, shape: Shape) -> dict[str, Any]:
+    if shape is Shape.VLLM:
+        return {"error": _openai_error(error, status_for(error, shape))}
+    if shape is Shape.INFINITY:
+        detail = [{"loc": ["body"], "msg": error.message, "type": error.error_type}]
+        return {"error": _openai_error(error, error.status), "detail": detail}
     if shape is Shape.TEI:
-        name = error.tei_type or _TEI_NAMES.get(error.error_type, "Validation")
-        return {"error": error.message, "error_type": name}
+        return {"error": error.message, "error_type": tei_error_type(error)}
     body = {"detail": error.message, "error": error.message, "error_type": error.error_type}
     if shape is Shape.JINA_COHERE:
         return {"message": error.message, **body}

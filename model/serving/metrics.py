@@ -1,6 +1,15 @@
-"""Prometheus metrics of one server (its own registry, so several apps in a process stay apart)."""
+"""Prometheus metrics of one server (its own registry, so several apps in a process stay apart).
+
+Ours are ``turborank_*``. Beside them, under text-embeddings-inference's names (``te_*``), the ones a
+TEI dashboard reads: requests by method, successes, failures by error type, request, queue and
+forward durations, input lengths, batch sizes and the queue. TEI writes its counters without
+prometheus_client's ``_total`` suffix, so those few lines are written here as TEI writes them.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -68,18 +77,78 @@ class ServerMetrics:
         self.open_connections = Gauge("turborank_open_connections", "Open client connections", registry=r)
         self.active = Gauge("turborank_active_requests", "Requests admitted and not finished", registry=r)
         self.queued_pairs = Gauge("turborank_queued_pairs", "Pairs waiting for a forward", registry=r)
+        self.tei = TEIMetrics(r)
 
     def observe(self, event: str, **values: float) -> None:
         """Scheduler callback (runs on the batching thread; prometheus_client is thread-safe)."""
         if event == "queue":
             self.queue_seconds.observe(values["seconds"])
+            self.tei.queue_duration.observe(values["seconds"])
         elif event == "batch":
             self.forward_seconds.observe(values["seconds"])
             self.batch_pairs.observe(values["pairs"])
             self.batch_tokens.observe(values["tokens"])
             self.tokens.inc(values["tokens"])
+            self.tei.inference_duration.observe(values["seconds"])
+            self.tei.batch_size.observe(values["pairs"])
+            self.tei.batch_tokens.observe(values["tokens"])
         elif event == "batch_failed":
             self.failed_batches.inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.tei.render_counters()
+
+
+class TEIMetrics:
+    """text-embeddings-inference's metrics of a rerank server, under its names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.request_duration = Histogram(
+            "te_request_duration", "Request duration (TEI's name)", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.queue_duration = Histogram(
+            "te_request_queue_duration",
+            "Time in the queue (TEI's name)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "te_batch_inference_duration",
+            "Duration of one forward (TEI's name)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.input_length = Histogram(
+            "te_request_input_length", "Tokens of a request (TEI's name)", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "te_batch_next_size", "Pairs per forward (TEI's name)", buckets=_PAIR_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "te_batch_next_tokens", "Tokens per forward (TEI's name)", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.queue_size = Gauge("te_queue_size", "Pairs waiting for a forward (TEI's name)", registry=r)
+        self._lock = threading.Lock()
+        self._counts: Tally[tuple[str, str, str]] = Tally()
+
+    def request(self, seconds: float, failure: str | None) -> None:
+        """One rerank request answered: a success, or a failure of TEI's error type ``failure``."""
+        self.request_duration.observe(seconds)
+        with self._lock:
+            self._counts["te_request_count", "method", "rerank"] += 1
+            if failure is None:
+                self._counts["te_request_success", "method", "rerank"] += 1
+            else:
+                self._counts["te_request_failure", "err", failure.lower()] += 1
+
+    def render_counters(self) -> bytes:
+        with self._lock:
+            counts = sorted(self._counts.items())
+        lines, typed = [], set()
+        for (name, label, value), count in counts:
+            if name not in typed:
+                typed.add(name)
+                lines.append(f"# TYPE {name} counter")
+            lines.append(f'{name}{{{label}="{value}"}} {count}')
+        return "".join(line + "\n" for line in lines).encode()

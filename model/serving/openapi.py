@@ -29,14 +29,11 @@ _ASSETS = {
 }
 
 
-def request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` of a route whose body is ``model``."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}},
-        }
-    }
+def request_body(models: list[type[BaseModel]]) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose body is one of ``models`` (a path two APIs share)."""
+    refs = [{"$ref": _REF.format(model=model.__name__)} for model in models]
+    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def install(app: FastAPI, request_models: list[type[BaseModel]], bearer: bool) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +20,11 @@ _MAX_PROBLEMS = 5
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:
+    return validate(model, decode_json(body))
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """The body's JSON object; APIError 400 for anything else (not UTF-8, malformed, not an object)."""
     if b"\x00" in body:  # valid UTF-8, but never in JSON: UTF-16 or UTF-32 text
         raise APIError(400, VALIDATION, "the body is not UTF-8 text: it holds NUL bytes (UTF-16 or UTF-32?)")
     try:
@@ -40,6 +45,11 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         ) from None
     if not isinstance(raw, dict):
         raise APIError(400, VALIDATION, f"the request body must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def validate(model: type[Model], raw: dict[str, Any]) -> Model:
+    """``raw`` as ``model``; APIError 422 naming the fields otherwise."""
     try:
         return model.model_validate(raw)
     except pydantic.ValidationError as exc:

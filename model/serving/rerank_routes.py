@@ -1,11 +1,16 @@
-"""The three rerank APIs on one engine: what each takes, what each answers.
+"""The rerank APIs on one engine: what each takes, what each answers.
 
 - ``/v1/rerank``: Jina's API, which Cohere's v1 shares. ``return_documents`` defaults to true as
   Jina documents it, and to false as Cohere documents it for a request from Cohere's SDK (its
   ``X-Fern-SDK-Name`` header) or one using a Cohere-only field (``rank_fields``,
   ``max_chunks_per_doc``).
 - ``/v2/rerank``: Cohere's v2 API (each document cut to ``max_tokens_per_doc`` tokens first).
-- ``/rerank`` and ``POST /``: text-embeddings-inference's API.
+- ``/rerank`` and ``POST /``: text-embeddings-inference's API, or vLLM's and infinity's when the
+  body has ``documents`` (see ``vllm_infinity``); ``/score`` and ``/v1/score``: vLLM's.
+
+vLLM's clients also send their options (``truncate_prompt_tokens``, ``use_activation``, ``top_n: 0``)
+to ``/v1/rerank`` and ``/v2/rerank``, infinity's its ``raw_scores`` to ``/v1/rerank``: each is
+honoured there.
 
 Long documents are truncated on the Jina/Cohere routes, as the hosted APIs do (unless the server
 runs with ``strict_input_length``), and refused on TEI's unless the request or ``--auto-truncate``
@@ -14,7 +19,10 @@ says to truncate, as TEI does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import torch
@@ -23,13 +31,30 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from turborank.ranking import best_first
+from turborank.serving import errors
+from turborank.serving.errors import APIError, Shape
 from turborank.serving.request_id import request_id_of
 from turborank.serving.responses import rerank_body
-from turborank.serving.schemas import CohereV2RerankRequest, JinaRerankRequest, TEIRerankRequest
+from turborank.serving.schemas import (
+    CohereV2RerankRequest,
+    JinaRerankRequest,
+    TEIRerankRequest,
+    VLLMScoringOptions,
+    is_infinity_body,
+    is_vllm_body,
+)
 from turborank.serving.state import Scored, ScoreRequest, ServerState
+from turborank.serving.vllm_infinity import (
+    DocumentsRerankRequest,
+    ScoreTextsRequest,
+    documents_dialect_is_infinity,
+    documents_rerank_body,
+    score_body,
+)
 
 _STRICT_HINT = "this server refuses documents that do not fit (--strict-input-length); send a shorter one"
 _TEI_HINT = "set truncate or start the server with --auto-truncate"
+_VLLM_HINT = "set truncate_prompt_tokens (-1: max_input_length) to cut it"
 
 
 def from_cohere_sdk(headers: Headers) -> bool:
@@ -40,6 +65,10 @@ def from_cohere_sdk(headers: Headers) -> bool:
 
 def _sigmoid(logits: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
+
+
+def _scores(scored: Scored, sigmoid: bool) -> list[float]:
+    return _sigmoid(scored.logits) if sigmoid else scored.logits
 
 
 # What one result costs in the JSON answer besides any document it echoes (index, score, keys).
@@ -53,10 +82,50 @@ def _answer_size(results: list[dict[str, Any]], echoed: list[str | dict[str, Any
     return _RESULT_BYTES * len(results) + texts
 
 
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """How a body is read (``schema``), answered (``work``) and its errors shaped (``shape``)."""
+
+    schema: type[Any]
+    work: Callable[[Any, Request], Awaitable[Response]]
+    shape: Shape
+
+
 class RerankRoutes:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.settings = state.settings
+
+    # Each route's dialects, told apart by the body's keys.
+
+    def v1_dialect(self, raw: dict[str, Any]) -> Dialect:
+        shape = Shape.JINA_COHERE
+        if is_infinity_body(raw):
+            shape = Shape.INFINITY
+        elif is_vllm_body(raw):
+            shape = Shape.VLLM
+        return Dialect(JinaRerankRequest, self.jina_cohere_v1, shape)
+
+    def v2_dialect(self, raw: dict[str, Any]) -> Dialect:
+        shape = Shape.VLLM if is_vllm_body(raw) else Shape.JINA_COHERE
+        return Dialect(CohereV2RerankRequest, self.cohere_v2, shape)
+
+    def shared_dialect(self, raw: dict[str, Any]) -> Dialect:
+        """/rerank and POST /: TEI's ``texts``, or vLLM's and infinity's ``documents``."""
+        if "documents" not in raw:
+            return Dialect(TEIRerankRequest, self.tei, Shape.TEI)
+        if "texts" in raw:
+            raise APIError(
+                422,
+                errors.VALIDATION,
+                "texts and documents: send texts (text-embeddings-inference) or documents "
+                "(vLLM, infinity), not both",
+            )
+        shape = Shape.INFINITY if documents_dialect_is_infinity(raw) else Shape.VLLM
+        return Dialect(DocumentsRerankRequest, self.documents_rerank, shape)
+
+    def score_dialect(self, raw: dict[str, Any]) -> Dialect:
+        return Dialect(ScoreTextsRequest, self.score, Shape.VLLM)
 
     async def _json(self, content: Any, size: int) -> Response:
         # Off the loop unless small: echoing 16 MiB of documents is tens of milliseconds of encoding.
@@ -66,37 +135,71 @@ class RerankRoutes:
         )
         return Response(body, media_type="application/json")
 
+    def _pair_length(self, options: VLLMScoringOptions) -> int | None:
+        """vLLM's truncate_prompt_tokens as a pair length (None: not set); -1 is max_input_length.
+        vLLM refuses a length over the model's; so does this server, over max_input_length."""
+        wanted = options.truncate_prompt_tokens
+        if wanted is None:
+            return None
+        limit = self.settings.max_input_length
+        if wanted == -1:
+            return limit
+        low = self.state.reranker.num_special_tokens + 1
+        if not low <= wanted <= limit:
+            raise APIError(
+                422,
+                errors.VALIDATION,
+                f"truncate_prompt_tokens: {wanted} is outside {low}..{limit} (max_input_length), or -1",
+            )
+        return wanted
+
     def _jina_cohere_job(
-        self, query: str, texts: list[str], max_document_tokens: int | None = None
+        self,
+        query: str,
+        texts: list[str],
+        options: VLLMScoringOptions,
+        max_document_tokens: int | None = None,
     ) -> ScoreRequest:
+        length = self._pair_length(options)
         return ScoreRequest(
             query=query,
             documents=texts,
             field="documents",
             limit=self.settings.max_documents,
             limit_name="max_documents",
-            truncate=not self.settings.strict_input_length,
+            truncate=length is not None or not self.settings.strict_input_length,
             too_long_hint=_STRICT_HINT,
             max_document_tokens=max_document_tokens,
+            max_length=length,
         )
 
+    @staticmethod
     def _results(
-        self, scored: Scored, top_n: int | None, documents: list[str | dict[str, Any]] | None
+        scores: list[float],
+        top_n: int | None,
+        documents: list[str | dict[str, Any]] | None,
+        as_text: bool = False,
     ) -> list[dict[str, Any]]:
-        scores = _sigmoid(scored.logits)
+        """Best first, ``top_n`` of them (0 or None: all); with ``documents``, each result's
+        document: ``{"text": ...}`` for a string, an object as sent, or the string with ``as_text``
+        (infinity's form)."""
         results = []
-        for index in best_first(scores)[:top_n]:
+        for index in best_first(scores)[: top_n or None]:
             item: dict[str, Any] = {"index": index, "relevance_score": scores[index]}
             if documents is not None:
                 document = documents[index]
-                item["document"] = {"text": document} if isinstance(document, str) else document
+                item["document"] = (
+                    {"text": document} if isinstance(document, str) and not as_text else document
+                )
             results.append(item)
         return results
 
     async def jina_cohere_v1(self, payload: JinaRerankRequest, request: Request) -> Response:
-        cohere = payload.cohere_only_fields() or from_cohere_sdk(request.headers)
+        infinity = payload.raw_scores is not None
+        cohere = payload.cohere_only_fields() or from_cohere_sdk(request.headers) or infinity
         return_documents = payload.return_documents if payload.return_documents is not None else not cohere
-        scored = await self.state.score(request, self._jina_cohere_job(payload.query, payload.texts()))
+        job = self._jina_cohere_job(payload.query, payload.texts(), payload)
+        scored = await self.state.score(request, job)
         warnings = []
         if scored.truncated:
             limit = self.settings.max_input_length
@@ -109,7 +212,8 @@ class RerankRoutes:
                     "max_chunks_per_doc: each document is scored as one window of max_input_length tokens"
                 )
         echoed = payload.documents if return_documents else None
-        results = self._results(scored, payload.top_n, echoed)
+        scores = _scores(scored, payload.sigmoid_wanted() and not payload.raw_scores)
+        results = self._results(scores, payload.top_n, echoed, as_text=infinity)
         body = self._body(request, "1", results, len(payload.documents), scored, warnings)
         return await self._json(
             body, _answer_size(results, [echoed[r["index"]] for r in results] if echoed else [])
@@ -118,7 +222,7 @@ class RerankRoutes:
     async def cohere_v2(self, payload: CohereV2RerankRequest, request: Request) -> Response:
         limit = payload.document_token_limit
         scored = await self.state.score(
-            request, self._jina_cohere_job(payload.query, payload.documents, limit)
+            request, self._jina_cohere_job(payload.query, payload.documents, payload, limit)
         )
         warnings = []
         if scored.truncated:
@@ -127,8 +231,12 @@ class RerankRoutes:
                 f"max_tokens_per_doc={limit} tokens or to fit max_input_length="
                 f"{self.settings.max_input_length} tokens with the query"
             )
-        documents = payload.documents if payload.return_documents else None
-        results = self._results(scored, payload.top_n, documents)  # type: ignore[arg-type]
+        return_documents = payload.return_documents
+        if return_documents is None:
+            return_documents = not from_cohere_sdk(request.headers)
+        documents = payload.documents if return_documents else None
+        scores = _scores(scored, payload.sigmoid_wanted())
+        results = self._results(scores, payload.top_n, documents)  # type: ignore[arg-type]
         body = self._body(request, "2", results, len(payload.documents), scored, warnings)
         echoed = [documents[r["index"]] for r in results] if documents else []
         return await self._json(body, _answer_size(results, echoed))
@@ -145,6 +253,7 @@ class RerankRoutes:
         return rerank_body(
             request_id_of(request.scope),
             self.settings.model_name,
+            int(time.time()),
             api_version,
             results,
             documents,
@@ -175,3 +284,66 @@ class RerankRoutes:
             results.append(item)
         echoed = [payload.texts[r["index"]] for r in results] if payload.return_text else []
         return await self._json(results, _answer_size(results, echoed))
+
+    def _vllm_job(
+        self,
+        queries: str | list[str],
+        documents: list[str],
+        payload: VLLMScoringOptions,
+        *,
+        truncate: bool,
+        query_field: str = "query",
+        field: str = "documents",
+    ) -> ScoreRequest:
+        length = self._pair_length(payload)
+        return ScoreRequest(
+            query=queries,
+            documents=documents,
+            field=field,
+            limit=self.settings.max_documents,
+            limit_name="max_documents",
+            truncate=truncate or length is not None,
+            too_long_hint=_VLLM_HINT,
+            max_length=length,
+            query_field=query_field,
+        )
+
+    async def documents_rerank(self, payload: DocumentsRerankRequest, request: Request) -> Response:
+        """/rerank with ``documents``: vLLM's rerank, or infinity's (which cuts long pairs)."""
+        infinity = payload.infinity()
+        job = self._vllm_job(payload.query, payload.documents, payload, truncate=infinity)
+        scored = await self.state.score(request, job)
+        echoed: list[str] | None = payload.documents
+        if infinity and not payload.return_documents:
+            echoed = None
+        scores = _scores(scored, payload.sigmoid_wanted())
+        results = self._results(scores, payload.top_n, echoed, as_text=infinity)  # type: ignore[arg-type]
+        body = documents_rerank_body(
+            request_id_of(request.scope), self.settings.model_name, int(time.time()), results, scored.tokens
+        )
+        shown = [payload.documents[r["index"]] for r in results] if echoed is not None else []
+        return await self._json(body, _answer_size(results, shown))  # type: ignore[arg-type]
+
+    async def score(self, payload: ScoreTextsRequest, request: Request) -> Response:
+        """vLLM's /score: the pairs' scores in request order."""
+        queries, documents = payload.pairs()
+        if not documents:
+            raise APIError(400, errors.EMPTY, "text_2 is empty")
+        one_query = len(set(queries)) == 1
+        job = self._vllm_job(
+            queries[0] if one_query else queries,
+            documents,
+            payload,
+            truncate=False,
+            query_field="text_1",
+            field="text_2",
+        )
+        scored = await self.state.score(request, job)
+        body = score_body(
+            request_id_of(request.scope),
+            self.settings.model_name,
+            int(time.time()),
+            _scores(scored, payload.sigmoid_wanted()),
+            scored.tokens,
+        )
+        return await self._json(body, _RESULT_BYTES * len(documents))

@@ -1,5 +1,7 @@
 """Request bodies of the rerank APIs: Jina / Cohere v1 (`/v1/rerank`), Cohere v2 (`/v2/rerank`) and
-text-embeddings-inference (`/rerank`, `POST /`).
+text-embeddings-inference (`/rerank`, `POST /`); vLLM's and infinity's are in ``vllm_infinity``.
+The Jina and Cohere bodies also take vLLM's scoring options and infinity's ``raw_scores``, which
+those servers' clients send to the same paths.
 
 Every field is strict (``top_n: "1"`` and ``top_n: true`` are refused like any other wrong type),
 and every text must be valid Unicode: JSON's "\\ud800" escape decodes to a lone surrogate that no
@@ -100,11 +102,48 @@ def document_text(document: str | dict[str, Any], rank_fields: list[str] | None)
     return "\n".join(f"{field}: {document[field]}" for field in fields if field in document)
 
 
-class JinaRerankRequest(BaseModel):
-    """POST /v1/rerank: Jina's rerank API, which Cohere's v1 shares (rank_fields,
-    max_chunks_per_doc). ``documents`` are strings or objects; objects come back whole."""
+# What tells a body on a shared path to be vLLM's: its scoring options (or top_n 0, its "all").
+VLLM_KEYS = frozenset(
+    {"truncate_prompt_tokens", "use_activation", "activation", "softmax", "mm_processor_kwargs"}
+)
+# ... and infinity's: its raw_scores.
+INFINITY_KEYS = frozenset({"raw_scores"})
+
+
+class VLLMScoringOptions(BaseModel):
+    """vLLM's options of its rerank and score APIs."""
 
     model_config = ConfigDict(extra="ignore")
+
+    truncate_prompt_tokens: StrictInt | None = Field(
+        default=None, ge=-1, description="vLLM: cut each pair to this many tokens (-1: max_input_length)"
+    )
+    use_activation: StrictBool | None = Field(
+        default=None, description="vLLM: false answers the logits instead of their sigmoid"
+    )
+    activation: StrictBool | None = Field(default=None, description="vLLM's older name of use_activation")
+    softmax: StrictBool | None = Field(default=None, description="vLLM's older name of use_activation")
+
+    def sigmoid_wanted(self) -> bool:
+        """vLLM's reading: the first of use_activation, softmax, activation that is set; true if none."""
+        for value in (self.use_activation, self.softmax, self.activation):
+            if value is not None:
+                return value
+        return True
+
+
+def is_vllm_body(raw: dict[str, Any]) -> bool:
+    return not VLLM_KEYS.isdisjoint(raw) or raw.get("top_n") == 0
+
+
+def is_infinity_body(raw: dict[str, Any]) -> bool:
+    return not INFINITY_KEYS.isdisjoint(raw)
+
+
+class JinaRerankRequest(VLLMScoringOptions):
+    """POST /v1/rerank: Jina's rerank API, which Cohere's v1 shares (rank_fields,
+    max_chunks_per_doc), vLLM's and infinity's clients too. ``documents`` are strings or objects;
+    objects come back whole."""
 
     model: Text | None = Field(default=None, description="ignored: the server answers with its own model")
     query: Text
@@ -115,10 +154,12 @@ class JinaRerankRequest(BaseModel):
         description='Cohere v1: the object fields scored, in order (default ["text"])',
     )
     documents: list[Text | DocumentObject]
-    top_n: StrictInt | None = Field(default=None, ge=1)
+    top_n: StrictInt | None = Field(default=None, ge=0, description="0 or absent: every document (vLLM)")
     return_documents: StrictBool | None = Field(
-        default=None, description="default true (Jina), false for Cohere's SDK or Cohere-only fields"
+        default=None,
+        description="default true (Jina); false for Cohere's SDK, Cohere-only fields, infinity's raw_scores",
     )
+    raw_scores: StrictBool | None = Field(default=None, description="infinity: true answers the logits")
     max_chunks_per_doc: StrictInt | None = Field(
         default=None,
         ge=1,
@@ -189,18 +230,20 @@ class RelevantSpans(BaseModel):
     mode: Literal["enabled", "disabled"]
 
 
-class CohereV2RerankRequest(BaseModel):
-    """POST /v2/rerank, as Cohere's v2 API defines it: documents are strings, each cut to
-    ``max_tokens_per_doc`` tokens (default 4096) before the pair is cut to max_input_length."""
-
-    model_config = ConfigDict(extra="ignore")
+class CohereV2RerankRequest(VLLMScoringOptions):
+    """POST /v2/rerank, as Cohere's v2 API defines it (vLLM's clients use it too): documents are
+    strings, each cut to ``max_tokens_per_doc`` tokens (default 4096) before the pair is cut to
+    max_input_length."""
 
     model: Text | None = Field(default=None, description="ignored: the server answers with its own model")
     query: Text
     documents: list[Text]
-    top_n: StrictInt | None = Field(default=None, ge=1)
+    top_n: StrictInt | None = Field(default=None, ge=0, description="0 or absent: every document (vLLM)")
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1, description="default 4096")
-    return_documents: StrictBool | None = Field(default=None, description="default false")
+    return_documents: StrictBool | None = Field(
+        default=None,
+        description="default false for Cohere's SDK (as Cohere answers), true otherwise (as vLLM answers)",
+    )
     priority: StrictInt | None = Field(
         default=None, description="accepted and ignored: requests share forwards round-robin"
     )

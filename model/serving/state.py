@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,9 +48,12 @@ class ScoreRequest:
     ``field`` is the request's name for the documents (for error messages); ``limit`` the most
     documents the route takes and ``limit_name`` the setting that says so; ``truncate`` whether a
     pair over max_input_length is cut (else 422, with ``too_long_hint`` saying how to allow it);
-    ``max_document_tokens`` cuts each document first (Cohere v2)."""
+    ``max_document_tokens`` cuts each document first (Cohere v2); ``max_length`` is the most
+    tokens of a pair when the request sets it below max_input_length (vLLM's
+    truncate_prompt_tokens). ``query`` is one query for every document or, for vLLM's N:N score
+    requests, one per document (``query_field`` names it in errors)."""
 
-    query: str
+    query: str | list[str]
     documents: list[str]
     field: str
     limit: int
@@ -58,6 +62,8 @@ class ScoreRequest:
     too_long_hint: str
     direction: str = "right"
     max_document_tokens: int | None = None
+    max_length: int | None = None
+    query_field: str = "query"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,7 @@ class ServerState:
             )
         self.reranker = reranker
         self.settings = settings
+        self.created = int(time.time())  # the model's "created" in the OpenAI-style model lists
         self.metrics = ServerMetrics()
         self.scheduler = BatchScheduler(
             lambda encoded: reranker.logits(
@@ -86,6 +93,7 @@ class ServerState:
             settings.max_batch_tokens,
             observe=self.metrics.observe,
         )
+        self.metrics.tei.queue_size.set_function(lambda: self.scheduler.queued_pairs)
         self.tokenizer_pool = ThreadPoolExecutor(
             max_workers=settings.tokenizer_threads, thread_name_prefix="turborank-tokenize"
         )
@@ -139,8 +147,13 @@ class ServerState:
         pairs truncated (also counted in /metrics and noted for the access log)."""
         limits = self.settings
         field = job.field
-        if not job.query.strip():
-            raise APIError(400, errors.EMPTY, "query is empty")
+        max_length = job.max_length or limits.max_input_length
+        length_name = "max_input_length" if job.max_length is None else "truncate_prompt_tokens"
+        queries = [job.query] if isinstance(job.query, str) else job.query
+        for index, query in enumerate(queries):
+            if not query.strip():
+                where = job.query_field if isinstance(job.query, str) else f"{job.query_field}.{index}"
+                raise APIError(400, errors.EMPTY, f"{where} is empty")
         if not job.documents:
             raise APIError(400, errors.EMPTY, f"{field} is empty")
         if len(job.documents) > job.limit:
@@ -161,7 +174,7 @@ class ServerState:
                 raise APIError(
                     422,
                     errors.VALIDATION,
-                    f"{field}.{index}: the pair is longer than max_input_length={limits.max_input_length} "
+                    f"{field}.{index}: the pair is longer than {length_name}={max_length} "
                     f"tokens; {job.too_long_hint}",
                 )
             if watch is not None and watch.gone:
@@ -176,23 +189,28 @@ class ServerState:
                     self.reranker,
                     job.query,
                     job.documents,
-                    limits.max_input_length,
+                    max_length,
                     job.direction,
                     after_piece,
                     job.max_document_tokens,
                 )
             except UncuttableTextError as exc:
-                where = "query" if exc.side == "query" else f"{field}.{exc.index}"
+                where = f"{field}.{exc.index}"
+                if exc.side == "query":
+                    where = (
+                        job.query_field if isinstance(job.query, str) else f"{job.query_field}.{exc.index}"
+                    )
                 raise APIError(
                     422,
                     errors.VALIDATION,
                     f"{where}: {exc.chars:,} characters with no word boundary in the first "
-                    f"{exc.searched:,} where it could be cut to max_input_length={limits.max_input_length} "
+                    f"{exc.searched:,} where it could be cut to {length_name}={max_length} "
                     "tokens; send a shorter text",
                     tei_type="Tokenizer",
                 ) from None
             tokens = sum(encoded.lengths)
             note(request, tokens=tokens)
+            self.metrics.tei.input_length.observe(tokens)
             self.metrics.truncated.inc(encoded.truncated)
             logits = await self._logits_of(tickets, watch)
         except BaseException as exc:

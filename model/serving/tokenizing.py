@@ -29,14 +29,18 @@ PIECE_CHARS = 16 * 1024
 INLINE_CHARS = 1024
 
 
-def pieces(query: str, documents: list[str], max_length: int) -> Iterator[range]:
+def query_of(query: str | list[str], index: int) -> str:
+    """The query of pair ``index``: the one query, or the pair's own (vLLM's N:N scoring)."""
+    return query if isinstance(query, str) else query[index]
+
+
+def pieces(query: str | list[str], documents: list[str], max_length: int) -> Iterator[range]:
     """Index ranges of ``documents``, each of about PIECE_CHARS characters of work at most (a text
     counts as much as its clipped part is long) and at least one document."""
     clipped = 2 * CLIP_CHARS_PER_TOKEN * max_length  # the part looked at, then tokenised
-    per_pair = min(len(query), clipped)
     start, chars = 0, 0
     for index, document in enumerate(documents):
-        chars += per_pair + min(len(document), clipped)
+        chars += min(len(query_of(query, index)), clipped) + min(len(document), clipped)
         if chars >= PIECE_CHARS:
             yield range(start, index + 1)
             start, chars = index + 1, 0
@@ -56,14 +60,15 @@ def concatenate(parts: list[EncodedPairs]) -> EncodedPairs:
 async def tokenize_in_pieces(
     pool: Executor,
     reranker: Reranker,
-    query: str,
+    query: str | list[str],
     documents: list[str],
     max_length: int,
     direction: str,
     after_piece: Callable[[EncodedPairs, int], Awaitable[None]],
     max_document_tokens: int | None = None,
 ) -> EncodedPairs:
-    """EncodedPairs of (query, document) for every document, truncated to ``max_length`` (each
+    """EncodedPairs of (query, document) for every document (``query`` one for all or one per
+    document), truncated to ``max_length`` (each
     document first to ``max_document_tokens`` when given);
     ``after_piece(encoded, first_index)`` runs after each piece and may raise to stop early.
     Raises UncuttableTextError (with the index of the whole request) like
@@ -71,9 +76,12 @@ async def tokenize_in_pieces(
     loop = asyncio.get_running_loop()
     parts = []
     clipped = 2 * CLIP_CHARS_PER_TOKEN * max_length
-    inline = sum(min(len(query), clipped) + min(len(d), clipped) for d in documents) <= INLINE_CHARS
+    inline = (
+        sum(min(len(query_of(query, i)), clipped) + min(len(d), clipped) for i, d in enumerate(documents))
+        <= INLINE_CHARS
+    )
     for indices in pieces(query, documents, max_length):
-        pairs = [(query, documents[i]) for i in indices]
+        pairs = [(query_of(query, i), documents[i]) for i in indices]
 
         def encode(pairs: list[tuple[str, str]] = pairs) -> EncodedPairs:
             return reranker.encode(
