@@ -31,6 +31,56 @@ logits = model.predict([[query, passages[1]]], activation_fn=torch.nn.Identity()
 """
 
 
+# sentence-transformers' documented CrossEncoder calls (its usage pages, 2.x to 6.x): each one
+# runs, with the import the only change.
+DOCUMENTED_CALLS = """
+import numpy as np
+import torch
+from sentence_transformers import CrossEncoder
+
+model = CrossEncoder(MODEL, max_length=256, device="cpu", trust_remote_code=True)
+query = "A man is eating pasta."
+corpus = ["A man is eating food.", "A man is eating a piece of bread.", "A man is riding a horse."]
+ranks = model.rank(query, corpus)
+lines = [f"{rank['score']:.2f}\t{corpus[rank['corpus_id']]}" for rank in ranks]
+pairs = [[query, document] for document in corpus]
+scores = model.predict(pairs)
+scores_v6 = model.predict(inputs=pairs)
+scores_v2 = model.predict(sentences=pairs, batch_size=2, show_progress_bar=False)
+scores_array = model.predict(np.array(pairs))
+tensors = model.predict(pairs, convert_to_numpy=False)
+tensor = model.predict(pairs, convert_to_tensor=True)
+logits = model.predict(pairs, activation_fn=torch.nn.Identity())
+top = model.rank(query, corpus, top_k=1, return_documents=True, batch_size=8)
+length = model.max_seq_length
+model.max_seq_length = 128
+length_after = model.get_max_seq_length()
+model.eval()
+module = isinstance(model, torch.nn.Module)
+n_parameters = sum(p.numel() for p in model.parameters())
+bf16 = CrossEncoder(MODEL, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
+bf16_scores = bf16.predict(pairs)
+"""
+
+
+def test_sentence_transformers_documented_calls_run_unchanged(small_ckpt):
+    source = DOCUMENTED_CALLS.replace("from sentence_transformers import", "from turborank import")
+    ns = {"MODEL": str(small_ckpt)}
+    exec(compile(source, "documented_calls.py", "exec"), ns)
+    scores = ns["scores"]
+    for name in ("scores_v6", "scores_v2", "scores_array"):
+        np.testing.assert_array_equal(ns[name], scores)
+    assert [r["corpus_id"] for r in ns["ranks"]] == list(np.argsort(-scores, kind="stable"))
+    assert len(ns["lines"]) == 3 and ns["top"][0]["text"] == ns["corpus"][int(np.argmax(scores))]
+    assert [float(t) for t in ns["tensors"]] == pytest.approx(scores.tolist(), abs=0)
+    assert ns["tensor"].shape == (3,)
+    np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(ns["logits"]))), scores, rtol=1e-5, atol=1e-6)
+    assert ns["length"] == 256 and ns["length_after"] == 128
+    assert ns["module"] and ns["n_parameters"] > 0
+    assert ns["bf16"].reranker.dtype == torch.bfloat16
+    np.testing.assert_allclose(ns["bf16_scores"], scores, atol=0.05)  # bf16 against fp32: close, not equal
+
+
 def _run_user_script(model_path) -> dict:
     source = USER_SCRIPT.replace("from sentence_transformers import", "from turborank import")
     namespace = {"MODEL": str(model_path), "torch": torch}
