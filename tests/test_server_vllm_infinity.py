@@ -253,3 +253,16 @@ def test_openapi_documents_both_bodies_of_the_shared_path(server):
     assert refs == {"TEIRerankRequest", "DocumentsRerankRequest"}
     for path in ("/score", "/v1/score", "/v1/models", "/models"):
         assert path in spec["paths"]
+
+
+def test_model_lists_need_the_api_key_and_say_so_in_each_shape(reranker):
+    with running_server(reranker, api_key="secret") as (url, _):
+        for path in ("/v1/models", "/models"):
+            response = httpx.get(url + path)
+            assert response.status_code == 401
+            assert response.json()["error"]["type"] == "UnauthorizedError", path
+        assert httpx.get(url + "/models").json()["detail"][0]["type"] == "unauthorized"  # infinity's
+        authorized = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer secret"})
+        assert authorized.status_code == 200 and authorized.json()["data"][0]["object"] == "model"
+        score = httpx.post(url + "/score", json={"text_1": "q", "text_2": ["d"]})
+        assert "Bearer" in vllm_error(score, 401)
