@@ -30,123 +30,6 @@ if triton is not None:
     from turborank.kernels._launch import LOG2E_CONSTEXPR, sequence_span
     from turborank.kernels.alibi_band import BAND_BOUND_SLACK_CONSTEXPR, BAND_MARGIN_BITS_CONSTEXPR
 
-    @triton.jit
-    def _attend_query_block(
-        start_m,
-        Q,
-        Out,
-        k_base,
-        v_base,
-        seq64,
-        head,
-        q_start,
-        len_q,
-        len_k,
-        k_max,
-        neg_slope,
-        qk_scale,
-        stride_qb,
-        stride_qm,
-        stride_qh,
-        stride_kn,
-        stride_vn,
-        stride_ob,
-        stride_om,
-        stride_oh,
-        HEAD_DIM: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        IEEE_FP32: tl.constexpr,
-        BANDED: tl.constexpr,
-    ):
-        """Rows [start_m * BLOCK_M, +BLOCK_M) of one (sequence, head): online softmax over its keys."""
-        offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        mask_d = offs_d < HEAD_DIM
-        row_ok = offs_m < len_q
-        q_ptrs = (
-            Q
-            + seq64 * stride_qb
-            + head * stride_qh
-            + (q_start + offs_m)[:, None] * stride_qm
-            + offs_d[None, :]
-        )
-        q = tl.load(q_ptrs, mask=row_ok[:, None] & mask_d[None, :], other=0.0)
-        query_pos = offs_m.to(tl.float32)
-
-        key_lo = 0
-        key_hi = len_k
-        if BANDED:
-            # Keys this block can skip (see band_key_ranges): the largest score key j could
-            # reach, qk_scale * |q_i| * max |k|, minus the bias, stays 56 bits below the score
-            # with the key at the query's own position. Everything here is in the exp2 domain.
-            # A query past its sequence's last key (padding rows of the padded layout) has no
-            # own key to measure against.
-            has_own = row_ok & (offs_m < len_k)
-            k_own = tl.load(
-                k_base + offs_m[:, None] * stride_kn + offs_d[None, :],
-                mask=has_own[:, None] & mask_d[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            q32 = q.to(tl.float32)
-            own = tl.sum(q32 * k_own, 1) * qk_scale
-            q_norm = tl.sqrt(tl.sum(q32 * q32, 1))
-            excess = qk_scale * q_norm * k_max * BAND_BOUND_SLACK_CONSTEXPR - own + BAND_MARGIN_BITS_CONSTEXPR
-            radius = excess / tl.maximum(-neg_slope, 1e-30)
-            # Every key for: a zero slope (a radius past any length), a non-finite input (NaN
-            # radius, or the infinite key bound of the pre-pass: NaN and inf must reach the
-            # output as they do without the band) and a row without an own key.
-            radius = tl.where(has_own & (radius >= 0), radius, float("inf"))
-            first = tl.min(tl.where(row_ok, query_pos - radius, float("inf")), 0)
-            last = tl.max(tl.where(row_ok, query_pos + radius, float("-inf")), 0)
-            length = len_k.to(tl.float32)
-            key_lo = tl.minimum(tl.maximum(first, 0.0), length).to(tl.int32) // BLOCK_N * BLOCK_N
-            key_hi = tl.minimum(tl.maximum(last + 2.0, 0.0), length).to(tl.int32)
-
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for start_n in range(key_lo, key_hi, BLOCK_N):
-            cols = start_n + offs_n
-            col_ok = cols < len_k
-            k = tl.load(
-                k_base + cols[None, :] * stride_kn + offs_d[:, None],
-                mask=col_ok[None, :] & mask_d[:, None],
-                other=0.0,
-            )
-            if IEEE_FP32:
-                s = tl.dot(q, k, input_precision="ieee")
-            else:
-                s = tl.dot(q, k)
-            distance = tl.abs(query_pos[:, None] - cols.to(tl.float32)[None, :])
-            s = s * qk_scale + neg_slope * distance
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(
-                v_base + cols[:, None] * stride_vn + offs_d[None, :],
-                mask=col_ok[:, None] & mask_d[None, :],
-                other=0.0,
-            )
-            if IEEE_FP32:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-        out = acc / l_i[:, None]
-        o_ptrs = (
-            Out
-            + seq64 * stride_ob
-            + head * stride_oh
-            + (q_start + offs_m)[:, None] * stride_om
-            + offs_d[None, :]
-        )
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & mask_d[None, :])
-
     @triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "stride_ob", "rows_q", "rows_k"])
     def _alibi_attention_kernel(
         Q,
@@ -197,39 +80,97 @@ if triton is not None:
         k_max = 0.0
         if BANDED:
             k_max = tl.load(KeyNormMax + seq64 * tl.num_programs(2) + head)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
         # Query blocks in a grid-stride loop: the grid is sized from max_seqlen_q, which the host
         # passes without reading cu_seqlens; a value below the longest query run then costs speed,
         # never rows left unwritten. With a right value each program runs one block.
         for start_m in range(tl.program_id(0), tl.cdiv(len_q, BLOCK_M), tl.num_programs(0)):
-            _attend_query_block(
-                start_m,
-                Q,
-                Out,
-                k_base,
-                v_base,
-                seq64,
-                head,
-                q_start,
-                len_q,
-                len_k,
-                k_max,
-                neg_slope,
-                qk_scale,
-                stride_qb,
-                stride_qm,
-                stride_qh,
-                stride_kn,
-                stride_vn,
-                stride_ob,
-                stride_om,
-                stride_oh,
-                HEAD_DIM,
-                BLOCK_D,
-                BLOCK_M,
-                BLOCK_N,
-                IEEE_FP32,
-                BANDED,
+            # Rows [start_m * BLOCK_M, +BLOCK_M) of this (sequence, head): online softmax over its keys.
+            offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < len_q
+            q_ptrs = (
+                Q
+                + seq64 * stride_qb
+                + head * stride_qh
+                + (q_start + offs_m)[:, None] * stride_qm
+                + offs_d[None, :]
             )
+            q = tl.load(q_ptrs, mask=row_ok[:, None] & mask_d[None, :], other=0.0)
+            query_pos = offs_m.to(tl.float32)
+
+            key_lo = 0
+            key_hi = len_k
+            if BANDED:
+                # Keys this block can skip (see band_key_ranges): the largest score key j could
+                # reach, qk_scale * |q_i| * max |k|, minus the bias, stays 56 bits below the score
+                # with the key at the query's own position. Everything here is in the exp2 domain.
+                # A query past its sequence's last key (padding rows of the padded layout) has no
+                # own key to measure against.
+                has_own = row_ok & (offs_m < len_k)
+                k_own = tl.load(
+                    k_base + offs_m[:, None] * stride_kn + offs_d[None, :],
+                    mask=has_own[:, None] & mask_d[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                q32 = q.to(tl.float32)
+                own = tl.sum(q32 * k_own, 1) * qk_scale
+                q_norm = tl.sqrt(tl.sum(q32 * q32, 1))
+                bound = qk_scale * q_norm * k_max * BAND_BOUND_SLACK_CONSTEXPR
+                excess = bound - own + BAND_MARGIN_BITS_CONSTEXPR
+                radius = excess / tl.maximum(-neg_slope, 1e-30)
+                # Every key for: a zero slope (a radius past any length), a non-finite input (NaN
+                # radius, or the infinite key bound of the pre-pass: NaN and inf must reach the
+                # output as they do without the band) and a row without an own key.
+                radius = tl.where(has_own & (radius >= 0), radius, float("inf"))
+                first = tl.min(tl.where(row_ok, query_pos - radius, float("inf")), 0)
+                last = tl.max(tl.where(row_ok, query_pos + radius, float("-inf")), 0)
+                length = len_k.to(tl.float32)
+                key_lo = tl.minimum(tl.maximum(first, 0.0), length).to(tl.int32) // BLOCK_N * BLOCK_N
+                key_hi = tl.minimum(tl.maximum(last + 2.0, 0.0), length).to(tl.int32)
+
+            m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            for start_n in range(key_lo, key_hi, BLOCK_N):
+                cols = start_n + offs_n
+                col_ok = cols < len_k
+                k = tl.load(
+                    k_base + cols[None, :] * stride_kn + offs_d[:, None],
+                    mask=col_ok[None, :] & mask_d[:, None],
+                    other=0.0,
+                )
+                if IEEE_FP32:
+                    s = tl.dot(q, k, input_precision="ieee")
+                else:
+                    s = tl.dot(q, k)
+                distance = tl.abs(query_pos[:, None] - cols.to(tl.float32)[None, :])
+                s = s * qk_scale + neg_slope * distance
+                s = tl.where(col_ok[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                v = tl.load(
+                    v_base + cols[:, None] * stride_vn + offs_d[None, :],
+                    mask=col_ok[:, None] & mask_d[None, :],
+                    other=0.0,
+                )
+                if IEEE_FP32:
+                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+                else:
+                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            out = acc / l_i[:, None]
+            o_ptrs = (
+                Out
+                + seq64 * stride_ob
+                + head * stride_oh
+                + (q_start + offs_m)[:, None] * stride_om
+                + offs_d[None, :]
+            )
+            tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & mask_d[None, :])
 
 
 def launch_alibi_attention(

@@ -103,32 +103,18 @@ class TEIMetrics:
     """text-embeddings-inference's metrics of a rerank server, under its names."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.request_duration = Histogram(
-            "te_request_duration", "Request duration (TEI's name)", buckets=_LATENCY_BUCKETS, registry=r
+        def histogram(name: str, what: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, f"{what} (TEI's name)", buckets=buckets, registry=registry)
+
+        self.request_duration = histogram("te_request_duration", "Request duration", _LATENCY_BUCKETS)
+        self.queue_duration = histogram("te_request_queue_duration", "Time in the queue", _LATENCY_BUCKETS)
+        self.inference_duration = histogram("te_batch_inference_duration", "One forward", _LATENCY_BUCKETS)
+        self.input_length = histogram("te_request_input_length", "Tokens of a request", _TOKEN_BUCKETS)
+        self.batch_size = histogram("te_batch_next_size", "Pairs per forward", _PAIR_BUCKETS)
+        self.batch_tokens = histogram("te_batch_next_tokens", "Tokens per forward", _TOKEN_BUCKETS)
+        self.queue_size = Gauge(
+            "te_queue_size", "Pairs waiting for a forward (TEI's name)", registry=registry
         )
-        self.queue_duration = Histogram(
-            "te_request_queue_duration",
-            "Time in the queue (TEI's name)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inference_duration = Histogram(
-            "te_batch_inference_duration",
-            "Duration of one forward (TEI's name)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.input_length = Histogram(
-            "te_request_input_length", "Tokens of a request (TEI's name)", buckets=_TOKEN_BUCKETS, registry=r
-        )
-        self.batch_size = Histogram(
-            "te_batch_next_size", "Pairs per forward (TEI's name)", buckets=_PAIR_BUCKETS, registry=r
-        )
-        self.batch_tokens = Histogram(
-            "te_batch_next_tokens", "Tokens per forward (TEI's name)", buckets=_TOKEN_BUCKETS, registry=r
-        )
-        self.queue_size = Gauge("te_queue_size", "Pairs waiting for a forward (TEI's name)", registry=r)
         self._lock = threading.Lock()
         self._counts: Tally[tuple[str, str, str]] = Tally()
 

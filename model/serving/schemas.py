@@ -132,6 +132,21 @@ class VLLMScoringOptions(BaseModel):
         return True
 
 
+def strings_only(value: Any, hint: str) -> Any:
+    """A "before" validator's check of a list of strings: one clear message for the first item
+    that is not one (``hint`` says what the API takes), instead of pydantic's per-item noise."""
+    if not isinstance(value, list):
+        raise PydanticCustomError("list_type", "expected a list of strings")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PydanticCustomError(
+                "document",
+                "item {index}: expected a string, got {kind} ({hint})",
+                {"index": index, "kind": type(item).__name__, "hint": hint},
+            )
+    return value
+
+
 def is_vllm_body(raw: dict[str, Any]) -> bool:
     return not VLLM_KEYS.isdisjoint(raw) or raw.get("top_n") == 0
 
@@ -254,17 +269,7 @@ class CohereV2RerankRequest(VLLMScoringOptions):
     @field_validator("documents", mode="before")
     @classmethod
     def _strings(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            raise PydanticCustomError("list_type", "expected a list of strings")
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise PydanticCustomError(
-                    "document",
-                    "item {index}: expected a string, got {kind} (Cohere v2 takes strings; "
-                    "/v1/rerank takes objects)",
-                    {"index": index, "kind": type(item).__name__},
-                )
-        return value
+        return strings_only(value, "Cohere v2 takes strings; /v1/rerank takes objects")
 
     @field_validator("relevant_spans")
     @classmethod

@@ -23,20 +23,7 @@ from typing import Any
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from turborank.serving.schemas import Text, VLLMScoringOptions, is_infinity_body
-
-
-def _strings(value: Any, field: str) -> Any:
-    if not isinstance(value, list):
-        raise PydanticCustomError("list_type", "expected a list of strings")
-    for index, item in enumerate(value):
-        if not isinstance(item, str):
-            raise PydanticCustomError(
-                "document",
-                "item {index}: expected a string, got {kind} ({field} takes strings here)",
-                {"index": index, "kind": type(item).__name__, "field": field},
-            )
-    return value
+from turborank.serving.schemas import Text, VLLMScoringOptions, is_infinity_body, strings_only
 
 
 class DocumentsRerankRequest(VLLMScoringOptions):
@@ -56,7 +43,7 @@ class DocumentsRerankRequest(VLLMScoringOptions):
     @field_validator("documents", mode="before")
     @classmethod
     def _documents(cls, value: Any) -> Any:
-        return _strings(value, "documents")
+        return strings_only(value, "documents takes strings here")
 
     def infinity(self) -> bool:
         return self.return_documents is not None or self.raw_scores is not None
