@@ -18,6 +18,11 @@ CHECKPOINT_FILES = [
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_hub_id(text: str) -> bool:
+    """Of the hub's form (org/name), not a path (absolute, relative with "." or home with "~")."""
+    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
+
+
 def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
     """A local directory as is; otherwise a hub id through huggingface_hub (cache first).
 
@@ -35,7 +40,7 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
                 f"{path}: expected a checkpoint directory (config.json, model.safetensors, ...)"
             )
         return path
-    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise FileNotFoundError(
             f"{text}: no such checkpoint directory (and not a hub id of the form org/name)"
         )

@@ -103,5 +103,13 @@ def add_ray_option(parser: argparse.ArgumentParser, what: str, after: str = "") 
         const="local",
         default=None,
         metavar="ADDRESS",
-        help=f"{what}: 'local' (default) starts a cluster here; 'auto' or ray://host:10001 joins one{after}",
+        help=f"{what}: 'local' (default) starts a cluster of this machine's own, even where one already "
+        f"runs; 'auto' (the cluster this machine belongs to), host:port or ray://host:10001 joins one{after}",
+    )
+    parser.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --ray ADDRESS: how long to wait for the cluster to answer before saying it does not",
     )

@@ -215,6 +215,7 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
 
     from turborank.eval.metrics import evaluate
     from turborank.eval.ray_runs import ModelSpec, RayPlan, connect, rerank_run_on_ray
+    from turborank.ray_cluster import resolve_local_path
     from turborank.replace_file import output_target
 
     plan = RayPlan(
@@ -222,8 +223,11 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
         workers=args.ray_workers,
         cpus_per_worker=args.ray_cpus_per_worker,
         use_gpus=args.device != "cpu",
+        timeout_s=args.ray_timeout,
     )
-    spec = ModelSpec(args.model, args.device, args.dtype, args.slopes, args.backend, args.linear)
+    # Resolved here: a worker would read a relative path in its own working directory.
+    model = resolve_local_path(args.model)
+    spec = ModelSpec(model, args.device, args.dtype, args.slopes, args.backend, args.linear)
     qids, first_stage = inputs.qids, inputs.first_stage
     started = connect(plan)
     progress = _progress_bar(args.top_k, inputs)

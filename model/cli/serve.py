@@ -113,7 +113,8 @@ def _cannot_bind(host: str, port: int) -> str | None:
 
 
 def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
-    from turborank.serving.ray_serve import ReplicaPlan, serve_on_ray
+    from turborank.ray_cluster import resolve_local_path
+    from turborank.serving.ray_serve import DeployFailedError, ReplicaPlan, serve_on_ray
 
     if args.cuda_graphs:
         return fail(
@@ -124,6 +125,13 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
         replicas=args.replicas,
         gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica,
+        timeout_s=args.ray_timeout,
     )
-    serve_on_ray(model_options(args), settings, plan, host=args.host, port=args.port)
+    load = model_options(args)
+    # Resolved and checked here: a replica would read a relative path in its own working directory.
+    load["path_or_hub_id"] = resolve_local_path(str(load["path_or_hub_id"]))
+    try:
+        serve_on_ray(load, settings, plan, host=args.host, port=args.port)
+    except DeployFailedError as exc:
+        return fail(str(exc))
     return 0

@@ -23,6 +23,7 @@ from typing import Any
 
 from turborank.eval.rerank_run import RerankOptions, RerankStats, check_first_stage, query_groups, rerank_run
 from turborank.eval.trec import Run, merge_runs
+from turborank.ray_cluster import node_error, start_or_join
 
 # Ray retries a task whose worker died (killed, out of memory, node lost) this many times.
 TASK_RETRIES = 3
@@ -49,7 +50,10 @@ def _reranker(spec: ModelSpec):
         from turborank.reranker import Reranker
 
         options = dataclasses.asdict(spec)
-        _LOADED[spec] = Reranker.from_pretrained(options.pop("model"), **options)
+        try:
+            _LOADED[spec] = Reranker.from_pretrained(options.pop("model"), **options)
+        except (OSError, ValueError) as exc:
+            raise node_error("loading the model", exc) from None
     return _LOADED[spec]
 
 
@@ -68,8 +72,9 @@ def _rerank_group(
 
 @dataclasses.dataclass(frozen=True)
 class RayPlan:
-    """Where and how wide: ``address`` None starts a local cluster of ``workers`` x
-    ``cpus_per_worker`` CPUs; else Ray's address ("auto", "ray://host:10001")."""
+    """Where and how wide: ``address`` None starts a local cluster of this machine's cores (each
+    task takes ``cpus_per_worker`` of them, so tasks never outnumber the cores); else Ray's address
+    ("auto", "host:port", "ray://host:10001"), checked within ``timeout_s``."""
 
     address: str | None = None
     workers: int | None = (
@@ -77,6 +82,7 @@ class RayPlan:
     )
     cpus_per_worker: int = 1
     use_gpus: bool = True  # one GPU per task when the cluster has GPUs
+    timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("workers", "cpus_per_worker"):
@@ -86,19 +92,15 @@ class RayPlan:
 
 
 def connect(plan: RayPlan) -> bool:
-    """Start or join the cluster; returns whether this process started it (and shuts it down)."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("turborank eval --ray needs Ray: pip install 'turborank[ray]'") from None
-    if ray.is_initialized():
-        return False
+    """Start or join the cluster; returns whether this process connected (and shuts Ray down)."""
     if plan.address is None:
-        cpus = (plan.workers or os.cpu_count() or 1) * plan.cpus_per_worker
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-        return True
-    ray.init(address=plan.address, log_to_driver=False)
-    return True
+        cores = os.cpu_count() or 1
+        if plan.cpus_per_worker > cores:
+            raise ValueError(
+                f"--ray-cpus-per-worker {plan.cpus_per_worker}: this machine has {cores} cores for the "
+                "local cluster"
+            )
+    return start_or_join("eval", plan.address, None, plan.timeout_s)
 
 
 def rerank_run_on_ray(

@@ -8,6 +8,11 @@ process does while draining, and finishes the requests it holds (up to ``drain_t
 the application is deleted (its own shutdown drains each scheduler), a cluster this process started
 is stopped, and the process exits 0.
 
+A deploy whose replicas cannot start (a model a node cannot read, a broken install) is torn down
+(the application, and Serve itself when this process started it) and reported in one line naming
+the replica's error. Each replica runs its torch ops on ``cpus_per_replica`` threads, so the
+replicas of a local cluster share the cores instead of each taking all of them.
+
 Differences from one process, by construction: ``/metrics`` and ``/info`` answer for the replica
 the request landed on; request bodies are read by Ray's proxy, so the body-read timeouts are its
 own; ``max_concurrent_requests`` holds per replica.
@@ -17,10 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import re
 import signal
 import threading
 import time
 
+from turborank.ray_cluster import import_ray, node_error, start_or_join
 from turborank.serving.settings import ServeSettings
 
 logger = logging.getLogger("turborank.serving")
@@ -35,6 +43,7 @@ class ReplicaPlan:
     replicas: int = 1
     gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs and the device is not "cpu"
     cpus_per_replica: float = 1.0
+    timeout_s: float = 30.0  # to reach an address
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
@@ -51,15 +60,26 @@ class ReplicaPlan:
 _REPLICA: dict[str, object] = {}
 
 
-def _app_builder(load_kwargs: dict, settings: ServeSettings):
+class DeployFailedError(RuntimeError):
+    """The replicas could not start; what Serve started for them is gone again."""
+
+
+def _app_builder(load_kwargs: dict, settings: ServeSettings, threads: int):
     """The function each replica calls to build its app (Ray pickles it with what it closes over)."""
 
     def build():
+        import torch
+
         from turborank.reranker import Reranker
         from turborank.serving import ray_serve
         from turborank.serving.app import create_app
 
-        app = create_app(Reranker.from_pretrained(**load_kwargs), settings)
+        torch.set_num_threads(threads)
+        try:
+            reranker = Reranker.from_pretrained(**load_kwargs)
+        except (OSError, ValueError) as exc:
+            raise node_error("loading the model", exc) from None
+        app = create_app(reranker, settings)
         # Through the imported module: this function travels by value, with a copy of its globals.
         ray_serve._REPLICA["state"] = app.state.turborank
         return app
@@ -98,18 +118,11 @@ def serve_on_ray(
 ) -> None:
     """Deploy, serve until SIGTERM/SIGINT, then drain and stop. ``load_kwargs`` are
     ``Reranker.from_pretrained``'s arguments for each replica."""
-    try:
-        import ray
-        from ray import serve
-    except ImportError:
-        raise ImportError("turborank serve --ray needs Ray Serve: pip install 'turborank[ray]'") from None
+    ray = import_ray("serve")
+    from ray import serve
 
-    started = not ray.is_initialized()
-    if started:
-        if plan.address is None:
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=plan.address, log_to_driver=False)
+    started = start_or_join("serve", plan.address, None, plan.timeout_s)
+    serve_was_running = _serve_running(ray)
     gpus = plan.gpus_per_replica
     if gpus is None:
         has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
@@ -124,8 +137,9 @@ def serve_on_ray(
                 raise
             # Free when the command checked it, taken before Ray's proxy bound it.
             raise OSError(f"--port {port}: Ray Serve's proxy could not listen on {host}:{port}") from None
+        threads = max(1, math.floor(plan.cpus_per_replica))
         deployment = serve.deployment(
-            serve.ingress(_app_builder(load_kwargs, settings))(_Replica),
+            serve.ingress(_app_builder(load_kwargs, settings, threads))(_Replica),
             name=APP_NAME,
             num_replicas=plan.replicas,
             ray_actor_options={"num_gpus": gpus, "num_cpus": plan.cpus_per_replica},
@@ -133,7 +147,13 @@ def serve_on_ray(
             graceful_shutdown_timeout_s=settings.drain_timeout_s,
             graceful_shutdown_wait_loop_s=0.5,
         )
-        serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)
+        except Exception as exc:  # Ray reports a failed replica as its own error with the traceback
+            detail = _deploy_error(serve) or str(exc)
+            _tear_down(serve, serve_was_running)
+            replicas = "the replica" if plan.replicas == 1 else f"the {plan.replicas} replicas"
+            raise DeployFailedError(f"{replicas} could not start: {_last_error_line(detail)}") from None
         logger.info(
             "serving %s on http://%s:%d through Ray Serve: %d replicas, %s GPU and %s CPU each",
             load_kwargs.get("path_or_hub_id"),
@@ -149,10 +169,44 @@ def serve_on_ray(
             _drain_replicas(serve, settings.drain_timeout_s)
         except Exception:  # the graceful delete below still lets the requests in flight finish
             logger.warning("could not set the replicas draining; deleting the application", exc_info=True)
-        serve.delete(APP_NAME)
-        serve.shutdown()
+        _tear_down(serve, serve_was_running)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if started:
             ray.shutdown()
+
+
+def _serve_running(ray) -> bool:
+    """Whether Ray Serve already runs on the cluster (another application's): then only ours is
+    deleted at the end, not Serve."""
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
+
+
+def _tear_down(serve, keep_serve: bool) -> None:
+    try:
+        serve.delete(APP_NAME)
+    except Exception:  # never deployed far enough to be deleted: Serve's shutdown removes the rest
+        logger.debug("deleting the application failed", exc_info=True)
+    if not keep_serve:
+        serve.shutdown()
+
+
+def _deploy_error(serve) -> str | None:
+    """What Serve recorded of the replicas' failure (their traceback), while it is still there."""
+    try:
+        status = serve.status().applications.get(APP_NAME)
+        return "\n".join(d.message for d in status.deployments.values() if d.message) or status.message
+    except Exception:  # an older Serve, or none left to ask
+        return None
+
+
+def _last_error_line(message: str) -> str:
+    """The line of Ray's deploy error that names the replica's exception (``SomeError: ...``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    return (errors or lines or ["unknown error"])[-1]
