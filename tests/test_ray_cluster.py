@@ -75,6 +75,22 @@ def inputs(tmp_path_factory):
     return root, ckpt, data
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=180
+    )
+
+
+def _broken_copy(ckpt: Path, where: Path) -> Path:
+    """The checkpoint with a model.safetensors no node can read."""
+    broken = where / "broken"
+    broken.mkdir()
+    for item in ckpt.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    return broken
+
+
 def _eval(model: str, data: Path, output: Path, *extra: str, cwd: Path, env=None):
     command = [sys.executable, "-m", "turborank", "eval", "--model", model, "--data", str(data), "--bm25"]
     command += ["--top-k", "5", "--device", "cpu", "--output", str(output), *extra]
@@ -106,11 +122,7 @@ def test_a_missing_model_path_fails_on_the_driver_before_any_task(heads, inputs,
 
 def test_a_model_a_worker_cannot_load_names_the_node(heads, inputs, tmp_path):
     root, ckpt, data = inputs
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in ckpt.iterdir():
-        (broken / item.name).write_bytes(item.read_bytes())
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    broken = _broken_copy(ckpt, tmp_path)
     done = _eval(str(broken), data, tmp_path / "ray.trec", "--ray", heads[0], cwd=root)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
@@ -165,13 +177,9 @@ def test_a_failed_deploy_tears_down_what_it_started(heads, inputs, tmp_path):
     """Replicas that cannot load the model: one line naming their error, exit 1, and neither the
     application nor Serve's controller and proxy left on the cluster (the port is free again)."""
     _, ckpt, _ = inputs
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in ckpt.iterdir():
-        (broken / item.name).write_bytes(item.read_bytes())
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    broken = _broken_copy(ckpt, tmp_path)
     port = free_port()
-    command = [sys.executable, "-m", "turborank", "serve", "--model", "broken", "--device", "cpu"]
+    command = [sys.executable, "-m", "turborank", "serve", "--model", broken.name, "--device", "cpu"]
     command += ["--port", str(port), "--ray", heads[0], "--replicas", "1"]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
     assert done.returncode == 1
@@ -186,11 +194,42 @@ def test_a_failed_deploy_tears_down_what_it_started(heads, inputs, tmp_path):
         "except ValueError:\n"
         "    print('serve gone')\n"
     )
-    probe = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=_env(), timeout=120
-    )
+    probe = _python(check)
     assert probe.stdout.strip() == "serve gone", probe.stderr
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # the proxy let go of it
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the replicas through /proc")
+def test_model_replicas_killed_under_load_lose_no_accepted_request(tmp_path):
+    """SIGKILL a model replica twice while clients keep requests in flight: each request is
+    answered with its scores (the router passed it to the other replica) or with the API's JSON 503
+    and Retry-After; none gets Ray's plain-text 500, a reset or a timeout. Without the router the
+    same run lost requests (benchmarks/results/ray_replica_soak_*)."""
+    from benchmarks.serve.ray_replica_soak import run_soak
+
+    result = run_soak(seconds=30, clients=4, kill_every=10, replicas=2, workdir=tmp_path)
+    assert len(result["kills_at_s"]) == 2, result
+    assert result["counts"]["lost"] == 0, result
+    assert result["counts"]["ok"] > 20 and result["server_exit_code"] == 0, result
+
+
+def test_the_local_cluster_is_this_machines_cores_whatever_the_task_size(inputs, tmp_path):
+    """Tasks of --ray-cpus-per-worker cores each on a cluster of exactly the machine's cores: Ray
+    never runs more at once than the cores hold (it ran cores x 2 threads before)."""
+    code = (
+        "import os, ray\n"
+        "from turborank.eval.ray_runs import RayPlan, connect\n"
+        "connect(RayPlan(cpus_per_worker=min(2, os.cpu_count())))\n"
+        "print(int(ray.cluster_resources()['CPU']), os.cpu_count())\n"
+        "ray.shutdown()\n"
+    )
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    cluster, cores = done.stdout.split()
+    assert cluster == cores
+    root, ckpt, data = inputs
+    too_wide = _eval(str(ckpt), data, tmp_path / "r.trec", "--ray", "--ray-cpus-per-worker", "4096", cwd=root)
+    assert too_wide.returncode == 1 and "this machine has" in too_wide.stderr.splitlines()[-1]

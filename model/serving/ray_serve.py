@@ -1,5 +1,6 @@
 """``turborank serve --ray``: the same FastAPI app as a Ray Serve deployment of N replicas behind
-Ray Serve's HTTP proxy.
+Ray Serve's HTTP proxy and a router that hands a request to another replica when the one holding it
+is lost (``ray_router``).
 
 Each replica loads the model and runs the app exactly as ``turborank serve`` does (routes, limits,
 errors, metrics, its own batching scheduler); Ray's proxy spreads the requests over the replicas.
@@ -29,6 +30,7 @@ import threading
 import time
 
 from turborank.ray_cluster import import_ray, node_error, start_or_join
+from turborank.serving.ray_router import Router
 from turborank.serving.settings import ServeSettings
 
 logger = logging.getLogger("turborank.serving")
@@ -82,14 +84,21 @@ def _app_builder(load_kwargs: dict, settings: ServeSettings, threads: int):
         app = create_app(reranker, settings)
         # Through the imported module: this function travels by value, with a copy of its globals.
         ray_serve._REPLICA["state"] = app.state.turborank
+        ray_serve._REPLICA["app"] = app
         return app
 
     return build
 
 
 class _Replica:
-    """The deployment class around the app: HTTP goes to the app; ``drain`` is called on every
-    replica through a deployment handle at shutdown."""
+    """The model deployment around the app: the router's requests go to the app in process
+    (``handle_http``); ``drain`` is called on every replica through a deployment handle at
+    shutdown."""
+
+    async def handle_http(self, scope: dict, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        from turborank.serving.ray_router import call_app
+
+        return await call_app(_REPLICA["app"], scope, body)
 
     def drain(self) -> int:
         """Answer new requests 503 from now on; returns the requests still in flight."""
@@ -147,8 +156,17 @@ def serve_on_ray(
             graceful_shutdown_timeout_s=settings.drain_timeout_s,
             graceful_shutdown_wait_loop_s=0.5,
         )
+        # In front: a request whose model replica is lost goes to another (see ray_router).
+        router = serve.deployment(
+            Router,
+            name="router",
+            num_replicas=plan.replicas,
+            ray_actor_options={"num_cpus": 0},
+            max_ongoing_requests=settings.max_concurrent_requests * plan.replicas,
+            graceful_shutdown_timeout_s=settings.drain_timeout_s,
+        )
         try:
-            serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)
+            serve.run(router.bind(deployment.bind()), name=APP_NAME, route_prefix="/", blocking=False)
         except Exception as exc:  # Ray reports a failed replica as its own error with the traceback
             detail = _deploy_error(serve) or str(exc)
             _tear_down(serve, serve_was_running)
