@@ -205,9 +205,9 @@ def test_a_failed_deploy_tears_down_what_it_started(heads, inputs, tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the replicas through /proc")
 def test_model_replicas_killed_under_load_lose_no_accepted_request(tmp_path):
     """SIGKILL a model replica twice while clients keep requests in flight: each request is
-    answered with its scores (the router passed it to the other replica) or with the API's JSON 503
-    and Retry-After; none gets Ray's plain-text 500, a reset or a timeout. Without the router the
-    same run lost requests (benchmarks/results/ray_replica_soak_*)."""
+    answered with its scores (the front passed it to the other replica) or with the API's JSON 503
+    and Retry-After; none gets Ray's plain-text 500, a reset or a timeout. With Ray's proxy in front
+    the same run lost requests (benchmarks/results/ray_replica_soak_ray_proxy_*)."""
     from benchmarks.serve.ray_replica_soak import run_soak
 
     result = run_soak(seconds=30, clients=4, kill_every=10, replicas=2, workdir=tmp_path)

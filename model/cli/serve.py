@@ -51,16 +51,15 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         return fail(f"--port must be a TCP port number (1..65535), got {args.port}")
     # Before the model is loaded (minutes for a large one on a GPU), not after, as uvicorn would.
-    # Only where the server listens on this machine: on a Ray cluster the proxy binds on its head.
-    unbindable = _cannot_bind(args.host, args.port) if args.ray in (None, "local") else None
+    # With --ray too: this process is the front that listens.
+    unbindable = _cannot_bind(args.host, args.port)
     if unbindable:
         return fail(f"--host {args.host} --port {args.port}: {unbindable}")
     try:  # every limit checked before the model is loaded (max_input_length against the model's range)
         settings = from_arguments(args, args.model, max_input_length=ServeSettings.max_input_length)
-        if args.ray is None:
-            from turborank.serving.connections import connection_limit
+        from turborank.serving.connections import connection_limit
 
-            connection_limit(settings)
+        connection_limit(settings)
     except SettingError as error:
         return fail(f"{option_name(error.field)} {error.problem}")
     from turborank.serving.logs import serve_logging
@@ -131,7 +130,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
     # Resolved and checked here: a replica would read a relative path in its own working directory.
     load["path_or_hub_id"] = resolve_local_path(str(load["path_or_hub_id"]))
     try:
-        serve_on_ray(load, settings, plan, host=args.host, port=args.port)
+        serve_on_ray(load, settings, plan, host=args.host, port=args.port, log_level=args.log_level)
     except DeployFailedError as exc:
         return fail(str(exc))
     return 0

@@ -1,22 +1,21 @@
-"""``turborank serve --ray``: the same FastAPI app as a Ray Serve deployment of N replicas behind
-Ray Serve's HTTP proxy and a router that hands a request to another replica when the one holding it
-is lost (``ray_router``).
+"""``turborank serve --ray``: the same FastAPI app as a Ray Serve deployment of N model replicas,
+behind this process's own HTTP front (``ray_front``) instead of Ray Serve's proxy.
 
 Each replica loads the model and runs the app exactly as ``turborank serve`` does (routes, limits,
-errors, metrics, its own batching scheduler); Ray's proxy spreads the requests over the replicas.
-On SIGTERM or SIGINT every replica starts answering new requests 503 with Retry-After, as one
-process does while draining, and finishes the requests it holds (up to ``drain_timeout_s``); then
-the application is deleted (its own shutdown drains each scheduler), a cluster this process started
-is stopped, and the process exits 0.
+errors, metrics, per-client slots, its own batching scheduler); the front reads each request under
+the same connection and body limits and hands it to a replica, to another one when the replica
+holding it is lost. On SIGTERM or SIGINT the front answers new requests 503 with Retry-After, as
+one process does while draining, until the requests it forwarded are answered (up to
+``drain_timeout_s``); then the application is deleted, Serve and a cluster this process started are
+stopped, and the process exits 0.
 
 A deploy whose replicas cannot start (a model a node cannot read, a broken install) is torn down
 (the application, and Serve itself when this process started it) and reported in one line naming
 the replica's error. Each replica runs its torch ops on ``cpus_per_replica`` threads, so the
 replicas of a local cluster share the cores instead of each taking all of them.
 
-Differences from one process, by construction: ``/metrics`` and ``/info`` answer for the replica
-the request landed on; request bodies are read by Ray's proxy, so the body-read timeouts are its
-own; ``max_concurrent_requests`` holds per replica.
+By construction ``/metrics`` and ``/info`` answer for the replica the request landed on, and
+``max_concurrent_requests`` holds per replica.
 """
 
 from __future__ import annotations
@@ -26,11 +25,8 @@ import logging
 import math
 import re
 import signal
-import threading
-import time
 
 from turborank.ray_cluster import import_ray, node_error, start_or_join
-from turborank.serving.ray_router import Router
 from turborank.serving.settings import ServeSettings
 
 logger = logging.getLogger("turborank.serving")
@@ -91,44 +87,29 @@ def _app_builder(load_kwargs: dict, settings: ServeSettings, threads: int):
 
 
 class _Replica:
-    """The model deployment around the app: the router's requests go to the app in process
-    (``handle_http``); ``drain`` is called on every replica through a deployment handle at
-    shutdown."""
+    """The model deployment around the app: the front's requests go to the app in process."""
 
     async def handle_http(self, scope: dict, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        from turborank.serving.ray_router import call_app
+        from turborank.serving.ray_front import call_app
 
         return await call_app(_REPLICA["app"], scope, body)
 
-    def drain(self) -> int:
-        """Answer new requests 503 from now on; returns the requests still in flight."""
-        state = _REPLICA["state"]
-        state.draining = True
-        return state.active
-
-
-def _drain_replicas(serve, timeout_s: float) -> None:
-    """Every replica answers new requests 503 (as one process does when draining) until its requests
-    in flight are done, or ``timeout_s`` passes. Needs DeploymentHandle.broadcast (Ray >= 2.5x);
-    with an older Ray the proxy answers 404 while the application is deleted."""
-    handle = serve.get_deployment_handle(APP_NAME, app_name=APP_NAME)
-    if not hasattr(handle, "broadcast"):
-        return
-    deadline = time.monotonic() + timeout_s
-    while True:
-        in_flight = sum(handle.broadcast("drain").results())
-        if in_flight == 0 or time.monotonic() > deadline:
-            return
-        time.sleep(0.2)
-
 
 def serve_on_ray(
-    load_kwargs: dict, settings: ServeSettings, plan: ReplicaPlan, host: str = "127.0.0.1", port: int = 8080
+    load_kwargs: dict,
+    settings: ServeSettings,
+    plan: ReplicaPlan,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
 ) -> None:
     """Deploy, serve until SIGTERM/SIGINT, then drain and stop. ``load_kwargs`` are
     ``Reranker.from_pretrained``'s arguments for each replica."""
     ray = import_ray("serve")
     from ray import serve
+
+    from turborank.serving.ray_front import RayFront
+    from turborank.serving.server import DrainingServer, front_config
 
     started = start_or_join("serve", plan.address, None, plan.timeout_s)
     serve_was_running = _serve_running(ray)
@@ -136,42 +117,32 @@ def serve_on_ray(
     if gpus is None:
         has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
         gpus = 1.0 if has_gpus and load_kwargs.get("device") != "cpu" else 0.0
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Until the front runs (it handles them itself), a signal stops the deploy with the teardown.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            serve.start(http_options={"host": host, "port": port})
-        except Exception as exc:  # Ray wraps the proxy's error in its own task error
-            if "Failed to bind" not in str(exc):
-                raise
-            # Free when the command checked it, taken before Ray's proxy bound it.
-            raise OSError(f"--port {port}: Ray Serve's proxy could not listen on {host}:{port}") from None
-        threads = max(1, math.floor(plan.cpus_per_replica))
-        deployment = serve.deployment(
-            serve.ingress(_app_builder(load_kwargs, settings, threads))(_Replica),
-            name=APP_NAME,
-            num_replicas=plan.replicas,
-            ray_actor_options={"num_gpus": gpus, "num_cpus": plan.cpus_per_replica},
-            max_ongoing_requests=settings.max_concurrent_requests,
-            graceful_shutdown_timeout_s=settings.drain_timeout_s,
-            graceful_shutdown_wait_loop_s=0.5,
-        )
-        # In front: a request whose model replica is lost goes to another (see ray_router).
-        router = serve.deployment(
-            Router,
-            name="router",
-            num_replicas=plan.replicas,
-            ray_actor_options={"num_cpus": 0},
-            max_ongoing_requests=settings.max_concurrent_requests * plan.replicas,
-            graceful_shutdown_timeout_s=settings.drain_timeout_s,
-        )
-        try:
-            serve.run(router.bind(deployment.bind()), name=APP_NAME, route_prefix="/", blocking=False)
-        except Exception as exc:  # Ray reports a failed replica as its own error with the traceback
-            detail = _deploy_error(serve) or str(exc)
-            _tear_down(serve, serve_was_running)
-            replicas = "the replica" if plan.replicas == 1 else f"the {plan.replicas} replicas"
-            raise DeployFailedError(f"{replicas} could not start: {_last_error_line(detail)}") from None
+            # No Ray proxy: this process is the front, so no request meets Ray's plain-text 500.
+            serve.start(proxy_location="Disabled")
+            threads = max(1, math.floor(plan.cpus_per_replica))
+            deployment = serve.deployment(
+                serve.ingress(_app_builder(load_kwargs, settings, threads))(_Replica),
+                name=APP_NAME,
+                num_replicas=plan.replicas,
+                ray_actor_options={"num_gpus": gpus, "num_cpus": plan.cpus_per_replica},
+                max_ongoing_requests=settings.max_concurrent_requests,
+                graceful_shutdown_timeout_s=settings.drain_timeout_s,
+                graceful_shutdown_wait_loop_s=0.5,
+            )
+            try:
+                handle = serve.run(deployment.bind(), name=APP_NAME, route_prefix=None, blocking=False)
+            except Exception as exc:  # Ray reports a failed replica as its own error with the traceback
+                detail = _deploy_error(serve) or str(exc)
+                replicas = "the replica" if plan.replicas == 1 else f"the {plan.replicas} replicas"
+                raise DeployFailedError(f"{replicas} could not start: {_last_error_line(detail)}") from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        front = RayFront(handle, settings)
         logger.info(
             "serving %s on http://%s:%d through Ray Serve: %d replicas, %s GPU and %s CPU each",
             load_kwargs.get("path_or_hub_id"),
@@ -181,18 +152,15 @@ def serve_on_ray(
             gpus,
             plan.cpus_per_replica,
         )
-        stop.wait()
-        logger.info("draining: new requests get 503 while the replicas finish theirs")
-        try:
-            _drain_replicas(serve, settings.drain_timeout_s)
-        except Exception:  # the graceful delete below still lets the requests in flight finish
-            logger.warning("could not set the replicas draining; deleting the application", exc_info=True)
-        _tear_down(serve, serve_was_running)
+        DrainingServer(front_config(front, host, port, log_level), front).run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _tear_down(serve, serve_was_running)
         if started:
             ray.shutdown()
+
+
+def _interrupt(sig: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve_running(ray) -> bool:

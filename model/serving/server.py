@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -21,8 +22,11 @@ from turborank.serving.connections import uvicorn_options
 logger = logging.getLogger("turborank.serving")
 
 
-class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+class DrainingServer(uvicorn.Server):
+    """uvicorn draining ``state`` (a ServerState, or the Ray front: ``draining``, ``active``,
+    ``settings``) on the first signal, exiting 0 once it is drained."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState | Any) -> None:
         super().__init__(config)
         self._state = state
         self._drain_deadline: float | None = None
@@ -68,7 +72,7 @@ def serve(
     caller's (the command line sets them up with ``turborank.serving.logs.serve_logging``)."""
     app = create_app(reranker, settings)
     config = uvicorn_config(app, host, port, log_level)
-    _DrainingServer(config, app.state.turborank).run()
+    DrainingServer(config, app.state.turborank).run()
 
 
 def uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
@@ -79,6 +83,18 @@ def uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
     options = uvicorn_options(state.settings, lambda reason: metrics.closed_connections.labels(reason).inc())
     guard = options["http"].guard
     metrics.open_connections.set_function(lambda: guard.count)
+    return _config(app, host, port, log_level, state.settings, options)
+
+
+def front_config(front: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """The same for the front of ``serve --ray`` (its metrics are the replicas')."""
+    options = uvicorn_options(front.settings, lambda reason: logger.debug("closed a connection: %s", reason))
+    return _config(front, host, port, log_level, front.settings, options)
+
+
+def _config(
+    app, host: str, port: int, log_level: str, settings: ServeSettings, options: dict
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -87,7 +103,7 @@ def uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
         # uvicorn's records propagate to the root's handlers, in the same format as ours.
         log_config=None,
         # In-flight work was waited for while draining; this bounds what is left after it.
-        timeout_graceful_shutdown=int(state.settings.drain_timeout_s),
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,  # turborank.access logs every request, with its pairs, tokens and timings
         **options,
     )
