@@ -208,7 +208,9 @@ def test_serve_on_a_port_in_use_fails_before_loading_the_model(small_ckpt, capsy
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for ray in ([], ["--ray"]):  # a local Ray cluster is not started either
+        # With --ray this process is the front that listens: refused before any cluster is
+        # started or joined (an address where nothing answers is not even tried).
+        for ray in ([], ["--ray"], ["--ray", "127.0.0.1:1"]):
             code, _, err = run(["serve", "--model", str(small_ckpt), "--port", str(port), *ray], capsys)
             assert code == 1
             assert err.startswith(f"turborank: error: --host 127.0.0.1 --port {port}: cannot listen there (")
@@ -216,26 +218,6 @@ def test_serve_on_a_port_in_use_fails_before_loading_the_model(small_ckpt, capsy
     code, _, err = run(["serve", "--model", str(small_ckpt), "--host", "no-such-host.invalid"], capsys)
     assert code == 1 and "--host no-such-host.invalid --port 8080: cannot resolve the host" in err
     assert "loaded" not in err and "Traceback" not in err
-
-
-def test_ray_proxy_failing_to_bind_is_one_clear_error(monkeypatch):
-    """The port can be taken between the command's check and the proxy's bind (a Ray cluster
-    starts a dozen processes in between): a one-line OSError naming the port, not Ray's trace."""
-    ray = pytest.importorskip("ray")
-    serve = pytest.importorskip("ray.serve")
-    from turborank.serving.app import ServeSettings
-    from turborank.serving.ray_serve import ReplicaPlan, serve_on_ray
-
-    def proxy_cannot_bind(http_options):
-        raise RuntimeError(f"Failed to bind to address '{http_options['host']}:{http_options['port']}'.")
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no cluster is started
-    monkeypatch.setattr(ray, "cluster_resources", dict)
-    monkeypatch.setattr(serve, "start", proxy_cannot_bind)
-    plan = ReplicaPlan(address=None, replicas=1, gpus_per_replica=0.0, cpus_per_replica=1.0)
-    refused = r"^--port 23456: Ray Serve's proxy could not listen on 127.0.0.1:23456$"
-    with pytest.raises(OSError, match=refused):
-        serve_on_ray({}, ServeSettings(model_name="m"), plan, port=23456)
 
 
 def test_version_from_package_metadata():
@@ -421,3 +403,14 @@ def test_serve_max_input_length_out_of_range_is_one_answer_before_loading(small_
     last = err.strip().splitlines()[-1]  # (the config's slope-scheme line is logged before it)
     assert last.startswith("turborank: error: ") and "Traceback" not in err
     assert f"--max-input-length {value} is outside the model's range (5.." in last
+
+
+def test_serve_ray_replicas_that_do_not_fit_the_local_cores_are_refused(small_ckpt, capsys):
+    """A local cluster has exactly this machine's cores: replicas beyond them would wait forever."""
+    pytest.importorskip("ray")
+    pytest.importorskip("fastapi")
+    from turborank.testing_server import free_port
+
+    command = ["serve", "--model", str(small_ckpt), "--ray", "--replicas", "4096", "--port", str(free_port())]
+    code, _, err = run(command, capsys)
+    assert code == 1 and "this machine has" in err and "--replicas 4096" in err

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
 import signal
 
@@ -111,6 +112,8 @@ def serve_on_ray(
     from turborank.serving.ray_front import RayFront
     from turborank.serving.server import DrainingServer, front_config
 
+    if plan.address is None:
+        check_local_fit(plan)
     started = start_or_join("serve", plan.address, None, plan.timeout_s)
     serve_was_running = _serve_running(ray)
     gpus = plan.gpus_per_replica
@@ -157,6 +160,18 @@ def serve_on_ray(
         _tear_down(serve, serve_was_running)
         if started:
             ray.shutdown()
+
+
+def check_local_fit(plan: ReplicaPlan) -> None:
+    """ValueError when the replicas' CPU shares do not fit this machine's cores: a local cluster has
+    exactly its cores, and Ray would wait for the rest forever instead of overloading them."""
+    cores = os.cpu_count() or 1
+    wanted = plan.replicas * plan.cpus_per_replica
+    if wanted > cores:
+        raise ValueError(
+            f"--replicas {plan.replicas} x --cpus-per-replica {plan.cpus_per_replica:g} = {wanted:g} cores; "
+            f"this machine has {cores} for the local cluster"
+        )
 
 
 def _interrupt(sig: int, frame) -> None:
