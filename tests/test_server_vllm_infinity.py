@@ -141,6 +141,12 @@ def test_vllm_rerank_errors_in_its_shape(server):
     assert on_v1.status_code == 422 and "top_n" in on_v1.json()["detail"]  # Jina's body: Jina's shape
     vllm_v1 = {"query": QUERY, "documents": [1], "truncate_prompt_tokens": -1}
     assert "documents" in vllm_error(httpx.post(url + "/v1/rerank", json=vllm_v1))
+    vllm_v2 = {"query": QUERY, "documents": DOCS, "truncate_prompt_tokens": 100000}
+    assert "truncate_prompt_tokens: 100000 is outside" in vllm_error(
+        httpx.post(url + "/v2/rerank", json=vllm_v2)
+    )
+    cohere_v2 = httpx.post(url + "/v2/rerank", json={"query": QUERY, "documents": [1]})
+    assert cohere_v2.status_code == 422 and "Cohere v2 takes strings" in cohere_v2.json()["message"]
 
 
 def test_v2_rerank_returns_documents_unless_cohere_sdk(server):
