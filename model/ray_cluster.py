@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("turborank")
@@ -28,6 +29,17 @@ AUTH_HINT = (
 
 class RayConnectError(ConnectionError):
     """The cluster could not be started or joined; the message is one line saying why and what to set."""
+
+
+def load_on_node(**load_kwargs: Any) -> Any:
+    """``Reranker.from_pretrained(**load_kwargs)`` in a Ray worker or replica; a model this node
+    cannot load is an error naming the node (``node_error``)."""
+    from turborank.reranker import Reranker
+
+    try:
+        return Reranker.from_pretrained(**load_kwargs)
+    except (OSError, ValueError) as exc:
+        raise node_error("loading the model", exc) from None
 
 
 def node_error(what: str, exc: BaseException) -> Exception:
@@ -75,21 +87,21 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port)) if host and port.isdigit() else None
 
 
-def _in_time(work: Any, timeout_s: float) -> tuple[bool, Any, BaseException | None]:
-    """``work()`` on a daemon thread: (finished, result, error). Ray's native clients cannot be
+def _in_time(work: Callable[[], object], timeout_s: float) -> tuple[bool, BaseException | None]:
+    """``work()`` on a daemon thread: (finished, its error). Ray's native clients cannot be
     cancelled; one that is still waiting is left to end with the process."""
-    box: dict[str, Any] = {}
+    errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            box["result"] = work()
+            work()
         except BaseException as exc:  # carried back to the caller
-            box["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=run, name="turborank-ray-check", daemon=True)
     thread.start()
     thread.join(timeout_s)
-    return not thread.is_alive(), box.get("result"), box.get("error")
+    return not thread.is_alive(), errors[0] if errors else None
 
 
 def check_address(address: str, timeout_s: float) -> None:
@@ -117,7 +129,7 @@ def check_address(address: str, timeout_s: float) -> None:
     def ask() -> object:
         return GcsClient(address=f"{host}:{port}").internal_kv_get(b"session_name", namespace=None, timeout=5)
 
-    finished, _, error = _in_time(ask, timeout_s)
+    finished, error = _in_time(ask, timeout_s)
     if not finished:
         raise RayConnectError(
             f"--ray {address}: {host}:{port} answers, but not as a Ray cluster's GCS within {timeout_s:g} s "
@@ -131,9 +143,9 @@ def check_address(address: str, timeout_s: float) -> None:
         raise RayConnectError(f"--ray {address}: {host}:{port} is not a usable Ray cluster ({error})")
 
 
-def start_or_join(command: str, address: str | None, num_cpus: int | None, timeout_s: float) -> bool:
-    """Start a local cluster (``address`` None) of ``num_cpus`` CPUs (None: the machine's cores), or
-    join ``address``; returns whether this process connected (and so must ``ray.shutdown()``)."""
+def start_or_join(command: str, address: str | None, timeout_s: float) -> bool:
+    """Start a local cluster (``address`` None) of this machine's cores, or join ``address``;
+    returns whether this process connected (and so must ``ray.shutdown()``)."""
     ray = import_ray(command)
     if ray.is_initialized():
         return False
@@ -145,7 +157,7 @@ def start_or_join(command: str, address: str | None, num_cpus: int | None, timeo
                 "(--ray auto would use that one)",
                 running,
             )
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         return True
     if address != "auto":
         check_address(address, timeout_s)

@@ -23,7 +23,7 @@ from typing import Any
 
 from turborank.eval.rerank_run import RerankOptions, RerankStats, check_first_stage, query_groups, rerank_run
 from turborank.eval.trec import Run, merge_runs
-from turborank.ray_cluster import node_error, start_or_join
+from turborank.ray_cluster import load_on_node, start_or_join
 
 # Ray retries a task whose worker died (killed, out of memory, node lost) this many times.
 TASK_RETRIES = 3
@@ -47,13 +47,8 @@ _LOADED: dict[ModelSpec, Any] = {}
 
 def _reranker(spec: ModelSpec):
     if spec not in _LOADED:
-        from turborank.reranker import Reranker
-
         options = dataclasses.asdict(spec)
-        try:
-            _LOADED[spec] = Reranker.from_pretrained(options.pop("model"), **options)
-        except (OSError, ValueError) as exc:
-            raise node_error("loading the model", exc) from None
+        _LOADED[spec] = load_on_node(path_or_hub_id=options.pop("model"), **options)
     return _LOADED[spec]
 
 
@@ -100,7 +95,7 @@ def connect(plan: RayPlan) -> bool:
                 f"--ray-cpus-per-worker {plan.cpus_per_worker}: this machine has {cores} cores for the "
                 "local cluster"
             )
-    return start_or_join("eval", plan.address, None, plan.timeout_s)
+    return start_or_join("eval", plan.address, plan.timeout_s)
 
 
 def rerank_run_on_ray(

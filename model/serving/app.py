@@ -376,7 +376,6 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         "/metrics", summary="Prometheus metrics (ours, and TEI's under its names)", operation_id="metrics"
     )
     async def metrics() -> Response:
-        state.metrics.queued_pairs.set(state.scheduler.queued_pairs)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/api-doc/openapi.json", include_in_schema=False)

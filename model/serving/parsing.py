@@ -19,10 +19,6 @@ Model = TypeVar("Model", bound=pydantic.BaseModel)
 _MAX_PROBLEMS = 5
 
 
-def parse_body(model: type[Model], body: bytes) -> Model:
-    return validate(model, decode_json(body))
-
-
 def decode_json(body: bytes) -> dict[str, Any]:
     """The body's JSON object; APIError 400 for anything else (not UTF-8, malformed, not an object)."""
     if b"\x00" in body:  # valid UTF-8, but never in JSON: UTF-16 or UTF-32 text

@@ -27,7 +27,7 @@ import os
 import re
 import signal
 
-from turborank.ray_cluster import import_ray, node_error, start_or_join
+from turborank.ray_cluster import import_ray, load_on_node, start_or_join
 from turborank.serving.settings import ServeSettings
 
 logger = logging.getLogger("turborank.serving")
@@ -55,7 +55,7 @@ class ReplicaPlan:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
-# The app's state in this replica process (each replica is a process of its own).
+# The app of this replica process (each replica is a process of its own).
 _REPLICA: dict[str, object] = {}
 
 
@@ -69,18 +69,12 @@ def _app_builder(load_kwargs: dict, settings: ServeSettings, threads: int):
     def build():
         import torch
 
-        from turborank.reranker import Reranker
         from turborank.serving import ray_serve
         from turborank.serving.app import create_app
 
         torch.set_num_threads(threads)
-        try:
-            reranker = Reranker.from_pretrained(**load_kwargs)
-        except (OSError, ValueError) as exc:
-            raise node_error("loading the model", exc) from None
-        app = create_app(reranker, settings)
+        app = create_app(load_on_node(**load_kwargs), settings)
         # Through the imported module: this function travels by value, with a copy of its globals.
-        ray_serve._REPLICA["state"] = app.state.turborank
         ray_serve._REPLICA["app"] = app
         return app
 
@@ -114,7 +108,7 @@ def serve_on_ray(
 
     if plan.address is None:
         check_local_fit(plan)
-    started = start_or_join("serve", plan.address, None, plan.timeout_s)
+    started = start_or_join("serve", plan.address, plan.timeout_s)
     serve_was_running = _serve_running(ray)
     gpus = plan.gpus_per_replica
     if gpus is None:

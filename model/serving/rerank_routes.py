@@ -32,7 +32,7 @@ from starlette.requests import Request
 
 from turborank.ranking import best_first
 from turborank.serving import errors
-from turborank.serving.errors import APIError, Shape
+from turborank.serving.errors import APIError, Shape, request_shape
 from turborank.serving.request_id import request_id_of
 from turborank.serving.responses import rerank_body
 from turborank.serving.schemas import (
@@ -153,6 +153,34 @@ class RerankRoutes:
             )
         return wanted
 
+    def _job(
+        self,
+        query: str | list[str],
+        documents: list[str],
+        options: VLLMScoringOptions,
+        *,
+        truncate: bool,
+        too_long_hint: str,
+        max_document_tokens: int | None = None,
+        field: str = "documents",
+        query_field: str = "query",
+    ) -> ScoreRequest:
+        """A request of ``max_documents`` documents at most; a pair is cut when ``truncate`` says
+        so or the request sets vLLM's truncate_prompt_tokens."""
+        length = self._pair_length(options)
+        return ScoreRequest(
+            query=query,
+            documents=documents,
+            field=field,
+            limit=self.settings.max_documents,
+            limit_name="max_documents",
+            truncate=truncate or length is not None,
+            too_long_hint=too_long_hint,
+            max_document_tokens=max_document_tokens,
+            max_length=length,
+            query_field=query_field,
+        )
+
     def _jina_cohere_job(
         self,
         query: str,
@@ -160,17 +188,14 @@ class RerankRoutes:
         options: VLLMScoringOptions,
         max_document_tokens: int | None = None,
     ) -> ScoreRequest:
-        length = self._pair_length(options)
-        return ScoreRequest(
-            query=query,
-            documents=texts,
-            field="documents",
-            limit=self.settings.max_documents,
-            limit_name="max_documents",
-            truncate=length is not None or not self.settings.strict_input_length,
+        truncate = not self.settings.strict_input_length
+        return self._job(
+            query,
+            texts,
+            options,
+            truncate=truncate,
             too_long_hint=_STRICT_HINT,
             max_document_tokens=max_document_tokens,
-            max_length=length,
         )
 
     @staticmethod
@@ -195,7 +220,7 @@ class RerankRoutes:
         return results
 
     async def jina_cohere_v1(self, payload: JinaRerankRequest, request: Request) -> Response:
-        infinity = payload.raw_scores is not None
+        infinity = request_shape(request.scope) is Shape.INFINITY
         cohere = payload.cohere_only_fields() or from_cohere_sdk(request.headers) or infinity
         return_documents = payload.return_documents if payload.return_documents is not None else not cohere
         job = self._jina_cohere_job(payload.query, payload.texts(), payload)
@@ -212,7 +237,7 @@ class RerankRoutes:
                     "max_chunks_per_doc: each document is scored as one window of max_input_length tokens"
                 )
         echoed = payload.documents if return_documents else None
-        scores = _scores(scored, payload.sigmoid_wanted() and not payload.raw_scores)
+        scores = _scores(scored, payload.sigmoid_wanted())
         results = self._results(scores, payload.top_n, echoed, as_text=infinity)
         body = self._body(request, "1", results, len(payload.documents), scored, warnings)
         return await self._json(
@@ -285,33 +310,12 @@ class RerankRoutes:
         echoed = [payload.texts[r["index"]] for r in results] if payload.return_text else []
         return await self._json(results, _answer_size(results, echoed))
 
-    def _vllm_job(
-        self,
-        queries: str | list[str],
-        documents: list[str],
-        payload: VLLMScoringOptions,
-        *,
-        truncate: bool,
-        query_field: str = "query",
-        field: str = "documents",
-    ) -> ScoreRequest:
-        length = self._pair_length(payload)
-        return ScoreRequest(
-            query=queries,
-            documents=documents,
-            field=field,
-            limit=self.settings.max_documents,
-            limit_name="max_documents",
-            truncate=truncate or length is not None,
-            too_long_hint=_VLLM_HINT,
-            max_length=length,
-            query_field=query_field,
-        )
-
     async def documents_rerank(self, payload: DocumentsRerankRequest, request: Request) -> Response:
         """/rerank with ``documents``: vLLM's rerank, or infinity's (which cuts long pairs)."""
-        infinity = payload.infinity()
-        job = self._vllm_job(payload.query, payload.documents, payload, truncate=infinity)
+        infinity = request_shape(request.scope) is Shape.INFINITY
+        job = self._job(
+            payload.query, payload.documents, payload, truncate=infinity, too_long_hint=_VLLM_HINT
+        )
         scored = await self.state.score(request, job)
         echoed: list[str] | None = payload.documents
         if infinity and not payload.return_documents:
@@ -330,13 +334,14 @@ class RerankRoutes:
         if not documents:
             raise APIError(400, errors.EMPTY, "text_2 is empty")
         one_query = len(set(queries)) == 1
-        job = self._vllm_job(
+        job = self._job(
             queries[0] if one_query else queries,
             documents,
             payload,
             truncate=False,
-            query_field="text_1",
+            too_long_hint=_VLLM_HINT,
             field="text_2",
+            query_field="text_1",
         )
         scored = await self.state.score(request, job)
         body = score_body(

@@ -132,6 +132,15 @@ class VLLMScoringOptions(BaseModel):
         return True
 
 
+class InfinityScoringOptions(VLLMScoringOptions):
+    """vLLM's options and infinity's ``raw_scores``, both sent to the rerank paths infinity serves."""
+
+    raw_scores: StrictBool | None = Field(default=None, description="infinity: true answers the logits")
+
+    def sigmoid_wanted(self) -> bool:
+        return not self.raw_scores and super().sigmoid_wanted()
+
+
 def strings_only(value: Any, hint: str) -> Any:
     """A "before" validator's check of a list of strings: one clear message for the first item
     that is not one (``hint`` says what the API takes), instead of pydantic's per-item noise."""
@@ -155,7 +164,7 @@ def is_infinity_body(raw: dict[str, Any]) -> bool:
     return not INFINITY_KEYS.isdisjoint(raw)
 
 
-class JinaRerankRequest(VLLMScoringOptions):
+class JinaRerankRequest(InfinityScoringOptions):
     """POST /v1/rerank: Jina's rerank API, which Cohere's v1 shares (rank_fields,
     max_chunks_per_doc), vLLM's and infinity's clients too. ``documents`` are strings or objects;
     objects come back whole."""
@@ -174,7 +183,6 @@ class JinaRerankRequest(VLLMScoringOptions):
         default=None,
         description="default true (Jina); false for Cohere's SDK, Cohere-only fields, infinity's raw_scores",
     )
-    raw_scores: StrictBool | None = Field(default=None, description="infinity: true answers the logits")
     max_chunks_per_doc: StrictInt | None = Field(
         default=None,
         ge=1,

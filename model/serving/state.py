@@ -93,7 +93,9 @@ class ServerState:
             settings.max_batch_tokens,
             observe=self.metrics.observe,
         )
-        self.metrics.tei.queue_size.set_function(lambda: self.scheduler.queued_pairs)
+        # Read at each scrape: both gauges are the scheduler's own count.
+        for gauge in (self.metrics.queued_pairs, self.metrics.tei.queue_size):
+            gauge.set_function(lambda: self.scheduler.queued_pairs)
         self.tokenizer_pool = ThreadPoolExecutor(
             max_workers=settings.tokenizer_threads, thread_name_prefix="turborank-tokenize"
         )
@@ -180,7 +182,6 @@ class ServerState:
             if watch is not None and watch.gone:
                 raise ClientDisconnectedError
             tickets.append(self.scheduler.submit(encoded, owner=request))
-            self.metrics.queued_pairs.set(self.scheduler.queued_pairs)
 
         try:
             try:
@@ -220,7 +221,6 @@ class ServerState:
                 self.metrics.dropped.inc(dropped)
             raise
         finally:
-            self.metrics.queued_pairs.set(self.scheduler.queued_pairs)
             started = [t.started_at for t in tickets if t.started_at is not None]
             if started:
                 note(request, queue_ms=(min(started) - tickets[0].enqueued_at) * 1000)

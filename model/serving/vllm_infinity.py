@@ -23,10 +23,16 @@ from typing import Any
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from turborank.serving.schemas import Text, VLLMScoringOptions, is_infinity_body, strings_only
+from turborank.serving.schemas import (
+    InfinityScoringOptions,
+    Text,
+    VLLMScoringOptions,
+    is_infinity_body,
+    strings_only,
+)
 
 
-class DocumentsRerankRequest(VLLMScoringOptions):
+class DocumentsRerankRequest(InfinityScoringOptions):
     """POST /rerank with ``documents``: vLLM's rerank body, or infinity's (``return_documents``,
     ``raw_scores``)."""
 
@@ -37,19 +43,12 @@ class DocumentsRerankRequest(VLLMScoringOptions):
     return_documents: StrictBool | None = Field(
         default=None, description="infinity: the text of each result as its document (default false)"
     )
-    raw_scores: StrictBool | None = Field(default=None, description="infinity: true answers the logits")
     priority: StrictInt | None = Field(default=None, description="vLLM: accepted and ignored")
 
     @field_validator("documents", mode="before")
     @classmethod
     def _documents(cls, value: Any) -> Any:
         return strings_only(value, "documents takes strings here")
-
-    def infinity(self) -> bool:
-        return self.return_documents is not None or self.raw_scores is not None
-
-    def sigmoid_wanted(self) -> bool:
-        return not self.raw_scores and super().sigmoid_wanted()
 
 
 class ScoreTextsRequest(VLLMScoringOptions):
@@ -83,6 +82,7 @@ class ScoreTextsRequest(VLLMScoringOptions):
 
 
 def documents_dialect_is_infinity(raw: dict[str, Any]) -> bool:
+    """The one rule, on the raw body; the handler reads the decision from the request's scope."""
     return is_infinity_body(raw) or "return_documents" in raw
 
 
