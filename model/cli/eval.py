@@ -14,7 +14,7 @@ from turborank.hub import DEFAULT_MODEL
 from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES
 
 if TYPE_CHECKING:
-    from turborank.eval.rerank_run import RerankOptions, RerankStats
+    from turborank.eval.rerank_run import RerankJob, RerankOptions, RerankStats
 
 HELP = "rerank a first-stage run on a BEIR-format dataset and score it"
 
@@ -92,6 +92,11 @@ class _EvalInputs:
     first_stage: dict
     qids: list[str]  # judged queries (of this shard) with first-stage results, sorted
 
+    def job(self, options: RerankOptions) -> RerankJob:
+        from turborank.eval.rerank_run import RerankJob
+
+        return RerankJob(self.queries, self.corpus, self.first_stage, self.qids, options)
+
 
 def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _EvalInputs:
     """Everything `eval` reads, checked before the model is loaded: files, the first stage (read,
@@ -160,16 +165,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         interrupted = False
         try:
-            reranked, stats = rerank_run(
-                reranker,
-                inputs.queries,
-                inputs.corpus,
-                first_stage,
-                qids,
-                options,
-                out,
-                on_progress=progress.update,
-            )
+            reranked, stats = rerank_run(reranker, inputs.job(options), out, on_progress=progress.update)
         except KeyboardInterrupt:
             interrupted = True
     progress.close()
@@ -234,15 +230,7 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
     start = time.perf_counter()
     try:
         reranked, stats = rerank_run_on_ray(
-            spec,
-            plan,
-            inputs.queries,
-            inputs.corpus,
-            first_stage,
-            qids,
-            options,
-            output_target(args.output, args.parents),
-            on_progress=progress.update,
+            spec, plan, inputs.job(options), output_target(args.output, args.parents), progress.update
         )
     except KeyboardInterrupt:
         progress.close()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from turborank.eval.rerank_run import RerankOptions, RerankStats, check_first_stage, query_groups, rerank_run
+from turborank.eval.rerank_run import RerankJob, RerankStats, rerank_run
 from turborank.eval.trec import Run, merge_runs
 from turborank.ray_cluster import load_on_node, start_or_join
 
@@ -53,15 +53,14 @@ def _reranker(spec: ModelSpec):
 
 
 def _rerank_group(
-    spec: ModelSpec, threads: int, inputs: tuple, qids: list[str], options: RerankOptions, tag: str
+    spec: ModelSpec, threads: int, job: RerankJob, qids: list[str]
 ) -> tuple[str, dict[str, int]]:
-    """Runs in a Ray worker: one group of queries, returned as TREC text and its statistics."""
+    """Runs in a Ray worker: the group ``qids`` of ``job``, returned as TREC text and its statistics."""
     import torch
 
     torch.set_num_threads(threads)
-    queries, corpus, first_stage = inputs
     out = io.StringIO()
-    _, stats = rerank_run(_reranker(spec), queries, corpus, first_stage, qids, options, out, tag)
+    _, stats = rerank_run(_reranker(spec), dataclasses.replace(job, qids=qids), out)
     return out.getvalue(), dataclasses.asdict(stats)
 
 
@@ -101,16 +100,11 @@ def connect(plan: RayPlan) -> bool:
 def rerank_run_on_ray(
     spec: ModelSpec,
     plan: RayPlan,
-    queries: dict[str, str],
-    corpus: dict[str, str],
-    first_stage: Run,
-    qids: list[str],
-    options: RerankOptions,
+    job: RerankJob,
     output: Path,
-    tag: str = "turborank",
     on_progress: Callable[[int], None] = lambda documents: None,
 ) -> tuple[Run, RerankStats]:
-    """Rerank ``qids`` on the cluster ``connect`` joined and write the merged run to ``output``.
+    """Rerank ``job`` on the cluster ``connect`` joined and write the merged run to ``output``.
 
     Raises ValueError before any work for a first stage naming documents outside the corpus. The
     output is replaced only when every group is done; an interrupted or failed job leaves an earlier
@@ -118,14 +112,17 @@ def rerank_run_on_ray(
     """
     import ray
 
-    check_first_stage(corpus, first_stage, qids, options.top_k)
-    groups = query_groups(qids, first_stage, options)
-    needed = {d for q in qids for d, _ in first_stage[q][: options.top_k]}
-    inputs = ray.put(
-        (
-            {q: queries[q] for q in qids},
-            {d: corpus[d] for d in needed},
-            {q: first_stage[q][: options.top_k] for q in qids},
+    job.check()
+    groups = job.groups()
+    top_k, qids = job.options.top_k, job.qids
+    needed = {d for q in qids for d, _ in job.first_stage[q][:top_k]}
+    # Only what the tasks read travels, once, through the object store.
+    shipped = ray.put(
+        dataclasses.replace(
+            job,
+            queries={q: job.queries[q] for q in qids},
+            corpus={d: job.corpus[d] for d in needed},
+            first_stage={q: job.first_stage[q][:top_k] for q in qids},
         )
     )
     resources = ray.cluster_resources()
@@ -145,7 +142,7 @@ def rerank_run_on_ray(
         while waiting or pending:
             while waiting and len(pending) < max(1, workers):
                 index = waiting.pop(0)
-                ref = task.remote(spec, plan.cpus_per_worker, inputs, groups[index], options, tag)
+                ref = task.remote(spec, plan.cpus_per_worker, shipped, groups[index])
                 pending[ref] = index
             (done,), _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(done)
@@ -161,9 +158,9 @@ def rerank_run_on_ray(
             _write_atomically(shard_paths[index], text)
             for name, value in counts.items():
                 setattr(stats, name, getattr(stats, name) + value)
-            on_progress(sum(min(options.top_k, len(first_stage[q])) for q in groups[index]))
+            on_progress(sum(min(top_k, len(job.first_stage[q])) for q in groups[index]))
         merged_path = Path(shard_dir) / "merged.trec"
-        reranked = merge_runs(shard_paths, merged_path, tag=tag)
+        reranked = merge_runs(shard_paths, merged_path, tag=job.tag)
         os.replace(merged_path, output)
     return reranked, stats
 

@@ -36,6 +36,28 @@ class RerankOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class RerankJob:
+    """A reranking's inputs: the top ``options.top_k`` documents of ``first_stage`` for each query
+    in ``qids`` (in that order), their texts in ``queries`` and ``corpus``; ``tag`` names the run
+    in the TREC file."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    first_stage: Run
+    qids: list[str]
+    options: RerankOptions = RerankOptions()
+    tag: str = "turborank"
+
+    def check(self) -> None:
+        """ValueError naming a document the reranking would read that the corpus lacks."""
+        check_first_stage(self.corpus, self.first_stage, self.qids, self.options.top_k)
+
+    def groups(self) -> list[list[str]]:
+        """``qids`` in the groups that are tokenised and scored together (``query_groups``)."""
+        return query_groups(self.qids, self.first_stage, self.options)
+
+
 @dataclasses.dataclass
 class RerankStats:
     queries: int = 0
@@ -79,28 +101,24 @@ def check_first_stage(corpus: dict[str, str], first_stage: Run, qids: list[str],
 
 def rerank_run(
     reranker: Reranker,
-    queries: dict[str, str],
-    corpus: dict[str, str],
-    first_stage: Run,
-    qids: list[str],
-    options: RerankOptions,
+    job: RerankJob,
     out: TextIO,
-    tag: str = "turborank",
     on_progress: Callable[[int], None] = lambda documents: None,
 ) -> tuple[Run, RerankStats]:
-    """Rerank the top ``options.top_k`` of ``first_stage`` for ``qids`` and write each query's
-    ranking to ``out`` as soon as it is scored (flushed per group of queries).
+    """Rerank ``job`` and write each query's ranking to ``out`` as soon as it is scored (flushed
+    per group of queries); ``on_progress`` gets the pairs of each group scored.
 
     Raises ValueError, before anything is written, when the run names a document missing from the
-    corpus (``check_first_stage``). On KeyboardInterrupt the queries written so far form a valid run.
+    corpus (``RerankJob.check``). On KeyboardInterrupt the queries written so far form a valid run.
     """
-    check_first_stage(corpus, first_stage, qids, options.top_k)
+    job.check()
+    queries, corpus, first_stage, options = job.queries, job.corpus, job.first_stage, job.options
     ready: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for group in query_groups(qids, first_stage, options):
+            for group in job.groups():
                 if stop.is_set():
                     return
                 candidates = {q: [d for d, _ in first_stage.get(q, [])[: options.top_k]] for q in group}
@@ -152,7 +170,7 @@ def rerank_run(
                 # Best first; ties keep the first stage's order.
                 order = best_first(mine)
                 reranked[qid] = [(docs[i], mine[i]) for i in order]
-                write_query(lines, qid, reranked[qid], tag)
+                write_query(lines, qid, reranked[qid], job.tag)
                 stats.queries += 1
                 stats.documents += len(docs)
             out.write(lines.getvalue())
