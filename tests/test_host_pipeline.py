@@ -65,3 +65,17 @@ def test_host_pipeline_benchmark_runs_end_to_end(tmp_path):
     assert cases[:2] == ["1 pair, 30 words", "1 x 50 docs of ~300 tokens"]
     assert all("error" not in row for row in rows), rows
     assert all(0 < row["device_busy"] < 1 for row in rows)
+
+
+@pytest.mark.slow
+def test_host_floor_benchmark_runs_both_servers(tmp_path):
+    run_repo_module(
+        "benchmarks.serve.host_floor", "--requests", "20", "--rounds", "1", "--out", str(tmp_path), env=None
+    )
+    (report,) = tmp_path.glob("host_floor_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["server"] for row in rows] == ["floor app", "turborank serve"]
+    for row in rows:
+        # Each server's stand-in ran the forwards, and what is left of a request is the host's.
+        assert 0 < row["stand_in_ms_per_request"] < row["p50_ms"]
+        assert row["overhead_p50_ms"] > 0 and row["server_cpu_ms_per_request"] > 0
