@@ -13,6 +13,7 @@ import uvicorn
 from turborank import Reranker
 from turborank.serving.app import ServeSettings, create_app
 from turborank.serving.server import uvicorn_config
+from turborank.serving.settings import Listener
 from turborank.testing_server import free_port
 
 __all__ = ["free_port", "metric", "running_server"]
@@ -26,7 +27,7 @@ def running_server(reranker: Reranker, before_start=None, wait_for="/ready", **l
     if before_start is not None:
         before_start(app.state.turborank)
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, "warning"))
+    server = uvicorn.Server(uvicorn_config(app, Listener("127.0.0.1", port, "warning")))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

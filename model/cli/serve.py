@@ -8,7 +8,14 @@ import os
 
 from turborank.cli.common import add_model_options, add_ray_option, fail, load_reranker, model_options
 from turborank.hub import DEFAULT_MODEL
-from turborank.serving.settings import ServeSettings, SettingError, from_arguments, option_name
+from turborank.serving.settings import (
+    LOG_LEVELS,
+    Listener,
+    ServeSettings,
+    SettingError,
+    from_arguments,
+    option_name,
+)
 from turborank.serving.settings import add_arguments as add_setting_arguments
 
 HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank"
@@ -16,11 +23,11 @@ HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rera
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, DEFAULT_MODEL)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port")
+    parser.add_argument("--host", default=Listener.host, help="address to listen on")
+    parser.add_argument("--port", type=int, default=Listener.port, help="TCP port")
     add_setting_arguments(parser, os.environ.get("TURBORANK_API_KEY"))
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level", default=Listener.log_level, choices=LOG_LEVELS, help="what the server logs"
     )
     parser.add_argument(
         "--json-logs", action="store_true", help="log JSON lines (one object per record) instead of text"
@@ -86,8 +93,12 @@ def _load_and_serve(args: argparse.Namespace) -> int:
     reranker = None if args.ray is not None else load_reranker(args)
     if args.ray is not None:
         return _serve_on_ray(args, settings)
-    serve(reranker, settings, host=args.host, port=args.port, log_level=args.log_level)
+    serve(reranker, settings, _listener(args))
     return 0
+
+
+def _listener(args: argparse.Namespace) -> Listener:
+    return Listener(args.host, args.port, args.log_level)
 
 
 def _cannot_bind(host: str, port: int) -> str | None:
@@ -130,7 +141,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
     # Resolved and checked here: a replica would read a relative path in its own working directory.
     load["path_or_hub_id"] = resolve_local_path(str(load["path_or_hub_id"]))
     try:
-        serve_on_ray(load, settings, plan, host=args.host, port=args.port, log_level=args.log_level)
+        serve_on_ray(load, settings, plan, _listener(args))
     except DeployFailedError as exc:
         return fail(str(exc))
     return 0

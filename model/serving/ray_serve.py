@@ -28,7 +28,7 @@ import re
 import signal
 
 from turborank.ray_cluster import import_ray, load_on_node, start_or_join
-from turborank.serving.settings import ServeSettings
+from turborank.serving.settings import Listener, ServeSettings
 
 logger = logging.getLogger("turborank.serving")
 APP_NAME = "turborank"
@@ -94,12 +94,11 @@ def serve_on_ray(
     load_kwargs: dict,
     settings: ServeSettings,
     plan: ReplicaPlan,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    log_level: str = "info",
+    listener: Listener | None = None,
 ) -> None:
     """Deploy, serve until SIGTERM/SIGINT, then drain and stop. ``load_kwargs`` are
     ``Reranker.from_pretrained``'s arguments for each replica."""
+    listener = listener or Listener()
     ray = import_ray("serve")
     from ray import serve
 
@@ -143,13 +142,13 @@ def serve_on_ray(
         logger.info(
             "serving %s on http://%s:%d through Ray Serve: %d replicas, %s GPU and %s CPU each",
             load_kwargs.get("path_or_hub_id"),
-            host,
-            port,
+            listener.host,
+            listener.port,
             plan.replicas,
             gpus,
             plan.cpus_per_replica,
         )
-        DrainingServer(front_config(front, host, port, log_level), front).run()
+        DrainingServer(front_config(front, listener), front).run()
     finally:
         _tear_down(serve, serve_was_running)
         if started:

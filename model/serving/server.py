@@ -18,6 +18,7 @@ import uvicorn
 from turborank.reranker import Reranker
 from turborank.serving.app import ServerState, ServeSettings, create_app
 from turborank.serving.connections import uvicorn_options
+from turborank.serving.settings import Listener
 
 logger = logging.getLogger("turborank.serving")
 
@@ -61,21 +62,15 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(
-    reranker: Reranker,
-    settings: ServeSettings,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    log_level: str = "info",
-) -> None:
+def serve(reranker: Reranker, settings: ServeSettings, listener: Listener | None = None) -> None:
     """Serve until SIGTERM/SIGINT. uvicorn's records go to the root logger, whose handlers are the
     caller's (the command line sets them up with ``turborank.serving.logs.serve_logging``)."""
     app = create_app(reranker, settings)
-    config = uvicorn_config(app, host, port, log_level)
+    config = uvicorn_config(app, listener or Listener())
     DrainingServer(config, app.state.turborank).run()
 
 
-def uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
+def uvicorn_config(app, listener: Listener) -> uvicorn.Config:
     """How every turborank server runs under uvicorn (this module's ``serve`` and the tests' own
     threads): our connection limits, our logs."""
     state: ServerState = app.state.turborank
@@ -83,23 +78,21 @@ def uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
     options = uvicorn_options(state.settings, lambda reason: metrics.closed_connections.labels(reason).inc())
     guard = options["http"].guard
     metrics.open_connections.set_function(lambda: guard.count)
-    return _config(app, host, port, log_level, state.settings, options)
+    return _config(app, listener, state.settings, options)
 
 
-def front_config(front: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+def front_config(front: Any, listener: Listener) -> uvicorn.Config:
     """The same for the front of ``serve --ray`` (its metrics are the replicas')."""
     options = uvicorn_options(front.settings, lambda reason: logger.debug("closed a connection: %s", reason))
-    return _config(front, host, port, log_level, front.settings, options)
+    return _config(front, listener, front.settings, options)
 
 
-def _config(
-    app, host: str, port: int, log_level: str, settings: ServeSettings, options: dict
-) -> uvicorn.Config:
+def _config(app, listener: Listener, settings: ServeSettings, options: dict) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        host=host,
-        port=port,
-        log_level=log_level,
+        host=listener.host,
+        port=listener.port,
+        log_level=listener.log_level,
         # uvicorn's records propagate to the root's handlers, in the same format as ours.
         log_config=None,
         # In-flight work was waited for while draining; this bounds what is left after it.

@@ -29,6 +29,19 @@ class SettingError(ValueError):
         self.field, self.problem = field, problem
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    """Where a server listens, and uvicorn's log level; ``turborank serve``'s ``--host``, ``--port``
+    and ``--log-level`` take their defaults from here."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeSettings:
     """Limits of one server; the defaults follow text-embeddings-inference where it has one.
