@@ -83,6 +83,17 @@ def pack(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[i
     return flat_ids, cu_seqlens(lengths), max(lengths), flat_types
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``, the copy queued without waiting. A CUDA copy from pageable
+    memory may make the host wait for the stream, so for the forward already queued, before it
+    starts; from pinned memory it is only queued, and the host goes on to launch this forward and
+    pack the next batch while the device works. The pinned block comes from PyTorch's caching host
+    allocator, which does not hand it out again before the copy has run."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def unpack(flat: torch.Tensor, cu: torch.Tensor) -> list[list[int]]:
     """The sequences of a packed [total_tokens] tensor, as lists: the inverse of ``pack``."""
     bounds = cu.tolist()

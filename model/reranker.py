@@ -23,6 +23,7 @@ from turborank.packing import (
     in_input_order,
     pack,
     plan_batches,
+    to_device,
 )
 from turborank.ranking import ranked_results
 from turborank.scoring_options import (
@@ -433,10 +434,10 @@ class Reranker:
             self._model.check_token_ids(input_ids, type_ids)
             outputs.append(
                 self._model(
-                    input_ids.to(device, non_blocking=True),
-                    cu_seqlens.to(device, non_blocking=True),
+                    to_device(input_ids, device),
+                    to_device(cu_seqlens, device),
                     max_seqlen,
-                    None if type_ids is None else type_ids.to(device, non_blocking=True),
+                    None if type_ids is None else to_device(type_ids, device),
                 )
             )
         logits = in_input_order(outputs, order, len(lengths))

@@ -11,6 +11,7 @@ from turborank.packing import (
     in_input_order,
     pack,
     plan_batches,
+    to_device,
     unpack,
 )
 from turborank.ranking import best_first, ranked_results
@@ -97,3 +98,21 @@ def test_outputs_come_back_in_input_order():
     got = in_input_order(outputs, order, len(lengths))
     assert got.dtype == torch.float32 and got.tolist() == lengths
     assert in_input_order([], [], 0).tolist() == []
+
+
+def test_to_device_on_the_host_is_the_tensor_itself():
+    ids = torch.arange(5)
+    assert to_device(ids, torch.device("cpu")) is ids
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_device_on_cuda_queues_copies_that_keep_their_values():
+    # Many copies queued back to back, the host never waiting: each keeps its own values (a pinned
+    # block handed out again before its copy ran would not).
+    sources = [torch.full((50_000,), i, dtype=torch.int64) for i in range(32)]
+    copies = [to_device(source, torch.device("cuda")) for source in sources]
+    torch.cuda.synchronize()
+    assert all(
+        c.device.type == "cuda" and torch.equal(c.cpu(), s) for c, s in zip(copies, sources, strict=True)
+    )
