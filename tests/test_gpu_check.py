@@ -39,8 +39,8 @@ def test_plan_fails_when_the_limits_do_not_sum_to_the_budget(tmp_path):
 
 
 def test_gpu_tests_are_selected_by_marker_band_tests_included():
-    """gpu_check runs `pytest -m gpu tests`: the kernel, band, Triton-model, fused-GEMM model and
-    CUDA-graph tests, and no CPU-only file."""
+    """gpu_check runs `pytest -m gpu tests`: the kernel, band, Triton-model, fused-GEMM model,
+    CUDA-graph and pinned-copy tests, and no CPU-only file."""
     done = subprocess.run(
         [
             sys.executable,
@@ -66,6 +66,7 @@ def test_gpu_tests_are_selected_by_marker_band_tests_included():
         "tests/test_cuda_graphs.py",
         "tests/test_gelu_glu_linear.py",
         "tests/test_modeling.py",  # the whole model with the fused GEGLU GEMM against without
+        "tests/test_packing.py",  # the pinned host-to-device copies
         "tests/test_triton_kernels.py",
         "tests/test_triton_model.py",
     }
