@@ -78,4 +78,5 @@ def test_host_floor_benchmark_runs_both_servers(tmp_path):
     for row in rows:
         # Each server's stand-in ran the forwards, and what is left of a request is the host's.
         assert 0 < row["stand_in_ms_per_request"] < row["p50_ms"]
-        assert row["overhead_p50_ms"] > 0 and row["server_cpu_ms_per_request"] > 0
+        # CPU time comes from /proc in clock ticks (10 ms): 20 requests may read as none.
+        assert row["overhead_p50_ms"] > 0 and row["server_cpu_ms_per_request"] >= 0
