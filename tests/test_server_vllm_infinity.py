@@ -84,6 +84,7 @@ def test_vllm_use_activation_false_is_the_logits(server, reranker):
         ({"text_1": ["a", "b"], "text_2": ["x", "y", "z"]}, "text_1 has 2 texts and text_2 3"),
         ({"text_1": "q", "text_2": []}, "text_2 is empty"),
         ({"text_1": "", "text_2": ["x"]}, "text_1 is empty"),
+        ({"text_1": ["q", " "], "text_2": ["x", "y"]}, "text_1.1 is empty"),  # N:N names the item
         ({"text_1": "q"}, "text_2: Field required"),
         ({"text_1": "q", "text_2": ["word " * 100]}, "text_2.0: the pair is longer than max_input_length=64"),
         (

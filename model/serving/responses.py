@@ -64,7 +64,7 @@ class RerankResponse(BaseModel):
 
     id: str = Field(description="the request id (also the x-request-id header and in the server log)")
     object: Literal["rerank"] = Field(description="infinity's clients check it")
-    created: int = Field(description="when the server started, in Unix seconds (infinity's field)")
+    created: int = Field(description="when the answer was made, in Unix seconds (infinity's field)")
     model: str = Field(description="the model this server runs, whatever the request named")
     results: list[RerankResult] = Field(description="best first, top_n of them")
     usage: Usage
@@ -76,7 +76,7 @@ class DocumentsRerankResponse(BaseModel):
 
     id: str
     object: Literal["rerank"]
-    created: int = Field(description="Unix seconds")
+    created: int = Field(description="when the answer was made, in Unix seconds")
     model: str
     usage: Usage
     results: list[RerankResult] = Field(

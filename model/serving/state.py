@@ -65,6 +65,10 @@ class ScoreRequest:
     max_length: int | None = None
     query_field: str = "query"
 
+    def query_where(self, index: int) -> str:
+        """The query of pair ``index`` as errors name it: the one query's field, or its item."""
+        return self.query_field if isinstance(self.query, str) else f"{self.query_field}.{index}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Scored:
@@ -154,8 +158,7 @@ class ServerState:
         queries = [job.query] if isinstance(job.query, str) else job.query
         for index, query in enumerate(queries):
             if not query.strip():
-                where = job.query_field if isinstance(job.query, str) else f"{job.query_field}.{index}"
-                raise APIError(400, errors.EMPTY, f"{where} is empty")
+                raise APIError(400, errors.EMPTY, f"{job.query_where(index)} is empty")
         if not job.documents:
             raise APIError(400, errors.EMPTY, f"{field} is empty")
         if len(job.documents) > job.limit:
@@ -196,11 +199,7 @@ class ServerState:
                     job.max_document_tokens,
                 )
             except UncuttableTextError as exc:
-                where = f"{field}.{exc.index}"
-                if exc.side == "query":
-                    where = (
-                        job.query_field if isinstance(job.query, str) else f"{job.query_field}.{exc.index}"
-                    )
+                where = job.query_where(exc.index) if exc.side == "query" else f"{field}.{exc.index}"
                 raise APIError(
                     422,
                     errors.VALIDATION,

@@ -68,9 +68,8 @@ async def tokenize_in_pieces(
     max_document_tokens: int | None = None,
 ) -> EncodedPairs:
     """EncodedPairs of (query, document) for every document (``query`` one for all or one per
-    document), truncated to ``max_length`` (each
-    document first to ``max_document_tokens`` when given);
-    ``after_piece(encoded, first_index)`` runs after each piece and may raise to stop early.
+    document), truncated to ``max_length`` (each document first to ``max_document_tokens`` when
+    given); ``after_piece(encoded, first_index)`` runs after each piece and may raise to stop early.
     Raises UncuttableTextError (with the index of the whole request) like
     ``Reranker.encode(bounded=True)``."""
     loop = asyncio.get_running_loop()
