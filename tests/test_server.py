@@ -445,9 +445,9 @@ def test_pieces_scored_as_they_are_tokenised_give_the_library_scores_in_order(re
         submitted = []
         real_submit = state.scheduler.submit
 
-        def counting(encoded, owner=None):
+        def counting(encoded, owner=None, loop=None):
             submitted.append(len(encoded.input_ids))
-            return real_submit(encoded, owner)
+            return real_submit(encoded, owner, loop)
 
         monkeypatch.setattr(state.scheduler, "submit", counting)
         body = httpx.post(

@@ -132,7 +132,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             None, state.scheduler.drain, settings.drain_timeout_s
         )
         state.scheduler.stop()
-        state.tokenizer_pool.shutdown(wait=False)
+        state.tokenizer_pool.shutdown()
 
     # FastAPI's own /docs loads its scripts from a CDN: ours is served below.
     app = _App(title="turborank", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)

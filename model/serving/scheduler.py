@@ -1,7 +1,7 @@
 """Dynamic batching: requests are packed into forwards by a token budget on one worker thread.
 
-The event loop tokenises (in a thread pool), submits a ticket and awaits its future; the worker
-thread owns the model. Batches are formed round-robin across queued requests, one pair each per
+The tokenizer threads (or the event loop) submit tickets, the event loop awaits their futures; the
+worker thread owns the model. Batches are formed round-robin across queued requests, one pair each per
 round, and the requests served by a forward move to the back of the queue, so the next forward
 starts with one that was not: a small request waits for at most one forward of a huge one. A
 request scored in pieces submits one ticket per piece under one ``owner``: the round robin is
@@ -99,13 +99,16 @@ class BatchScheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, encoded: EncodedPairs, owner: object = None) -> Ticket:
-        """Queue tokenised pairs; call from the event loop. Await ``ticket.future`` for the logits.
-        Tickets with the same ``owner`` (the pieces of one request; any object a weak reference can
-        point at) share one turn of the round robin."""
+    def submit(
+        self, encoded: EncodedPairs, owner: object = None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Ticket:
+        """Queue tokenised pairs; await ``ticket.future`` (on ``loop``) for the logits. Call from the
+        event loop, or from another thread naming the loop that awaits. Tickets with the same
+        ``owner`` (the pieces of one request; any object a weak reference can point at) share one
+        turn of the round robin."""
         if owner is not None:
             weakref.ref(owner)  # TypeError here, not on the batching thread
-        loop = asyncio.get_running_loop()
+        loop = loop or asyncio.get_running_loop()
         n = len(encoded.input_ids)
         ticket = Ticket(
             encoded,
@@ -117,7 +120,8 @@ class BatchScheduler:
             owner,
         )
         if n == 0:
-            ticket.future.set_result([])
+            ticket.done = True
+            loop.call_soon_threadsafe(_resolve, ticket.future, [])  # from any thread
             return ticket
         with self._cond:
             if self._stopping:

@@ -8,9 +8,9 @@ import contextlib
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.requests import Request
@@ -25,7 +25,7 @@ from turborank.serving.metrics import ServerMetrics
 from turborank.serving.request_body import DisconnectWatch, watch_of
 from turborank.serving.scheduler import BatchError, BatchScheduler, Ticket
 from turborank.serving.settings import ServeSettings
-from turborank.serving.tokenizing import tokenize_in_pieces
+from turborank.serving.tokenizing import TokenizerPool, tokenize_in_pieces
 from turborank.text_clipping import UncuttableTextError
 from turborank.tokenization import EncodedPairs
 
@@ -35,9 +35,10 @@ logger = logging.getLogger("turborank.serving")
 LARGE_BODY_BYTES = 1024 * 1024
 TRIM_AFTER_LARGE_S = 1.0
 TRIM_INTERVAL_S = 10.0
-# JSON of at most this many bytes (a body to decode, an answer to encode) is handled on the event
-# loop: decoding and validating 3.6 KB took 10 us, a round trip through the tokenizer threads 110 us
-# (2 Zen 4 cores), so up to 16 KiB the loop is held for under 50 us and the request saves the trip.
+# A body of at most this many bytes is decoded and validated on the event loop (answers: see
+# rerank_routes.ANSWER_INLINE_BYTES): decoding and validating 3.6 KB took 10 us, a round trip
+# through the tokenizer threads 110 us (2 Zen 4 cores), so up to 16 KiB the loop is held for under
+# 50 us and the request saves the trip.
 INLINE_BYTES = 16 * 1024
 
 
@@ -100,9 +101,7 @@ class ServerState:
         # Read at each scrape: both gauges are the scheduler's own count.
         for gauge in (self.metrics.queued_pairs, self.metrics.tei.queue_size):
             gauge.set_function(lambda: self.scheduler.queued_pairs)
-        self.tokenizer_pool = ThreadPoolExecutor(
-            max_workers=settings.tokenizer_threads, thread_name_prefix="turborank-tokenize"
-        )
+        self.tokenizer_pool = TokenizerPool(settings.tokenizer_threads)
         self.admission = Admission(settings.max_concurrent_requests, settings.max_requests_per_client)
         self.draining = False
         self.started = False
@@ -130,7 +129,7 @@ class ServerState:
         def start() -> None:
             self._trim = None
             with contextlib.suppress(RuntimeError):  # the pool is shut down once the server stops
-                loop.run_in_executor(self.tokenizer_pool, release_free_memory)
+                self.tokenizer_pool.run(release_free_memory)
             if self.scheduler.busy:
                 self.release_memory_soon(large=True)
 
@@ -138,7 +137,7 @@ class ServerState:
 
     async def off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run CPU work (JSON, tokenising) on the tokenizer threads, never on the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work, *args)
+        return await self.tokenizer_pool.run(work, *args)
 
     async def small_or_off_loop(self, size: int, work: Callable[..., Any], *args: Any) -> Any:
         """``work`` on the event loop when ``size`` (bytes or characters of input) is at most
@@ -169,11 +168,16 @@ class ServerState:
             )
         note(request, pairs=len(job.documents))
         watch = watch_of(request.scope)
-        # Each piece is scored as soon as it is tokenised: the device works on the first pieces
-        # while the tokenizer threads are on the next.
+        # Each piece is scored as soon as it is tokenised, handed to the scheduler by the tokenizer
+        # thread itself: the device works on the first pieces while the threads are on the next.
+        loop = asyncio.get_running_loop()
         tickets: list[Ticket] = []
+        # Once the request is refused, gone or failed, a thread still tokenising must not queue
+        # another piece: taking a piece and stopping are one step each under this lock.
+        handing = threading.Lock()
+        stopped = False
 
-        async def after_piece(encoded: EncodedPairs, first: int) -> None:
+        def take_piece(encoded: EncodedPairs, first: int) -> None:
             if encoded.truncated and not job.truncate:
                 index = first + encoded.was_truncated.index(True)
                 raise APIError(
@@ -182,9 +186,10 @@ class ServerState:
                     f"{field}.{index}: the pair is longer than {length_name}={max_length} "
                     f"tokens; {job.too_long_hint}",
                 )
-            if watch is not None and watch.gone:
-                raise ClientDisconnectedError
-            tickets.append(self.scheduler.submit(encoded, owner=request))
+            with handing:
+                if stopped or (watch is not None and watch.gone):
+                    raise ClientDisconnectedError
+                tickets.append(self.scheduler.submit(encoded, owner=request, loop=loop))
 
         try:
             try:
@@ -195,7 +200,7 @@ class ServerState:
                     job.documents,
                     max_length,
                     job.direction,
-                    after_piece,
+                    take_piece,
                     job.max_document_tokens,
                 )
             except UncuttableTextError as exc:
@@ -215,6 +220,8 @@ class ServerState:
             logits = await self._logits_of(tickets, watch)
         except BaseException as exc:
             # Refused, gone or failed: the pieces already queued are not scored for nobody.
+            with handing:
+                stopped = True
             dropped = sum(self.scheduler.cancel(t) for t in tickets if not t.future.done())
             if isinstance(exc, ClientDisconnectedError):
                 self.metrics.dropped.inc(dropped)
