@@ -29,7 +29,7 @@ def test_stand_in_forward_sleeps_the_projection_and_counts_it(tmp_path):
     logits = forward(torch.zeros(sum(lengths), dtype=torch.long), cu_seqlens(lengths), 300)
     assert logits.shape == (20,) and logits.dtype == torch.float32
     assert forward.forwards == 1 and forward.busy_s >= projected_forward_seconds(lengths)
-    assert stand_in.read_stats(stats) == (1, forward.busy_s)
+    assert stand_in.read_stats(stats) == (1, forward.busy_s, projected_forward_seconds(lengths))
 
 
 def test_installed_stand_in_leaves_everything_else_to_the_product(small_ckpt):

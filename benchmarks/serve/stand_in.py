@@ -8,10 +8,12 @@ for benchmarks and tests, not an option of the product.
 
     python -m benchmarks.serve.stand_in serve --model CKPT --port 8080 ...   # `turborank serve` on it
 
-``STAND_IN_STATS`` (an environment variable naming a file) makes the stand-in keep two counters
-there, updated after every forward: forwards run and seconds spent in them (``read_stats``), so a
-benchmark can tell how busy the device was. The seconds counted are the ones the sleep really took
-(it overshoots a short projection by tens of microseconds), so the host is not billed for them.
+``STAND_IN_STATS`` (an environment variable naming a file) makes the stand-in keep three counters
+there, updated after every forward: forwards run, seconds spent in them and the seconds projected
+for them (``read_stats``), so a benchmark can tell how busy the device was. The seconds spent are the
+ones the sleep really took: it overshoots a short projection by tens of microseconds (a wake-up is
+not instant), and by a millisecond or more when the host's threads keep every core busy and the
+forward's thread waits for one; the projected seconds are what a GPU would take.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from benchmarks.gpu.targets import projected_forward_seconds
 
 STATS_ENV = "STAND_IN_STATS"
-_STATS = struct.Struct("<dd")  # forwards, busy seconds
+_STATS = struct.Struct("<ddd")  # forwards, busy seconds, projected seconds
 _PR_SET_TIMERSLACK = 29
 
 
@@ -41,6 +44,7 @@ class StandInForward:
     def __init__(self, stats_path: str | None = None) -> None:
         self.forwards = 0
         self.busy_s = 0.0
+        self.projected_s = 0.0
         self._lock = threading.Lock()
         self._stats: mmap.mmap | None = None
         if stats_path:
@@ -54,16 +58,18 @@ class StandInForward:
         token types, the forward's other arguments, change nothing here)."""
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         _tight_timer_slack()
+        projected = projected_forward_seconds(lengths)
         start = time.perf_counter()
-        time.sleep(projected_forward_seconds(lengths))
+        time.sleep(projected)
         # A sleep overshoots by tens of microseconds (a wake-up is not instant): the device time
         # counted is the time the forward really took, so the overshoot is not billed to the host.
         seconds = time.perf_counter() - start
         with self._lock:
             self.forwards += 1
             self.busy_s += seconds
+            self.projected_s += projected
             if self._stats is not None:
-                self._stats[:] = _STATS.pack(self.forwards, self.busy_s)
+                self._stats[:] = _STATS.pack(self.forwards, self.busy_s, self.projected_s)
         return torch.zeros(len(lengths), dtype=torch.float32)
 
 
@@ -88,10 +94,16 @@ def install(reranker, stats_path: str | None = None) -> StandInForward:
     return forward
 
 
-def read_stats(path: str | Path) -> tuple[int, float]:
-    """(forwards, busy seconds) the stand-in of another process wrote to ``path``."""
-    forwards, busy = _STATS.unpack(Path(path).read_bytes()[: _STATS.size])
-    return int(forwards), busy
+class DeviceStats(NamedTuple):
+    forwards: int
+    busy_s: float  # the forwards' sleeps as they took
+    projected_s: float  # the forwards' projected GPU time
+
+
+def read_stats(path: str | Path) -> DeviceStats:
+    """The counters the stand-in of another process wrote to ``path``."""
+    forwards, busy, projected = _STATS.unpack(Path(path).read_bytes()[: _STATS.size])
+    return DeviceStats(int(forwards), busy, projected)
 
 
 def main(argv: list[str]) -> int:
