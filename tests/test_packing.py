@@ -79,6 +79,13 @@ def test_pack_layout_and_unpack_round_trip():
     assert unpack(flat_types, cu) == types
 
 
+def test_pack_takes_any_sequence_of_ints():
+    """Lists take a fast path; tuples, ranges and empty sequences give the same layout."""
+    flat_ids, cu, longest, _ = pack([(101, 7), range(3), [], [2**40, -1]])
+    assert flat_ids.tolist() == [101, 7, 0, 1, 2, 2**40, -1]
+    assert cu.tolist() == [0, 2, 5, 5, 7] and longest == 3
+
+
 def test_pack_without_token_types():
     _, cu, longest, flat_types = pack([[1, 2], [3]])
     assert flat_types is None and cu.tolist() == [0, 2, 3] and longest == 2
