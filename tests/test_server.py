@@ -149,6 +149,10 @@ def test_concurrent_clients_get_their_own_results(server, reranker):
         ("/rerank", {"query": "q", "texts": ["word " * 1000]}, 422, "Validation"),
         ("/rerank", {"query": "q", "texts": ["x" * 300_000]}, 413, "Validation"),
         ("/v1/rerank", {"query": "q", "documents": ["x" * 300_000]}, 413, "payload_too_large"),
+        # Bodies over 16 KiB, decoded and validated on a tokenizer thread: the same errors and shapes.
+        ("/rerank", b"{not json" + b" " * 20_000, 400, "Validation"),
+        ("/rerank", {"query": "q", "texts": "a string" * 3000}, 422, "Validation"),
+        ("/v1/rerank", {"query": "q" * 20_000, "documents": [3]}, 422, "validation"),
     ],
 )
 def test_error_codes(server, path, body, status, error_type):

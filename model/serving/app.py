@@ -37,7 +37,7 @@ from turborank.serving.errors import (
     tei_error_type,
 )
 from turborank.serving.info import info_body, startup_line
-from turborank.serving.parsing import decode_json, describe, validate
+from turborank.serving.parsing import describe, read_as
 from turborank.serving.request_body import CLOSE, read_body, watch_disconnect
 from turborank.serving.request_id import RequestIdMiddleware, request_id_of
 from turborank.serving.rerank_routes import Dialect, RerankRoutes
@@ -189,13 +189,15 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
                 slot.uploading = False
                 watch = watch_disconnect(request.scope, request.receive)
                 large = len(body) >= LARGE_BODY_BYTES
-                raw = await state.small_or_off_loop(len(body), decode_json, body)
+                # Decoded and validated in one step, on a tokenizer thread for a large body (one
+                # hop there and back, not two).
+                dialect, payload, invalid = await state.small_or_off_loop(len(body), read_as, body, choose)
                 # The body's keys say which API's dialect it is where two share a path; its
                 # errors from here on take that API's shape.
-                dialect = choose(raw)
                 request.scope[SHAPE_KEY] = dialect.shape
-                payload = await state.small_or_off_loop(len(body), validate, dialect.schema, raw)
-                del body, raw
+                if invalid is not None:
+                    raise invalid
+                del body
                 response = await dialect.work(payload, request)
             finally:
                 if watch is not None:
