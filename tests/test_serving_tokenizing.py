@@ -14,9 +14,11 @@ from turborank import Reranker
 
 pytest.importorskip("fastapi")
 pytest.importorskip("orjson")
+httpx = pytest.importorskip("httpx")
 
-from turborank.serving.rerank_routes import encode_answer
-from turborank.serving.tokenizing import TokenizerPool, tokenize_in_pieces
+from tests.serve_thread import running_server  # noqa: E402
+from turborank.serving.rerank_routes import encode_answer  # noqa: E402
+from turborank.serving.tokenizing import TokenizerPool, tokenize_in_pieces  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,24 @@ def test_a_refused_piece_stops_the_pieces_after_it(reranker, monkeypatch):
     finally:
         pool.shutdown()
     assert len(taken) == 2 and len(recorder.calls) == 2
+
+
+def test_a_client_that_leaves_while_its_pieces_are_tokenised_stops_them(reranker, monkeypatch):
+    """The thread tokenising a request's pieces one after another sees the client gone before the
+    next piece: the rest are neither tokenised nor queued."""
+    monkeypatch.setattr("turborank.serving.tokenizing.PIECE_CHARS", 400)
+    recorder = Recorder(reranker, 0.1)
+    with running_server(reranker, max_client_batch_size=64) as (url, state):
+        monkeypatch.setattr(reranker, "encode", recorder)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/rerank", json={"query": "q", "texts": documents(40, "gone")}, timeout=0.35)
+        time.sleep(1.0)  # what a thread still working on the request would do meanwhile
+        tokenised = len(recorder.calls)
+        assert state.scheduler.drain(timeout=10) and state.scheduler.queued_pairs == 0
+        time.sleep(0.3)
+        assert len(recorder.calls) == tokenised <= 8  # of about 20 pieces
+        monkeypatch.undo()
+        assert httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=30).status_code == 200
 
 
 def test_the_pool_counts_the_jobs_no_thread_has_started():

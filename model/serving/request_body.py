@@ -73,7 +73,8 @@ class DisconnectWatch:
     """Whether the client has gone, once its body is read. From then on the only message the ASGI
     server has for this request is ``http.disconnect`` (when the connection drops, or once the
     answer is sent), so one task waiting for it replaces polling ``receive`` with a timeout:
-    ``task`` can be awaited beside the work, ``gone`` read at any time. ``close`` when done."""
+    ``task`` can be awaited beside the work, ``gone`` read at any time (from any thread: it reads the
+    task's state, never changes it). ``close`` when done."""
 
     def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.task = asyncio.ensure_future(receive())
