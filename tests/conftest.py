@@ -14,6 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from turborank import Reranker
 from turborank.testing import make_checkpoint
 
 # Deterministic CPU numerics for the parity checks; CI has two cores.
@@ -30,6 +31,12 @@ def small_ckpt(tmp_path_factory):
 def small_public_ckpt(tmp_path_factory):
     """Same shapes, auto_map pointing at jinaai/jina-bert-implementation (standard slopes)."""
     return make_checkpoint(tmp_path_factory.mktemp("small_public"), "small", seed=1, auto_map="public")
+
+
+@pytest.fixture(scope="module")
+def reranker(small_ckpt):
+    """A Reranker of small_ckpt on the CPU, one per test module (a module may patch it)."""
+    return Reranker.from_pretrained(small_ckpt, device="cpu")
 
 
 @pytest.fixture(scope="session")

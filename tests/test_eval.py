@@ -41,11 +41,6 @@ def short_dataset(tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
-
-
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path, monkeypatch):
     """`turborank eval` writes run.trec in the working directory by default: never in the repo."""

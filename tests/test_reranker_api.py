@@ -12,11 +12,6 @@ from turborank.ops import OP_NAMES
 from turborank.packing import plan_batches
 
 
-@pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
-
-
 def test_defaults_on_cpu(reranker):
     assert reranker.device.type == "cpu" and reranker.dtype == torch.float32
     assert reranker.max_length == 8192

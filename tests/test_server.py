@@ -26,11 +26,6 @@ from turborank.serving.app import ServeSettings, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def server(reranker):
     with running_server(
         reranker, max_client_batch_size=16, max_input_length=512, max_body_bytes=200_000

@@ -38,11 +38,6 @@ def server(small_ckpt, tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
-
-
 def expected(reranker: Reranker, documents: list[str]) -> list[tuple[int, float]]:
     """(index, score) best first, as the library gives them with the server's length limit."""
     ranked = reranker.rank(QUERY, documents, max_length=MAX_INPUT_LENGTH)

@@ -13,15 +13,9 @@ httpx = pytest.importorskip("httpx")
 
 from tests.serve_process import read_response, start_upload  # noqa: E402
 from tests.serve_thread import running_server  # noqa: E402
-from turborank import Reranker  # noqa: E402
 from turborank.serving.errors import TEI_ERROR_TYPES  # noqa: E402
 
 TEI_ROUTES = ("/rerank", "/")
-
-
-@pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
 
 
 @pytest.fixture(scope="module")

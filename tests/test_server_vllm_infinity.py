@@ -18,11 +18,6 @@ DOCS = ["a linear bias on attention scores", "a cooking recipe", "attention with
 
 
 @pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def server(reranker):
     with running_server(reranker, max_input_length=64, max_documents=8) as s:
         yield s

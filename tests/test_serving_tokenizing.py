@@ -21,11 +21,6 @@ from turborank.serving.rerank_routes import encode_answer  # noqa: E402
 from turborank.serving.tokenizing import TokenizerPool, tokenize_in_pieces  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def reranker(small_ckpt):
-    return Reranker.from_pretrained(small_ckpt, device="cpu")
-
-
 def documents(n: int, tag: str) -> list[str]:
     return [f"{tag} document {i} " + "word " * (i % 7 + 40) for i in range(n)]
 
