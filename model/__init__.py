@@ -48,16 +48,21 @@ if TYPE_CHECKING:
     from turborank.config import JinaBertConfig
     from turborank.cpu_features import cpu_bf16_support
     from turborank.cross_encoder import CrossEncoder
-    from turborank.reranker import DEFAULT_MODEL, NonFiniteScoreError, Reranker
+    from turborank.reranker import DEFAULT_MODEL, Reranker
+    from turborank.scoring_options import NonFiniteScoreError
 
 
 def __getattr__(name: str) -> Any:
     # torch and triton take seconds to import: `import turborank` (and so the command line) stays
     # light until the model is needed, so Ctrl-C in that time is handled by the CLI, not a traceback.
-    if name in ("DEFAULT_MODEL", "NonFiniteScoreError", "Reranker"):
+    if name in ("DEFAULT_MODEL", "Reranker"):
         from turborank import reranker
 
         return getattr(reranker, name)
+    if name == "NonFiniteScoreError":
+        from turborank.scoring_options import NonFiniteScoreError
+
+        return NonFiniteScoreError
     if name == "CrossEncoder":
         from turborank.cross_encoder import CrossEncoder
 

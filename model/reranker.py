@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from turborank import tokenise_ahead
 from turborank.config import JinaBertConfig
 from turborank.cuda_graphs import CudaGraphForward
 from turborank.devices import resolve_device, resolve_dtype
@@ -29,34 +30,16 @@ from turborank.ranking import ranked_results
 from turborank.scoring_options import (
     aggregate_windows,
     as_pairs,
+    check_finite,
     check_long_doc_options,
     check_options,
     check_query,
     progress_bar,
 )
-from turborank.tokenization import EncodedPairs, PairTokenizer
+from turborank.tokenization import EncodedPairs, PairTokenizer, warn_truncated
 from turborank.weights import find_weights_file, load_weights
 
 logger = logging.getLogger("turborank")
-
-
-class NonFiniteScoreError(ValueError):
-    """The model produced a NaN or infinite logit; the message names the pairs (input order)."""
-
-
-def check_finite(logits: torch.Tensor, owners: list[int] | None = None) -> None:
-    """NonFiniteScoreError naming the pairs (``owners[i]`` for window i, when given) whose logit is
-    not finite; one check over the host tensor."""
-    if bool(torch.isfinite(logits).all()):
-        return
-    windows = (~torch.isfinite(logits)).nonzero().flatten().tolist()
-    pairs = list(dict.fromkeys(windows if owners is None else [owners[i] for i in windows]))
-    first = logits[windows[0]].item()
-    more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""
-    raise NonFiniteScoreError(
-        f"the model produced a non-finite score ({first}) for pair {pairs[0]}{more} (input order); "
-        "the checkpoint's weights or the dtype's range are the usual cause, so no scores are returned"
-    )
 
 
 class Reranker:
@@ -86,6 +69,10 @@ class Reranker:
         self.backend = backend
         self.linear = linear
         self._cuda_graphs: CudaGraphForward | None = None
+        # predict over more than one chunk of pairs tokenises the next chunk while the device
+        # scores this one (turborank.tokenise_ahead). None: where the model is not on the CPU (on
+        # the CPU both compete for the same cores); True or False: always or never.
+        self.overlap_tokenising: bool | None = None
 
     @classmethod
     def from_pretrained(
@@ -284,16 +271,32 @@ class Reranker:
         check_options(activation=activation, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         if not pairs:
             return []
-        encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
-        logits = self.logits(
-            encoded,
-            owners,
-            n_pairs=len(pairs),
-            chunk_aggregate=chunk_aggregate,
-            batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens,
-            show_progress_bar=show_progress_bar,
-        )
+        overlap = self.overlap_tokenising
+        if overlap is None:
+            overlap = self.device.type != "cpu"
+        if overlap and len(pairs) > tokenise_ahead.CHUNK_PAIRS:
+            logits = self._predict_tokenising_ahead(
+                pairs,
+                max_length,
+                truncation,
+                long_doc,
+                chunk_overlap,
+                chunk_aggregate,
+                batch_size,
+                max_batch_tokens,
+                show_progress_bar,
+            )
+        else:
+            encoded, owners = self.encode(pairs, max_length, truncation, long_doc, chunk_overlap)
+            logits = self.logits(
+                encoded,
+                owners,
+                n_pairs=len(pairs),
+                chunk_aggregate=chunk_aggregate,
+                batch_size=batch_size,
+                max_batch_tokens=max_batch_tokens,
+                show_progress_bar=show_progress_bar,
+            )
         scores = torch.sigmoid(logits) if activation else logits
         return scores.tolist()
 
@@ -397,14 +400,48 @@ class Reranker:
         scores = self.predict([(query, doc) for doc in documents], **options)
         return ranked_results(scores, documents, top_k, return_documents)
 
+    def _predict_tokenising_ahead(
+        self,
+        pairs: list[tuple[str, str]],
+        max_length: int | None,
+        truncation: str,
+        long_doc: str,
+        chunk_overlap: int,
+        chunk_aggregate: str,
+        batch_size: int,
+        max_batch_tokens: int,
+        show_progress_bar: bool | None,
+    ) -> torch.Tensor:
+        """predict's logits [n], the next chunk of pairs tokenised while this one is scored: the
+        same scores, errors and one TruncationWarning as scoring the pairs at once."""
+        progress = progress_bar(len(pairs), show_progress_bar)
+        logits, owners, truncated = tokenise_ahead.score_tokenising_ahead(
+            pairs,
+            lambda chunk: self.encode(chunk, max_length, truncation, long_doc, chunk_overlap, warn=False),
+            lambda encoded: self._score_encoded(encoded, batch_size, max_batch_tokens, progress=progress),
+            tokenise_ahead.CHUNK_PAIRS,
+        )
+        if progress is not None:
+            progress.close()
+        if truncated:
+            limit = self.check_max_length(max_length)
+            warn_truncated(truncated, len(pairs), limit, truncation, stacklevel=3)  # at predict, as encode's
+        check_finite(logits, owners)
+        if owners is None:
+            return logits
+        return aggregate_windows(logits, owners, len(pairs), chunk_aggregate)
+
     def _score_encoded(
         self,
         encoded: EncodedPairs,
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
         show_progress_bar: bool | None = False,
+        progress: Any = None,
     ) -> torch.Tensor:
-        """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted."""
+        """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted.
+        ``progress``: a bar to count the pairs on, which the caller closes (else one is made by
+        ``show_progress_bar``)."""
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(
                 f"batch_size ({batch_size}) and max_batch_tokens ({max_batch_tokens}) must be >= 1"
@@ -412,7 +449,9 @@ class Reranker:
         lengths = encoded.lengths
         device = self.device
         outputs, order = [], []
-        progress = progress_bar(len(lengths), show_progress_bar)
+        own_progress = progress is None
+        if own_progress:
+            progress = progress_bar(len(lengths), show_progress_bar)
         # No host sync between batches: the next batch is packed while the device runs this one;
         # the logits come back in one copy at the end (the progress bar counts batches packed).
         types = encoded.token_type_ids
@@ -441,6 +480,6 @@ class Reranker:
                 )
             )
         logits = in_input_order(outputs, order, len(lengths))
-        if progress is not None:
+        if own_progress and progress is not None:
             progress.close()
         return logits

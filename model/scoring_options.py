@@ -1,5 +1,6 @@
-"""What ``Reranker.predict`` and ``rank`` accept, checked before any tokenising, and how the
-windows of a chunked document become one logit (``chunk_aggregate``)."""
+"""What ``Reranker.predict`` and ``rank`` accept, checked before any tokenising; how the windows of
+a chunked document become one logit (``chunk_aggregate``); and the check that every logit is
+finite."""
 
 from __future__ import annotations
 
@@ -79,3 +80,22 @@ def as_pairs(pairs: object) -> list[tuple[str, str]]:
             raise ValueError(f"pair {index}: {exc}") from None
         out.append((query, document))
     return out
+
+
+class NonFiniteScoreError(ValueError):
+    """The model produced a NaN or infinite logit; the message names the pairs (input order)."""
+
+
+def check_finite(logits: torch.Tensor, owners: list[int] | None = None) -> None:
+    """NonFiniteScoreError naming the pairs (``owners[i]`` for window i, when given) whose logit is
+    not finite; one check over the host tensor."""
+    if bool(torch.isfinite(logits).all()):
+        return
+    windows = (~torch.isfinite(logits)).nonzero().flatten().tolist()
+    pairs = list(dict.fromkeys(windows if owners is None else [owners[i] for i in windows]))
+    first = logits[windows[0]].item()
+    more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""
+    raise NonFiniteScoreError(
+        f"the model produced a non-finite score ({first}) for pair {pairs[0]}{more} (input order); "
+        "the checkpoint's weights or the dtype's range are the usual cause, so no scores are returned"
+    )

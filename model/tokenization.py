@@ -27,6 +27,17 @@ class TruncationWarning(UserWarning):
     """Raised (as a warning) whenever a pair was cut to fit ``max_length``."""
 
 
+def warn_truncated(truncated: int, pairs: int, max_length: int, truncation: str, stacklevel: int) -> None:
+    """The TruncationWarning counting the pairs cut; ``stacklevel`` as ``warnings.warn``'s (1: this
+    function)."""
+    warnings.warn(
+        f"{truncated} of {pairs} pairs were longer than max_length={max_length} tokens and were "
+        f"truncated ({truncation})",
+        TruncationWarning,
+        stacklevel=stacklevel,
+    )
+
+
 @dataclasses.dataclass
 class EncodedPairs:
     """Token ids of each pair, in input order.
@@ -245,12 +256,7 @@ class PairTokenizer:
         ]
         truncated = sum(was_truncated)
         if truncated and warn:
-            warnings.warn(
-                f"{truncated} of {len(pairs)} pairs were longer than max_length={max_length} tokens and "
-                f"were truncated ({truncation})",
-                TruncationWarning,
-                stacklevel=3,
-            )
+            warn_truncated(truncated, len(pairs), max_length, truncation, stacklevel=4)
         return EncodedPairs(
             input_ids=[enc.ids for enc in encodings],
             token_type_ids=[enc.type_ids for enc in encodings] if self.emits_token_type_ids else None,

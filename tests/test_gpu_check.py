@@ -67,6 +67,7 @@ def test_gpu_tests_are_selected_by_marker_band_tests_included():
         "tests/test_gelu_glu_linear.py",
         "tests/test_modeling.py",  # the whole model with the fused GEGLU GEMM against without
         "tests/test_packing.py",  # the pinned host-to-device copies
+        "tests/test_tokenise_ahead.py",  # predict's chunks tokenised ahead, on CUDA by default
         "tests/test_triton_kernels.py",
         "tests/test_triton_model.py",
     }

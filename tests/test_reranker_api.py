@@ -188,7 +188,7 @@ def _poisoned(reranker: Reranker, poison_length: int) -> None:
 
 def test_a_non_finite_score_is_an_error_naming_the_pair_in_input_order(small_ckpt):
     """Length-sorted batches put the poisoned pair elsewhere; the error names its input index."""
-    from turborank.reranker import NonFiniteScoreError
+    from turborank.scoring_options import NonFiniteScoreError
 
     reranker = Reranker.from_pretrained(small_ckpt, device="cpu")
     pairs = [("q", "short"), ("q", "a much longer document " * 20), ("q", "mid length doc here")]

@@ -91,6 +91,8 @@ def install(reranker, stats_path: str | None = None) -> StandInForward:
     """Replace ``reranker``'s forward by the stand-in; returns it (its counters)."""
     forward = StandInForward(stats_path)
     reranker.module.forward = forward
+    # A GPU's forward leaves the host's cores free, and so does the stand-in's sleep.
+    reranker.overlap_tokenising = True
     return forward
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from turborank.reranker import NonFiniteScoreError
+from turborank.scoring_options import NonFiniteScoreError
 from turborank.tokenization import EncodedPairs
 
 _NON_FINITE = "the model produced a non-finite score"

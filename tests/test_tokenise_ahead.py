@@ -1,0 +1,142 @@
+"""predict with the next chunk tokenised while this one is scored (the GPU's path, forced on here):
+the same scores, warnings and errors as scoring the pairs at once."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+
+from tests.helpers import sample_pairs
+from turborank import NonFiniteScoreError
+from turborank import tokenise_ahead as tokenise_ahead_module
+from turborank.tokenization import TruncationWarning
+
+CHUNK = 7  # pairs per chunk in these tests: 40 pairs make 6 chunks, the last one short
+
+
+@pytest.fixture
+def ahead(reranker, monkeypatch):
+    """The reranker with tokenising ahead forced on, in chunks of CHUNK pairs; counts the chunks."""
+    monkeypatch.setattr(tokenise_ahead_module, "CHUNK_PAIRS", CHUNK)
+    chunks = []
+    real = tokenise_ahead_module.score_tokenising_ahead
+
+    def counting(pairs, encode, score, chunk_pairs):
+        return real(pairs, lambda chunk: chunks.append(len(chunk)) or encode(chunk), score, chunk_pairs)
+
+    monkeypatch.setattr(tokenise_ahead_module, "score_tokenising_ahead", counting)
+    monkeypatch.setattr(reranker, "overlap_tokenising", True)
+    return reranker, chunks
+
+
+def at_once(reranker, pairs, **options):
+    reranker.overlap_tokenising = False
+    try:
+        return reranker.predict(pairs, **options)
+    finally:
+        reranker.overlap_tokenising = True
+
+
+def test_scores_are_those_of_all_pairs_at_once(ahead):
+    reranker, chunks = ahead
+    pairs = sample_pairs(40, seed=5)
+    got = reranker.predict(pairs, activation=False, batch_size=4)
+    assert chunks == [7, 7, 7, 7, 7, 5]
+    want = at_once(reranker, pairs, activation=False, batch_size=4)
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_long_documents_as_windows_keep_their_pairs_across_chunks(ahead):
+    """long_doc="chunk": a pair's windows, and so its aggregated score, stay its own although
+    the owners of each chunk start from 0."""
+    reranker, chunks = ahead
+    pairs = [(f"query {i % 3}", "word " * (40 + 37 * (i % 5)) + f"end {i}") for i in range(20)]
+    options = {"max_length": 48, "long_doc": "chunk", "chunk_overlap": 8, "activation": False}
+    got = reranker.predict(pairs, **options)
+    assert len(chunks) == 3
+    assert got == pytest.approx(at_once(reranker, pairs, **options), abs=1e-4)
+
+
+def test_one_truncation_warning_counts_every_chunk(ahead):
+    reranker, _ = ahead
+    pairs = [("q", "word " * (300 if i % 4 == 0 else 5)) for i in range(30)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reranker.predict(pairs, max_length=64)
+    cut = [w for w in caught if issubclass(w.category, TruncationWarning)]
+    assert len(cut) == 1
+    assert str(cut[0].message) == (
+        "8 of 30 pairs were longer than max_length=64 tokens and were truncated (longest_first)"
+    )
+
+
+def test_a_tokenising_error_names_the_pair_in_the_whole_list(ahead):
+    """A lone surrogate in pair 23 (the fourth chunk) is refused naming pair 23, as without chunks."""
+    reranker, _ = ahead
+    pairs = sample_pairs(30, seed=2)
+    pairs[23] = ("q", "broken \ud800 text")
+    with pytest.raises(ValueError) as ahead_error:
+        reranker.predict(pairs)
+    with pytest.raises(ValueError) as whole_error:
+        at_once(reranker, pairs)
+    assert str(ahead_error.value) == str(whole_error.value)
+    assert "23" in str(ahead_error.value)
+    assert not [t for t in threading.enumerate() if t.name == "turborank-tokenise-ahead"]
+
+
+def test_a_non_finite_logit_names_its_pair_in_the_whole_list(ahead, monkeypatch):
+    reranker, _ = ahead
+    pairs = sample_pairs(30, seed=3)
+    poison = reranker.encode([pairs[17]], warn=False)[0].input_ids[0]
+    real = reranker._score_encoded
+
+    def poisoned(encoded, *args, **kwargs):
+        logits = real(encoded, *args, **kwargs)
+        for i, ids in enumerate(encoded.input_ids):
+            if ids == poison:
+                logits[i] = float("nan")
+        return logits
+
+    monkeypatch.setattr(reranker, "_score_encoded", poisoned)
+    with pytest.raises(NonFiniteScoreError, match=r"for pair 17 \(input order\)"):
+        reranker.predict(pairs)
+
+
+def test_a_failed_forward_stops_the_tokenising_thread(ahead, monkeypatch):
+    reranker, chunks = ahead
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(reranker, "_score_encoded", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        reranker.predict(sample_pairs(40, seed=4))
+    assert not [t for t in threading.enumerate() if t.name == "turborank-tokenise-ahead"]
+    assert len(chunks) <= 3  # the first chunk, and at most the two tokenised ahead of it
+
+
+def test_on_the_cpu_predict_tokenises_at_once_unless_told(reranker, monkeypatch):
+    monkeypatch.setattr(tokenise_ahead_module, "CHUNK_PAIRS", CHUNK)
+    calls = []
+    monkeypatch.setattr(tokenise_ahead_module, "score_tokenising_ahead", lambda *a: calls.append(a))
+    assert reranker.overlap_tokenising is None and reranker.device == torch.device("cpu")
+    reranker.predict(sample_pairs(20, seed=1))
+    assert calls == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_predict_tokenises_ahead_with_the_same_scores(small_ckpt, monkeypatch):
+    """On CUDA tokenising ahead is the default: the chunks' scores match scoring all pairs at once."""
+    from turborank import Reranker
+
+    reranker = Reranker.from_pretrained(small_ckpt, device="cuda", dtype="float32")
+    monkeypatch.setattr(tokenise_ahead_module, "CHUNK_PAIRS", CHUNK)
+    pairs = sample_pairs(40, seed=6)
+    assert reranker.overlap_tokenising is None
+    got = reranker.predict(pairs, activation=False)
+    reranker.overlap_tokenising = False
+    assert got == pytest.approx(reranker.predict(pairs, activation=False), abs=1e-4)
