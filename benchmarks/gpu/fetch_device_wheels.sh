@@ -2,8 +2,9 @@
 # Prepares .device-wheels/ (git-ignored) for a lent GPU machine, which has no network; name that
 # folder in the device tool's `carry` and benchmarks/gpu/gpu_check.sh installs from it.
 #   bash benchmarks/gpu/fetch_device_wheels.sh [REFERENCE_CODE_DIR]
-# - the wheels `turborank serve` and `turborank eval` need that the image lacks (FastAPI, uvicorn,
-#   Starlette, pydantic; ir-measures, pytrec-eval-terrier, bm25s), for its Python 3.12 on x86-64;
+# - the wheels `turborank serve` and `turborank eval` need that the image lacks (FastAPI, uvicorn
+#   with httptools, Starlette, pydantic, orjson; ir-measures, pytrec-eval-terrier, bm25s), for its
+#   Python 3.12 on x86-64;
 # - setuptools >= 77 (pure Python), which builds turborank's pyproject (an SPDX license string)
 #   offline when the image's own setuptools is older;
 # - with REFERENCE_CODE_DIR (a folder holding the JinaBERT `modeling_bert.py` and
@@ -19,7 +20,7 @@ download() {
 }
 rm -rf .device-wheels  # one version of each package: two stop an offline install
 mkdir -p .device-wheels
-download --dest .device-wheels fastapi uvicorn ir-measures bm25s
+download --dest .device-wheels fastapi "uvicorn[standard]" orjson ir-measures bm25s
 download --dest .device-wheels "setuptools>=77"
 # The image has NumPy and SciPy (bm25s needs them); they would take most of the 64 MiB that travels.
 rm -f .device-wheels/numpy-*.whl .device-wheels/scipy-*.whl

@@ -73,8 +73,9 @@ step_install() {
   esac || return 1
   if [ -d .device-wheels ]; then
     # The serve and eval extras are not on the image (fetch_device_wheels.sh packs them).
-    within $py -m pip install --no-index --find-links .device-wheels fastapi uvicorn ir-measures bm25s \
-      || echo "serve/eval extras: install from .device-wheels failed"
+    # uvicorn[standard] for httptools, which the server's connection layer is built on.
+    within $py -m pip install --no-index --find-links .device-wheels fastapi "uvicorn[standard]" orjson \
+      ir-measures bm25s || echo "serve/eval extras: install from .device-wheels failed"
   fi
 }
 
@@ -110,7 +111,8 @@ step_suite() {
 step_tune_attention() { within $py -m benchmarks.gpu.tune_attention --out "$WORK" $quick; }
 
 step_load_test() {
-  has_module fastapi && has_module uvicorn || { echo "skipped: fastapi/uvicorn not installed"; return 0; }
+  has_module fastapi && has_module httptools && has_module orjson \
+    || { echo "skipped: fastapi/httptools/orjson not installed"; return 0; }
   within $py -m benchmarks.serve.load_test --preset turbo --device cuda --rates 50,200 --seconds 6 --soak 8 \
     --out "$WORK"
 }
@@ -137,7 +139,7 @@ if [ "$mode" = plan ]; then
   done
   printf '  %-16s %4ss\n' "sum of steps" "$total"
   echo "install route: $(install_route)"
-  for extra in "load_test fastapi uvicorn" "eval ir_measures bm25s"; do
+  for extra in "load_test fastapi httptools orjson" "eval ir_measures bm25s"; do
     read -r name modules <<< "$extra"
     missing=""
     for module in $modules; do has_module "$module" || missing="$missing $module"; done
