@@ -274,7 +274,7 @@ class Reranker:
         overlap = self.overlap_tokenising
         if overlap is None:
             overlap = self.device.type != "cpu"
-        if overlap and len(pairs) > tokenise_ahead.CHUNK_PAIRS:
+        if overlap and len(pairs) > tokenise_ahead.chunk_pairs(batch_size):
             logits = self._predict_tokenising_ahead(
                 pairs,
                 max_length,
@@ -419,7 +419,7 @@ class Reranker:
             pairs,
             lambda chunk: self.encode(chunk, max_length, truncation, long_doc, chunk_overlap, warn=False),
             lambda encoded: self._score_encoded(encoded, batch_size, max_batch_tokens, progress=progress),
-            tokenise_ahead.CHUNK_PAIRS,
+            tokenise_ahead.chunk_pairs(batch_size),
         )
         if progress is not None:
             progress.close()

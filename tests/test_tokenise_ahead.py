@@ -20,7 +20,7 @@ CHUNK = 7  # pairs per chunk in these tests: 40 pairs make 6 chunks, the last on
 @pytest.fixture
 def ahead(reranker, monkeypatch):
     """The reranker with tokenising ahead forced on, in chunks of CHUNK pairs; counts the chunks."""
-    monkeypatch.setattr(tokenise_ahead_module, "CHUNK_PAIRS", CHUNK)
+    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size: CHUNK)
     chunks = []
     real = tokenise_ahead_module.score_tokenising_ahead
 
@@ -118,8 +118,13 @@ def test_a_failed_forward_stops_the_tokenising_thread(ahead, monkeypatch):
     assert len(chunks) <= 3  # the first chunk, and at most the two tokenised ahead of it
 
 
+def test_chunks_hold_several_of_the_batches_asked_for():
+    assert tokenise_ahead_module.chunk_pairs(32) == tokenise_ahead_module.CHUNK_PAIRS
+    assert tokenise_ahead_module.chunk_pairs(1024) == 4096
+
+
 def test_on_the_cpu_predict_tokenises_at_once_unless_told(reranker, monkeypatch):
-    monkeypatch.setattr(tokenise_ahead_module, "CHUNK_PAIRS", CHUNK)
+    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size: CHUNK)
     calls = []
     monkeypatch.setattr(tokenise_ahead_module, "score_tokenising_ahead", lambda *a: calls.append(a))
     assert reranker.overlap_tokenising is None and reranker.device == torch.device("cpu")
@@ -134,7 +139,7 @@ def test_on_a_gpu_predict_tokenises_ahead_with_the_same_scores(small_ckpt, monke
     from turborank import Reranker
 
     reranker = Reranker.from_pretrained(small_ckpt, device="cuda", dtype="float32")
-    monkeypatch.setattr(tokenise_ahead_module, "CHUNK_PAIRS", CHUNK)
+    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size: CHUNK)
     pairs = sample_pairs(40, seed=6)
     assert reranker.overlap_tokenising is None
     got = reranker.predict(pairs, activation=False)
