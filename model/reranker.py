@@ -28,12 +28,11 @@ from turborank.packing import (
 )
 from turborank.ranking import ranked_results
 from turborank.scoring_options import (
-    aggregate_windows,
     as_pairs,
-    check_finite,
     check_long_doc_options,
     check_options,
     check_query,
+    pair_logits,
     progress_bar,
 )
 from turborank.tokenization import EncodedPairs, PairTokenizer, warn_truncated
@@ -373,12 +372,7 @@ class Reranker:
             max_batch_tokens=max_batch_tokens,
             show_progress_bar=show_progress_bar,
         )
-        check_finite(logits, owners)
-        if owners is None:
-            return logits
-        if n_pairs is None:
-            n_pairs = max(owners, default=-1) + 1
-        return aggregate_windows(logits, owners, n_pairs, chunk_aggregate)
+        return pair_logits(logits, owners, n_pairs, chunk_aggregate)
 
     def rank(
         self,
@@ -426,10 +420,7 @@ class Reranker:
         if truncated:
             limit = self.check_max_length(max_length)
             warn_truncated(truncated, len(pairs), limit, truncation, stacklevel=3)  # at predict, as encode's
-        check_finite(logits, owners)
-        if owners is None:
-            return logits
-        return aggregate_windows(logits, owners, len(pairs), chunk_aggregate)
+        return pair_logits(logits, owners, len(pairs), chunk_aggregate)
 
     def _score_encoded(
         self,

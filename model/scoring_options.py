@@ -99,3 +99,17 @@ def check_finite(logits: torch.Tensor, owners: list[int] | None = None) -> None:
         f"the model produced a non-finite score ({first}) for pair {pairs[0]}{more} (input order); "
         "the checkpoint's weights or the dtype's range are the usual cause, so no scores are returned"
     )
+
+
+def pair_logits(
+    window_logits: torch.Tensor, owners: list[int] | None, n_pairs: int | None, how: str
+) -> torch.Tensor:
+    """Per-pair logits from what was scored: the logits themselves (owners None: one sequence per
+    pair), or each pair's windows aggregated (``n_pairs`` defaults to one past the largest owner);
+    NonFiniteScoreError first if any logit is not finite."""
+    check_finite(window_logits, owners)
+    if owners is None:
+        return window_logits
+    if n_pairs is None:
+        n_pairs = max(owners, default=-1) + 1
+    return aggregate_windows(window_logits, owners, n_pairs, how)
