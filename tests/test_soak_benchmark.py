@@ -30,4 +30,6 @@ def test_soak_with_both_attackers_runs_end_to_end(tmp_path):
         assert row["served_200"] > 0 and row["5xx"] == 0 and row["lost"] == 0, row
     assert calm["slot_hog"] == {} and calm["header_hog"] == {}
     assert set(attacked["slot_hog"]) <= {"408", "429"} and attacked["slot_hog"]
-    assert set(attacked["header_hog"]) <= {"408", "closed"} and attacked["header_hog"]
+    # "reset": a connection closed to make room before the server had read its bytes (TCP resets
+    # a peer whose data arrives at a closed socket); seen on a loaded two-core machine.
+    assert set(attacked["header_hog"]) <= {"408", "closed", "reset"} and attacked["header_hog"]

@@ -16,6 +16,9 @@ hog (127.0.0.2) keeps ``--slot-hogs`` uploads that send their headers and 5 byte
 reopened as soon as it is answered, to hold every request slot; the header hog (127.0.0.3) keeps
 ``--header-hogs`` connections that send a request line and half a header, reopened when closed,
 against a server started with ``ulimit -n`` of ``--open-files``, to exhaust its file descriptors.
+The server makes room by closing the hog's oldest connections; on a busy server some of those were
+accepted but not yet read, and TCP answers their bytes with a reset, so the hog sees "closed",
+"reset" or a 408.
 Reports requests served, 4xx/5xx counts, p50/p99 of the valid ones, RSS at start and end, the
 requests lost (a client that waited for an answer and got none: a reset, a timeout), and what the
 attackers got. Everything stops by itself; the server is stopped with SIGTERM and must exit 0.
@@ -164,6 +167,8 @@ async def _half_headers(port: int) -> str:
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), 120)
         return line.split(b" ", 2)[1].decode() if line else "closed"
+    except ConnectionResetError:
+        return "reset"
     except (ConnectionError, asyncio.TimeoutError) as exc:
         return type(exc).__name__
     finally:
