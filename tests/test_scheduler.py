@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
+import logging
 import threading
 import time
 
+import pytest
 import torch
 
-from turborank.serving.scheduler import BatchScheduler
+from turborank.serving.scheduler import BatchError, BatchScheduler
 from turborank.tokenization import EncodedPairs
 
 
@@ -88,3 +92,157 @@ def test_the_pieces_of_one_request_share_one_turn():
     assert forwards[0] == [1, 2]
     assert 3 in forwards[1], forwards
     assert sorted(m for forward in forwards for m in forward) == [1] * 6 + [2] * 6 + [3]
+
+
+def test_two_requests_sharing_forwards_take_the_first_place_in_turn():
+    """Two equal requests, forwards of three pairs: each forward starts with the request whose last
+    pair came earlier in the one before (with ties in queue order the first request led every
+    forward, two pairs to one)."""
+    forwards: list[list[int]] = []
+
+    def score(encoded: EncodedPairs) -> torch.Tensor:
+        forwards.append([ids[0] for ids in encoded.input_ids])
+        return torch.zeros(len(encoded.input_ids))
+
+    scheduler = BatchScheduler(score, max_batch_tokens=300)
+
+    async def scenario() -> None:
+        first, second = scheduler.submit(pairs(1, 100, 12)), scheduler.submit(pairs(2, 100, 12))
+        scheduler.start()
+        await asyncio.gather(first.future, second.future)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        scheduler.stop()
+    assert forwards[:4] == [[1, 2, 1], [2, 1, 2], [1, 2, 1], [2, 1, 2]], forwards
+
+
+def test_an_owner_the_worker_could_not_key_by_is_refused_at_submit():
+    @dataclasses.dataclass
+    class Unhashable:  # a dataclass with eq and no frozen: __hash__ is None
+        name: str
+
+    scheduler = BatchScheduler(lambda encoded: torch.zeros(len(encoded.input_ids)), max_batch_tokens=100)
+
+    async def submit() -> None:
+        scheduler.submit(pairs(1, 4, 1), owner=Unhashable("r"))
+
+    with pytest.raises(TypeError, match="unhashable"):
+        asyncio.run(submit())
+
+
+def test_a_failure_outside_the_forward_fails_its_batch_and_the_worker_goes_on(caplog):
+    """A scorer returning one logit too few (a bug outside the forward's own try) answers the batch's
+    requests with an error and is logged; the next request is scored: a dead worker thread would
+    leave every later request waiting forever."""
+    calls = []
+
+    def score(encoded: EncodedPairs) -> torch.Tensor:
+        calls.append(len(encoded.input_ids))
+        n = len(encoded.input_ids)
+        return torch.zeros(n - 1 if len(calls) == 1 else n)
+
+    scheduler = BatchScheduler(score, max_batch_tokens=1000)
+    scheduler.start()
+
+    async def scenario() -> list[float]:
+        broken = scheduler.submit(pairs(1, 4, 3))
+        with pytest.raises(BatchError, match="internal error"):
+            await asyncio.wait_for(broken.future, 30)
+        return await asyncio.wait_for(scheduler.submit(pairs(2, 4, 2)).future, 30)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="turborank.serving"):
+            assert asyncio.run(scenario()) == [0.0, 0.0]
+    finally:
+        scheduler.stop()
+    assert "batch worker failed" in caplog.text and "Traceback" in caplog.text
+
+
+def test_a_request_whose_event_loop_closed_does_not_stop_the_worker():
+    """A caller that gave up (``asyncio.run`` of a wait that timed out) closes its loop while its
+    pairs are in a forward; the answer has nowhere to go, and the next caller is still served."""
+    release = threading.Event()
+
+    def score(encoded: EncodedPairs) -> torch.Tensor:
+        release.wait(30)
+        return torch.zeros(len(encoded.input_ids))
+
+    scheduler = BatchScheduler(score, max_batch_tokens=100)
+    scheduler.start()
+
+    async def give_up() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(scheduler.submit(pairs(1, 4, 1)).future, 0.05)
+
+    async def next_caller() -> list[float]:
+        return await asyncio.wait_for(scheduler.submit(pairs(2, 4, 1)).future, 30)
+
+    try:
+        asyncio.run(give_up())  # its loop is closed once this returns
+        release.set()
+        assert asyncio.run(next_caller()) == [0.0]
+        assert scheduler.drain(5)
+    finally:
+        release.set()
+        scheduler.stop()
+
+
+def test_the_per_request_retry_skips_a_request_cancelled_meanwhile():
+    """A shared forward fails while one of its requests is cancelled (its client left): the retry
+    scores the other request's pairs alone and runs nothing for the cancelled one."""
+    forwards: list[list[int]] = []
+    running = threading.Event()
+    release = threading.Event()
+
+    def score(encoded: EncodedPairs) -> torch.Tensor:
+        forwards.append(sorted({ids[0] for ids in encoded.input_ids}))
+        if len(forwards) == 1:
+            running.set()
+            release.wait(30)
+            raise RuntimeError("out of memory (simulated)")
+        return torch.zeros(len(encoded.input_ids))
+
+    scheduler = BatchScheduler(score, max_batch_tokens=1000)
+    scheduler.start()
+
+    async def scenario() -> list[float]:
+        gone, staying = scheduler.submit(pairs(1, 4, 20)), scheduler.submit(pairs(2, 4, 1))
+        await asyncio.get_running_loop().run_in_executor(None, running.wait, 30)
+        scheduler.cancel(gone)
+        release.set()
+        return await asyncio.wait_for(staying.future, 30)
+
+    try:
+        assert asyncio.run(scenario()) == [0.0]
+    finally:
+        release.set()
+        scheduler.stop()
+    assert forwards == [[1, 2], [2]]
+
+
+def test_the_errors_of_a_failed_requests_other_pieces_are_not_logged_as_never_retrieved(caplog):
+    """A request stops awaiting its pieces at the first failed one; the others fail the same way and
+    must not each log asyncio's 'Future exception was never retrieved'."""
+
+    def score(encoded: EncodedPairs) -> torch.Tensor:
+        raise RuntimeError("device error (simulated)")
+
+    scheduler = BatchScheduler(score, max_batch_tokens=100)
+    scheduler.start()
+    owner = Owner()
+
+    async def scenario() -> None:
+        tickets = [scheduler.submit(pairs(1, 40, 2), owner=owner) for _ in range(4)]
+        with pytest.raises(BatchError):
+            await asyncio.wait_for(tickets[0].future, 30)
+        await asyncio.sleep(0.2)  # the others fail meanwhile; nobody awaits them
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            asyncio.run(scenario())
+            gc.collect()
+    finally:
+        scheduler.stop()
+    assert "never retrieved" not in caplog.text

@@ -9,7 +9,9 @@ between owners, so 30 pieces of one request take one turn, not 30 (a one-pair re
 5-11 s behind two 15 MiB requests when each piece took its own turn).
 A failure inside a forward (an exception, or a non-finite score) is retried with each request's
 pairs alone, so only the request whose own pairs fail again is answered with the error; the others
-sharing the batch get their scores.
+sharing the batch get their scores. Anything else that goes wrong on the worker thread (a bug, a
+callback that raises) fails the requests of the batch in hand, is logged, and the thread goes on:
+a worker that died would leave every later request waiting forever.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import threading
 import time
 import weakref
@@ -28,6 +31,7 @@ import torch
 from turborank.scoring_options import NonFiniteScoreError
 from turborank.tokenization import EncodedPairs
 
+logger = logging.getLogger("turborank.serving")
 _NON_FINITE = "the model produced a non-finite score"
 
 
@@ -46,6 +50,9 @@ class Ticket:
     owner: object = None  # the request the ticket is a piece of; None: the ticket itself
     started_at: float | None = None
     done: bool = False
+    # Set (on the worker thread) when a forward holding its pairs failed: a request's thread still
+    # tokenising its later pieces reads it and stops.
+    error: BaseException | None = None
 
     def __post_init__(self) -> None:
         if self.owner is None:
@@ -63,6 +70,21 @@ def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | 
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _read_error(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    """``callback(*args)`` on ``loop``, from any thread; nothing when the loop is closed (its caller
+    is gone: an ``asyncio.run`` that gave up waiting), which must not stop the worker thread."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 class BatchScheduler:
@@ -88,8 +110,9 @@ class BatchScheduler:
         self._observe = observe or (lambda event, **values: None)
         self._cond = threading.Condition()
         self._queue: list[Ticket] = []
-        # The forward that last served each owner, kept while the owner (a request) lives.
-        self._last_turn: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        # The forward that last served each owner and the place of its last pair in it, kept while
+        # the owner (a request) lives.
+        self._last_turn: weakref.WeakKeyDictionary[object, tuple[int, int]] = weakref.WeakKeyDictionary()
         self._turn = 0
         self._in_flight = 0
         self._stopping = False
@@ -104,24 +127,23 @@ class BatchScheduler:
     ) -> Ticket:
         """Queue tokenised pairs; await ``ticket.future`` (on ``loop``) for the logits. Call from the
         event loop, or from another thread naming the loop that awaits. Tickets with the same
-        ``owner`` (the pieces of one request; any object a weak reference can point at) share one
-        turn of the round robin."""
+        ``owner`` (the pieces of one request; any hashable object a weak reference can point at)
+        share one turn of the round robin."""
         if owner is not None:
             weakref.ref(owner)  # TypeError here, not on the batching thread
+            hash(owner)  # owners are dictionary keys there
         loop = loop or asyncio.get_running_loop()
         n = len(encoded.input_ids)
+        future = loop.create_future()
+        # A request with a failed piece stops awaiting its others, whose errors are that same
+        # failure: marked as read, so asyncio does not log each one as never retrieved.
+        future.add_done_callback(_read_error)
         ticket = Ticket(
-            encoded,
-            loop,
-            loop.create_future(),
-            collections.deque(range(n)),
-            [None] * n,
-            time.perf_counter(),
-            owner,
+            encoded, loop, future, collections.deque(range(n)), [None] * n, time.perf_counter(), owner
         )
         if n == 0:
             ticket.done = True
-            loop.call_soon_threadsafe(_resolve, ticket.future, [])  # from any thread
+            _post(loop, _resolve, ticket.future, [])  # from any thread
             return ticket
         with self._cond:
             if self._stopping:
@@ -138,7 +160,7 @@ class BatchScheduler:
             ticket.done = True
             if ticket in self._queue:
                 self._queue.remove(ticket)
-        ticket.loop.call_soon_threadsafe(ticket.future.cancel)
+        _post(ticket.loop, ticket.future.cancel)
         return dropped
 
     @property
@@ -174,14 +196,16 @@ class BatchScheduler:
         batch: list[tuple[Ticket, int]] = []
         tokens = 0
         # Each owner's tickets in queue order. Owners take turns from the one served longest ago
-        # (never served first, then by the forward that last served them; ties in queue order), so
-        # a request that arrives while a forward runs is ahead of the requests that forward holds,
-        # and a request's later pieces keep its place instead of starting a new turn.
+        # (never served first, then by the forward that last served them and where in it their last
+        # pair was), so a request that arrives while a forward runs is ahead of the requests that
+        # forward holds, two requests sharing forwards take the first place in turn, and a request's
+        # later pieces keep its place instead of starting a new turn.
         turns: dict[object, collections.deque[Ticket]] = {}
         for ticket in self._queue:
             if ticket.pending:
                 turns.setdefault(ticket.owner, collections.deque()).append(ticket)
-        turns = {owner: turns[owner] for owner in sorted(turns, key=lambda o: self._last_turn.get(o, -1))}
+        order = sorted(turns, key=lambda owner: self._last_turn.get(owner, (-1, 0)))
+        turns = {owner: turns[owner] for owner in order}
         while turns and len(batch) < self.max_batch_pairs:
             for owner, tickets in list(turns.items()):
                 ticket = tickets[0]
@@ -201,8 +225,8 @@ class BatchScheduler:
                         del turns[owner]
                 if len(batch) >= self.max_batch_pairs:
                     break
-        for ticket, _ in batch:
-            self._last_turn[ticket.owner] = self._turn
+        for position, (ticket, _) in enumerate(batch):
+            self._last_turn[ticket.owner] = (self._turn, position)
         self._turn += 1
         return batch
 
@@ -213,16 +237,36 @@ class BatchScheduler:
                     self._cond.wait()
                 if not self._queue:
                     return
-                batch = self._form_batch()
+                queued = list(self._queue)
+                try:
+                    batch = self._form_batch()
+                except Exception as exc:  # every later batch would fail the same way: fail them all
+                    self._queue.clear()
+                    batch = []
+                    self._worker_failed(exc, [(t, -1) for t in queued])
                 self._in_flight += 1
             try:
                 self._forward(batch)
+            except Exception as exc:
+                self._worker_failed(exc, batch)
             finally:
                 with self._cond:
                     self._in_flight -= 1
                     self._cond.notify_all()
 
+    def _worker_failed(self, exc: Exception, batch: list[tuple[Ticket, int]]) -> None:
+        """Something outside the forward failed on this thread: its requests get a BatchError (their
+        answer names no internals), the log gets the traceback."""
+        tickets = [t for t in dict.fromkeys(ticket for ticket, _ in batch) if not t.done]
+        logger.error("batch worker failed; %d request(s) answered with an error", len(tickets), exc_info=exc)
+        for ticket in tickets:
+            error = BatchError("internal error in the batch worker")
+            error.__cause__ = exc
+            self._fail(ticket, error)
+
     def _forward(self, batch: list[tuple[Ticket, int]]) -> None:
+        if not batch:
+            return
         tickets = list(dict.fromkeys(ticket for ticket, _ in batch))
         encoded = EncodedPairs.gather([(ticket.encoded, i) for ticket, i in batch])
         start = time.perf_counter()
@@ -243,7 +287,8 @@ class BatchScheduler:
                 # Each request's pairs again on their own: one request's NaN (or a failure its
                 # input causes) must not fail the requests that shared its forward.
                 for ticket in tickets:
-                    self._forward([(t, i) for t, i in batch if t is ticket])
+                    if not ticket.done:  # cancelled meanwhile: its client is gone
+                        self._forward([(t, i) for t, i in batch if t is ticket])
                 return
             # Chained to the cause, so the request's log line shows the forward's traceback.
             self._fail(tickets[0], failure)
@@ -258,12 +303,13 @@ class BatchScheduler:
         for ticket in tickets:
             if not ticket.done and ticket.remaining == 0:
                 ticket.done = True
-                ticket.loop.call_soon_threadsafe(_resolve, ticket.future, list(ticket.logits))
+                _post(ticket.loop, _resolve, ticket.future, list(ticket.logits))
 
     def _fail(self, ticket: Ticket, error: BaseException) -> None:
         with self._cond:
             ticket.pending.clear()
             ticket.done = True
+            ticket.error = error
             if ticket in self._queue:
                 self._queue.remove(ticket)
-        ticket.loop.call_soon_threadsafe(_resolve, ticket.future, None, error)
+        _post(ticket.loop, _resolve, ticket.future, None, error)
