@@ -151,6 +151,67 @@ def test_the_pool_counts_the_jobs_no_thread_has_started():
         pool.shutdown()
 
 
+def test_a_job_cancelled_before_a_thread_starts_it_is_no_longer_counted():
+    """A request cancelled while its job waits for a thread (a shutdown that ran out of time, a
+    replica's call cancelled): the job never starts, and the pool must not count it as waiting for
+    ever, or every later request would give up its thread after each piece."""
+    pool = TokenizerPool(1)
+    release = threading.Event()
+
+    async def main():
+        busy = pool.run(release.wait)
+        queued = pool.run(lambda: "never")
+        while pool._waiting != 1:
+            await asyncio.sleep(0.001)
+        queued.cancel()
+        release.set()
+        await busy
+        for _ in range(100):
+            if not pool.others_waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert pool._waiting == 0 and not pool.others_waiting
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+
+
+def test_a_request_stops_tokenising_once_a_forward_of_its_pieces_failed(reranker, monkeypatch):
+    """The first piece's forward fails while the thread tokenises the next ones: the request is
+    answered 500 with the forward's error, and its remaining pieces are neither tokenised nor
+    scored (each would have been another failing forward)."""
+    from starlette.requests import Request
+
+    from turborank.serving.errors import APIError
+    from turborank.serving.settings import ServeSettings
+    from turborank.serving.state import ScoreRequest, ServerState
+
+    monkeypatch.setattr("turborank.serving.tokenizing.PIECE_CHARS", 400)
+    recorder = Recorder(reranker, 0.05)
+    monkeypatch.setattr(reranker, "encode", recorder)
+    state = ServerState(reranker, ServeSettings(model_name="m", tokenizer_threads=2))
+    forwards = []
+
+    def failing(encoded):
+        forwards.append(len(encoded.input_ids))
+        raise RuntimeError("device error (simulated)")
+
+    state.scheduler._score = failing
+    state.scheduler.start()
+    request = Request({"type": "http", "method": "POST", "path": "/rerank", "headers": [], "state": {}})
+    job = ScoreRequest("a query", documents(40, "failing"), "texts", 1000, "max_client_batch_size", True, "")
+    try:
+        with pytest.raises(APIError, match="device error") as raised:
+            asyncio.run(state.score(request, job))
+    finally:
+        state.scheduler.stop()
+        state.tokenizer_pool.shutdown()
+    assert raised.value.status == 500
+    assert len(recorder.calls) <= 4 and len(forwards) <= 3  # of about 20 pieces
+
+
 def test_answers_are_the_json_the_standard_library_writes():
     content = {
         "results": [

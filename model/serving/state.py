@@ -189,6 +189,9 @@ class ServerState:
             with handing:
                 if stopped or (watch is not None and watch.gone):
                     raise ClientDisconnectedError
+                failed = next((t.error for t in tickets if t.error is not None), None)
+                if failed is not None:  # an earlier piece's forward failed: so has the request
+                    raise APIError(500, errors.BACKEND, str(failed)) from failed
                 tickets.append(self.scheduler.submit(encoded, owner=request, loop=loop))
 
         try:

@@ -11,6 +11,7 @@ already tokenising, and a lone large request pays no hop through the event loop 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,18 +55,26 @@ class TokenizerPool:
         """``work(*args)`` on a tokenizer thread; call from the event loop, await the result."""
 
         def started() -> Result:
-            with self._lock:
-                self._waiting -= 1
+            self._count(-1)
             return work(*args)
 
-        with self._lock:
-            self._waiting += 1
+        def ended(job: concurrent.futures.Future) -> None:
+            if job.cancelled():  # cancelled while queued (its awaiting task was): never started
+                self._count(-1)
+
+        loop = asyncio.get_running_loop()
+        self._count(1)
         try:
-            return asyncio.get_running_loop().run_in_executor(self._executor, started)
+            job = self._executor.submit(started)
         except BaseException:  # refused (shut down): nothing is waiting after all
-            with self._lock:
-                self._waiting -= 1
+            self._count(-1)
             raise
+        job.add_done_callback(ended)
+        return asyncio.wrap_future(job, loop=loop)
+
+    def _count(self, change: int) -> None:
+        with self._lock:
+            self._waiting += change
 
     def shutdown(self) -> None:
         """Refuse new work; the jobs running finish on their own."""
