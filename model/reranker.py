@@ -409,11 +409,24 @@ class Reranker:
         """predict's logits [n], the next chunk of pairs tokenised while this one is scored: the
         same scores, errors and one TruncationWarning as scoring the pairs at once."""
         progress = progress_bar(len(pairs), show_progress_bar)
+        chunk = tokenise_ahead.chunk_pairs(batch_size)
+        pairs_left = len(pairs)
+
+        def score(encoded: EncodedPairs) -> torch.Tensor:
+            # The bar counts pairs, a chunk at a time: a chunk of long documents holds more
+            # sequences (windows) than pairs.
+            nonlocal pairs_left
+            logits = self._score_encoded(encoded, batch_size, max_batch_tokens)
+            if progress is not None:
+                progress.update(min(chunk, pairs_left))
+            pairs_left -= chunk
+            return logits
+
         logits, owners, truncated = tokenise_ahead.score_tokenising_ahead(
             pairs,
-            lambda chunk: self.encode(chunk, max_length, truncation, long_doc, chunk_overlap, warn=False),
-            lambda encoded: self._score_encoded(encoded, batch_size, max_batch_tokens, progress=progress),
-            tokenise_ahead.chunk_pairs(batch_size),
+            lambda part: self.encode(part, max_length, truncation, long_doc, chunk_overlap, warn=False),
+            score,
+            chunk,
         )
         if progress is not None:
             progress.close()

@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers import sample_pairs
 from turborank import NonFiniteScoreError
+from turborank import reranker as reranker_module
 from turborank import tokenise_ahead as tokenise_ahead_module
 from turborank.tokenization import TruncationWarning
 
@@ -58,6 +59,24 @@ def test_long_documents_as_windows_keep_their_pairs_across_chunks(ahead):
     got = reranker.predict(pairs, **options)
     assert len(chunks) == 3
     assert got == pytest.approx(at_once(reranker, pairs, **options), abs=1e-4)
+
+
+def test_the_progress_bar_counts_pairs_when_long_documents_make_windows(ahead, monkeypatch):
+    """A chunk of long documents holds more windows than pairs: the bar, sized in pairs, ends at
+    its total (counting windows it ran to 23x past it)."""
+    reranker, _ = ahead
+    bars = []
+    real = reranker_module.progress_bar
+
+    def keep(total, show):
+        bars.append(real(total, show))
+        return bars[-1]
+
+    monkeypatch.setattr(reranker_module, "progress_bar", keep)
+    pairs = [("q", "word " * 200) for _ in range(12)]
+    reranker.predict(pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
+    (bar,) = [bar for bar in bars if bar is not None]  # scoring a chunk makes none of its own
+    assert bar.total == 12 and bar.n == 12
 
 
 def test_one_truncation_warning_counts_every_chunk(ahead):
