@@ -32,7 +32,7 @@ def test_plan_fails_when_the_limits_do_not_sum_to_the_budget(tmp_path):
     script = tmp_path / "benchmarks" / "gpu" / "gpu_check.sh"
     script.parent.mkdir(parents=True)
     text = SCRIPT.read_text()
-    script.write_text(text.replace('"gpu_tests 160"', '"gpu_tests 260"', 1))
+    script.write_text(text.replace('"gpu_tests 150"', '"gpu_tests 250"', 1))
     assert text != script.read_text()
     done = _plan(script)
     assert done.returncode == 1 and "FAIL: the step limits sum to 600s" in done.stdout

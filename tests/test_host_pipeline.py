@@ -68,6 +68,31 @@ def test_host_pipeline_benchmark_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_host_pipeline_on_a_real_device_measures_the_forward_instead(tmp_path):
+    """``--device cpu`` runs the same cases with the real model (as ``--device cuda`` does on a GPU):
+    the device's share of a request is the forward measured in process, nothing from a stand-in."""
+    run_repo_module(
+        "benchmarks.serve.host_pipeline",
+        *("--device", "cpu", "--preset", "small", "--seconds", "0.3", "--clients", "2"),
+        *("--one-pair-requests", "10", "--fifty-doc-requests", "2", "--no-library", "--out", str(tmp_path)),
+        env=None,
+    )
+    (report,) = tmp_path.glob("host_pipeline_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["case"] for row in rows] == [
+        "1 pair, 30 words",
+        "1 x 50 docs of ~300 tokens",
+        "50 x ~300 tokens",
+        "10 x 512 tokens",
+    ]
+    one, fifty = rows[:2]
+    assert 0 < one["forward_ms_per_request"] < fifty["forward_ms_per_request"]
+    assert fifty["p50_target_ms"] > fifty["forward_ms_per_request"] + fifty["tokenise_2_threads_ms"]
+    assert all(row["stand_in_ms_per_request"] is None and row["device_busy"] is None for row in rows)
+    assert all(row["server_cpu_ms_per_request"] > 0 and not row.get("errors") for row in rows)
+
+
+@pytest.mark.slow
 def test_host_floor_benchmark_runs_both_servers(tmp_path):
     run_repo_module(
         "benchmarks.serve.host_floor", "--requests", "20", "--rounds", "1", "--out", str(tmp_path), env=None

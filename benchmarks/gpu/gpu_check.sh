@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (no network): install in place, run the GPU tests
 # (`pytest -m gpu`), the kernel and model benchmarks, the suite's GPU cases, the attention tile
-# sweep, a load test and an eval; write the results under $OUT.
+# sweep, a load test, the host pipeline and an eval; write the results under $OUT.
 #   OUT=/some/dir bash benchmarks/gpu/gpu_check.sh [--full]
 #   bash benchmarks/gpu/gpu_check.sh --plan    # print the steps, their limits and the install route; run nothing
 # Each step runs under its own time limit and the limits sum to the budget, so a slow step never
@@ -19,12 +19,13 @@ RESERVE_S=10
 # name and limit in seconds, in the order they run (correctness first).
 STEPS=(
   "install 20"
-  "gpu_tests 160"
-  "gpu_kernels 90"
-  "gpu_model 80"
-  "suite 60"
-  "tune_attention 40"
+  "gpu_tests 150"
+  "gpu_kernels 85"
+  "gpu_model 75"
+  "suite 50"
+  "tune_attention 35"
   "load_test 25"
+  "host_pipeline 35"
   "eval 25"
 )
 py=python3
@@ -117,6 +118,15 @@ step_load_test() {
     --out "$WORK"
 }
 
+step_host_pipeline() {
+  # The host side of serving in front of the real GPU: what benchmarks/serve/host_pipeline projects
+  # with its stand-in device on machines without one (one pair, 1 x 50, 8 clients, the library).
+  has_module fastapi && has_module httptools && has_module orjson \
+    || { echo "skipped: fastapi/httptools/orjson not installed"; return 0; }
+  within $py -m benchmarks.serve.host_pipeline --device cuda --seconds 3 --clients 8 \
+    --one-pair-requests 300 --fifty-doc-requests 20 --library-pairs 20000 --out "$WORK"
+}
+
 step_eval() {
   has_module ir_measures && has_module bm25s || { echo "skipped: ir-measures/bm25s not installed"; return 0; }
   within $py -m turborank.testing "$WORK/ckpt" --preset turbo > /dev/null \
@@ -139,7 +149,8 @@ if [ "$mode" = plan ]; then
   done
   printf '  %-16s %4ss\n' "sum of steps" "$total"
   echo "install route: $(install_route)"
-  for extra in "load_test fastapi httptools orjson" "eval ir_measures bm25s"; do
+  for extra in "load_test fastapi httptools orjson" "host_pipeline fastapi httptools orjson" \
+    "eval ir_measures bm25s"; do
     read -r name modules <<< "$extra"
     missing=""
     for module in $modules; do has_module "$module" || missing="$missing $module"; done
