@@ -33,7 +33,7 @@ from typing import Any
 
 from benchmarks.report import LOCAL_RESULTS, write_report
 from benchmarks.serve import stand_in
-from benchmarks.serve.host_pipeline import ROOT, _body, sequential, stand_in_server
+from benchmarks.serve.host_pipeline import ROOT, Served, _body, sequential, stand_in_server
 from turborank.testing import make_checkpoint
 from turborank.testing_server import free_port
 
@@ -144,7 +144,7 @@ def main() -> None:
                     ("floor app", floor, floor_stats),
                     ("turborank serve", served, serve_stats),
                 ):
-                    rounds[name].append(sequential(pid, port, stats, bodies, name, 1))
+                    rounds[name].append(sequential(Served(pid, port, stats), bodies, name, 1))
     keys = ["p50_ms", "p99_ms", "stand_in_ms_per_request", "overhead_p50_ms", "server_cpu_ms_per_request"]
     rows = []
     for name, measured in rounds.items():

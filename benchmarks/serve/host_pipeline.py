@@ -50,6 +50,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmarks.gpu.targets import H200_BF16_TFLOPS, PROJECTED_EFFICIENCY, PROJECTED_FIXED_S
 from benchmarks.report import LOCAL_RESULTS, percentile, write_report
@@ -162,14 +163,21 @@ class Phase:
             self.projected = end.projected_s - self.start.projected_s
 
 
+class Served(NamedTuple):
+    """A server under measurement: its process, its port and the stand-in's counters file (None
+    on a real device)."""
+
+    pid: int
+    port: int
+    stats: Path | None
+
+
 def _per(value: float | None, count: int, scale: float = 1.0) -> float | None:
     return None if value is None else scale * value / max(count, 1)
 
 
 def sequential(
-    pid: int,
-    port: int,
-    stats: Path | None,
+    served: Served,
     bodies: list[bytes],
     case: str,
     pairs: int,
@@ -177,10 +185,10 @@ def sequential(
 ) -> dict:
     """``forward_ms``: the device's time per request on a real device (see ``forward_ms_per_request``);
     on the stand-in its sleeps are that time."""
-    connection = Connection(port)
+    connection = Connection(served.port)
     connection.post("/v1/rerank", bodies[0])  # the connection and the first request's caches
     latencies = []
-    with Phase(pid, stats) as phase:
+    with Phase(served.pid, served.stats) as phase:
         for body in bodies:
             start = time.perf_counter()
             status, _ = connection.post("/v1/rerank", body)
@@ -211,9 +219,7 @@ def sequential(
 
 
 def concurrent(
-    pid: int,
-    port: int,
-    stats: Path | None,
+    served: Served,
     bodies: list[bytes],
     case: str,
     pairs: int,
@@ -226,7 +232,7 @@ def concurrent(
     lock = threading.Lock()
 
     def client(index: int) -> None:
-        connection = Connection(port)
+        connection = Connection(served.port)
         mine = []
         try:
             i = index
@@ -242,7 +248,7 @@ def concurrent(
             with lock:
                 latencies.extend(mine)
 
-    with Phase(pid, stats) as phase, ThreadPoolExecutor(clients) as pool:
+    with Phase(served.pid, served.stats) as phase, ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     n = len(latencies)
     return {
@@ -421,9 +427,10 @@ def main() -> None:
         tokenise_times = tokenise_on_two_threads(checkpoint, fifty[:10], 8192)
         log = tmp_path / "server.log"
         with stand_in_server(checkpoint, stats, log, args.serve_options, device) as (pid, port):
-            rows.append(sequential(pid, port, stats, one_pair, "1 pair, 30 words", 1, one_pair_ms))
+            served = Served(pid, port, stats)
+            rows.append(sequential(served, one_pair, "1 pair, 30 words", 1, one_pair_ms))
             save()
-            row = sequential(pid, port, stats, fifty, "1 x 50 docs of ~300 tokens", 50, fifty_ms)
+            row = sequential(served, fifty, "1 x 50 docs of ~300 tokens", 50, fifty_ms)
             tokenise_times += tokenise_on_two_threads(checkpoint, fifty[:10], 8192)
             tokenise_s = statistics.median(tokenise_times)
             row["tokenise_2_threads_ms"] = 1e3 * tokenise_s
@@ -434,7 +441,7 @@ def main() -> None:
             cases = ((fifty, "50 x ~300 tokens", 50), (ten_512, "10 x 512 tokens", 10))
             for clients in (int(c) for c in args.clients.split(",")):
                 for bodies, case, pairs in cases:
-                    rows.append(concurrent(pid, port, stats, bodies, case, pairs, clients, args.seconds))
+                    rows.append(concurrent(served, bodies, case, pairs, clients, args.seconds))
                     save()
         if not args.no_library:
             from turborank.testing import make_beir_dataset
