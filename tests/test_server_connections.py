@@ -49,7 +49,7 @@ def test_one_clients_slow_uploads_do_not_keep_out_another(small_ckpt, tmp_path):
             # The attacker itself gets no more: it is the busiest client.
             more = start_upload(url, BODY, sent=5, source=ATTACKER)
             status, _, answer = read_response(more)
-            assert status == 429 and "more than 4 requests in flight" in json.loads(answer)["error"]
+            assert status == 429 and "all 4 request slots are in use" in json.loads(answer)["error"]
             more.close()
             for _ in range(3):
                 start = time.monotonic()

@@ -2,9 +2,10 @@
 
 A request holds one of ``max_concurrent_requests`` slots from admission to its answer. Slots are
 first come, first served while some are free. When all are taken, a request from a client that
-holds fewer slots than the busiest client takes one: the busiest client's request that is still
-uploading its body and has sent the fewest bytes is answered 429 (a request already being scored
-is never cut short). So a client that opens many slow uploads (slowloris with bodies) holds only
+holds fewer slots than the busiest client takes one: of the clients holding more than the
+newcomer's would after taking one, the busiest with a request still uploading its body gives up
+the upload that has sent the fewest bytes, answered 429 (a request already being scored is never
+cut short). So a client that opens many slow uploads (slowloris with bodies) holds only
 what no one else wants, and a second client is served at once instead of after a body timeout;
 a single client alone may still use every slot. ``max_requests_per_client`` adds a fixed cap.
 
@@ -52,7 +53,8 @@ class Admission:
             raise APIError(
                 429,
                 errors.OVERLOADED,
-                f"more than {self.limit} requests in flight",
+                f"all {self.limit} request slots are in use, none by an upload of a client holding more "
+                "than this one",
                 {"Retry-After": "1", **CLOSE},
             )
         slot = Slot(client, asyncio.current_task())
@@ -70,13 +72,19 @@ class Admission:
         self.active -= 1
 
     def _take_from_busiest(self, newcomer_holds: int) -> bool:
-        busiest = max(self.by_client.values(), key=len, default=())
-        if len(busiest) <= newcomer_holds + 1:
-            return False  # taking one would leave the newcomer's client the busier: no fairer
-        uploading = [slot for slot in busiest if slot.uploading and slot.task is not None]
+        # From a client that would still hold more than the newcomer's after giving one up (else no
+        # fairer), the busiest with an upload in progress, whatever the order clients came in: its
+        # upload that has sent the fewest bytes.
+        uploading = [
+            slot
+            for held in self.by_client.values()
+            if len(held) > newcomer_holds + 1
+            for slot in held
+            if slot.uploading and slot.task is not None
+        ]
         if not uploading:
             return False
-        victim = min(uploading, key=lambda slot: slot.received)
+        victim = max(uploading, key=lambda slot: (len(self.by_client[slot.client]), -slot.received))
         self.release(victim)
         victim.taken = True
         victim.task.cancel()

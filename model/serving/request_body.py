@@ -56,6 +56,10 @@ async def read_body(
             raise APIError(
                 408, TIMEOUT, f"no request body data for {timeout_s:g} s ({size} bytes arrived)", CLOSE
             ) from None
+        if progress is not None and getattr(progress, "taken", False):
+            # Its slot went to another client. The task's cancel says so, but asyncio.wait_for on
+            # Python 3.10-3.11 drops a cancel that lands as the read it waits on completes.
+            raise asyncio.CancelledError
         if message["type"] == "http.disconnect":
             raise ClientDisconnectedError
         chunk = message.get("body", b"")
