@@ -4,6 +4,7 @@ document costs the tokenisation of a few times ``max_length`` tokens instead of 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -39,10 +40,13 @@ def clip_pairs(
     direction: str,
     bounded: bool,
     make_plain: Callable[[], Tokenizer],
+    odd_halves: int | None = None,
 ) -> list[tuple[str, str]]:
     """``PairTokenizer.clip``: the pairs, each text of over ``CLIP_CHARS_PER_TOKEN * max_length``
     characters cut by ``clip_text``. ``make_plain`` gives a tokenizer that neither truncates nor
-    pads; it is called only when some text is long enough to clip."""
+    pads; it is called only when some text is long enough to clip. ``odd_halves``: for
+    "longest_first" with an odd budget (``max_length`` less the special tokens), the budget's
+    floor half; then a clipped pair keeps the whole pair's longer side (``keep_the_longer_side``)."""
     chars = CLIP_CHARS_PER_TOKEN * max_length
     if all(len(q) <= chars and len(d) <= chars for q, d in pairs):
         return pairs
@@ -62,7 +66,56 @@ def clip_pairs(
             raise UncuttableTextError(index, side, len(text), limit, max_length)
         return text
 
-    return [(cut(q, i, "query"), cut(d, i, "document")) for i, (q, d) in enumerate(pairs)]
+    counted: dict[str, int] = {}
+
+    def count(text: str) -> int:  # the tokens of a text as it will be tokenised (the query's, once)
+        if text not in counted:
+            counted[text] = len(plain.encode(text, add_special_tokens=False).ids)
+        return counted[text]
+
+    out = []
+    for i, (q, d) in enumerate(pairs):
+        parts = (cut(q, i, "query"), cut(d, i, "document"))
+        if odd_halves is not None and (len(parts[0]) < len(q) or len(parts[1]) < len(d)):
+            parts = keep_the_longer_side(count, (q, d), parts, odd_halves, direction)
+        out.append(parts)
+    return out
+
+
+def keep_the_longer_side(
+    count: Callable[[str], int], texts: tuple[str, str], parts: tuple[str, str], half: int, direction: str
+) -> tuple[str, str]:
+    """Parts of a (query, document) pair that "longest_first" truncates as it does the whole texts
+    when the budget is odd (``half`` its floor half). Once both sides hold more than ``half``
+    tokens each keeps half the budget and the spare token goes to the longer side (the document on
+    a tie), so the parts must compare as the whole texts do. A part holds at most its text's
+    tokens: a part not longer than the other side grows (its length doubled) until the order is
+    certain, which at worst tokenises the shorter text whole. ``count(text)``: its tokens."""
+    parts_list = list(parts)
+    for part, text in zip(parts_list, texts, strict=True):
+        # A clipped part holds more than ``half`` tokens, so only a whole side can hold fewer; then
+        # nothing is halved and the order does not matter (the usual case: a short query).
+        if len(part) == len(text) and count(part) <= half:
+            return parts
+    counts = [count(part) for part in parts_list]
+    while True:
+        whole = [len(part) == len(text) for part, text in zip(parts_list, texts, strict=True)]
+        if all(whole) or min(counts) <= half:  # exact, or no halving: the order does not matter
+            return parts_list[0], parts_list[1]
+        if counts[0] != counts[1]:
+            longer = 0 if counts[0] > counts[1] else 1
+            if whole[1 - longer]:  # the other side is exact and shorter: so is its whole text
+                return parts_list[0], parts_list[1]
+            grow = [1 - longer]
+        else:
+            grow = [side for side in (0, 1) if not whole[side]]
+        for side in grow:
+            text, size = texts[side], 2 * len(parts_list[side])
+            if size >= len(text):
+                parts_list[side] = text
+            else:
+                parts_list[side] = text[:size] if direction == "right" else text[-size:]
+            counts[side] = count(parts_list[side])
 
 
 def clip_text(
@@ -73,16 +126,48 @@ def clip_text(
     longer than that, None when no such part of at most ``max_chars`` characters exists.
 
     Pre-tokenisation splits text into words looking at most one character ahead, so every word of
-    the part but the one at the cut is a word of the whole text and tokenises the same: the first
-    (or last) ``tokens`` tokens of the part are those of the whole. ``plain`` must not truncate."""
+    a prefix but the one at the cut is a word of the whole text and tokenises the same: the first
+    ``tokens`` tokens of the part are those of the whole. A suffix is read from a point the whole
+    text's reading may not stop at (``'t`` read as a contraction, where the whole text read ``'``
+    with the space before it): its words count from the first word start it shares with a suffix
+    twice as long, where the readings have met. ``plain`` must not truncate."""
     while chars < len(text):
         if chars > max_chars:
             return None
         part = text[:chars] if direction == "right" else text[-chars:]
-        words = plain.encode(part, add_special_tokens=False).word_ids
+        encoding = plain.encode(part, add_special_tokens=False)
+        words = encoding.word_ids
         if words:
-            edge = words[-1] if direction == "right" else words[0]
-            if sum(1 for word in words if word != edge) >= tokens:
+            if direction == "right":
+                complete = sum(1 for word in words if word != words[-1])
+            else:
+                complete = _tokens_after_meeting(plain, text, chars, encoding)
+            if complete >= tokens:
                 return part
         chars *= 2
     return text
+
+
+def _word_starts(encoding: Any, base: int) -> list[int]:
+    """Where each word of ``encoding`` starts, in characters, plus ``base``."""
+    words, offsets = encoding.word_ids, encoding.offsets
+    return [
+        base + offsets[i][0]
+        for i, word in enumerate(words)
+        if word is not None and (i == 0 or words[i - 1] != word)
+    ]
+
+
+def _tokens_after_meeting(plain: Tokenizer, text: str, part_chars: int, encoding: Any) -> int:
+    """The tokens of the suffix of ``text`` of ``part_chars`` characters (``encoding``) from the first
+    word start after its first word that the suffix twice as long (or the whole text) also has."""
+    base = len(text) - part_chars
+    starts = _word_starts(encoding, base)
+    longer_chars = min(len(text), 2 * part_chars)
+    longer = plain.encode(text[-longer_chars:], add_special_tokens=False)
+    theirs = set(_word_starts(longer, len(text) - longer_chars))
+    meeting = next((start for start in starts[1:] if start in theirs), None)
+    if meeting is None:
+        return 0
+    words, offsets = encoding.word_ids, encoding.offsets
+    return sum(1 for i, word in enumerate(words) if word is not None and base + offsets[i][0] >= meeting)

@@ -182,6 +182,7 @@ class PairTokenizer:
         max_length: int,
         direction: str = "right",
         bounded: bool = False,
+        truncation: str = "longest_first",
     ) -> list[tuple[str, str]]:
         """The pairs, with each text of over ``CLIP_CHARS_PER_TOKEN * max_length`` characters cut to a
         part that truncates to the same tokens (``text_clipping.clip_text``), so a 10 MB document
@@ -191,8 +192,12 @@ class PairTokenizer:
 
         A text with no word boundary to cut at within ``CLIP_MAX_CHARS_PER_TOKEN * max_length``
         characters is kept whole (tokenised whole, still exact), or with ``bounded`` raises
-        ``UncuttableTextError``, so the work per text stays bounded."""
-        return clip_pairs(pairs, max_length, direction, bounded, self._plain)
+        ``UncuttableTextError``, so the work per text stays bounded. Under "longest_first" with an
+        odd budget (``max_length`` less the special tokens) a clipped pair also keeps its longer
+        side, which may take more of the texts (see ``text_clipping.keep_the_longer_side``)."""
+        budget = max_length - self.num_special_tokens
+        odd_halves = budget // 2 if truncation == "longest_first" and budget % 2 else None
+        return clip_pairs(pairs, max_length, direction, bounded, self._plain, odd_halves)
 
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
@@ -236,7 +241,7 @@ class PairTokenizer:
             raise ValueError(f"max_document_tokens must be a positive integer, got {max_document_tokens!r}")
         capped = max_document_tokens is not None and max_document_tokens < max_length
         try:
-            clipped = self.clip(pairs, max_length, direction, bounded)
+            clipped = self.clip(pairs, max_length, direction, bounded, truncation)
             if capped:
                 encodings, documents_cut = self._encode_with_document_cap(
                     clipped, max_length, truncation, direction, max_document_tokens

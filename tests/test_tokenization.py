@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import sample_pairs
 from turborank.testing import random_text
-from turborank.text_clipping import CLIP_MAX_CHARS_PER_TOKEN, UncuttableTextError
+from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, CLIP_MAX_CHARS_PER_TOKEN, UncuttableTextError
 from turborank.tokenization import PairTokenizer, TruncationWarning
 
 
@@ -194,10 +194,11 @@ def _mixed_text(rng: random.Random, chars: int) -> str:
     return "".join(out)[:chars]
 
 
-@pytest.mark.parametrize("max_length", [64, 512])
+@pytest.mark.parametrize("max_length", [33, 64, 65, 512])
 def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
     """Over-long texts are tokenised from a part of them; the ids and truncation flags are those of
-    the whole text (compared with tokenizers truncating the whole text)."""
+    the whole text (compared with tokenizers truncating the whole text). Odd and even budgets:
+    with an odd one "longest_first" gives the spare token to the longer side."""
     rng = random.Random(max_length)
     compared = 0
     for _ in range(8):
@@ -216,6 +217,52 @@ def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
                 assert got.was_truncated == [bool(enc.overflowing) for enc in whole]
                 compared += 1
     assert compared >= 16
+
+
+def _whole_then_truncated(tok, pairs, max_length, truncation, direction):
+    return [enc.ids for enc in tok._truncating(max_length, truncation, direction).encode_batch(pairs)]
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_an_odd_budget_gives_the_spare_token_to_the_whole_pairs_longer_side(tok, direction):
+    """max_length 33 leaves 29 tokens after the special ones; both sides are long, so each keeps 14
+    and the spare one goes to the longer side. A document clipped to a part shorter than the query
+    (or a query and a document clipped the other way round from their whole lengths) must not move
+    the spare token."""
+    max_length = 33
+    assert (max_length - tok.num_special_tokens) % 2 == 1
+    cases = [
+        ("x" + " x" * 59, "question " * 200),  # query not clipped, longer than the clipped document
+        ("x" + " x" * 1999, "question " * 1500),  # both clipped; the document's whole text is longer
+        ("question " * 1500, "x" + " x" * 1999),  # and the other way round
+    ]
+    for query, document in cases:
+        pairs = [(query, document)]
+        assert max(len(query), len(document)) > CLIP_CHARS_PER_TOKEN * max_length  # clipping looks at it
+        got = tok.encode_pairs(pairs, max_length, "longest_first", direction, warn=False, bounded=True)
+        assert got.input_ids == _whole_then_truncated(tok, pairs, max_length, "longest_first", direction)
+
+
+@pytest.mark.parametrize("truncation", ["longest_first", "only_second"])
+def test_a_suffix_counts_its_words_from_where_it_reads_as_the_whole_text(tok, truncation):
+    """Cut from the left, the kept part starts at "'t": read alone that is a contraction, then
+    "itit...", where the whole text reads " '" then "titit...", which can tokenise differently to
+    its end. The words of the suffix count only from where its reading meets the whole text's."""
+    max_length = 32
+    chars = CLIP_CHARS_PER_TOKEN * max_length
+    plain = tok._plain()
+    for unit in ("is", "it", "an", "er", "in", "on", "at", "es", "re", "st", "or", "en"):
+        document = "filler " * 60 + "'t" + unit * ((chars - 2) // 2)  # its last `chars` start at "'t"
+        whole, suffix = (
+            plain.encode(text, add_special_tokens=False).ids[-3:] for text in (document, document[-chars:])
+        )
+        if whole != suffix:  # this vocabulary's merges make the two readings end differently
+            break
+    else:
+        pytest.skip("no word in the list tokenises differently after 't with this vocabulary")
+    pairs = [("query", document)]
+    got = tok.encode_pairs(pairs, max_length, truncation, "left", warn=False, bounded=True)
+    assert got.input_ids == _whole_then_truncated(tok, pairs, max_length, truncation, "left")
 
 
 def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
