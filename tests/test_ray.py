@@ -47,6 +47,10 @@ def _eval_command(ckpt: Path, data: Path, output: Path, *extra: str) -> list[str
         "10",
         "--device",
         "cpu",
+        # One engine everywhere: "auto" times both at load, and on a loaded machine the single
+        # process and a Ray task may pick differently (the same scores to rounding, not to the byte).
+        "--linear",
+        "aten",
         "--json",
         "--output",
         str(output),

@@ -93,7 +93,8 @@ def _broken_copy(ckpt: Path, where: Path) -> Path:
 
 def _eval(model: str, data: Path, output: Path, *extra: str, cwd: Path, env=None):
     command = [sys.executable, "-m", "turborank", "eval", "--model", model, "--data", str(data), "--bm25"]
-    command += ["--top-k", "5", "--device", "cpu", "--output", str(output), *extra]
+    # One linear engine everywhere ("auto" times both at load, and a loaded machine can tip it).
+    command += ["--top-k", "5", "--device", "cpu", "--linear", "aten", "--output", str(output), *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env or _env(), cwd=cwd, timeout=300)
 
 
