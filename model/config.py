@@ -93,7 +93,8 @@ class JinaBertConfig:
                 f"config field 'hidden_size' ({self.hidden_size}) is not divisible by "
                 f"'num_attention_heads' ({self.num_attention_heads})"
             )
-        if self.feed_forward_type not in _FEED_FORWARD_ACTIVATIONS:
+        kind = self.feed_forward_type
+        if not isinstance(kind, str) or kind not in _FEED_FORWARD_ACTIVATIONS:
             raise ValueError(
                 f"config field 'feed_forward_type' is {self.feed_forward_type!r}; turborank supports "
                 f"{sorted(_FEED_FORWARD_ACTIVATIONS)} (the gated JinaBERT MLP)"

@@ -19,8 +19,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_hub_id(text: str) -> bool:
-    """Of the hub's form (org/name), not a path (absolute, relative with "." or home with "~")."""
-    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
+    """Of the hub's form (org/name), not a path (absolute, relative with "." or home with "~"), and
+    a name the hub would accept ("--" and ".." nowhere, no ".git" or "." / "-" at either end of a
+    part): a missing directory such as ``runs/model..best`` is reported as missing, not as an
+    invalid repository id."""
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        return False
+    if "--" in text or ".." in text or text.endswith(".git"):
+        return False
+    return not any(part[:1] in ".-" or part[-1:] in ".-" for part in text.split("/"))
 
 
 def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) -> Path:

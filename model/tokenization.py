@@ -77,6 +77,20 @@ def encode_batch(tokenizer: Tokenizer, inputs: list[Any], **options: Any) -> lis
     return (fast or tokenizer.encode_batch)(inputs, **options)
 
 
+def _check_encodes_a_pair(tokenizer: Tokenizer, path: Path) -> None:
+    """A tokenizers file can load and still fail on its first pair: a pair template naming a token
+    its special tokens lack makes the Rust side panic (a BaseException that ``except Exception``
+    misses), a WordLevel model without its unknown token raises a bare Exception. Refused at load,
+    naming the file, instead of on the first request."""
+    try:
+        tokenizer.encode("a", "b")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: the tokenizer cannot encode a pair ({reason})") from None
+
+
 class PairTokenizer:
     """Encodes (query, document) pairs as ``<s> query </s></s> document </s>`` (or whatever the
     checkpoint's post-processor defines), truncating to a token budget.
@@ -132,6 +146,7 @@ class PairTokenizer:
         except Exception as exc:
             raise ValueError(f"{path}: not a valid tokenizers file ({exc})") from None
         del text
+        _check_encodes_a_pair(tokenizer, path)
         config_path = directory / "tokenizer_config.json"
         settings = read_tokenizer_config(config_path)
         limit = settings.get("model_max_length")
@@ -334,11 +349,13 @@ class PairTokenizer:
         """Refuse a tokenizer that can emit an id the embedding tables have no row for: caught
         here, at load, rather than as an IndexError (PyTorch) or a NaN row (Triton) per request.
 
-        Every id the tokenizer knows (its vocabulary and added tokens) must be below ``vocab_size``;
+        Every id the tokenizer knows (its vocabulary, added tokens and the pair template's special
+        tokens) must be below ``vocab_size``;
         the pair template's token types, when the model is given them, below ``type_vocab_size``.
         """
         base = Tokenizer.from_str(self._base)
-        largest = max(base.get_vocab(with_added_tokens=True).values(), default=-1)
+        # The pair template's special tokens carry ids of their own, which need not be in the vocab.
+        largest = max(*base.get_vocab(with_added_tokens=True).values(), *base.encode("a", "b").ids, -1)
         if largest >= vocab_size:
             raise ValueError(
                 f"{self.source}: token ids reach {largest}, but {config_source} has vocab_size {vocab_size} "

@@ -55,6 +55,7 @@ def test_unknown_auto_map_warns(caplog):
     [
         ({"position_embedding_type": "absolute"}, "'position_embedding_type' is 'absolute'"),
         ({"feed_forward_type": "original"}, "'feed_forward_type' is 'original'"),
+        ({"feed_forward_type": ["geglu"]}, "'feed_forward_type' is \\['geglu'\\]"),  # not a TypeError
         ({"hidden_size": 380}, "'hidden_size' \\(380\\) is not divisible by 'num_attention_heads' \\(12\\)"),
         ({"num_hidden_layers": 0}, "'num_hidden_layers' must be a positive integer, got 0"),
         ({"vocab_size": "61056"}, "'vocab_size' must be a positive integer"),

@@ -13,6 +13,14 @@ def test_missing_path_that_is_not_a_hub_id(tmp_path):
         resolve_checkpoint(str(tmp_path / "a" / "b" / "c"))
 
 
+@pytest.mark.parametrize("name", ["runs/model..best", "models/ckpt--v2", "out/model.git", "org/-name"])
+def test_a_missing_directory_named_like_no_hub_repository_is_reported_missing(name):
+    """Of the org/name shape but not a name the hub accepts: the directory is what is missing, not
+    a repository id huggingface_hub would refuse deep inside its validation."""
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        resolve_checkpoint(name)
+
+
 def test_file_instead_of_directory(small_ckpt):
     with pytest.raises(NotADirectoryError, match="expected a checkpoint directory"):
         resolve_checkpoint(small_ckpt / "config.json")

@@ -114,6 +114,48 @@ def test_tokenizer_errors(small_ckpt, tmp_path):
         PairTokenizer.from_directory(target, 8192)
 
 
+def _edit_tokenizer(small_ckpt, tmp_path, edit):
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    raw = json.loads((target / "tokenizer.json").read_text())
+    edit(raw)
+    (target / "tokenizer.json").write_text(json.dumps(raw))
+    return target
+
+
+def test_a_pair_template_naming_a_token_it_does_not_define_is_refused_at_load(small_ckpt, tmp_path):
+    """tokenizers loads such a file and panics on the first pair (a BaseException, past every
+    ``except Exception``): refused at load, naming the file."""
+
+    def undefined_separator(raw):
+        special = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+        raw["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [special, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [
+                special,
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "</s>", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 0}},
+            ],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}},
+        }
+
+    target = _edit_tokenizer(small_ckpt, tmp_path, undefined_separator)
+    with pytest.raises(ValueError, match="tokenizer.json: the tokenizer cannot encode a pair"):
+        PairTokenizer.from_directory(target, 8192)
+
+
+def test_a_pair_template_id_past_the_embedding_table_is_refused_at_load(small_ckpt, tmp_path):
+    from turborank import Reranker
+
+    def far_separator(raw):
+        raw["post_processor"]["sep"] = ["</s>", 5000]
+
+    target = _edit_tokenizer(small_ckpt, tmp_path, far_separator)
+    with pytest.raises(ValueError, match="token ids reach 5000, but .*config.json has vocab_size"):
+        Reranker.from_pretrained(target, device="cpu")
+
+
 def test_missing_post_processor_rejected(small_ckpt, tmp_path):
     target = shutil.copytree(small_ckpt, tmp_path / "c")
     raw = json.loads((target / "tokenizer.json").read_text())
