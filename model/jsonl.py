@@ -10,9 +10,10 @@ from typing import Any
 
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file; a byte-order mark (as Windows editors write) is dropped, not
-    left at the front of the first line."""
+    left at the front of the first line. Lines end at newlines only (\\n, \\r\\n or \\r): JSON
+    strings may hold U+2028, U+2029 or U+0085 raw, which ``str.splitlines`` would also split at."""
     try:
-        return Path(path).read_text(encoding="utf-8-sig").splitlines()
+        text = Path(path).read_text(encoding="utf-8-sig")  # universal newlines: CRLF and CR read as LF
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -23,6 +24,10 @@ def read_lines(path: Path) -> list[str]:
         raise OSError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the last line's newline, or an empty file
+    return lines
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:

@@ -339,6 +339,42 @@ def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
     assert code == 1 and "0 <= i < n" in err
 
 
+def test_a_nan_score_in_a_first_stage_run_is_named(dataset, small_ckpt, tmp_path, capsys):
+    """A NaN leaves the order of the query's documents undefined (and with it which are reranked)."""
+    bad = tmp_path / "nan.trec"
+    bad.write_text("q0 Q0 d1 1 3.0 x\nq0 Q0 d2 2 nan x\n")
+    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--run", str(bad)], capsys)
+    assert code == 1 and "nan.trec:2: score 'nan' is not a finite number" in err
+
+
+def test_texts_holding_unicode_line_separators_are_one_line_each(dataset, small_ckpt, tmp_path, capsys):
+    """JSON strings may hold U+2028, U+2029 and U+0085 raw (json.dumps with ensure_ascii=False
+    writes them so); a JSON-lines file ends its lines at newlines only."""
+    data = shutil.copytree(dataset, tmp_path / "data")
+    lines = (data / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["text"] += " one\u2028two\u2029three\u0085four"
+    lines[0] = json.dumps(first, ensure_ascii=False)
+    (data / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert load_corpus(data)[first["_id"]].endswith("one\u2028two\u2029three\u0085four")
+
+
+def test_an_interrupt_while_the_model_loads_keeps_the_earlier_output(
+    dataset, small_ckpt, tmp_path, capsys, monkeypatch
+):
+    earlier = tmp_path / "run.trec"
+    earlier.write_text("q0 Q0 d1 1 2.0 kept\n")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("turborank.cli.eval.load_reranker", interrupted)
+    code, _, _ = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--output", str(earlier)], capsys)
+    assert code == 130
+    assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+
+
 def test_rerank_options_are_validated():
     from turborank.eval.rerank_run import RerankOptions
 

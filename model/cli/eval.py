@@ -158,9 +158,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _eval_on_ray(args, options, inputs)
     qids, first_stage = inputs.qids, inputs.first_stage
-    # A failed run leaves an earlier file of that name as it was.
+    # A failed run leaves an earlier file of that name as it was; the model is loaded first, so an
+    # interrupt while it loads (which the output keeps what was written for) writes nothing.
+    reranker = load_reranker(args)
     with replace_when_done(args.output, args.parents) as out:
-        reranker = load_reranker(args)
         progress = _progress_bar(args.top_k, inputs)
         start = time.perf_counter()
         interrupted = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -26,9 +27,12 @@ def read_run(path: str | Path) -> Run:
             )
         qid, _, docid, rank, score, _ = fields
         try:
-            rows.setdefault(qid, []).append((float(score), int(rank), docid))
+            value, place = float(score), int(rank)
         except ValueError:
             raise ValueError(f"{path}:{number}: rank must be an integer and score a number") from None
+        if not math.isfinite(value):  # a NaN would leave the order undefined
+            raise ValueError(f"{path}:{number}: score {score!r} is not a finite number")
+        rows.setdefault(qid, []).append((value, place, docid))
     run = {}
     for qid, docs in rows.items():
         seen = set()
