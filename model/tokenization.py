@@ -49,6 +49,14 @@ class EncodedPairs:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     was_truncated: list[bool]
+    # Which pairs were longer than the pair limit. ``was_truncated`` also counts documents cut to
+    # ``max_document_tokens`` first (Cohere's max_tokens_per_doc), which a strict limit allows;
+    # None: the same as ``was_truncated``.
+    over_length: list[bool] | None = None
+
+    @property
+    def longer_than_limit(self) -> list[bool]:
+        return self.was_truncated if self.over_length is None else self.over_length
 
     @property
     def lengths(self) -> list[int]:
@@ -66,6 +74,7 @@ class EncodedPairs:
             input_ids=[source.input_ids[i] for source, i in picks],
             token_type_ids=[source.token_type_ids[i] for source, i in picks] if with_types else None,
             was_truncated=[source.was_truncated[i] for source, i in picks],
+            over_length=[source.longer_than_limit[i] for source, i in picks],
         )
 
 
@@ -258,12 +267,12 @@ class PairTokenizer:
         try:
             clipped = self.clip(pairs, max_length, direction, bounded, truncation)
             if capped:
-                encodings, documents_cut = self._encode_with_document_cap(
+                encodings, documents_cut, over_length = self._encode_with_document_cap(
                     clipped, max_length, truncation, direction, max_document_tokens
                 )
             else:
                 encodings = encode_batch(self._truncating(max_length, truncation, direction), clipped)
-                documents_cut = [False] * len(encodings)
+                documents_cut, over_length = [False] * len(encodings), None
         except UncuttableTextError:
             raise
         except Exception as exc:  # tokenizers raises a bare Exception
@@ -281,6 +290,7 @@ class PairTokenizer:
             input_ids=[enc.ids for enc in encodings],
             token_type_ids=[enc.type_ids for enc in encodings] if self.emits_token_type_ids else None,
             was_truncated=was_truncated,
+            over_length=over_length,
         )
 
     def _encode_with_document_cap(
@@ -290,24 +300,28 @@ class PairTokenizer:
         truncation: str,
         direction: str,
         max_document_tokens: int,
-    ) -> tuple[list[Any], list[bool]]:
-        """Pair encodings whose documents were cut to ``max_document_tokens`` first, and which
-        documents were cut. Each side is tokenised on its own, as ``encode`` does for a pair, and the
-        pair template and its truncation are applied to the two (``post_process``): the same ids as
-        encoding the pair, but with the document cut first. The texts were clipped for
+    ) -> tuple[list[Any], list[bool], list[bool]]:
+        """Pair encodings whose documents were cut to ``max_document_tokens`` first, which documents
+        were cut, and which pairs were still over ``max_length`` (a cut document's encoding keeps
+        its cut tokens as overflow, so the pair's own overflow does not tell). Each side is
+        tokenised on its own, as ``encode`` does for a pair, and the pair template and its
+        truncation are applied to the two (``post_process``): the same ids as encoding the pair,
+        but with the document cut first. The texts were clipped for
         ``max_length`` >= ``max_document_tokens``, so the document's first tokens are exact."""
         plain = self._plain()
         pair_tokenizer = self._truncating(max_length, truncation, direction)
         queries = {q: plain.encode(q, add_special_tokens=False) for q in dict.fromkeys(q for q, _ in pairs)}
         documents = encode_batch(plain, [d for _, d in pairs], add_special_tokens=False)
-        encodings, cut = [], []
+        encodings, cut, over_length = [], [], []
         for (query, _), document in zip(pairs, documents, strict=True):
             over = len(document.ids) > max_document_tokens
             if over:
                 document.truncate(max_document_tokens, direction=direction)
+            tokens = len(queries[query].ids) + len(document.ids) + self.num_special_tokens
             encodings.append(pair_tokenizer.post_process(queries[query], document))
             cut.append(over)
-        return encodings, cut
+            over_length.append(tokens > max_length)
+        return encodings, cut, over_length
 
     def encode_chunked(
         self, pairs: list[tuple[str, str]], max_length: int | None = None, overlap: int = 128

@@ -155,6 +155,43 @@ def test_v2_rerank_returns_documents_unless_cohere_sdk(server):
     assert all("document" not in r for r in sdk["results"])
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Fern-SDK-Name": "cohere-ai", "User-Agent": "cohere-ai/8.1.0"},  # TypeScript SDK (npm)
+        {"User-Agent": "cohere/5.13.0"},  # Python SDK, by its user agent alone
+    ],
+)
+def test_cohere_sdks_get_no_documents_by_default(server, headers):
+    url, _ = server
+    for route in ("/v1/rerank", "/v2/rerank"):
+        answer = httpx.post(url + route, json={"query": QUERY, "documents": DOCS}, headers=headers).json()
+        assert all("document" not in r for r in answer["results"]), (route, headers)
+
+
+def test_a_strict_server_takes_a_document_max_tokens_per_doc_cut_to_fit(reranker):
+    """With --strict-input-length a pair over max_input_length is refused; a document cut by
+    Cohere's max_tokens_per_doc is not over it, and the pair is scored."""
+    with running_server(reranker, max_input_length=64, strict_input_length=True) as (url, _):
+        document = "alpha beta gamma delta epsilon zeta " * 3
+        body = {"query": "q", "documents": [document], "max_tokens_per_doc": 5}
+        cut = httpx.post(url + "/v2/rerank", json=body)
+        assert cut.status_code == 200, cut.text
+        assert cut.json()["usage"]["truncated_documents"] == 1
+        long = httpx.post(url + "/v2/rerank", json={"query": "q", "documents": [document * 20]})
+        assert long.status_code == 422 and "longer than max_input_length=64" in long.text
+
+
+def test_the_truncation_warning_names_the_limit_that_applied(server):
+    """vLLM's truncate_prompt_tokens cut the pairs, not max_input_length: the warning says so."""
+    url, _ = server
+    body = {"query": QUERY, "documents": ["alpha beta gamma delta " * 20], "truncate_prompt_tokens": 8}
+    for route in ("/v1/rerank", "/v2/rerank"):
+        warnings = httpx.post(url + route, json=body).json()["meta"]["warnings"]
+        assert any("truncate_prompt_tokens=8 tokens" in w for w in warnings), (route, warnings)
+        assert not any("max_input_length" in w for w in warnings), (route, warnings)
+
+
 def test_v1_models_through_openai_sdk(server):
     openai = pytest.importorskip("openai")
     url, _ = server

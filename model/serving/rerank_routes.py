@@ -59,9 +59,11 @@ _VLLM_HINT = "set truncate_prompt_tokens (-1: max_input_length) to cut it"
 
 
 def from_cohere_sdk(headers: Headers) -> bool:
-    sdk = headers.get("x-fern-sdk-name", "")
-    agent = headers.get("user-agent", "")
-    return sdk.lower() == "cohere" or agent.lower().startswith("cohere/")
+    """Cohere's SDKs: Python's sends ``X-Fern-SDK-Name: cohere`` and ``User-Agent: cohere/...``,
+    TypeScript's (npm ``cohere-ai``) ``cohere-ai`` and ``cohere-ai/...``."""
+    sdk = headers.get("x-fern-sdk-name", "").lower()
+    agent = headers.get("user-agent", "").lower()
+    return sdk in ("cohere", "cohere-ai") or agent.startswith(("cohere/", "cohere-ai/"))
 
 
 def _sigmoid(logits: list[float]) -> list[float]:
@@ -151,6 +153,12 @@ class RerankRoutes:
         else:
             body = await self.state.off_loop(encode_answer, content)
         return Response(body, media_type="application/json")
+
+    def _pair_limit(self, job: ScoreRequest) -> str:
+        """The pair limit a request's pairs were cut to, named by the setting that set it."""
+        if job.max_length is not None:
+            return f"truncate_prompt_tokens={job.max_length}"
+        return f"max_input_length={self.settings.max_input_length}"
 
     def _pair_length(self, options: VLLMScoringOptions) -> int | None:
         """vLLM's truncate_prompt_tokens as a pair length (None: not set); -1 is max_input_length.
@@ -244,10 +252,9 @@ class RerankRoutes:
         scored = await self.state.score(request, job)
         warnings = []
         if scored.truncated:
-            limit = self.settings.max_input_length
             warnings.append(
                 f"{scored.truncated} of {len(payload.documents)} documents were truncated to fit "
-                f"max_input_length={limit} tokens with the query"
+                f"{self._pair_limit(job)} tokens with the query"
             )
             if payload.max_chunks_per_doc is not None:
                 warnings.append(
@@ -263,15 +270,13 @@ class RerankRoutes:
 
     async def cohere_v2(self, payload: CohereV2RerankRequest, request: Request) -> Response:
         limit = payload.document_token_limit
-        scored = await self.state.score(
-            request, self._jina_cohere_job(payload.query, payload.documents, payload, limit)
-        )
+        job = self._jina_cohere_job(payload.query, payload.documents, payload, limit)
+        scored = await self.state.score(request, job)
         warnings = []
         if scored.truncated:
             warnings.append(
                 f"{scored.truncated} of {len(payload.documents)} documents were truncated to "
-                f"max_tokens_per_doc={limit} tokens or to fit max_input_length="
-                f"{self.settings.max_input_length} tokens with the query"
+                f"max_tokens_per_doc={limit} tokens or to fit {self._pair_limit(job)} tokens with the query"
             )
         return_documents = payload.return_documents
         if return_documents is None:

@@ -178,8 +178,8 @@ class ServerState:
         stopped = False
 
         def take_piece(encoded: EncodedPairs, first: int) -> None:
-            if encoded.truncated and not job.truncate:
-                index = first + encoded.was_truncated.index(True)
+            if not job.truncate and any(encoded.longer_than_limit):
+                index = first + encoded.longer_than_limit.index(True)
                 raise APIError(
                     422,
                     errors.VALIDATION,

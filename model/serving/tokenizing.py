@@ -106,6 +106,7 @@ def concatenate(parts: list[EncodedPairs]) -> EncodedPairs:
         input_ids=[ids for part in parts for ids in part.input_ids],
         token_type_ids=[t for part in parts for t in part.token_type_ids] if with_types else None,
         was_truncated=[flag for part in parts for flag in part.was_truncated],
+        over_length=[flag for part in parts for flag in part.longer_than_limit],
     )
 
 
