@@ -111,6 +111,31 @@ def test_one_access_line_per_request_with_pairs_tokens_and_times(server):
     assert access_record(log, health.headers["x-request-id"])["status"] == 200
 
 
+def test_a_path_cannot_forge_access_log_fields_or_break_a_json_line(server):
+    """The route is logged as sent, percent-encoded: a decoded %20 would split it into fields that
+    read as another request's status and id. U+2028 and C1 controls in a JSON record are escaped,
+    so the record stays one line for every reader (str.splitlines splits at U+2028)."""
+    url, log = server
+    forged = "/v1/rerank%20200%20pairs=1000%20id=victim%20"
+    response = httpx.get(url + forged, headers={"x-request-id": "forger"})
+    record = access_record(log, "forger")
+    assert record["route"] == forged and record["status"] == response.status_code == 404
+    httpx.get(url + "/a%E2%80%A8b%C2%9Bc", headers={"x-request-id": "separator"})
+    assert access_record(log, "separator")["route"] == "/a%E2%80%A8b%C2%9Bc"
+
+
+def test_a_json_log_record_holding_line_separators_and_controls_stays_one_line():
+    import logging
+
+    from turborank.serving.logs import JsonLinesFormatter
+
+    text = "a\u2028b\u2029c\x85d\x9be\x7ff\nend"
+    record = logging.LogRecord("turborank.serving", logging.INFO, __file__, 1, "%s", (text,), None)
+    line = JsonLinesFormatter().format(record)
+    assert len(line.splitlines()) == 1 and all(c not in line for c in "\u2028\u2029\x85\x9b\x7f")
+    assert json.loads(line)["message"] == text
+
+
 def test_every_line_is_json(server):
     _, log = server
     records = log_records(log)  # raises on a line that is not JSON

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from typing import Any
 
 from starlette.requests import Request
@@ -42,12 +43,21 @@ class AccessLogMiddleware(HttpMiddleware):
             _log(scope, status, (time.perf_counter() - start) * 1000)
 
 
+def logged_path(scope: dict[str, Any]) -> str:
+    """The request's path as it came on the wire, still percent-encoded: one field of a log line
+    whatever the client put in it (decoded, ``%20200%20id=...`` would read as further fields)."""
+    raw = scope.get("raw_path")
+    if raw:
+        return raw.decode("ascii", "backslashreplace")
+    return urllib.parse.quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
+
+
 def _log(scope: dict[str, Any], status: int, total_ms: float) -> None:
     noted = scope.get("state", {}).get(_KEY, {})
     fields: dict[str, Any] = {
         "request_id": request_id_of(scope),
         "method": scope["method"],
-        "route": scope["path"],
+        "route": logged_path(scope),
         "status": status,
         "pairs": noted.get("pairs"),
         "tokens": noted.get("tokens"),

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from turborank import __version__
 from turborank.reranker import Reranker
 from turborank.serving import errors, openapi
-from turborank.serving.access_log import AccessLogMiddleware
+from turborank.serving.access_log import AccessLogMiddleware, logged_path
 from turborank.serving.auth import authorized, unauthorized
 from turborank.serving.errors import (
     SHAPE_KEY,
@@ -144,7 +144,8 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         status = status_for(error, shape)
         state.metrics.errors.labels(str(status), error.error_type).inc()
         if status >= 500 or status == errors.TEI_BACKEND_STATUS:
-            log_server_error(request_id_of(request.scope), request.method, request.url.path, error, status)
+            where = logged_path(request.scope)
+            log_server_error(request_id_of(request.scope), request.method, where, error, status)
         return error_response(error, shape)
 
     async def handle(
@@ -298,6 +299,11 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
     def refuse(request: Request) -> Response | None:
         if not state.draining or request.url.path == "/metrics":
             return None
+        if request.method == "POST" and request.url.path in app.rerank_routes:
+            # Counted as the scoring routes count their answers (a TEI dashboard shows the drain).
+            state.metrics.requests.labels(request.url.path, "503").inc()
+            state.metrics.request_seconds.labels(request.url.path).observe(0.0)
+            state.metrics.tei.request(0.0, "Unhealthy")
         return fail(
             request, APIError(503, errors.UNHEALTHY, "the server is draining", {"Retry-After": "5", **CLOSE})
         )

@@ -34,6 +34,12 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+# Characters json.dumps leaves raw with ensure_ascii=False that end a line for some readers
+# (U+2028, U+2029: str.splitlines, JavaScript) or drive a terminal (DEL, the C1 controls): escaped,
+# so a client's text in a field keeps a record on one line. They occur only inside strings there.
+_ESCAPED = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
 class JsonLinesFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -47,7 +53,7 @@ class JsonLinesFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_ESCAPED)
 
 
 @contextlib.contextmanager
