@@ -44,7 +44,6 @@ _NO_EFFECT = {
         "automodel_args",
         "tokenizer_args",
         "config_args",
-        "default_activation_function",
         "classifier_dropout",
     },
     "predict": {"num_workers", "pool", "chunk_size"},
@@ -55,6 +54,16 @@ _ACCEPTED = {"trust_remote_code"}
 # Options that would change the scores in sentence-transformers: refused when set.
 _REFUSED = {"prompt": "prompts are not supported: the rerankers score (query, document) as given"}
 _REFUSED["prompt_name"] = _REFUSED["prompt"]
+
+
+def _renamed(options: dict[str, Any], old_name: str, activation_fn: Any) -> Any:
+    """``activation_fn``, or the value given under sentence-transformers' older name for it."""
+    if old_name not in options:
+        return activation_fn
+    value = options.pop(old_name)
+    if activation_fn is not None and value is not None and value is not activation_fn:
+        raise ValueError(f"activation_fn and {old_name} (its older name) disagree; give one")
+    return activation_fn if value is None else value
 
 
 def _check_keywords(where: str, method: Callable[..., Any], options: dict[str, Any]) -> None:
@@ -137,6 +146,8 @@ class CrossEncoder(torch.nn.Module):
             dtype = asked
         if model_kwargs:
             kwargs["model_kwargs"] = model_kwargs
+        # sentence-transformers 2.x/3.x named the activation default_activation_function.
+        activation_fn = _renamed(kwargs, "default_activation_function", activation_fn)
         _check_keywords("__init__", CrossEncoder.__init__, kwargs)
         if num_labels not in (None, 1):
             raise ValueError(f"num_labels={num_labels!r}: the JinaBERT rerankers have one output label")
@@ -243,6 +254,7 @@ class CrossEncoder(torch.nn.Module):
         Returns:
             [n] scores, or one for one pair.
         """
+        activation_fn = _renamed(kwargs, "activation_fct", activation_fn)  # sentence-transformers 3.x
         _check_keywords("predict", CrossEncoder.predict, kwargs)
         if (inputs is None) == (sentences is None):
             raise TypeError("predict takes its pairs once: as the first argument (inputs=) or sentences=")
@@ -250,7 +262,8 @@ class CrossEncoder(torch.nn.Module):
         if not isinstance(inputs, (list, tuple)) and hasattr(inputs, "tolist"):  # a NumPy array
             inputs = inputs.tolist()
         single = isinstance(inputs, (list, tuple)) and len(inputs) == 2 and isinstance(inputs[0], str)
-        pairs = [inputs] if single else [tuple(pair) for pair in inputs]
+        # A string item is left as it is, for as_pairs to refuse: tuple("ab") would score ("a", "b").
+        pairs = [inputs] if single else [pair if isinstance(pair, str) else tuple(pair) for pair in inputs]
         logits = self.reranker.predict(
             pairs,
             activation=False,
@@ -259,7 +272,11 @@ class CrossEncoder(torch.nn.Module):
             show_progress_bar=show_progress_bar,
         )
         activation = activation_fn if activation_fn is not None else self.activation_fn
-        scores = activation(torch.tensor(logits, dtype=torch.float32))
+        # As sentence-transformers applies it: to the [n, 1] logits of a one-label model, so a
+        # softmax over the last dimension sees one pair's logit, not the others'.
+        scores = activation(torch.tensor(logits, dtype=torch.float32).unsqueeze(-1))
+        if scores.dim() == 2 and scores.shape[-1] == 1:
+            scores = scores[:, 0]
         if apply_softmax and scores.dim() > 1:
             scores = torch.softmax(scores, dim=-1)
         if convert_to_tensor:
@@ -283,6 +300,7 @@ class CrossEncoder(torch.nn.Module):
     ) -> list[dict[str, Any]]:
         """Documents best first: [{"corpus_id": index, "score": float[, "text": document]}], cut to
         ``top_k`` (0 gives an empty list, as in sentence-transformers). Ties keep input order."""
+        activation_fn = _renamed(kwargs, "activation_fct", activation_fn)  # sentence-transformers 3.x
         _check_keywords("rank", CrossEncoder.rank, kwargs)
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")

@@ -31,6 +31,7 @@ from turborank.scoring_options import (
     as_pairs,
     check_long_doc_options,
     check_options,
+    check_pair_options,
     check_query,
     pair_logits,
     progress_bar,
@@ -268,6 +269,8 @@ class Reranker:
         pairs = as_pairs(pairs)
         check_long_doc_options(long_doc, chunk_aggregate)
         check_options(activation=activation, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        check_pair_options(truncation, chunk_overlap, show_progress_bar)
+        self.check_max_length(max_length)
         if not pairs:
             return []
         overlap = self.overlap_tokenising
@@ -391,6 +394,8 @@ class Reranker:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         check_options(return_documents=return_documents)
         check_query(query)
+        if "activation" in options:
+            raise TypeError("rank() gives sigmoid scores; activation is an option of predict()")
         scores = self.predict([(query, doc) for doc in documents], **options)
         return ranked_results(scores, documents, top_k, return_documents)
 

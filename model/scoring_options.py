@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES
+from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES, TRUNCATION_STRATEGIES
 
 # show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
 PROGRESS_MIN_PAIRS = 1000
@@ -42,6 +42,17 @@ def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, ho
         return torch.full((n,), float("-inf")).scatter_reduce(0, index, window_logits, reduce="amax")
     sums = torch.zeros(n).index_add_(0, index, window_logits)
     return sums / torch.bincount(index, minlength=n).float()
+
+
+def check_pair_options(truncation: object, chunk_overlap: object, show_progress_bar: object) -> None:
+    """The options predict hands to the tokenizer or the bar, checked whatever reaches them (an
+    empty list, long_doc="chunk", which takes no truncation strategy)."""
+    if truncation not in TRUNCATION_STRATEGIES:
+        raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
+    if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
+        raise ValueError(f"chunk overlap must be a non-negative integer, got {chunk_overlap!r}")
+    if show_progress_bar is not None and not isinstance(show_progress_bar, bool):
+        raise ValueError(f"show_progress_bar must be True, False or None, got {show_progress_bar!r}")
 
 
 def check_options(**options: object) -> None:
@@ -112,4 +123,10 @@ def pair_logits(
         return window_logits
     if n_pairs is None:
         n_pairs = max(owners, default=-1) + 1
+    if len(owners) != len(window_logits) or set(owners) != set(range(n_pairs)):
+        # A pair without a window would get -inf (max) or NaN (mean), not a score.
+        raise ValueError(
+            f"owners must give each of the {n_pairs} pairs at least one window, one owner per "
+            f"window ({len(owners)} owners for {len(window_logits)} windows)"
+        )
     return aggregate_windows(window_logits, owners, n_pairs, how)

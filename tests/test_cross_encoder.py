@@ -129,6 +129,30 @@ def test_rank_top_k_zero_and_bad_top_k(encoder):
         encoder.rank("q", ["a"], top_k=-1)
 
 
+def test_older_names_of_the_activation_are_the_activation(small_ckpt, encoder):
+    """sentence-transformers 2.x/3.x: default_activation_function (constructor) and activation_fct
+    (predict, rank) are what activation_fn is now."""
+    logits = encoder.predict([("q", "a"), ("q", "b")], activation_fn=torch.nn.Identity())
+    old = CrossEncoder(str(small_ckpt), device="cpu", default_activation_function=torch.nn.Identity())
+    assert np.allclose(old.predict([("q", "a"), ("q", "b")]), logits)
+    assert np.allclose(encoder.predict([("q", "a"), ("q", "b")], activation_fct=torch.nn.Identity()), logits)
+    ranked = encoder.rank("q", ["a", "b"], activation_fct=torch.nn.Identity())
+    assert sorted(r["score"] for r in ranked) == pytest.approx(sorted(logits.tolist()), abs=1e-6)
+
+
+def test_the_activation_sees_each_pairs_logit_on_its_own(encoder):
+    """Applied to [n, 1] logits as sentence-transformers does: a softmax over the last dimension
+    gives 1 for every pair, not a distribution over the pairs of the call."""
+    scores = encoder.predict([("q", "a"), ("q", "b c")], activation_fn=torch.nn.Softmax(dim=-1))
+    assert scores.tolist() == [1.0, 1.0]
+    assert encoder.predict([("q", "a")], activation_fn=torch.nn.Softmax(dim=1)).tolist() == [1.0]
+
+
+def test_a_list_of_two_character_strings_is_not_read_as_pairs(encoder):
+    with pytest.raises(ValueError, match="pair 0 is not a \\(query, document\\) pair"):
+        encoder.predict(["ab", "cd", "ef"])
+
+
 def test_sentence_transformers_only_keywords_warn_misspelt_ones_raise(small_ckpt, encoder):
     with pytest.warns(UserWarning, match="ignoring cache_folder, tokenizer_kwargs"):
         CrossEncoder(str(small_ckpt), device="cpu", cache_folder="/nowhere", tokenizer_kwargs={})

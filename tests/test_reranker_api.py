@@ -87,6 +87,13 @@ def test_rank_empty_documents(reranker):
             lambda r: r.predict([("q", "d")], long_doc="chunk", max_length=16, chunk_overlap=12),
             "chunk overlap 12",
         ),
+        # Checked whatever reaches the tokenizer: an empty list, or long_doc="chunk".
+        (lambda r: r.predict([], max_length=1), "outside the model's range"),
+        (lambda r: r.predict([], truncation="bogus"), "truncation='bogus'"),
+        (lambda r: r.rank("q", [], long_doc="chunk", chunk_overlap=-1), "chunk overlap must be"),
+        (lambda r: r.predict([("q", "d")], long_doc="chunk", truncation="bogus"), "truncation='bogus'"),
+        (lambda r: r.predict([("q", "d")], chunk_overlap="x"), "chunk overlap must be a non-negative"),
+        (lambda r: r.predict([("q", "d")], show_progress_bar="no"), "show_progress_bar must be True, False"),
     ],
 )
 def test_bad_input_is_rejected_clearly(reranker, call, message):
@@ -204,3 +211,16 @@ def test_a_non_finite_score_is_an_error_naming_the_pair_in_input_order(small_ckp
     _poisoned(reranker, encoded.lengths[-1])
     with pytest.raises(NonFiniteScoreError, match=r"for pair 0 \(input order\)"):
         reranker.logits(encoded, owners)
+
+
+def test_rank_takes_no_activation(reranker):
+    with pytest.raises(TypeError, match="activation is an option of predict"):
+        reranker.rank("q", ["a", "b"], activation=False)
+
+
+def test_logits_refuse_owners_that_leave_a_pair_without_a_window(reranker):
+    """A pair with no window would come back -inf (max) or NaN (mean), never a score."""
+    encoded, owners = reranker.encode([("q", "a"), ("q", "b")], long_doc="chunk")
+    for how in ("max", "mean"):
+        with pytest.raises(ValueError, match="each of the 3 pairs at least one window"):
+            reranker.logits(encoded, owners, n_pairs=3, chunk_aggregate=how)
