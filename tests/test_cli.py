@@ -414,3 +414,24 @@ def test_serve_ray_replicas_that_do_not_fit_the_local_cores_are_refused(small_ck
     command = ["serve", "--model", str(small_ckpt), "--ray", "--replicas", "4096", "--port", str(free_port())]
     code, _, err = run(command, capsys)
     assert code == 1 and "this machine has" in err and "--replicas 4096" in err
+
+
+@pytest.mark.parametrize(
+    "command,flag",
+    [
+        (["serve", "--ray", "--replicas", "0"], "--replicas"),
+        (["serve", "--ray", "--cpus-per-replica", "-1"], "--cpus-per-replica"),
+        (["serve", "--ray", "--gpus-per-replica", "nan"], "--gpus-per-replica"),
+        (["serve", "--ray", "127.0.0.1:9", "--ray-timeout", "0"], "--ray-timeout"),
+        (["eval", "--ray", "--ray-timeout", "-5", "--data", "d", "--bm25"], "--ray-timeout"),
+        (["eval", "--ray", "--ray-workers", "0", "--data", "d", "--bm25"], "--ray-workers"),
+    ],
+)
+def test_ray_options_out_of_range_are_named_before_anything_loads(small_ckpt, capsys, command, flag):
+    """Refused by the parser (nothing loaded, no Ray started), naming the option, as every other
+    option is (they surfaced after the tokenizer had loaded, as 'replicas must be...' or a socket
+    library's 'Timeout value out of range')."""
+    with pytest.raises(SystemExit) as exited:
+        run([command[0], "--model", str(small_ckpt), *command[1:]], capsys)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {flag}: must be" in err

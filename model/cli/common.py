@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,39 @@ def print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
         )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def add_ray_option(parser: argparse.ArgumentParser, what: str, after: str = "") -> None:
     """``--ray [ADDRESS]``: 'local' when given bare; ``what`` says what runs on the cluster,
     ``after`` what else the user should know."""
@@ -108,7 +142,7 @@ def add_ray_option(parser: argparse.ArgumentParser, what: str, after: str = "") 
     )
     parser.add_argument(
         "--ray-timeout",
-        type=float,
+        type=positive_number,
         default=30.0,
         metavar="SECONDS",
         help="with --ray ADDRESS: how long to wait for the cluster to answer before saying it does not",

@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from turborank.cli.common import add_model_options, add_ray_option, fail, load_reranker, print_metrics
+from turborank.cli.common import (
+    add_model_options,
+    add_ray_option,
+    fail,
+    load_reranker,
+    positive_int,
+    print_metrics,
+)
 from turborank.hub import DEFAULT_MODEL
 from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES
 
@@ -62,12 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ray-workers",
-        type=int,
+        type=positive_int,
         default=None,
         help="groups run at once (default: the cluster's GPUs, else its CPUs / --ray-cpus-per-worker)",
     )
     parser.add_argument(
-        "--ray-cpus-per-worker", type=int, default=1, help="CPU cores (and torch threads) per task"
+        "--ray-cpus-per-worker", type=positive_int, default=1, help="CPU cores (and torch threads) per task"
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 

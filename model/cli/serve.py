@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from turborank.cli.common import add_model_options, add_ray_option, fail, load_reranker, model_options
+from turborank.cli.common import (
+    add_model_options,
+    add_ray_option,
+    fail,
+    load_reranker,
+    model_options,
+    non_negative_number,
+    positive_int,
+)
 from turborank.hub import DEFAULT_MODEL
 from turborank.serving.settings import (
     LOG_LEVELS,
@@ -39,12 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "captured on first use); needs CUDA and the Triton backend",
     )
     add_ray_option(parser, "serve through Ray Serve's proxy with --replicas copies of the app")
-    parser.add_argument("--replicas", type=int, default=2, help="with --ray: replicas of the app")
+    parser.add_argument("--replicas", type=positive_int, default=2, help="with --ray: replicas of the app")
     parser.add_argument(
-        "--gpus-per-replica", type=float, default=None, help="with --ray: default 1 on CUDA, else 0"
+        "--gpus-per-replica",
+        type=non_negative_number,
+        default=None,
+        help="with --ray: default 1 on CUDA, else 0",
     )
     parser.add_argument(
-        "--cpus-per-replica", type=float, default=1.0, help="with --ray: CPU cores per replica"
+        "--cpus-per-replica", type=non_negative_number, default=1.0, help="with --ray: CPU cores per replica"
     )
 
 
