@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from turborank.option_names import BACKENDS, DTYPE_NAMES, LINEAR_ENGINES, SLOPE_SCHEMES
@@ -108,23 +109,21 @@ def positive_int(text: str) -> int:
 
 def non_negative_number(text: str) -> float:
     """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+    return _number(text, (0.0).__le__, "a finite number >= 0")
 
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number > 0 (seconds, say)."""
+    return _number(text, (0.0).__lt__, "a finite number > 0")
+
+
+def _number(text: str, allowed: Callable[[float], bool], what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+        value = math.nan
+    if not (math.isfinite(value) and allowed(value)):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
 
 
