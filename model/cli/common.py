@@ -109,12 +109,12 @@ def positive_int(text: str) -> int:
 
 def non_negative_number(text: str) -> float:
     """An argparse type: a finite number >= 0."""
-    return _number(text, (0.0).__le__, "a finite number >= 0")
+    return _number(text, lambda value: value >= 0, "a finite number >= 0")
 
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number > 0 (seconds, say)."""
-    return _number(text, (0.0).__lt__, "a finite number > 0")
+    return _number(text, lambda value: value > 0, "a finite number > 0")
 
 
 def _number(text: str, allowed: Callable[[float], bool], what: str) -> float:
