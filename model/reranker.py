@@ -446,11 +446,8 @@ class Reranker:
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
         show_progress_bar: bool | None = False,
-        progress: Any = None,
     ) -> torch.Tensor:
-        """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted.
-        ``progress``: a bar to count the pairs on, which the caller closes (else one is made by
-        ``show_progress_bar``)."""
+        """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted."""
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(
                 f"batch_size ({batch_size}) and max_batch_tokens ({max_batch_tokens}) must be >= 1"
@@ -458,9 +455,7 @@ class Reranker:
         lengths = encoded.lengths
         device = self.device
         outputs, order = [], []
-        own_progress = progress is None
-        if own_progress:
-            progress = progress_bar(len(lengths), show_progress_bar)
+        progress = progress_bar(len(lengths), show_progress_bar)
         # No host sync between batches: the next batch is packed while the device runs this one;
         # the logits come back in one copy at the end (the progress bar counts batches packed).
         types = encoded.token_type_ids
@@ -489,6 +484,6 @@ class Reranker:
                 )
             )
         logits = in_input_order(outputs, order, len(lengths))
-        if own_progress and progress is not None:
+        if progress is not None:
             progress.close()
         return logits

@@ -36,12 +36,19 @@ def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:
 
 def aggregate_windows(window_logits: torch.Tensor, owners: list[int], n: int, how: str) -> torch.Tensor:
     """Per-pair logits [n] from per-window logits [windows] (``owners`` [windows]: each window's
-    pair): the max, or the mean, over each pair's windows."""
+    pair): the max, or the mean, over each pair's windows. ValueError unless every pair has a
+    window (one without would come back -inf or NaN, not a score)."""
     index = torch.tensor(owners, dtype=torch.long)
+    fits = len(owners) == len(window_logits) and (not owners or 0 <= min(owners) <= max(owners) < n)
+    windows = torch.bincount(index, minlength=n) if fits else None
+    if windows is None or not bool(windows.all()):
+        raise ValueError(
+            f"owners must give each of the {n} pairs at least one window, one owner per "
+            f"window ({len(owners)} owners for {len(window_logits)} windows)"
+        )
     if how == "max":
         return torch.full((n,), float("-inf")).scatter_reduce(0, index, window_logits, reduce="amax")
-    sums = torch.zeros(n).index_add_(0, index, window_logits)
-    return sums / torch.bincount(index, minlength=n).float()
+    return torch.zeros(n).index_add_(0, index, window_logits) / windows.float()
 
 
 def check_pair_options(truncation: object, chunk_overlap: object, show_progress_bar: object) -> None:
@@ -123,10 +130,4 @@ def pair_logits(
         return window_logits
     if n_pairs is None:
         n_pairs = max(owners, default=-1) + 1
-    if len(owners) != len(window_logits) or set(owners) != set(range(n_pairs)):
-        # A pair without a window would get -inf (max) or NaN (mean), not a score.
-        raise ValueError(
-            f"owners must give each of the {n_pairs} pairs at least one window, one owner per "
-            f"window ({len(owners)} owners for {len(window_logits)} windows)"
-        )
     return aggregate_windows(window_logits, owners, n_pairs, how)

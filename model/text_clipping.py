@@ -91,31 +91,30 @@ def keep_the_longer_side(
     a tie), so the parts must compare as the whole texts do. A part holds at most its text's
     tokens: a part not longer than the other side grows (its length doubled) until the order is
     certain, which at worst tokenises the shorter text whole. ``count(text)``: its tokens."""
+    whole = [len(part) == len(text) for part, text in zip(parts, texts, strict=True)]
+    # A clipped part holds more than ``half`` tokens (it grows, never shrinks), so only a whole side
+    # can hold fewer; then nothing is halved and the order does not matter (the usual case: a
+    # short query).
+    if any(side_whole and count(part) <= half for side_whole, part in zip(whole, parts, strict=True)):
+        return parts
     parts_list = list(parts)
-    for part, text in zip(parts_list, texts, strict=True):
-        # A clipped part holds more than ``half`` tokens, so only a whole side can hold fewer; then
-        # nothing is halved and the order does not matter (the usual case: a short query).
-        if len(part) == len(text) and count(part) <= half:
-            return parts
     counts = [count(part) for part in parts_list]
-    while True:
-        whole = [len(part) == len(text) for part, text in zip(parts_list, texts, strict=True)]
-        if all(whole) or min(counts) <= half:  # exact, or no halving: the order does not matter
-            return parts_list[0], parts_list[1]
+    while not all(whole):
         if counts[0] != counts[1]:
-            longer = 0 if counts[0] > counts[1] else 1
-            if whole[1 - longer]:  # the other side is exact and shorter: so is its whole text
-                return parts_list[0], parts_list[1]
-            grow = [1 - longer]
+            shorter = 0 if counts[0] < counts[1] else 1
+            if whole[shorter]:  # exact and shorter: so is its whole text, whatever the other holds
+                break
+            grow = [shorter]
         else:
             grow = [side for side in (0, 1) if not whole[side]]
         for side in grow:
             text, size = texts[side], 2 * len(parts_list[side])
             if size >= len(text):
-                parts_list[side] = text
+                parts_list[side], whole[side] = text, True
             else:
                 parts_list[side] = text[:size] if direction == "right" else text[-size:]
             counts[side] = count(parts_list[side])
+    return parts_list[0], parts_list[1]
 
 
 def clip_text(

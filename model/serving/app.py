@@ -228,9 +228,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             return fail(request, error)
         finally:
             seconds = time.perf_counter() - start
-            state.metrics.requests.labels(endpoint, str(status)).inc()
-            state.metrics.request_seconds.labels(endpoint).observe(seconds)
-            state.metrics.tei.request(seconds, failure)
+            state.metrics.answered(endpoint, status, seconds, failure)
 
     def rerank_route(
         operation_id: str,
@@ -301,9 +299,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
             return None
         if request.method == "POST" and request.url.path in app.rerank_routes:
             # Counted as the scoring routes count their answers (a TEI dashboard shows the drain).
-            state.metrics.requests.labels(request.url.path, "503").inc()
-            state.metrics.request_seconds.labels(request.url.path).observe(0.0)
-            state.metrics.tei.request(0.0, "Unhealthy")
+            state.metrics.answered(request.url.path, 503, 0.0, "Unhealthy")
         return fail(
             request, APIError(503, errors.UNHEALTHY, "the server is draining", {"Retry-After": "5", **CLOSE})
         )

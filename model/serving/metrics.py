@@ -79,6 +79,12 @@ class ServerMetrics:
         self.queued_pairs = Gauge("turborank_queued_pairs", "Pairs waiting for a forward", registry=r)
         self.tei = TEIMetrics(r)
 
+    def answered(self, endpoint: str, status: int, seconds: float, failure: str | None) -> None:
+        """One scoring request answered with ``status`` (``failure``: TEI's error type, or None)."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_seconds.labels(endpoint).observe(seconds)
+        self.tei.request(seconds, failure)
+
     def observe(self, event: str, **values: float) -> None:
         """Scheduler callback (runs on the batching thread; prometheus_client is thread-safe)."""
         if event == "queue":

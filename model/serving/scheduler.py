@@ -242,22 +242,22 @@ class BatchScheduler:
                     batch = self._form_batch()
                 except Exception as exc:  # every later batch would fail the same way: fail them all
                     self._queue.clear()
-                    batch = []
-                    self._worker_failed(exc, [(t, -1) for t in queued])
+                    self._worker_failed(exc, queued)
+                    continue
                 self._in_flight += 1
             try:
                 self._forward(batch)
             except Exception as exc:
-                self._worker_failed(exc, batch)
+                self._worker_failed(exc, [ticket for ticket, _ in batch])
             finally:
                 with self._cond:
                     self._in_flight -= 1
                     self._cond.notify_all()
 
-    def _worker_failed(self, exc: Exception, batch: list[tuple[Ticket, int]]) -> None:
-        """Something outside the forward failed on this thread: its requests get a BatchError (their
-        answer names no internals), the log gets the traceback."""
-        tickets = [t for t in dict.fromkeys(ticket for ticket, _ in batch) if not t.done]
+    def _worker_failed(self, exc: Exception, tickets: list[Ticket]) -> None:
+        """Something outside the forward failed on this thread: the tickets' requests get a
+        BatchError (their answer names no internals), the log gets the traceback."""
+        tickets = [t for t in dict.fromkeys(tickets) if not t.done]
         logger.error("batch worker failed; %d request(s) answered with an error", len(tickets), exc_info=exc)
         for ticket in tickets:
             error = BatchError("internal error in the batch worker")
@@ -265,8 +265,6 @@ class BatchScheduler:
             self._fail(ticket, error)
 
     def _forward(self, batch: list[tuple[Ticket, int]]) -> None:
-        if not batch:
-            return
         tickets = list(dict.fromkeys(ticket for ticket, _ in batch))
         encoded = EncodedPairs.gather([(ticket.encoded, i) for ticket, i in batch])
         start = time.perf_counter()
