@@ -1,13 +1,16 @@
 """Raw-socket clients for what httpx will not do (stall mid-body, trickle, hold a keep-alive
-connection, come from another loopback address); the server process is turborank.testing_server's."""
+connection, come from another loopback address); the server process is turborank.testing_server's,
+and its front-end processes (``serve --front-ends``) are found through /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from pathlib import Path
 
 from turborank.testing_server import serve_process
 
-__all__ = ["connect", "port_of", "read_response", "serve_process", "start_upload"]
+__all__ = ["connect", "front_end_pids", "gone", "port_of", "read_response", "serve_process", "start_upload"]
 
 
 def port_of(url: str) -> int:
@@ -52,3 +55,25 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             break
         body += chunk
     return int(lines[0].split()[1]), headers, body
+
+
+def front_end_pids(pid: int) -> list[int]:
+    """The live front-end processes of the server ``pid`` (not multiprocessing's resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    fronts = []
+    for child in found:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                fronts.append(child)
+    return fronts
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -68,6 +68,21 @@ def test_host_pipeline_benchmark_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_host_pipeline_counts_the_front_ends_cpu_and_the_model_process_apart(tmp_path):
+    run_repo_module(
+        "benchmarks.serve.host_pipeline",
+        *("--seconds", "0.3", "--clients", "2", "--one-pair-requests", "10", "--fifty-doc-requests", "2"),
+        *("--no-library", "--out", str(tmp_path), "--", "--front-ends", "2"),
+        env=None,
+    )
+    (report,) = tmp_path.glob("host_pipeline_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert len(rows) == 5 and all("error" not in row for row in rows), rows
+    for row in rows:
+        assert 0 <= row["model_process_cpu_ms_per_request"] <= row["server_cpu_ms_per_request"]
+
+
+@pytest.mark.slow
 def test_host_pipeline_on_a_real_device_measures_the_forward_instead(tmp_path):
     """``--device cpu`` runs the same cases with the real model (as ``--device cuda`` does on a GPU):
     the device's share of a request is the forward measured in process, nothing from a stand-in."""
@@ -82,6 +97,7 @@ def test_host_pipeline_on_a_real_device_measures_the_forward_instead(tmp_path):
     assert [row["case"] for row in rows] == [
         "1 pair, 30 words",
         "1 x 50 docs of ~300 tokens",
+        "1 pair, 30 words",
         "50 x ~300 tokens",
         "10 x 512 tokens",
     ]

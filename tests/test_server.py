@@ -7,8 +7,6 @@ import json
 import logging
 import platform
 import signal
-import subprocess
-import sys
 import time
 import traceback
 
@@ -21,7 +19,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from tests.serve_thread import free_port, metric, running_server  # noqa: E402
+from tests.serve_thread import metric, running_server  # noqa: E402
 from turborank.serving.app import ServeSettings, create_app  # noqa: E402
 
 
@@ -276,42 +274,17 @@ def test_small_request_is_not_starved_by_a_huge_one(reranker, monkeypatch):
 # --- the real command: `turborank serve`, SIGTERM drains and exits 0 ---------------------------------
 
 
-def test_serve_command_drains_on_sigterm(small_ckpt):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "turborank.cli",
-            "serve",
-            "--model",
-            str(small_ckpt),
-            "--device",
-            "cpu",
-            "--port",
-            str(port),
-            "--max-batch-tokens",
-            "2048",
-            "--max-client-batch-size",
-            "64",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                proc.stdout.read() if proc.stdout else ""
-            )
-            time.sleep(0.1)
+@pytest.mark.parametrize("front_ends", [1, 2])
+def test_serve_command_drains_on_sigterm(small_ckpt, tmp_path, front_ends):
+    """An in-flight request is answered after SIGTERM and the server exits 0; with front-end
+    processes every one of them drains, and none outlives the model process."""
+    from tests.serve_process import front_end_pids, gone, serve_process
+
+    log = tmp_path / "server.log"
+    options = ("--max-batch-tokens", "2048", "--max-client-batch-size", "64", "--front-ends", str(front_ends))
+    with serve_process(small_ckpt, log, *options) as (proc, url):
+        front = front_end_pids(proc.pid)
+        assert len(front) == (front_ends if front_ends > 1 else 0)
         docs = [" ".join(["paragraph"] * 700) + f" {i}" for i in range(48)]  # ~5,600 tokens each
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             inflight = pool.submit(
@@ -322,9 +295,8 @@ def test_serve_command_drains_on_sigterm(small_ckpt):
             response = inflight.result()
         assert response.status_code == 200 and len(response.json()) == 48
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert all(gone(pid) for pid in front)
+    assert ("draining 2 front ends" in log.read_text()) == (front_ends == 2)
 
 
 # --- every 5xx is logged with the request id its response carries ------------------------------------

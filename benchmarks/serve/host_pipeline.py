@@ -16,7 +16,7 @@ of client work per request, so the figures are the server's):
   plus 1 ms. The projection, not the stand-in's sleeps as they took: while the tokenizer threads
   keep both cores busy, the forward's thread wakes from its sleep late, by up to a millisecond a
   forward here, and that lateness is the host's, not the device's;
-- throughput with N concurrent clients at 10 x 512 tokens and 50 x 300: requests/s, pairs/s,
+- throughput with N concurrent clients at one pair, 10 x 512 tokens and 50 x 300: requests/s, pairs/s,
   p50/p99;
 
 each with the server's CPU time per request (/proc/PID/stat) and the share of the wall time the
@@ -63,9 +63,27 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of a process, its threads included, and of its live child
+    processes (``serve --front-ends``)."""
+    return own_cpu_seconds(pid) + sum(cpu_seconds(child) for child in _child_processes(pid))
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, its threads included (0 once it has exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _child_processes(pid: int) -> list[int]:
+    children: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                children += [int(p) for p in (task / "children").read_text().split()]
+    return children
 
 
 class Connection:
@@ -149,6 +167,7 @@ class Phase:
         self.forwards = self.busy = self.projected = None
 
     def __enter__(self) -> Phase:
+        self.own_cpu0 = own_cpu_seconds(self.pid)
         self.cpu0, self.wall0 = cpu_seconds(self.pid), time.perf_counter()
         self.start = None if self.stats is None else stand_in.read_stats(self.stats)
         return self
@@ -156,6 +175,9 @@ class Phase:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.wall0
         self.cpu = cpu_seconds(self.pid) - self.cpu0
+        # With front ends (child processes), the model process's own part: the one GIL they share.
+        own = own_cpu_seconds(self.pid) - self.own_cpu0
+        self.model_process_cpu = own if _child_processes(self.pid) else None
         if self.start is not None:
             end = stand_in.read_stats(self.stats)
             self.forwards = end.forwards - self.start.forwards
@@ -213,6 +235,7 @@ def sequential(
         "forward_ms_per_request": forward_ms,
         "overhead_p50_ms": 1e3 * p50 - device_ms,
         "server_cpu_ms_per_request": 1e3 * phase.cpu / n,
+        "model_process_cpu_ms_per_request": _per(phase.model_process_cpu, n, 1e3),
         "device_busy": _per(phase.busy, 1, 1 / phase.wall),
         "forwards_per_request": _per(phase.forwards, n),
     }
@@ -262,6 +285,7 @@ def concurrent(
         "p99_ms": 1e3 * percentile(latencies, 0.99),
         "stand_in_ms_per_request": _per(phase.busy, n, 1e3),
         "server_cpu_ms_per_request": 1e3 * phase.cpu / max(n, 1),
+        "model_process_cpu_ms_per_request": _per(phase.model_process_cpu, n, 1e3),
         "device_busy": _per(phase.busy, 1, 1 / phase.wall),
         "forwards_per_request": _per(phase.forwards, n),
     }
@@ -438,7 +462,11 @@ def main() -> None:
             row["p50_target_ms"] = device_ms + 1e3 * tokenise_s + 1.0
             rows.append(row)
             save()
-            cases = ((fifty, "50 x ~300 tokens", 50), (ten_512, "10 x 512 tokens", 10))
+            cases = (
+                (one_pair, "1 pair, 30 words", 1),
+                (fifty, "50 x ~300 tokens", 50),
+                (ten_512, "10 x 512 tokens", 10),
+            )
             for clients in (int(c) for c in args.clients.split(",")):
                 for bodies, case, pairs in cases:
                     rows.append(concurrent(served, bodies, case, pairs, clients, args.seconds))
@@ -468,6 +496,7 @@ COLUMNS = [
     "tokenise_2_threads_ms",
     "p50_target_ms",
     "server_cpu_ms_per_request",
+    "model_process_cpu_ms_per_request",
     "device_busy",
     "forwards_per_request",
     "wall_s",
@@ -497,6 +526,8 @@ def notes(args: argparse.Namespace, device: str, preset: str) -> list[str]:
         *first,
         "tokenise_2_threads_ms is the median of 10 requests tokenised before the server started and "
         "the same 10 right after its 1 x 50 phase",
+        "server_cpu_ms_per_request: every process of the server (with --front-ends, the front ends "
+        "too); model_process_cpu_ms_per_request: with --front-ends, the model process alone",
         f"checkpoint: {preset} shapes; serve options: {' '.join(args.serve_options) or '(defaults)'}",
     ]
 

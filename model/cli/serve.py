@@ -46,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay CUDA graphs for small batches (< 128 pairs, <= 4096 tokens; each shape bucket is "
         "captured on first use); needs CUDA and the Triton backend",
     )
+    parser.add_argument(
+        "--front-ends",
+        type=positive_int,
+        default=1,
+        help="processes that take the HTTP requests and tokenise them, feeding the model in this one "
+        "(for a GPU whose forwards outrun one process's host side; the request limits are split "
+        "between them)",
+    )
     add_ray_option(parser, "serve through Ray Serve's proxy with --replicas copies of the app")
     parser.add_argument("--replicas", type=positive_int, default=2, help="with --ray: replicas of the app")
     parser.add_argument(
@@ -68,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not 1 <= args.port <= 65535:
         return fail(f"--port must be a TCP port number (1..65535), got {args.port}")
+    if args.front_ends > 1 and args.ray is not None:
+        return fail("--front-ends is for one machine's model process; with --ray, use --replicas")
     # Before the model is loaded (minutes for a large one on a GPU), not after, as uvicorn would.
     # With --ray too: this process is the front that listens.
     unbindable = _cannot_bind(args.host, args.port)
@@ -101,9 +111,17 @@ def _load_and_serve(args: argparse.Namespace) -> int:
             f"needs its {low - 1} special tokens and at least one more"
         )
     settings = from_arguments(args, args.model, max_input_length)
-    reranker = None if args.ray is not None else load_reranker(args)
     if args.ray is not None:
         return _serve_on_ray(args, settings)
+    reranker = load_reranker(args)
+    if args.front_ends > 1:
+        from turborank.hub import resolve_checkpoint
+        from turborank.serving.front_ends import serve_with_front_ends
+
+        checkpoint = str(resolve_checkpoint(args.model))  # cached by the load
+        return serve_with_front_ends(
+            reranker, settings, _listener(args), args.front_ends, checkpoint, args.json_logs
+        )
     serve(reranker, settings, _listener(args))
     return 0
 

@@ -380,7 +380,7 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         "/metrics", summary="Prometheus metrics (ours, and TEI's under its names)", operation_id="metrics"
     )
     async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await state.metrics_exposition(), media_type="text/plain; version=0.0.4")
 
     @app.get("/api-doc/openapi.json", include_in_schema=False)
     async def tei_openapi() -> Response:

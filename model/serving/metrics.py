@@ -12,10 +12,17 @@ import threading
 from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+# One server process's metrics as plain picklable values, for a sum over several processes
+# (``serve --front-ends``): per family (name, type, help, [(sample, sorted labels, value)]), and
+# the TEI counters.
+Family = tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]
+MetricsSnapshot = tuple[list[Family], dict[tuple[str, str, str], int]]
 
 
 class ServerMetrics:
@@ -104,6 +111,57 @@ class ServerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry) + self.tei.render_counters()
 
+    def snapshot(self) -> MetricsSnapshot:
+        families = [
+            (
+                m.name,
+                m.type,
+                m.documentation,
+                [(s.name, tuple(sorted(s.labels.items())), s.value) for s in m.samples],
+            )
+            for m in self.registry.collect()
+        ]
+        return families, self.tei.counts()
+
+
+def render_sum(snapshots: list[MetricsSnapshot]) -> bytes:
+    """The exposition of several processes' metrics as one server's: counters, histograms and
+    gauges (requests in flight, queued pairs, open connections) add up; a series' creation time
+    is its earliest."""
+    families: dict[str, tuple[str, str, dict[tuple[str, tuple], float]]] = {}
+    counts: Tally[tuple[str, str, str]] = Tally()
+    for sampled, tei_counts in snapshots:
+        counts.update(tei_counts)
+        for name, kind, documentation, samples in sampled:
+            values = families.setdefault(name, (kind, documentation, {}))[2]
+            for sample, labels, value in samples:
+                key = (sample, labels)
+                if key not in values:
+                    values[key] = value
+                elif sample.endswith("_created"):
+                    values[key] = min(values[key], value)
+                else:
+                    values[key] += value
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families))
+    return generate_latest(registry) + _render_tei_counts(counts)
+
+
+class _Fixed:
+    """A collector of values already summed."""
+
+    def __init__(self, families: dict[str, tuple[str, str, dict[tuple[str, tuple], float]]]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        collected = []
+        for name, (kind, documentation, values) in self._families.items():
+            metric = Metric(name, documentation, kind)
+            for (sample, labels), value in values.items():
+                metric.add_sample(sample, dict(labels), value)
+            collected.append(metric)
+        return collected
+
 
 class TEIMetrics:
     """text-embeddings-inference's metrics of a rerank server, under its names."""
@@ -134,13 +192,19 @@ class TEIMetrics:
             else:
                 self._counts["te_request_failure", "err", failure.lower()] += 1
 
-    def render_counters(self) -> bytes:
+    def counts(self) -> dict[tuple[str, str, str], int]:
         with self._lock:
-            counts = sorted(self._counts.items())
-        lines, typed = [], set()
-        for (name, label, value), count in counts:
-            if name not in typed:
-                typed.add(name)
-                lines.append(f"# TYPE {name} counter")
-            lines.append(f'{name}{{{label}="{value}"}} {count}')
-        return "".join(line + "\n" for line in lines).encode()
+            return dict(self._counts)
+
+    def render_counters(self) -> bytes:
+        return _render_tei_counts(self.counts())
+
+
+def _render_tei_counts(counts: dict[tuple[str, str, str], int]) -> bytes:
+    lines, typed = [], set()
+    for (name, label, value), count in sorted(counts.items()):
+        if name not in typed:
+            typed.add(name)
+            lines.append(f"# TYPE {name} counter")
+        lines.append(f'{name}{{{label}="{value}"}} {count}')
+    return "".join(line + "\n" for line in lines).encode()

@@ -21,7 +21,7 @@ from turborank.serving.access_log import note
 from turborank.serving.admission import Admission
 from turborank.serving.errors import APIError, ClientDisconnectedError
 from turborank.serving.memory import release_free_memory
-from turborank.serving.metrics import ServerMetrics
+from turborank.serving.metrics import MetricsSnapshot, ServerMetrics, render_sum
 from turborank.serving.request_body import DisconnectWatch, watch_of
 from turborank.serving.scheduler import BatchError, BatchScheduler, Ticket
 from turborank.serving.settings import ServeSettings
@@ -108,6 +108,8 @@ class ServerState:
         self.warmed = False  # the first (warm-up) forward succeeded
         self._probe_failing = False
         self._trim: asyncio.TimerHandle | None = None
+        # serve --front-ends: given this process's metrics, the other front ends' (``front_end``).
+        self.metric_peers: Callable[[MetricsSnapshot], list[MetricsSnapshot]] | None = None
 
     @property
     def active(self) -> int:
@@ -134,6 +136,13 @@ class ServerState:
                 self.release_memory_soon(large=True)
 
         self._trim = loop.call_at(due, start)
+
+    async def metrics_exposition(self) -> bytes:
+        """What /metrics answers: this process's metrics, or with front ends every front end's sum."""
+        if self.metric_peers is None:
+            return self.metrics.render()
+        own = self.metrics.snapshot()
+        return render_sum([own, *await self.off_loop(self.metric_peers, own)])
 
     async def off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run CPU work (JSON, tokenising) on the tokenizer threads, never on the event loop."""

@@ -1,0 +1,313 @@
+"""``turborank serve --front-ends N``: N front-end processes feeding one model process.
+
+One process's GIL bounds what the host does per request (HTTP, JSON, validation, the Python
+around tokenising, answers): on a fast GPU a small model's forward costs less than that, so one
+process caps requests/s whatever the device. With front ends, this process (the model process)
+loads the model, binds the listening socket and starts N front-end processes (``front_end``;
+spawned, never forked, so CUDA state is never copied). Each is a whole ``turborank serve`` app on
+the shared socket, the kernel handing each new connection to one of them; only the forwards come
+here, over a pipe per front end. The model thread runs them one at a time, joining the batches
+waiting from several front ends into one forward while they fit ``max_batch_tokens``.
+
+What stays as in one process: the routes, the answers, the errors, the per-request limits, the
+drain (SIGTERM or SIGINT here is passed to every front end, which drains as one process does; this
+process exits once all have, 0 when each exited 0). What differs: the limits that count across
+requests (``max_concurrent_requests``, ``max_requests_per_client``, ``max_connections``) are
+split between the front ends, each holding its share, and fairness between clients is kept within
+each front end. ``/metrics`` on any front end is the sum over all of them (the others' counters as
+they sent them at most ``front_end.METRICS_PUSH_S`` ago). A front end that dies is logged and
+started again; one that dies within ``EARLY_EXIT_S`` of its start (it cannot serve: the socket, the
+tokenizer) stops the server with exit status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from turborank.reranker import Reranker
+from turborank.serving.front_end import FrontEndSpec, run_front_end
+from turborank.serving.metrics import MetricsSnapshot
+from turborank.serving.settings import Listener, ServeSettings
+from turborank.serving.tokenizing import concatenate
+from turborank.tokenization import EncodedPairs
+
+logger = logging.getLogger("turborank.serving")
+EARLY_EXIT_S = 10.0
+# uvicorn's own backlog.
+_BACKLOG = 2048
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """Front end ``index``'s share of ``total`` (at least 1): the shares add up to ``total`` when it
+    is at least ``parts``."""
+    return max(1, total // parts + (index < total % parts))
+
+
+def front_end_settings(settings: ServeSettings, parts: int, index: int) -> ServeSettings:
+    """Front end ``index``'s settings: its share of the limits that count across requests."""
+    slots = share(settings.max_concurrent_requests, parts, index)
+    per_client = settings.max_requests_per_client
+    connections = settings.max_connections
+    return dataclasses.replace(
+        settings,
+        max_concurrent_requests=slots,
+        max_requests_per_client=None if per_client is None else min(per_client, slots),
+        max_connections=None if connections is None else share(connections, parts, index),
+    )
+
+
+class ForwardService:
+    """The model process's side of the forward pipes: one model thread waits on every front end's
+    pipe, reads what each has sent (one batch per front end at most: a front end waits for its
+    answer before it sends again) and runs them in turn, several front ends'
+    batches in one forward while they fit ``max_batch_tokens``."""
+
+    def __init__(self, reranker: Reranker, max_batch_tokens: int) -> None:
+        self._reranker = reranker
+        self._max_batch_tokens = max_batch_tokens
+        self._connections: list[Connection] = []
+        self._lock = threading.Lock()
+        # Wakes the model thread from its wait when a front end is attached or on stop.
+        self._wake_here, self._wake_there = multiprocessing.Pipe(duplex=False)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="turborank-model", daemon=True)
+        self.forwards = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def attach(self, connection: Connection) -> None:
+        with self._lock:
+            self._connections.append(connection)
+        self._wake_there.send_bytes(b"attach")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake_there.send_bytes(b"stop")
+        self._thread.join()
+
+    def _run(self) -> None:
+        waiting: list[tuple[Connection, EncodedPairs]] = []
+        while not self._stopping:
+            with self._lock:
+                connections = list(self._connections)
+            # Blocks only when nothing is waiting; else picks up what else has come meanwhile.
+            for ready in wait([self._wake_here, *connections], timeout=0 if waiting else None):
+                if ready is self._wake_here:
+                    self._wake_here.recv_bytes()
+                    continue
+                try:
+                    waiting.append((ready, ready.recv()))
+                except (EOFError, OSError):  # the front end is gone
+                    with self._lock:
+                        self._connections.remove(ready)
+            if waiting:
+                batch = self._take(waiting)
+                try:
+                    self._forward(batch)
+                except Exception:  # never leaves a front end waiting for its answer
+                    logger.exception("the model thread failed outside a forward")
+                    for connection, _ in batch:
+                        _answer(connection, (False, "internal error in the model process"))
+
+    def _take(self, waiting: list[tuple[Connection, EncodedPairs]]) -> list[tuple[Connection, EncodedPairs]]:
+        """The first waiting batch and the next ones after it while they fit one forward."""
+        batch = [waiting.pop(0)]
+        tokens = sum(batch[0][1].lengths)
+        while waiting and tokens + sum(waiting[0][1].lengths) <= self._max_batch_tokens:
+            tokens += sum(waiting[0][1].lengths)
+            batch.append(waiting.pop(0))
+        return batch
+
+    def _forward(self, batch: list[tuple[Connection, EncodedPairs]]) -> None:
+        try:
+            logits = self._score(concatenate([encoded for _, encoded in batch]))
+        except Exception as exc:
+            if len(batch) > 1:  # each front end's batch alone: one's bad input fails only its own
+                for one in batch:
+                    self._forward([one])
+                return
+            _answer(batch[0][0], (False, f"forward failed: {type(exc).__name__}: {exc}"))
+            return
+        start = 0
+        for connection, encoded in batch:
+            _answer(connection, (True, logits[start : start + len(encoded.input_ids)]))
+            start += len(encoded.input_ids)
+
+    def _score(self, encoded: EncodedPairs) -> list[float]:
+        self.forwards += 1
+        return self._reranker.logits(
+            encoded, batch_size=1024, max_batch_tokens=self._max_batch_tokens
+        ).tolist()
+
+
+def _answer(connection: Connection, message: tuple[bool, Any]) -> None:
+    with contextlib.suppress(OSError):  # the front end is gone; its requests went with it
+        connection.send(message)
+
+
+class MetricsRelay:
+    """Keeps each front end's latest metrics; answers a scrape with the others'."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, MetricsSnapshot] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, index: int, connection: Connection) -> None:
+        threading.Thread(
+            target=self._serve, args=(index, connection), name="turborank-metrics", daemon=True
+        ).start()
+
+    def _serve(self, index: int, connection: Connection) -> None:
+        try:
+            while True:
+                kind, snapshot = connection.recv()
+                with self._lock:
+                    self._latest[index] = snapshot
+                    others = [s for i, s in self._latest.items() if i != index]
+                if kind == "scrape":
+                    connection.send(others)
+        except (EOFError, OSError):  # gone: its gauges (requests in flight, connections) with it
+            with self._lock:
+                self._latest.pop(index, None)
+
+
+def listening_socket(listener: Listener) -> socket.socket:
+    """Bound and listening as uvicorn binds (SO_REUSEADDR); shared by every front end."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+class FrontEnds:
+    """Starts, watches, restarts and drains the front-end processes."""
+
+    def __init__(
+        self,
+        reranker: Reranker,
+        settings: ServeSettings,
+        listener: Listener,
+        count: int,
+        checkpoint: str,
+        json_logs: bool,
+    ) -> None:
+        self._reranker, self._settings, self._listener = reranker, settings, listener
+        self._count, self._checkpoint, self._json_logs = count, checkpoint, json_logs
+        self._context = multiprocessing.get_context("spawn")
+        self._service = ForwardService(reranker, settings.max_batch_tokens)
+        self._metrics = MetricsRelay()
+        self._socket: socket.socket | None = None
+        self._processes: dict[int, tuple[Any, float]] = {}
+        self._signals = 0
+
+    def run(self) -> int:
+        """Serve until every front end has exited after SIGTERM/SIGINT; the exit status."""
+        self._socket = listening_socket(self._listener)
+        self._service.start()
+        engine = self._reranker.describe()
+        original = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for index in range(self._count):
+                self._start(index, engine)
+            logger.info(
+                "serving with %d front-end processes on %s:%d", self._count, *self._socket.getsockname()[:2]
+            )
+            return self._watch(engine)
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+            self._service.stop()
+            self._socket.close()
+
+    def _start(self, index: int, engine: dict[str, Any]) -> None:
+        forwards_here, forwards_there = self._context.Pipe()
+        metrics_here, metrics_there = self._context.Pipe()
+        spec = FrontEndSpec(
+            index=index,
+            checkpoint=self._checkpoint,
+            config=self._reranker.config,
+            engine=engine,
+            name=self._settings.model_name,
+            settings=front_end_settings(self._settings, self._count, index),
+            listener=self._listener,
+            json_logs=self._json_logs,
+        )
+        process = self._context.Process(
+            target=run_front_end,
+            args=(spec, self._socket, forwards_there, metrics_there),
+            name=f"turborank-front-end-{index}",
+        )
+        process.start()
+        forwards_there.close()
+        metrics_there.close()
+        self._service.attach(forwards_here)
+        self._metrics.attach(index, metrics_here)
+        self._processes[index] = (process, time.monotonic())
+
+    def _watch(self, engine: dict[str, Any]) -> int:
+        status = 0
+        while self._processes:
+            sentinels = {process.sentinel: index for index, (process, _) in self._processes.items()}
+            for sentinel in wait(list(sentinels), timeout=0.5):
+                index = sentinels[sentinel]
+                process, started = self._processes.pop(index)
+                process.join()
+                if self._signals:
+                    # Killed by the signal passed on before it could set its handlers: it held nothing.
+                    status = status or process.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)
+                    continue
+                if time.monotonic() - started < EARLY_EXIT_S:
+                    logger.error(
+                        "front end %d exited with status %s %.1f s after its start: stopping the server",
+                        index,
+                        process.exitcode,
+                        time.monotonic() - started,
+                    )
+                    self._pass_on(signal.SIGTERM)
+                    self._pass_on(signal.SIGTERM)
+                    self._signals = 2
+                    status = 1
+                    continue
+                logger.error("front end %d exited with status %s: starting it again", index, process.exitcode)
+                self._start(index, engine)
+        return int(status)
+
+    def _on_signal(self, sig: int, frame: Any) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("draining %d front ends", len(self._processes))
+        self._pass_on(sig)
+
+    def _pass_on(self, sig: int) -> None:
+        for process, _ in list(self._processes.values()):
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, sig)
+
+
+def serve_with_front_ends(
+    reranker: Reranker,
+    settings: ServeSettings,
+    listener: Listener,
+    count: int,
+    checkpoint: str,
+    json_logs: bool = False,
+) -> int:
+    """Serve ``reranker`` from this process through ``count`` front-end processes; the exit status."""
+    return FrontEnds(reranker, settings, listener, count, checkpoint, json_logs).run()

@@ -1,0 +1,259 @@
+"""`turborank serve --front-ends N`: front-end processes feeding one model process.
+
+In process: the limits' shares, the metrics' sum, the forward service (joined batches, a failure
+kept to its own front end) and the Reranker that scores in another process. Through the real
+command: the same scores as one process, /metrics counting every front end, a front end that dies
+at once stopping the server and one that dies later started again, and the front ends leaving when
+the model process is killed (SIGTERM draining every front end: test_server's drain test)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from tests.serve_process import front_end_pids, gone, serve_process  # noqa: E402
+from turborank.serving.front_end import ModelLink, ModelProcessError, RemoteModelReranker  # noqa: E402
+from turborank.serving.front_ends import EARLY_EXIT_S, ForwardService, front_end_settings, share  # noqa: E402
+from turborank.serving.metrics import ServerMetrics, render_sum  # noqa: E402
+from turborank.serving.settings import ServeSettings  # noqa: E402
+from turborank.testing_server import free_port, serve_command  # noqa: E402
+from turborank.tokenization import PairTokenizer  # noqa: E402
+
+DOCS = ["the cat sat on the mat", "a document about retrieval", "", "x " * 40, "relevance scores"]
+
+
+# --- in process -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("total,parts", [(512, 2), (7, 3), (2, 4), (1, 1), (100, 16)])
+def test_shares_add_up_to_the_limit_and_none_is_zero(total, parts):
+    shares = [share(total, parts, i) for i in range(parts)]
+    assert min(shares) >= 1 and max(shares) - min(shares) <= 1
+    assert sum(shares) == max(total, parts)
+
+
+def test_front_end_settings_split_the_limits_that_count_across_requests():
+    settings = ServeSettings("m", max_concurrent_requests=10, max_requests_per_client=8, max_connections=5)
+    parts = [front_end_settings(settings, 3, i) for i in range(3)]
+    assert [p.max_concurrent_requests for p in parts] == [4, 3, 3]
+    assert [p.max_requests_per_client for p in parts] == [4, 3, 3]  # never above the share
+    assert [p.max_connections for p in parts] == [2, 2, 1]
+    assert all(p.max_documents == settings.max_documents for p in parts)
+    unlimited = front_end_settings(ServeSettings("m"), 2, 0)
+    assert unlimited.max_requests_per_client is None and unlimited.max_connections is None
+
+
+def _metrics_after(requests: int, failures: int) -> ServerMetrics:
+    metrics = ServerMetrics()
+    for _ in range(requests):
+        metrics.answered("/rerank", 200, 0.004, None)
+    for _ in range(failures):
+        metrics.answered("/rerank", 422, 0.001, "Validation")
+    metrics.observe("batch", seconds=0.002, pairs=3, tokens=300)
+    metrics.active.set(requests)
+    return metrics
+
+
+def test_metrics_of_one_process_render_as_they_always_did():
+    metrics = _metrics_after(3, 1)
+    assert render_sum([metrics.snapshot()]) == metrics.render()
+
+
+def test_metrics_of_several_processes_add_up():
+    text = render_sum([_metrics_after(3, 1).snapshot(), _metrics_after(2, 0).snapshot()]).decode()
+    lines = set(text.splitlines())
+    assert 'turborank_requests_total{code="200",endpoint="/rerank"} 5.0' in lines
+    assert 'turborank_requests_total{code="422",endpoint="/rerank"} 1.0' in lines
+    assert 'turborank_request_duration_seconds_count{endpoint="/rerank"} 6.0' in lines
+    assert 'turborank_batch_pairs_bucket{le="4.0"} 2.0' in lines
+    assert "turborank_tokens_total 600.0" in lines and "turborank_active_requests 5.0" in lines
+    assert (
+        'te_request_count{method="rerank"} 6' in lines and 'te_request_failure{err="validation"} 1' in lines
+    )
+
+
+class _Recorder:
+    """A Reranker stand-in for the forward service: logits = the pairs' lengths; an input holding
+    the id ``poison`` fails its forward."""
+
+    def __init__(self, poison: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.poison = poison
+
+    def logits(self, encoded, batch_size, max_batch_tokens):
+        self.calls.append(len(encoded.input_ids))
+        if any(self.poison in ids for ids in encoded.input_ids):
+            raise ValueError("poisoned batch")
+        return torch.tensor([float(n) for n in encoded.lengths])
+
+
+def _encoded(*lengths: int, first: int = 1):
+    from turborank.tokenization import EncodedPairs
+
+    ids = [[first] * n for n in lengths]
+    return EncodedPairs(ids, None, [False] * len(ids))
+
+
+def test_forward_service_joins_waiting_batches_and_keeps_a_failure_to_its_own_front_end():
+    context = multiprocessing.get_context("spawn")
+    model = _Recorder(poison=666)
+    service = ForwardService(model, max_batch_tokens=100)
+    ends = [context.Pipe() for _ in range(3)]
+    # Sent before the model thread starts, so that they wait together.
+    batches = [_encoded(3, 5), _encoded(7, first=666), _encoded(2)]
+    for (here, there), batch in zip(ends, batches, strict=True):
+        service.attach(here)
+        there.send(batch)
+    service.start()
+    answers = [there.recv() for _, there in ends]
+    service.stop()
+    assert answers[0] == (True, [3.0, 5.0]) and answers[2] == (True, [2.0])
+    assert answers[1][0] is False and "poisoned batch" in answers[1][1]
+    assert model.calls[0] == 4  # one joined forward first, then each alone after it failed
+
+
+def test_forward_service_keeps_a_forward_within_max_batch_tokens():
+    context = multiprocessing.get_context("spawn")
+    model = _Recorder()
+    service = ForwardService(model, max_batch_tokens=10)
+    ends = [context.Pipe() for _ in range(3)]
+    for (here, there), batch in zip(ends, [_encoded(6), _encoded(6), _encoded(4)], strict=True):
+        service.attach(here)
+        there.send(batch)
+    service.start()
+    assert [there.recv() for _, there in ends] == [(True, [6.0]), (True, [6.0]), (True, [4.0])]
+    service.stop()
+    assert model.calls == [1, 2]  # 6 alone (6 + 6 > 10), then 6 + 4
+
+
+def test_a_remote_model_reranker_scores_like_the_model_itself(reranker, small_ckpt):
+    """Tokenised here, scored by a forward service over a pipe: rank and predict as the local
+    Reranker's; describe() is the model's; a gone model process is a ModelProcessError."""
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    service = ForwardService(reranker, max_batch_tokens=4096)
+    service.attach(here)
+    service.start()
+    tokenizer = PairTokenizer.from_directory(small_ckpt, reranker.config.max_position_embeddings)
+    remote = RemoteModelReranker(tokenizer, reranker.config, reranker.describe(), "remote", ModelLink(there))
+    try:
+        assert remote.rank("cat", DOCS) == reranker.rank("cat", DOCS)
+        assert remote.predict([("q", d) for d in DOCS]) == reranker.predict([("q", d) for d in DOCS])
+        assert remote.describe()["device"] == "cpu" and remote.dtype == reranker.dtype
+        with pytest.raises(RuntimeError, match="model process"):
+            remote.module  # noqa: B018
+    finally:
+        there.close()  # the front end leaves: the service's reader sees the end of its pipe
+        service.stop()
+    gone, kept = context.Pipe()
+    gone.close()  # the model process's end
+    remote = RemoteModelReranker(tokenizer, reranker.config, reranker.describe(), "remote", ModelLink(kept))
+    with pytest.raises(ModelProcessError, match="gone"):
+        remote.predict([("q", "d")])
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def front_ends_server(small_ckpt, tmp_path_factory):
+    log = tmp_path_factory.mktemp("front_ends") / "server.log"
+    with serve_process(small_ckpt, log, "--front-ends", "2", "--max-concurrent-requests", "8") as (proc, url):
+        yield proc, url, log
+
+
+def test_front_ends_answer_as_one_process_and_metrics_count_every_front_end(front_ends_server, reranker):
+    proc, url, _ = front_ends_server
+    assert len(front_end_pids(proc.pid)) == 2
+    expected = [r["score"] for r in sorted(reranker.rank("cat", DOCS), key=lambda r: r["corpus_id"])]
+    # New connections each, so that the kernel hands them to both front ends.
+    for _ in range(12):
+        answer = httpx.post(url + "/rerank", json={"query": "cat", "texts": DOCS}, timeout=60).json()
+        got = [r["score"] for r in sorted(answer, key=lambda r: r["index"])]
+        assert got == pytest.approx(expected, abs=1e-6)
+    info = httpx.get(url + "/info").json()
+    assert info["device"] == "cpu" and info["max_concurrent_requests"] == 4  # a front end's share
+    time.sleep(1.5)  # the other front end's counters arrive every second
+    lines = httpx.get(url + "/metrics").text.splitlines()
+    assert 'turborank_requests_total{code="200",endpoint="/rerank"} 12.0' in lines
+    bad = httpx.post(url + "/rerank", json={"query": "cat", "texts": "not a list"})
+    assert bad.status_code == 422 and "texts" in bad.text
+
+
+def test_front_ends_leave_when_the_model_process_is_killed(small_ckpt, tmp_path):
+    with serve_process(small_ckpt, tmp_path / "server.log", "--front-ends", "2") as (proc, _):
+        front = front_end_pids(proc.pid)
+        assert len(front) == 2
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in front) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(gone(pid) for pid in front)
+
+
+def test_a_front_end_that_dies_at_its_start_stops_the_server_with_status_1(small_ckpt, tmp_path):
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            serve_command(small_ckpt, free_port(), "--front-ends", "2"), stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while len(front := front_end_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        os.kill(front[0], signal.SIGKILL)  # well within EARLY_EXIT_S of its start
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "after its start: stopping the server" in log.read_text()
+
+
+def test_a_front_end_that_dies_later_is_started_again(small_ckpt, tmp_path):
+    log = tmp_path / "server.log"
+    with serve_process(small_ckpt, log, "--front-ends", "2") as (proc, url):
+        first = front_end_pids(proc.pid)
+        time.sleep(max(0.0, EARLY_EXIT_S + 0.5 - (time.monotonic() - _started(first[0]))))
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while (len(now := front_end_pids(proc.pid)) < 2 or first[0] in now) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(now) == 2 and first[1] in now and first[0] not in now
+        for _ in range(6):
+            assert (
+                httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=60).status_code
+                == 200
+            )
+        assert proc.poll() is None
+    assert "exited with status -9: starting it again" in log.read_text()
+
+
+def _started(pid: int) -> float:
+    """When process ``pid`` started, on the time.monotonic() clock (both count from boot on Linux)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_front_ends_with_ray_is_refused(small_ckpt):
+    done = subprocess.run(
+        [
+            *("python", "-m", "turborank.cli", "serve", "--model", str(small_ckpt)),
+            *("--front-ends", "2", "--ray", "local"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "--front-ends" in done.stderr
