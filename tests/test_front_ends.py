@@ -22,8 +22,14 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from tests.serve_process import front_end_pids, gone, serve_process  # noqa: E402
-from turborank.serving.front_end import ModelLink, ModelProcessError, RemoteModelReranker  # noqa: E402
-from turborank.serving.front_ends import EARLY_EXIT_S, ForwardService, front_end_settings, share  # noqa: E402
+from turborank.serving.front_end import MetricsLink, ModelLink, ModelProcessError, RemoteModelReranker  # noqa: E402
+from turborank.serving.front_ends import (  # noqa: E402
+    EARLY_EXIT_S,
+    ForwardService,
+    MetricsRelay,
+    front_end_settings,
+    share,
+)
 from turborank.serving.metrics import ServerMetrics, render_sum  # noqa: E402
 from turborank.serving.settings import ServeSettings  # noqa: E402
 from turborank.testing_server import free_port, serve_command  # noqa: E402
@@ -80,6 +86,27 @@ def test_metrics_of_several_processes_add_up():
     assert (
         'te_request_count{method="rerank"} 6' in lines and 'te_request_failure{err="validation"} 1' in lines
     )
+
+
+def test_a_push_brings_back_the_model_description_and_a_scrape_the_other_front_ends():
+    context = multiprocessing.get_context("spawn")
+    counter = iter(range(100))
+    relay = MetricsRelay(lambda: {"graphed_batches": next(counter)})
+    links, ends = [], []
+    for index in range(2):
+        here, there = context.Pipe()
+        relay.attach(index, here)
+        links.append(MetricsLink(there))
+        ends.append(there)
+    first, second = _metrics_after(1, 0).snapshot(), _metrics_after(2, 0).snapshot()
+    assert links[0].push(first) == {"graphed_batches": 0}  # live, not the description at the start
+    assert links[1].push(second) == {"graphed_batches": 1}
+    assert links[0].others(first) == [second] and links[1].others(second) == [first]
+    ends[1].close()  # the second front end is gone: its gauges must not count any more
+    deadline = time.monotonic() + 10
+    while links[0].others(first) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert links[0].others(first) == []
 
 
 class _Recorder:

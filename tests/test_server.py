@@ -299,6 +299,15 @@ def test_serve_command_drains_on_sigterm(small_ckpt, tmp_path, front_ends):
     assert ("draining 2 front ends" in log.read_text()) == (front_ends == 2)
 
 
+def test_uvicorn_gets_the_drain_timeout_as_set(reranker):
+    """What is left after a drain is bounded by drain_timeout_s as given (0.5 s was made 0)."""
+    from turborank.serving.server import uvicorn_config
+    from turborank.serving.settings import Listener
+
+    app = create_app(reranker, ServeSettings("m", drain_timeout_s=0.5))
+    assert uvicorn_config(app, Listener("127.0.0.1", 8080, "warning")).timeout_graceful_shutdown == 0.5
+
+
 # --- every 5xx is logged with the request id its response carries ------------------------------------
 
 

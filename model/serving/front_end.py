@@ -4,7 +4,8 @@ A front end is a whole ``turborank serve`` app (HTTP, limits, body reading, toke
 answers, drain, its share of the metrics) on the listening socket it shares with the other front
 ends. Only its forwards leave it: the scheduler hands each batch to the model process over a pipe
 and waits for the logits (``ModelLink``). Its metrics go to the model process every
-``METRICS_PUSH_S`` and ``/metrics`` answers the sum over every front end (``MetricsLink``).
+``METRICS_PUSH_S`` (the model's ``describe()`` for ``/info`` comes back) and ``/metrics`` answers
+the sum over every front end (``MetricsLink``).
 """
 
 from __future__ import annotations
@@ -103,9 +104,11 @@ class MetricsLink:
         self._connection = connection
         self._lock = threading.Lock()
 
-    def push(self, snapshot: MetricsSnapshot) -> None:
+    def push(self, snapshot: MetricsSnapshot) -> dict[str, Any]:
+        """Sends this front end's snapshot; returns the model's ``describe()`` as it is now."""
         with self._lock:
             self._connection.send(("push", snapshot))
+            return self._connection.recv()
 
     def others(self, snapshot: MetricsSnapshot) -> list[MetricsSnapshot]:
         """The other front ends' snapshots (this one's is sent along, so it is fresh there too)."""
@@ -155,7 +158,12 @@ class RemoteModelReranker(Reranker):
         raise RuntimeError("CUDA graphs are the model process's (serve --cuda-graphs)")
 
     def describe(self) -> dict[str, Any]:
+        """The model process's ``describe()``, as of the last metrics push (at most a second old:
+        its CUDA-graph counters move)."""
         return dict(self._engine)
+
+    def update_engine(self, engine: dict[str, Any]) -> None:
+        self._engine = engine
 
     def _score_encoded(self, encoded: EncodedPairs, *batching: Any, **options: Any) -> torch.Tensor:
         # The model process batches by its own max_batch_tokens (the server's setting).
@@ -182,7 +190,7 @@ def run_front_end(
         link = MetricsLink(metrics)
         state.metric_peers = link.others
         stop = threading.Event()
-        threading.Thread(target=_push_metrics, args=(state, link, stop), daemon=True).start()
+        threading.Thread(target=_push_metrics, args=(state, reranker, link, stop), daemon=True).start()
         threading.Thread(target=_exit_with_model_process, daemon=True).start()
         server = DrainingServer(uvicorn_config(app, spec.listener), state)
         try:
@@ -191,10 +199,12 @@ def run_front_end(
             stop.set()
 
 
-def _push_metrics(state: Any, link: MetricsLink, stop: threading.Event) -> None:
+def _push_metrics(
+    state: Any, reranker: RemoteModelReranker, link: MetricsLink, stop: threading.Event
+) -> None:
     while not stop.wait(METRICS_PUSH_S):
         try:
-            link.push(state.metrics.snapshot())
+            reranker.update_engine(link.push(state.metrics.snapshot()))
         except (OSError, EOFError):
             return
 

@@ -31,6 +31,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -157,9 +158,11 @@ def _answer(connection: Connection, message: tuple[bool, Any]) -> None:
 
 
 class MetricsRelay:
-    """Keeps each front end's latest metrics; answers a scrape with the others'."""
+    """Keeps each front end's latest metrics; answers a push with the model's ``describe()`` (for
+    /info: its CUDA-graph counters move) and a scrape with the other front ends' metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, describe: Callable[[], dict[str, Any]]) -> None:
+        self._describe = describe
         self._latest: dict[int, MetricsSnapshot] = {}
         self._lock = threading.Lock()
 
@@ -175,8 +178,7 @@ class MetricsRelay:
                 with self._lock:
                     self._latest[index] = snapshot
                     others = [s for i, s in self._latest.items() if i != index]
-                if kind == "scrape":
-                    connection.send(others)
+                connection.send(others if kind == "scrape" else self._describe())
         except (EOFError, OSError):  # gone: its gauges (requests in flight, connections) with it
             with self._lock:
                 self._latest.pop(index, None)
@@ -211,7 +213,7 @@ class FrontEnds:
         self._count, self._checkpoint, self._json_logs = count, checkpoint, json_logs
         self._context = multiprocessing.get_context("spawn")
         self._service = ForwardService(reranker, settings.max_batch_tokens)
-        self._metrics = MetricsRelay()
+        self._metrics = MetricsRelay(reranker.describe)
         self._socket: socket.socket | None = None
         self._processes: dict[int, tuple[Any, float]] = {}
         self._signals = 0

@@ -95,8 +95,9 @@ def _config(app, listener: Listener, settings: ServeSettings, options: dict) -> 
         log_level=listener.log_level,
         # uvicorn's records propagate to the root's handlers, in the same format as ours.
         log_config=None,
-        # In-flight work was waited for while draining; this bounds what is left after it.
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        # In-flight work was waited for while draining; this bounds what is left after it. As given
+        # (uvicorn hands it to asyncio.timeout, which takes fractions): int() made 0.5 s no time at all.
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         access_log=False,  # turborank.access logs every request, with its pairs, tokens and timings
         **options,
     )
