@@ -73,6 +73,8 @@ class Reranker:
         # scores this one (turborank.tokenise_ahead). None: where the model is not on the CPU (on
         # the CPU both compete for the same cores); True or False: always or never.
         self.overlap_tokenising: bool | None = None
+        # The checkpoint directory ``from_pretrained`` loaded (a hub id's snapshot in the cache).
+        self.checkpoint_directory: Path | None = None
 
     @classmethod
     def from_pretrained(
@@ -121,6 +123,7 @@ class Reranker:
             config.alibi_scheme,
         )
         reranker = cls(model, tokenizer, name=str(path_or_hub_id), backend=backend, linear=linear)
+        reranker.checkpoint_directory = directory
         if cuda_graphs:
             reranker.enable_cuda_graphs()
         return reranker

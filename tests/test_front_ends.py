@@ -8,12 +8,12 @@ the model process is killed (SIGTERM draining every front end: test_server's dra
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,16 +22,27 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from tests.serve_process import front_end_pids, gone, serve_process  # noqa: E402
-from turborank.serving.front_end import MetricsLink, ModelLink, ModelProcessError, RemoteModelReranker  # noqa: E402
+from turborank.scoring_options import NonFiniteScoreError  # noqa: E402
+from turborank.serving.front_end import (  # noqa: E402
+    FAILED,
+    METRICS_PUSH_S,
+    OK,
+    MetricsLink,
+    ModelLink,
+    ModelProcessError,
+    RemoteModelReranker,
+)
 from turborank.serving.front_ends import (  # noqa: E402
-    EARLY_EXIT_S,
+    MAX_RESTARTS,
     ForwardService,
+    FrontEnds,
     MetricsRelay,
     front_end_settings,
     share,
 )
 from turborank.serving.metrics import ServerMetrics, render_sum  # noqa: E402
-from turborank.serving.settings import ServeSettings  # noqa: E402
+from turborank.serving.scheduler import BatchError  # noqa: E402
+from turborank.serving.settings import Listener, ServeSettings  # noqa: E402
 from turborank.testing_server import free_port, serve_command  # noqa: E402
 from turborank.tokenization import PairTokenizer  # noqa: E402
 
@@ -88,7 +99,7 @@ def test_metrics_of_several_processes_add_up():
     )
 
 
-def test_a_push_brings_back_the_model_description_and_a_scrape_the_other_front_ends():
+def test_a_push_brings_back_the_model_description_and_a_scrape_every_front_ends_metrics():
     context = multiprocessing.get_context("spawn")
     counter = iter(range(100))
     relay = MetricsRelay(lambda: {"graphed_batches": next(counter)})
@@ -99,14 +110,19 @@ def test_a_push_brings_back_the_model_description_and_a_scrape_the_other_front_e
         links.append(MetricsLink(there))
         ends.append(there)
     first, second = _metrics_after(1, 0).snapshot(), _metrics_after(2, 0).snapshot()
-    assert links[0].push(first) == {"graphed_batches": 0}  # live, not the description at the start
-    assert links[1].push(second) == {"graphed_batches": 1}
-    assert links[0].others(first) == [second] and links[1].others(second) == [first]
-    ends[1].close()  # the second front end is gone: its gauges must not count any more
+    assert not relay.has_pushed(0)
+    assert links[0].push(lambda: first) == {"graphed_batches": 0}  # live, not as at the start
+    assert links[1].push(lambda: second) == {"graphed_batches": 1}
+    assert relay.has_pushed(0) and relay.has_pushed(1)
+    assert links[0].scrape(lambda: first) == [first, second]
+    assert links[1].scrape(lambda: second) == [second, first]
+    ends[1].close()  # the second front end is gone: its counters stay in the sum, its gauges go
     deadline = time.monotonic() + 10
-    while links[0].others(first) and time.monotonic() < deadline:
+    while links[0].scrape(lambda: first)[1:] == [second] and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert links[0].others(first) == []
+    text = render_sum(links[0].scrape(lambda: first)).decode().splitlines()
+    assert 'turborank_requests_total{code="200",endpoint="/rerank"} 3.0' in text
+    assert "turborank_active_requests 1.0" in text  # the first front end's alone
 
 
 class _Recorder:
@@ -121,7 +137,15 @@ class _Recorder:
         self.calls.append(len(encoded.input_ids))
         if any(self.poison in ids for ids in encoded.input_ids):
             raise ValueError("poisoned batch")
+        if any(NAN_ID in ids for ids in encoded.input_ids):
+            raise NonFiniteScoreError("the model produced a non-finite score (nan) for pair 0 (input order)")
         return torch.tensor([float(n) for n in encoded.lengths])
+
+    def describe(self) -> dict:
+        return {"device": "cpu"}
+
+
+NAN_ID = 777
 
 
 def _encoded(*lengths: int, first: int = 1):
@@ -144,8 +168,8 @@ def test_forward_service_joins_waiting_batches_and_keeps_a_failure_to_its_own_fr
     service.start()
     answers = [there.recv() for _, there in ends]
     service.stop()
-    assert answers[0] == (True, [3.0, 5.0]) and answers[2] == (True, [2.0])
-    assert answers[1][0] is False and "poisoned batch" in answers[1][1]
+    assert answers[0] == (OK, [3.0, 5.0]) and answers[2] == (OK, [2.0])
+    assert answers[1] == (FAILED, "ValueError: poisoned batch")
     assert model.calls[0] == 4  # one joined forward first, then each alone after it failed
 
 
@@ -158,9 +182,53 @@ def test_forward_service_keeps_a_forward_within_max_batch_tokens():
         service.attach(here)
         there.send(batch)
     service.start()
-    assert [there.recv() for _, there in ends] == [(True, [6.0]), (True, [6.0]), (True, [4.0])]
+    assert [there.recv() for _, there in ends] == [(OK, [6.0]), (OK, [6.0]), (OK, [4.0])]
     service.stop()
     assert model.calls == [1, 2]  # 6 alone (6 + 6 > 10), then 6 + 4
+
+
+def test_a_non_finite_score_reads_as_in_one_process():
+    """The model process says which kind of failure it was: a front end's scheduler then answers a
+    non-finite score with its own message (not the model process's pair numbers), retrying each
+    request alone, as one process does."""
+    from turborank.serving.scheduler import BatchScheduler
+
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    service = ForwardService(_Recorder(), max_batch_tokens=100)
+    service.attach(here)
+    service.start()
+    link = ModelLink(there)
+    with pytest.raises(NonFiniteScoreError):
+        link(_encoded(3, first=NAN_ID))
+    scheduler = BatchScheduler(link, max_batch_tokens=100)
+    scheduler.start()
+    try:
+
+        class Request:  # an owner: a request, as the server's are
+            pass
+
+        async def both():
+            loop = asyncio.get_running_loop()
+            bad = scheduler.submit(_encoded(2, first=NAN_ID), owner=Request(), loop=loop)
+            good = scheduler.submit(_encoded(4), owner=Request(), loop=loop)
+            return await asyncio.gather(bad.future, good.future, return_exceptions=True)
+
+        bad, good = asyncio.run(both())
+    finally:
+        scheduler.stop()
+        there.close()
+        service.stop()
+    assert good == [4.0]
+    assert isinstance(bad, BatchError) and "pair 0" not in str(bad) and "non-finite" in str(bad)
+
+
+def test_a_front_end_is_not_started_again_before_it_served_or_when_it_keeps_dying():
+    fronts = FrontEnds(_Recorder(), ServeSettings("m"), Listener(), 2, "ckpt", json_logs=False)
+    assert "before it served" in fronts._cannot_restart(0, time.monotonic())
+    fronts._metrics._pushed.add(0)
+    assert [fronts._cannot_restart(0, time.monotonic()) for _ in range(MAX_RESTARTS)] == [None] * MAX_RESTARTS
+    assert "4th time" in fronts._cannot_restart(0, time.monotonic())
 
 
 def test_a_remote_model_reranker_scores_like_the_model_itself(reranker, small_ckpt):
@@ -240,19 +308,19 @@ def test_a_front_end_that_dies_at_its_start_stops_the_server_with_status_1(small
         while len(front := front_end_pids(proc.pid)) < 2 and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.05)
-        os.kill(front[0], signal.SIGKILL)  # well within EARLY_EXIT_S of its start
+        os.kill(front[0], signal.SIGKILL)  # before it could serve
         assert proc.wait(timeout=60) == 1
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "after its start: stopping the server" in log.read_text()
+    assert "before it served: stopping the server" in log.read_text()
 
 
 def test_a_front_end_that_dies_later_is_started_again(small_ckpt, tmp_path):
     log = tmp_path / "server.log"
     with serve_process(small_ckpt, log, "--front-ends", "2") as (proc, url):
         first = front_end_pids(proc.pid)
-        time.sleep(max(0.0, EARLY_EXIT_S + 0.5 - (time.monotonic() - _started(first[0]))))
+        time.sleep(2 * METRICS_PUSH_S)  # it has served: its metrics went to the model process
         os.kill(first[0], signal.SIGKILL)
         deadline = time.monotonic() + 120
         while (len(now := front_end_pids(proc.pid)) < 2 or first[0] in now) and time.monotonic() < deadline:
@@ -265,12 +333,6 @@ def test_a_front_end_that_dies_later_is_started_again(small_ckpt, tmp_path):
             )
         assert proc.poll() is None
     assert "exited with status -9: starting it again" in log.read_text()
-
-
-def _started(pid: int) -> float:
-    """When process ``pid`` started, on the time.monotonic() clock (both count from boot on Linux)."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def test_front_ends_with_ray_is_refused(small_ckpt):

@@ -115,13 +115,11 @@ def _load_and_serve(args: argparse.Namespace) -> int:
         return _serve_on_ray(args, settings)
     reranker = load_reranker(args)
     if args.front_ends > 1:
-        from turborank.hub import resolve_checkpoint
         from turborank.serving.front_ends import serve_with_front_ends
 
-        checkpoint = str(resolve_checkpoint(args.model))  # cached by the load
-        return serve_with_front_ends(
-            reranker, settings, _listener(args), args.front_ends, checkpoint, args.json_logs
-        )
+        directory = str(reranker.checkpoint_directory)  # the tokenizer the weights came with
+        listener = _listener(args)
+        return serve_with_front_ends(reranker, settings, listener, args.front_ends, directory, args.json_logs)
     serve(reranker, settings, _listener(args))
     return 0
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 from array import array
+from collections.abc import Callable
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 from turborank.config import JinaBertConfig
 from turborank.reranker import Reranker
+from turborank.scoring_options import NonFiniteScoreError
 from turborank.serving.metrics import MetricsSnapshot
 from turborank.serving.settings import Listener, ServeSettings
 from turborank.tokenization import EncodedPairs, PairTokenizer
@@ -33,6 +35,11 @@ logger = logging.getLogger("turborank.serving")
 # How often a front end sends its counters to the model process: the other front ends' part of a
 # scrape is at most this old (the scraped front end's own part is live).
 METRICS_PUSH_S = 1.0
+
+
+# What the model process answers a batch with: (OK, logits), (NON_FINITE, message) or (FAILED,
+# message).
+OK, NON_FINITE, FAILED = "ok", "non-finite", "failed"
 
 
 class ModelProcessError(RuntimeError):
@@ -65,12 +72,14 @@ class ModelLink:
         with self._lock:
             try:
                 self._connection.send(compact)
-                ok, value = self._connection.recv()
+                outcome, value = self._connection.recv()
             except (EOFError, OSError) as exc:
                 raise ModelProcessError("the model process is gone") from exc
-        if not ok:
-            raise ModelProcessError(value)
-        return torch.tensor(value, dtype=torch.float32)
+        if outcome == OK:
+            return torch.tensor(value, dtype=torch.float32)
+        # As in one process: the scheduler answers a non-finite score with its own message (the
+        # pair numbers in this one are the model process's batch's, not a request's).
+        raise (NonFiniteScoreError if outcome == NON_FINITE else ModelProcessError)(value)
 
 
 def _as_arrays(encoded: EncodedPairs) -> EncodedPairs:
@@ -104,17 +113,21 @@ class MetricsLink:
         self._connection = connection
         self._lock = threading.Lock()
 
-    def push(self, snapshot: MetricsSnapshot) -> dict[str, Any]:
-        """Sends this front end's snapshot; returns the model's ``describe()`` as it is now."""
+    def push(self, take: Callable[[], MetricsSnapshot]) -> dict[str, Any]:
+        """Sends this front end's snapshot; returns the model's ``describe()`` as it is now.
+        Snapshots are taken under the lock, so the model process gets them in the order taken
+        and an older one never replaces a newer one there."""
         with self._lock:
-            self._connection.send(("push", snapshot))
+            self._connection.send(("push", take()))
             return self._connection.recv()
 
-    def others(self, snapshot: MetricsSnapshot) -> list[MetricsSnapshot]:
-        """The other front ends' snapshots (this one's is sent along, so it is fresh there too)."""
+    def scrape(self, take: Callable[[], MetricsSnapshot]) -> list[MetricsSnapshot]:
+        """This front end's snapshot, then the other front ends' (and those of front ends gone,
+        their counters only) as the model process holds them."""
         with self._lock:
-            self._connection.send(("scrape", snapshot))
-            return self._connection.recv()
+            own = take()
+            self._connection.send(("scrape", own))
+            return [own, *self._connection.recv()]
 
 
 class RemoteModelReranker(Reranker):
@@ -188,7 +201,7 @@ def run_front_end(
         app = create_app(reranker, spec.settings)
         state = app.state.turborank
         link = MetricsLink(metrics)
-        state.metric_peers = link.others
+        state.metrics_of_all = lambda: link.scrape(state.metrics.snapshot)
         stop = threading.Event()
         threading.Thread(target=_push_metrics, args=(state, reranker, link, stop), daemon=True).start()
         threading.Thread(target=_exit_with_model_process, daemon=True).start()
@@ -204,7 +217,7 @@ def _push_metrics(
 ) -> None:
     while not stop.wait(METRICS_PUSH_S):
         try:
-            reranker.update_engine(link.push(state.metrics.snapshot()))
+            reranker.update_engine(link.push(state.metrics.snapshot))
         except (OSError, EOFError):
             return
 

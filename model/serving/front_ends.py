@@ -12,12 +12,12 @@ waiting from several front ends into one forward while they fit ``max_batch_toke
 What stays as in one process: the routes, the answers, the errors, the per-request limits, the
 drain (SIGTERM or SIGINT here is passed to every front end, which drains as one process does; this
 process exits once all have, 0 when each exited 0). What differs: the limits that count across
-requests (``max_concurrent_requests``, ``max_requests_per_client``, ``max_connections``) are
-split between the front ends, each holding its share, and fairness between clients is kept within
-each front end. ``/metrics`` on any front end is the sum over all of them (the others' counters as
+requests are split between the front ends, each holding its share of ``max_concurrent_requests``
+and ``max_connections``; ``max_requests_per_client`` and fairness between clients hold within each
+front end. ``/metrics`` on any front end is the sum over all of them (the others' counters as
 they sent them at most ``front_end.METRICS_PUSH_S`` ago). A front end that dies is logged and
-started again; one that dies within ``EARLY_EXIT_S`` of its start (it cannot serve: the socket, the
-tokenizer) stops the server with exit status 1.
+started again; one that dies before it served (it cannot: the socket, the tokenizer) or for the
+fourth time in a minute stops the server with exit status 1.
 """
 
 from __future__ import annotations
@@ -36,14 +36,17 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from turborank.reranker import Reranker
-from turborank.serving.front_end import FrontEndSpec, run_front_end
+from turborank.scoring_options import NonFiniteScoreError
+from turborank.serving.front_end import FAILED, NON_FINITE, OK, FrontEndSpec, run_front_end
 from turborank.serving.metrics import MetricsSnapshot
 from turborank.serving.settings import Listener, ServeSettings
 from turborank.serving.tokenizing import concatenate
 from turborank.tokenization import EncodedPairs
 
 logger = logging.getLogger("turborank.serving")
-EARLY_EXIT_S = 10.0
+# A front end that exits more often than this is not started again: the server stops.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 60.0
 # uvicorn's own backlog.
 _BACKLOG = 2048
 
@@ -119,7 +122,7 @@ class ForwardService:
                 except Exception:  # never leaves a front end waiting for its answer
                     logger.exception("the model thread failed outside a forward")
                     for connection, _ in batch:
-                        _answer(connection, (False, "internal error in the model process"))
+                        _answer(connection, (FAILED, "internal error in the model process"))
 
     def _take(self, waiting: list[tuple[Connection, EncodedPairs]]) -> list[tuple[Connection, EncodedPairs]]:
         """The first waiting batch and the next ones after it while they fit one forward."""
@@ -138,11 +141,14 @@ class ForwardService:
                 for one in batch:
                     self._forward([one])
                 return
-            _answer(batch[0][0], (False, f"forward failed: {type(exc).__name__}: {exc}"))
+            if isinstance(exc, NonFiniteScoreError):
+                _answer(batch[0][0], (NON_FINITE, str(exc)))
+            else:
+                _answer(batch[0][0], (FAILED, f"{type(exc).__name__}: {exc}"))
             return
         start = 0
         for connection, encoded in batch:
-            _answer(connection, (True, logits[start : start + len(encoded.input_ids)]))
+            _answer(connection, (OK, logits[start : start + len(encoded.input_ids)]))
             start += len(encoded.input_ids)
 
     def _score(self, encoded: EncodedPairs) -> list[float]:
@@ -159,17 +165,29 @@ def _answer(connection: Connection, message: tuple[bool, Any]) -> None:
 
 class MetricsRelay:
     """Keeps each front end's latest metrics; answers a push with the model's ``describe()`` (for
-    /info: its CUDA-graph counters move) and a scrape with the other front ends' metrics."""
+    /info: its CUDA-graph counters move) and a scrape with the other front ends' metrics. A front
+    end that is gone keeps its counters and histograms in the sum (a restarted one starts from 0,
+    and a sum that went down would read as a reset to Prometheus); its gauges go with it."""
 
     def __init__(self, describe: Callable[[], dict[str, Any]]) -> None:
         self._describe = describe
         self._latest: dict[int, MetricsSnapshot] = {}
+        self._retired: list[MetricsSnapshot] = []
+        self._pushed: set[int] = set()
         self._lock = threading.Lock()
 
     def attach(self, index: int, connection: Connection) -> None:
+        with self._lock:
+            self._pushed.discard(index)
         threading.Thread(
             target=self._serve, args=(index, connection), name="turborank-metrics", daemon=True
         ).start()
+
+    def has_pushed(self, index: int) -> bool:
+        """Whether front end ``index`` (as last started) has sent its metrics: it got as far as
+        serving, its first push coming ``front_end.METRICS_PUSH_S`` after its app was built."""
+        with self._lock:
+            return index in self._pushed
 
     def _serve(self, index: int, connection: Connection) -> None:
         try:
@@ -177,11 +195,22 @@ class MetricsRelay:
                 kind, snapshot = connection.recv()
                 with self._lock:
                     self._latest[index] = snapshot
-                    others = [s for i, s in self._latest.items() if i != index]
+                    self._pushed.add(index)
+                    others = [s for i, s in self._latest.items() if i != index] + self._retired
                 connection.send(others if kind == "scrape" else self._describe())
-        except (EOFError, OSError):  # gone: its gauges (requests in flight, connections) with it
-            with self._lock:
-                self._latest.pop(index, None)
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            logger.exception("the metrics of front end %d could not be relayed", index)
+        with self._lock:
+            last = self._latest.pop(index, None)
+            if last is not None:
+                self._retired.append(_without_gauges(last))
+
+
+def _without_gauges(snapshot: MetricsSnapshot) -> MetricsSnapshot:
+    families, tei_counts = snapshot
+    return [family for family in families if family[1] != "gauge"], tei_counts
 
 
 def listening_socket(listener: Listener) -> socket.socket:
@@ -216,6 +245,7 @@ class FrontEnds:
         self._metrics = MetricsRelay(reranker.describe)
         self._socket: socket.socket | None = None
         self._processes: dict[int, tuple[Any, float]] = {}
+        self._restarts: dict[int, list[float]] = {}
         self._signals = 0
 
     def run(self) -> int:
@@ -261,6 +291,10 @@ class FrontEnds:
         self._service.attach(forwards_here)
         self._metrics.attach(index, metrics_here)
         self._processes[index] = (process, time.monotonic())
+        # A signal that came while it started was not passed on to it: it is now.
+        for _ in range(min(self._signals, 2)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
 
     def _watch(self, engine: dict[str, Any]) -> int:
         status = 0
@@ -274,21 +308,30 @@ class FrontEnds:
                     # Killed by the signal passed on before it could set its handlers: it held nothing.
                     status = status or process.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)
                     continue
-                if time.monotonic() - started < EARLY_EXIT_S:
-                    logger.error(
-                        "front end %d exited with status %s %.1f s after its start: stopping the server",
-                        index,
-                        process.exitcode,
-                        time.monotonic() - started,
-                    )
-                    self._pass_on(signal.SIGTERM)
-                    self._pass_on(signal.SIGTERM)
+                problem = self._cannot_restart(index, started)
+                if problem:
+                    why = f"front end {index} exited with status {process.exitcode} {problem}"
+                    logger.error("%s: stopping the server", why)
                     self._signals = 2
+                    self._pass_on(signal.SIGTERM)
+                    self._pass_on(signal.SIGTERM)
                     status = 1
                     continue
                 logger.error("front end %d exited with status %s: starting it again", index, process.exitcode)
                 self._start(index, engine)
         return int(status)
+
+    def _cannot_restart(self, index: int, started: float) -> str | None:
+        """Why front end ``index``, just exited, is not started again: it never got as far as
+        serving (the socket, the tokenizer: it would fail again), or it keeps dying."""
+        if not self._metrics.has_pushed(index):
+            return f"{time.monotonic() - started:.1f} s after its start, before it served"
+        now = time.monotonic()
+        recent = [t for t in self._restarts.get(index, []) if now - t < RESTART_WINDOW_S]
+        self._restarts[index] = [*recent, now]
+        if len(recent) >= MAX_RESTARTS:
+            return f"for the {len(recent) + 1}th time in {RESTART_WINDOW_S:.0f} s"
+        return None
 
     def _on_signal(self, sig: int, frame: Any) -> None:
         self._signals += 1

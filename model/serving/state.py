@@ -108,8 +108,8 @@ class ServerState:
         self.warmed = False  # the first (warm-up) forward succeeded
         self._probe_failing = False
         self._trim: asyncio.TimerHandle | None = None
-        # serve --front-ends: given this process's metrics, the other front ends' (``front_end``).
-        self.metric_peers: Callable[[MetricsSnapshot], list[MetricsSnapshot]] | None = None
+        # serve --front-ends: every front end's metrics, this one's first (``front_end``).
+        self.metrics_of_all: Callable[[], list[MetricsSnapshot]] | None = None
 
     @property
     def active(self) -> int:
@@ -138,11 +138,15 @@ class ServerState:
         self._trim = loop.call_at(due, start)
 
     async def metrics_exposition(self) -> bytes:
-        """What /metrics answers: this process's metrics, or with front ends every front end's sum."""
-        if self.metric_peers is None:
+        """What /metrics answers: this process's metrics, or with front ends every front end's sum
+        (this front end's alone, logged, if the model process cannot be asked)."""
+        if self.metrics_of_all is None:
             return self.metrics.render()
-        own = self.metrics.snapshot()
-        return render_sum([own, *await self.off_loop(self.metric_peers, own)])
+        try:
+            return render_sum(await self.off_loop(self.metrics_of_all))
+        except (OSError, EOFError) as exc:  # the model process is gone
+            logger.error("/metrics: the other front ends' metrics are out of reach (%r): its own", exc)
+            return self.metrics.render()
 
     async def off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run CPU work (JSON, tokenising) on the tokenizer threads, never on the event loop."""
