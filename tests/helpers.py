@@ -28,6 +28,13 @@ def run_repo_module(module: str, *args: str, env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+def benchmark_rows(module: str, out: Path, *args: str) -> list[dict]:
+    """Run benchmark ``module`` (``python -m``) with ``--out out`` and ``args``; its report's rows."""
+    run_repo_module(module, "--out", str(out), *args, env=None)
+    (report,) = out.glob(f"{module.rsplit('.', 1)[-1]}_*.json")
+    return json.loads(report.read_text())["rows"]
+
+
 def read_config(directory) -> dict:
     return json.loads((directory / "config.json").read_text())
 

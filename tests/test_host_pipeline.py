@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from benchmarks.gpu.targets import PROJECTED_FIXED_S, projected_forward_seconds
 from benchmarks.serve import stand_in
-from tests.helpers import run_repo_module, sample_pairs
+from tests.helpers import benchmark_rows, sample_pairs
 from turborank import Reranker
 from turborank.packing import cu_seqlens
 
@@ -43,24 +41,12 @@ def test_installed_stand_in_leaves_everything_else_to_the_product(small_ckpt):
 
 @pytest.mark.slow
 def test_host_pipeline_benchmark_runs_end_to_end(tmp_path):
-    run_repo_module(
+    rows = benchmark_rows(
         "benchmarks.serve.host_pipeline",
-        "--seconds",
-        "0.5",
-        "--clients",
-        "2",
-        "--one-pair-requests",
-        "20",
-        "--fifty-doc-requests",
-        "3",
-        "--library-pairs",
-        "200",
-        "--out",
-        str(tmp_path),
-        env=None,
+        tmp_path,
+        *("--seconds", "0.5", "--clients", "2", "--one-pair-requests", "20", "--fifty-doc-requests", "3"),
+        *("--library-pairs", "200"),
     )
-    (report,) = tmp_path.glob("host_pipeline_*.json")
-    rows = json.loads(report.read_text())["rows"]
     cases = [row["case"] for row in rows]
     assert cases[:2] == ["1 pair, 30 words", "1 x 50 docs of ~300 tokens"]
     assert all("error" not in row for row in rows), rows
@@ -69,14 +55,12 @@ def test_host_pipeline_benchmark_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_host_pipeline_counts_the_front_ends_cpu_and_the_model_process_apart(tmp_path):
-    run_repo_module(
+    rows = benchmark_rows(
         "benchmarks.serve.host_pipeline",
+        tmp_path,
         *("--seconds", "0.3", "--clients", "2", "--one-pair-requests", "10", "--fifty-doc-requests", "2"),
-        *("--no-library", "--out", str(tmp_path), "--", "--front-ends", "2"),
-        env=None,
+        *("--no-library", "--", "--front-ends", "2"),
     )
-    (report,) = tmp_path.glob("host_pipeline_*.json")
-    rows = json.loads(report.read_text())["rows"]
     assert len(rows) == 5 and all("error" not in row for row in rows), rows
     for row in rows:
         assert 0 <= row["model_process_cpu_ms_per_request"] <= row["server_cpu_ms_per_request"]
@@ -86,14 +70,12 @@ def test_host_pipeline_counts_the_front_ends_cpu_and_the_model_process_apart(tmp
 def test_host_pipeline_on_a_real_device_measures_the_forward_instead(tmp_path):
     """``--device cpu`` runs the same cases with the real model (as ``--device cuda`` does on a GPU):
     the device's share of a request is the forward measured in process, nothing from a stand-in."""
-    run_repo_module(
+    rows = benchmark_rows(
         "benchmarks.serve.host_pipeline",
+        tmp_path,
         *("--device", "cpu", "--preset", "small", "--seconds", "0.3", "--clients", "2"),
-        *("--one-pair-requests", "10", "--fifty-doc-requests", "2", "--no-library", "--out", str(tmp_path)),
-        env=None,
+        *("--one-pair-requests", "10", "--fifty-doc-requests", "2", "--no-library"),
     )
-    (report,) = tmp_path.glob("host_pipeline_*.json")
-    rows = json.loads(report.read_text())["rows"]
     assert [row["case"] for row in rows] == [
         "1 pair, 30 words",
         "1 x 50 docs of ~300 tokens",
@@ -110,11 +92,7 @@ def test_host_pipeline_on_a_real_device_measures_the_forward_instead(tmp_path):
 
 @pytest.mark.slow
 def test_host_floor_benchmark_runs_both_servers(tmp_path):
-    run_repo_module(
-        "benchmarks.serve.host_floor", "--requests", "20", "--rounds", "1", "--out", str(tmp_path), env=None
-    )
-    (report,) = tmp_path.glob("host_floor_*.json")
-    rows = json.loads(report.read_text())["rows"]
+    rows = benchmark_rows("benchmarks.serve.host_floor", tmp_path, "--requests", "20", "--rounds", "1")
     assert [row["server"] for row in rows] == ["floor app", "turborank serve"]
     for row in rows:
         # Each server's stand-in ran the forwards, and what is left of a request is the host's.

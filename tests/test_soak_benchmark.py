@@ -3,28 +3,23 @@ served and its figures are reported apart from theirs."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.helpers import run_repo_module
+from tests.helpers import benchmark_rows
 
 pytest.importorskip("fastapi")
 
 
 @pytest.mark.slow
 def test_soak_with_both_attackers_runs_end_to_end(tmp_path):
-    run_repo_module(
+    calm, attacked = benchmark_rows(
         "benchmarks.serve.soak",
+        tmp_path,
         *("--soak-seconds", "4", "--skip-fairness", "--idle-wait", "0.5"),
         # 64 slots (the benchmark's default) all wanted by the slot hog; 300 files leave room for
         # 236 connections: the header hog's 200 and the others' 64 + ~20 need evictions.
         *("--slot-hogs", "64", "--header-hogs", "200", "--open-files", "300"),
-        *("--out", str(tmp_path)),
-        env=None,
     )
-    (report,) = tmp_path.glob("soak_*.json")
-    calm, attacked = json.loads(report.read_text())["rows"]
     assert (calm["phase"], attacked["phase"]) == ("soak", "soak, attacked")
     for row in (calm, attacked):
         assert row["served_200"] > 0 and row["5xx"] == 0 and row["lost"] == 0, row
