@@ -23,9 +23,9 @@ STEPS=(
   "gpu_kernels 85"
   "gpu_model 75"
   "suite 50"
-  "tune_attention 35"
-  "load_test 25"
-  "host_pipeline 35"
+  "tune_attention 25"
+  "load_test 20"
+  "host_pipeline 50"
   "eval 25"
 )
 py=python3
@@ -114,17 +114,24 @@ step_tune_attention() { within $py -m benchmarks.gpu.tune_attention --out "$WORK
 step_load_test() {
   has_module fastapi && has_module httptools && has_module orjson \
     || { echo "skipped: fastapi/httptools/orjson not installed"; return 0; }
-  within $py -m benchmarks.serve.load_test --preset turbo --device cuda --rates 50,200 --seconds 6 --soak 8 \
+  within $py -m benchmarks.serve.load_test --preset turbo --device cuda --rates 50,200 --seconds 4 --soak 5 \
     --out "$WORK"
 }
 
 step_host_pipeline() {
   # The host side of serving in front of the real GPU: what benchmarks/serve/host_pipeline projects
-  # with its stand-in device on machines without one (one pair, 1 x 50, 8 clients, the library).
+  # with its stand-in device on machines without one (one pair, 1 x 50, 8 clients, the library);
+  # then the serving cases again with 4 front-end processes feeding the model process (README,
+  # "Front-end processes": projected for a 16-core GPU machine, measured here).
   has_module fastapi && has_module httptools && has_module orjson \
     || { echo "skipped: fastapi/httptools/orjson not installed"; return 0; }
   within $py -m benchmarks.serve.host_pipeline --device cuda --seconds 3 --clients 8 \
     --one-pair-requests 300 --fifty-doc-requests 20 --library-pairs 20000 --out "$WORK"
+  local rc=$?
+  within $py -m benchmarks.serve.host_pipeline --device cuda --seconds 2 --clients 32 \
+    --one-pair-requests 200 --fifty-doc-requests 10 --no-library --name host_pipeline_4_front_ends \
+    --out "$WORK" -- --front-ends 4 || rc=$?
+  return $rc
 }
 
 step_eval() {
