@@ -205,6 +205,8 @@ def run_front_end(
         stop = threading.Event()
         threading.Thread(target=_push_metrics, args=(state, reranker, link, stop), daemon=True).start()
         threading.Thread(target=_exit_with_model_process, daemon=True).start()
+        # Which process a log line comes from: the front ends share the model process's stderr.
+        logger.info("front end %d (pid %d) starting", spec.index, os.getpid())
         server = DrainingServer(uvicorn_config(app, spec.listener), state)
         try:
             server.run(sockets=[listening])
