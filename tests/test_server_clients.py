@@ -89,6 +89,10 @@ def test_cohere_v2_max_tokens_per_doc_cuts_the_document_first(co_v2, reranker):
     assert response.results[0].relevance_score == pytest.approx(want, abs=1e-5)
     assert response.meta.tokens.input_tokens == len(encoded.input_ids[0])
     assert response.model_extra["usage"]["truncated_documents"] == 1
+    assert response.meta.warnings == [
+        f"1 of 1 documents were truncated to max_tokens_per_doc=4 tokens or to fit "
+        f"max_input_length={MAX_INPUT_LENGTH} tokens with the query"
+    ]
 
 
 def test_cohere_v2_errors_are_typed_exceptions_with_our_message(co_v2, server):
@@ -139,7 +143,10 @@ def test_cohere_v1_forty_documents_and_a_long_one(co_v1, reranker):
     documents = [LONG_DOCUMENT] + [f"{DOCUMENTS[i % 3]} number {i}" for i in range(39)]
     response = co_v1.rerank(query=QUERY, documents=documents, max_chunks_per_doc=10)
     assert_same_ranking(got(response.results), expected(reranker, documents))
-    assert any("max_chunks_per_doc" in warning for warning in response.meta.warnings)
+    assert response.meta.warnings == [
+        f"1 of 40 documents were truncated to fit max_input_length={MAX_INPUT_LENGTH} tokens with the query",
+        "max_chunks_per_doc: each document is scored as one window of max_input_length tokens",
+    ]
 
 
 def test_cohere_v1_error_is_a_typed_exception_with_our_message(co_v1):

@@ -154,6 +154,18 @@ class RerankRoutes:
             body = await self.state.off_loop(encode_answer, content)
         return Response(body, media_type="application/json")
 
+    def _truncated(
+        self, scored: Scored, documents: int, job: ScoreRequest, document_limit: int | None = None
+    ) -> list[str]:
+        """The answer's warning line when documents were cut (none when none was)."""
+        if not scored.truncated:
+            return []
+        cut = "" if document_limit is None else f"max_tokens_per_doc={document_limit} tokens or to "
+        return [
+            f"{scored.truncated} of {documents} documents were truncated to {cut}fit "
+            f"{self._pair_limit(job)} tokens with the query"
+        ]
+
     def _pair_limit(self, job: ScoreRequest) -> str:
         """The pair limit a request's pairs were cut to, named by the setting that set it."""
         if job.max_length is not None:
@@ -250,16 +262,11 @@ class RerankRoutes:
         return_documents = payload.return_documents if payload.return_documents is not None else not cohere
         job = self._jina_cohere_job(payload.query, payload.texts(), payload)
         scored = await self.state.score(request, job)
-        warnings = []
-        if scored.truncated:
+        warnings = self._truncated(scored, len(payload.documents), job)
+        if scored.truncated and payload.max_chunks_per_doc is not None:
             warnings.append(
-                f"{scored.truncated} of {len(payload.documents)} documents were truncated to fit "
-                f"{self._pair_limit(job)} tokens with the query"
+                "max_chunks_per_doc: each document is scored as one window of max_input_length tokens"
             )
-            if payload.max_chunks_per_doc is not None:
-                warnings.append(
-                    "max_chunks_per_doc: each document is scored as one window of max_input_length tokens"
-                )
         echoed = payload.documents if return_documents else None
         scores = _scores(scored, payload.sigmoid_wanted())
         results = self._results(scores, payload.top_n, echoed, as_text=infinity)
@@ -272,12 +279,7 @@ class RerankRoutes:
         limit = payload.document_token_limit
         job = self._jina_cohere_job(payload.query, payload.documents, payload, limit)
         scored = await self.state.score(request, job)
-        warnings = []
-        if scored.truncated:
-            warnings.append(
-                f"{scored.truncated} of {len(payload.documents)} documents were truncated to "
-                f"max_tokens_per_doc={limit} tokens or to fit {self._pair_limit(job)} tokens with the query"
-            )
+        warnings = self._truncated(scored, len(payload.documents), job, limit)
         return_documents = payload.return_documents
         if return_documents is None:
             return_documents = not from_cohere_sdk(request.headers)
