@@ -225,10 +225,85 @@ def test_a_non_finite_score_reads_as_in_one_process():
 
 def test_a_front_end_is_not_started_again_before_it_served_or_when_it_keeps_dying():
     fronts = FrontEnds(_Recorder(), ServeSettings("m"), Listener(), 2, "ckpt", json_logs=False)
+    here, there = multiprocessing.get_context("spawn").Pipe()
+    fronts._metrics.attach(0, here)
     assert "before it served" in fronts._cannot_restart(0, time.monotonic())
-    fronts._metrics._pushed.add(0)
+    MetricsLink(there).push(lambda: _metrics_after(1, 0).snapshot())
+    there.close()  # it died: the relay may see its pipe end before the watcher sees it exit
+    time.sleep(0.2)
     assert [fronts._cannot_restart(0, time.monotonic()) for _ in range(MAX_RESTARTS)] == [None] * MAX_RESTARTS
     assert "4th time" in fronts._cannot_restart(0, time.monotonic())
+
+
+def test_a_restarted_front_end_is_its_own_entry_and_the_gone_ones_fold_into_one():
+    """The new start's first push may come before the old connection's end is seen: neither takes
+    the other's place, and every front end gone adds its counters to one retired snapshot."""
+    context = multiprocessing.get_context("spawn")
+    relay = MetricsRelay(dict)
+    first_here, first = context.Pipe()
+    relay.attach(0, first_here)
+    MetricsLink(first).push(lambda: _metrics_after(3, 0).snapshot())
+    again_here, again = context.Pipe()
+    relay.attach(0, again_here)  # front end 0 started again
+    assert not relay.has_pushed(0)
+    MetricsLink(again).push(lambda: _metrics_after(2, 0).snapshot())
+    assert relay.has_pushed(0)
+    first.close()  # the old start's end is seen after the new start's push
+    watcher_here, watcher = context.Pipe()
+    relay.attach(1, watcher_here)
+    watching = MetricsLink(watcher)
+
+    def requests_counted() -> list[str]:
+        lines = render_sum(watching.scrape(lambda: _metrics_after(0, 0).snapshot())).decode().splitlines()
+        return [line for line in lines if line.startswith("turborank_requests_total")]
+
+    deadline = time.monotonic() + 10
+    while requests_counted() != ['turborank_requests_total{code="200",endpoint="/rerank"} 5.0']:
+        assert time.monotonic() < deadline, requests_counted()
+        time.sleep(0.01)
+    again.close()
+    while (
+        requests_counted() != ['turborank_requests_total{code="200",endpoint="/rerank"} 5.0']
+        or len(watching.scrape(lambda: _metrics_after(0, 0).snapshot())) != 2
+    ):  # this front end's own, and one retired snapshot for both gone
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_batch_that_cannot_be_read_is_answered_and_the_model_thread_goes_on():
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    service = ForwardService(_Recorder(), max_batch_tokens=100)
+    service.attach(here)
+    service.start()
+    try:
+        there.send_bytes(b"not a pickle")
+        assert there.poll(10)  # answered, not left waiting
+        assert there.recv() == (FAILED, "the model process could not read the batch")
+        assert ModelLink(there)(_encoded(3)).tolist() == [3.0]
+    finally:
+        there.close()
+        service.stop()
+
+
+def test_leaving_on_an_error_stops_the_front_ends_already_started(monkeypatch):
+    """A start that fails (no memory to spawn) must not leave the others serving without a model,
+    nor the model process waiting for them."""
+    fronts = FrontEnds(_Recorder(), ServeSettings("m"), Listener("127.0.0.1", free_port()), 2, "c", False)
+    started = []
+
+    def start(index: int, engine: dict) -> None:
+        if index == 1:
+            raise OSError(12, "Cannot allocate memory")
+        process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+        process.start()
+        started.append(process)
+        fronts._processes[index] = (process, time.monotonic())
+
+    monkeypatch.setattr(fronts, "_start", start)
+    with pytest.raises(OSError, match="allocate"):
+        fronts.run()
+    assert started and all(process.exitcode is not None for process in started)
 
 
 def test_a_remote_model_reranker_scores_like_the_model_itself(reranker, small_ckpt):

@@ -188,8 +188,10 @@ def run_front_end(
 ) -> None:
     """A front-end process's body: serve on ``listening`` until drained (SIGTERM from the model
     process) or until the model process is gone."""
-    # Signals come from the model process alone (it passes each one on): a terminal's Ctrl-C,
-    # sent to the whole process group, would otherwise arrive twice and skip the drain.
+    # Signals come from the model process alone (it passes each one on, as SIGTERM): a terminal's
+    # Ctrl-C, sent to the whole process group, would otherwise arrive twice and skip the drain,
+    # or stop a front end still starting with a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgrp()
     from turborank.serving.app import create_app
     from turborank.serving.logs import serve_logging

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import os
@@ -38,7 +39,7 @@ from typing import Any
 from turborank.reranker import Reranker
 from turborank.scoring_options import NonFiniteScoreError
 from turborank.serving.front_end import FAILED, NON_FINITE, OK, FrontEndSpec, run_front_end
-from turborank.serving.metrics import MetricsSnapshot
+from turborank.serving.metrics import MetricsSnapshot, merge_snapshots
 from turborank.serving.settings import Listener, ServeSettings
 from turborank.serving.tokenizing import concatenate
 from turborank.tokenization import EncodedPairs
@@ -103,26 +104,38 @@ class ForwardService:
     def _run(self) -> None:
         waiting: list[tuple[Connection, EncodedPairs]] = []
         while not self._stopping:
-            with self._lock:
-                connections = list(self._connections)
-            # Blocks only when nothing is waiting; else picks up what else has come meanwhile.
-            for ready in wait([self._wake_here, *connections], timeout=0 if waiting else None):
-                if ready is self._wake_here:
-                    self._wake_here.recv_bytes()
-                    continue
-                try:
-                    waiting.append((ready, ready.recv()))
-                except (EOFError, OSError):  # the front end is gone
-                    with self._lock:
-                        self._connections.remove(ready)
-            if waiting:
-                batch = self._take(waiting)
-                try:
-                    self._forward(batch)
-                except Exception:  # never leaves a front end waiting for its answer
-                    logger.exception("the model thread failed outside a forward")
-                    for connection, _ in batch:
-                        _answer(connection, (FAILED, "internal error in the model process"))
+            try:
+                self._read_into(waiting)
+                if waiting:
+                    batch = self._take(waiting)
+                    try:
+                        self._forward(batch)
+                    except Exception:  # never leaves a front end waiting for its answer
+                        logger.exception("the model thread failed outside a forward")
+                        for connection, _ in batch:
+                            _answer(connection, (FAILED, "internal error in the model process"))
+            except Exception:  # the thread goes on: every front end depends on it
+                logger.exception("the model thread failed; the batches waiting are answered with an error")
+                for connection, _ in waiting:
+                    _answer(connection, (FAILED, "internal error in the model process"))
+                waiting.clear()
+
+    def _read_into(self, waiting: list[tuple[Connection, EncodedPairs]]) -> None:
+        """What the front ends have sent, after ``waiting``; blocks only when nothing waits."""
+        with self._lock:
+            connections = list(self._connections)
+        for ready in wait([self._wake_here, *connections], timeout=0 if waiting else None):
+            if ready is self._wake_here:
+                self._wake_here.recv_bytes()
+                continue
+            try:
+                waiting.append((ready, ready.recv()))
+            except (EOFError, OSError):  # the front end is gone
+                with self._lock:
+                    self._connections.remove(ready)
+            except Exception:  # a message that does not unpickle: its front end is answered
+                logger.exception("a batch from a front end could not be read")
+                _answer(ready, (FAILED, "the model process could not read the batch"))
 
     def _take(self, waiting: list[tuple[Connection, EncodedPairs]]) -> list[tuple[Connection, EncodedPairs]]:
         """The first waiting batch and the next ones after it while they fit one forward."""
@@ -166,46 +179,54 @@ def _answer(connection: Connection, message: tuple[bool, Any]) -> None:
 class MetricsRelay:
     """Keeps each front end's latest metrics; answers a push with the model's ``describe()`` (for
     /info: its CUDA-graph counters move) and a scrape with the other front ends' metrics. A front
-    end that is gone keeps its counters and histograms in the sum (a restarted one starts from 0,
-    and a sum that went down would read as a reset to Prometheus); its gauges go with it."""
+    end that is gone keeps its counters and histograms in the sum, folded into one snapshot (a
+    restarted one starts from 0, and a sum that went down would read as a reset to Prometheus);
+    its gauges go with it. Each start of a front end is its own entry, so a restarted one never
+    takes the place of the one before it."""
 
     def __init__(self, describe: Callable[[], dict[str, Any]]) -> None:
         self._describe = describe
-        self._latest: dict[int, MetricsSnapshot] = {}
-        self._retired: list[MetricsSnapshot] = []
-        self._pushed: set[int] = set()
+        self._latest: dict[tuple[int, int], MetricsSnapshot] = {}  # by (index, start)
+        self._current: dict[int, int] = {}  # each index's latest start
+        self._pushed: set[tuple[int, int]] = set()
+        self._retired: MetricsSnapshot | None = None
+        self._starts = itertools.count()
         self._lock = threading.Lock()
 
     def attach(self, index: int, connection: Connection) -> None:
         with self._lock:
-            self._pushed.discard(index)
+            key = (index, next(self._starts))
+            self._current[index] = key[1]
         threading.Thread(
-            target=self._serve, args=(index, connection), name="turborank-metrics", daemon=True
+            target=self._serve, args=(key, connection), name="turborank-metrics", daemon=True
         ).start()
 
     def has_pushed(self, index: int) -> bool:
-        """Whether front end ``index`` (as last started) has sent its metrics: it got as far as
+        """Whether front end ``index``, as last started, has sent its metrics: it got as far as
         serving, its first push coming ``front_end.METRICS_PUSH_S`` after its app was built."""
         with self._lock:
-            return index in self._pushed
+            return (index, self._current.get(index)) in self._pushed
 
-    def _serve(self, index: int, connection: Connection) -> None:
+    def _serve(self, key: tuple[int, int], connection: Connection) -> None:
         try:
             while True:
                 kind, snapshot = connection.recv()
                 with self._lock:
-                    self._latest[index] = snapshot
-                    self._pushed.add(index)
-                    others = [s for i, s in self._latest.items() if i != index] + self._retired
+                    self._latest[key] = snapshot
+                    self._pushed.add(key)
+                    others = [s for k, s in self._latest.items() if k != key]
+                    if self._retired is not None:
+                        others.append(self._retired)
                 connection.send(others if kind == "scrape" else self._describe())
         except (EOFError, OSError):
             pass
         except Exception:
-            logger.exception("the metrics of front end %d could not be relayed", index)
+            logger.exception("the metrics of front end %d could not be relayed", key[0])
         with self._lock:
-            last = self._latest.pop(index, None)
+            last = self._latest.pop(key, None)  # (whether it pushed stays known: the watcher asks)
             if last is not None:
-                self._retired.append(_without_gauges(last))
+                kept = [_without_gauges(last)] + ([] if self._retired is None else [self._retired])
+                self._retired = merge_snapshots(kept)
 
 
 def _without_gauges(snapshot: MetricsSnapshot) -> MetricsSnapshot:
@@ -261,11 +282,29 @@ class FrontEnds:
                 "serving with %d front-end processes on %s:%d", self._count, *self._socket.getsockname()[:2]
             )
             return self._watch(engine)
+        except BaseException:
+            # Failing here (a start that cannot spawn: no memory, no file descriptors) must not
+            # leave front ends serving without a model, nor this process waiting for them.
+            logger.error("stopping the front ends: the model process is leaving on an error")
+            self._stop_now()
+            raise
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
             self._service.stop()
             self._socket.close()
+
+    def _stop_now(self, wait_s: float = 10.0) -> None:
+        """Every front end told to stop at once, then killed if still there after ``wait_s``."""
+        self._signals = 2
+        self._pass_on(signal.SIGTERM)
+        self._pass_on(signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        for process, _ in list(self._processes.values()):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                process.kill()
+                process.join()
 
     def _start(self, index: int, engine: dict[str, Any]) -> None:
         forwards_here, forwards_there = self._context.Pipe()
@@ -337,7 +376,9 @@ class FrontEnds:
         self._signals += 1
         if self._signals == 1:
             logger.info("draining %d front ends", len(self._processes))
-        self._pass_on(sig)
+        # SIGTERM whichever came: a front end drains on either, and a SIGINT reaching one still
+        # starting would be a KeyboardInterrupt (exit status 1) instead of a quiet exit.
+        self._pass_on(signal.SIGTERM)
 
     def _pass_on(self, sig: int) -> None:
         for process, _ in list(self._processes.values()):

@@ -124,10 +124,9 @@ class ServerMetrics:
         return families, self.tei.counts()
 
 
-def render_sum(snapshots: list[MetricsSnapshot]) -> bytes:
-    """The exposition of several processes' metrics as one server's: counters, histograms and
-    gauges (requests in flight, queued pairs, open connections) add up; a series' creation time
-    is its earliest."""
+def merge_snapshots(snapshots: list[MetricsSnapshot]) -> MetricsSnapshot:
+    """Several processes' metrics as one server's: counters, histograms and gauges (requests in
+    flight, queued pairs, open connections) add up; a series' creation time is its earliest."""
     families: dict[str, tuple[str, str, dict[tuple[str, tuple], float]]] = {}
     counts: Tally[tuple[str, str, str]] = Tally()
     for sampled, tei_counts in snapshots:
@@ -142,6 +141,16 @@ def render_sum(snapshots: list[MetricsSnapshot]) -> bytes:
                     values[key] = min(values[key], value)
                 else:
                     values[key] += value
+    merged = [
+        (name, kind, documentation, [(sample, labels, value) for (sample, labels), value in values.items()])
+        for name, (kind, documentation, values) in families.items()
+    ]
+    return merged, dict(counts)
+
+
+def render_sum(snapshots: list[MetricsSnapshot]) -> bytes:
+    """The exposition of ``merge_snapshots(snapshots)``."""
+    families, counts = merge_snapshots(snapshots)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed(families))
     return generate_latest(registry) + _render_tei_counts(counts)
@@ -150,14 +159,14 @@ def render_sum(snapshots: list[MetricsSnapshot]) -> bytes:
 class _Fixed:
     """A collector of values already summed."""
 
-    def __init__(self, families: dict[str, tuple[str, str, dict[tuple[str, tuple], float]]]) -> None:
+    def __init__(self, families: list[Family]) -> None:
         self._families = families
 
     def collect(self) -> list[Metric]:
         collected = []
-        for name, (kind, documentation, values) in self._families.items():
+        for name, kind, documentation, samples in self._families:
             metric = Metric(name, documentation, kind)
-            for (sample, labels), value in values.items():
+            for sample, labels, value in samples:
                 metric.add_sample(sample, dict(labels), value)
             collected.append(metric)
         return collected
