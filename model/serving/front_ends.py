@@ -86,7 +86,6 @@ class ForwardService:
         self._wake_here, self._wake_there = multiprocessing.Pipe(duplex=False)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="turborank-model", daemon=True)
-        self.forwards = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -148,7 +147,10 @@ class ForwardService:
 
     def _forward(self, batch: list[tuple[Connection, EncodedPairs]]) -> None:
         try:
-            logits = self._score(concatenate([encoded for _, encoded in batch]))
+            joined = concatenate([encoded for _, encoded in batch])
+            logits = self._reranker.logits(
+                joined, batch_size=1024, max_batch_tokens=self._max_batch_tokens
+            ).tolist()
         except Exception as exc:
             if len(batch) > 1:  # each front end's batch alone: one's bad input fails only its own
                 for one in batch:
@@ -163,12 +165,6 @@ class ForwardService:
         for connection, encoded in batch:
             _answer(connection, (OK, logits[start : start + len(encoded.input_ids)]))
             start += len(encoded.input_ids)
-
-    def _score(self, encoded: EncodedPairs) -> list[float]:
-        self.forwards += 1
-        return self._reranker.logits(
-            encoded, batch_size=1024, max_batch_tokens=self._max_batch_tokens
-        ).tolist()
 
 
 def _answer(connection: Connection, message: tuple[bool, Any]) -> None:
@@ -243,7 +239,6 @@ def listening_socket(listener: Listener) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
     sock.listen(_BACKLOG)
-    sock.set_inheritable(True)
     return sock
 
 
