@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 from tests.serve_process import front_end_pids, gone, serve_process  # noqa: E402
 from turborank.scoring_options import NonFiniteScoreError  # noqa: E402
+from turborank.serving.app import create_app  # noqa: E402
 from turborank.serving.front_end import (  # noqa: E402
     FAILED,
     METRICS_PUSH_S,
@@ -332,6 +333,19 @@ def test_a_remote_model_reranker_scores_like_the_model_itself(reranker, small_ck
         remote.predict([("q", "d")])
 
 
+@pytest.mark.parametrize("before", [True, False])
+def test_a_front_end_is_warm_before_it_accepts(reranker, before):
+    """Front ends share one listening socket: one that accepted while still warming up would answer
+    503 to a request that a ready front end could have served. The one process warms up behind."""
+
+    async def startup() -> bool:
+        app = create_app(reranker, ServeSettings("m"), warm_before_serving=before)
+        async with app.router.lifespan_context(app):
+            return app.state.turborank.warmed  # what the first accepted connection would see
+
+    assert asyncio.run(startup()) is before
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
@@ -348,8 +362,9 @@ def test_front_ends_answer_as_one_process_and_metrics_count_every_front_end(fron
     expected = [r["score"] for r in sorted(reranker.rank("cat", DOCS), key=lambda r: r["corpus_id"])]
     # New connections each, so that the kernel hands them to both front ends.
     for _ in range(12):
-        answer = httpx.post(url + "/rerank", json={"query": "cat", "texts": DOCS}, timeout=60).json()
-        got = [r["score"] for r in sorted(answer, key=lambda r: r["index"])]
+        response = httpx.post(url + "/rerank", json={"query": "cat", "texts": DOCS}, timeout=60)
+        assert response.status_code == 200, response.text
+        got = [r["score"] for r in sorted(response.json(), key=lambda r: r["index"])]
         assert got == pytest.approx(expected, abs=1e-6)
     info = httpx.get(url + "/info").json()
     assert info["device"] == "cpu" and info["max_concurrent_requests"] == 4  # a front end's share

@@ -111,7 +111,10 @@ class _App(FastAPI):
         return RequestIdMiddleware(AccessLogMiddleware(front))
 
 
-def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
+def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_serving: bool = False) -> FastAPI:
+    """The app. ``warm_before_serving``: run the warm-up forward before the server accepts, for a
+    front end sharing its listening socket with others (one still warming up would otherwise take
+    connections that a ready one could answer, and turn them away with 503)."""
     state = ServerState(reranker, settings)
 
     @contextlib.asynccontextmanager
@@ -124,10 +127,15 @@ def create_app(reranker: Reranker, settings: ServeSettings) -> FastAPI:
         async def warm_up() -> None:
             state.warmed = await state.probe()
 
-        warmup = asyncio.create_task(warm_up())
+        warmup = None
+        if warm_before_serving:
+            await warm_up()
+        else:
+            warmup = asyncio.create_task(warm_up())
         yield
         state.draining = True
-        warmup.cancel()
+        if warmup is not None:
+            warmup.cancel()
         await asyncio.get_running_loop().run_in_executor(
             None, state.scheduler.drain, settings.drain_timeout_s
         )

@@ -200,7 +200,7 @@ def run_front_end(
     with serve_logging(spec.listener.log_level, spec.json_logs):
         tokenizer = PairTokenizer.from_directory(spec.checkpoint, spec.config.max_position_embeddings)
         reranker = RemoteModelReranker(tokenizer, spec.config, spec.engine, spec.name, ModelLink(forwards))
-        app = create_app(reranker, spec.settings)
+        app = create_app(reranker, spec.settings, warm_before_serving=True)
         state = app.state.turborank
         link = MetricsLink(metrics)
         state.metrics_of_all = lambda: link.scrape(state.metrics.snapshot)
