@@ -55,3 +55,23 @@ def test_gemm_rates_script_reports_each_engine_and_the_ceilings(monkeypatch, wit
     assert result["best_fp32"] == max(fp32_layers) > 0
     assert result["best_bf16"] > 0
     assert ("ort_fp32" in result) is (with_ort and result.get("onnxruntime") is not None)
+
+
+def test_gemm_rates_leaves_out_onednn_where_the_product_would(monkeypatch):
+    """On a CPU where oneDNN packs no bf16 weight (AVX2 only: Zen 3, say) the script reports the
+    other engines instead of failing, by the same check the model's linear="auto" makes."""
+    monkeypatch.setattr(gemm_rates, "_ort_rates", lambda shapes, threads: None)
+    real = gemm_rates.onednn_unavailable_reason
+
+    def bf16_refused(device, dtype, ops):
+        return "no bf16 packing here" if dtype == torch.bfloat16 else real(device, dtype, ops)
+
+    monkeypatch.setattr(gemm_rates, "onednn_unavailable_reason", bf16_refused)
+    threads = torch.get_num_threads()
+    try:
+        result = measure("small", rows=64, threads=1, square_size=128)
+    finally:
+        torch.set_num_threads(threads)
+    assert "onednn_bf16" not in result and result["best_bf16"] == result["torch_bf16"]["layer"] > 0
+    fp32_packs = real(torch.device("cpu"), torch.float32, gemm_rates._TORCH_OPS) is None
+    assert ("onednn_fp32" in result) is fp32_packs

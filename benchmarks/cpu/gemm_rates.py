@@ -31,11 +31,13 @@ import torch.nn.functional as F
 
 from turborank.config import JinaBertConfig
 from turborank.cpu_features import cpu_identity
+from turborank.linear_engines import onednn_unavailable_reason
 from turborank.testing import make_config
 
 _REPEATS = 7
 # Rows per MLP block of the CPU forward at turbo width (turborank.modeling).
 _MLP_BLOCK_ROWS = 256
+_TORCH_OPS = {"gelu_glu": "torch", "add_layer_norm": "torch"}
 
 
 def _best_seconds(call: Callable[[], object], repeats: int = _REPEATS) -> float:
@@ -57,13 +59,16 @@ def layer_shapes(config: JinaBertConfig, rows: int) -> dict[str, tuple[int, int,
 def _torch_rates(shapes: dict[str, tuple[int, int, int]], dtype: torch.dtype) -> dict[str, dict[str, float]]:
     generator = torch.Generator().manual_seed(0)
     rates: dict[str, dict[str, float]] = {"torch": {}, "onednn": {}}
+    # The product's own check: oneDNN packs no bf16 weight on a CPU without AVX-512 (BW, VL, DQ)
+    # or AVX-NE-CONVERT (Zen 3, say); the engine is then left out, as the product leaves it out.
+    onednn = onednn_unavailable_reason(torch.device("cpu"), dtype, _TORCH_OPS) is None
     for name, (m, k, n) in shapes.items():
         x = torch.randn(m, k, generator=generator).to(dtype)
         weight = torch.randn(n, k, generator=generator).to(dtype)
         flops = 2 * m * k * n
         with torch.inference_mode():
             rates["torch"][name] = flops / _best_seconds(lambda x=x, w=weight: F.linear(x, w)) / 1e9
-            if torch.backends.mkldnn.is_available():
+            if onednn:
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
                 rates["onednn"][name] = (
                     flops
@@ -169,7 +174,7 @@ def measure(
             lambda shapes, dtype=dtype: _torch_rates(shapes, dtype), config, rows
         ).items():
             if figures:
-                square_rate = _torch_rates(square, dtype)[engine]["square"]
+                square_rate = _torch_rates(square, dtype)[engine].get("square")
                 result[f"{engine}_{label}"] = {
                     **figures,
                     "square": square_rate,
