@@ -35,6 +35,15 @@ def benchmark_rows(module: str, out: Path, *args: str) -> list[dict]:
     return json.loads(report.read_text())["rows"]
 
 
+def onednn_bf16_refusal() -> str | None:
+    """Why the product refuses oneDNN's packed linear in bf16 on this CPU and torch build (the
+    model's own check), or None where it runs."""
+    from turborank.linear_engines import onednn_unavailable_reason
+
+    ops = {"gelu_glu": "torch", "add_layer_norm": "torch"}
+    return onednn_unavailable_reason(torch.device("cpu"), torch.bfloat16, ops)
+
+
 def read_config(directory) -> dict:
     return json.loads((directory / "config.json").read_text())
 

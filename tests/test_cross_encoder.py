@@ -68,8 +68,10 @@ def test_sentence_transformers_documented_calls_run_unchanged(small_ckpt):
     ns = {"MODEL": str(small_ckpt)}
     exec(compile(source, "documented_calls.py", "exec"), ns)
     scores = ns["scores"]
+    # The same scores, up to batch composition (scores_v2 runs batches of 2): GEMMs of other row
+    # counts may accumulate in another order (seen on an AVX2 CPU), as test_batch_invariance allows.
     for name in ("scores_v6", "scores_v2", "scores_array"):
-        np.testing.assert_array_equal(ns[name], scores)
+        np.testing.assert_allclose(ns[name], scores, rtol=0, atol=1e-6)
     assert [r["corpus_id"] for r in ns["ranks"]] == list(np.argsort(-scores, kind="stable"))
     assert len(ns["lines"]) == 3 and ns["top"][0]["text"] == ns["corpus"][int(np.argmax(scores))]
     assert [float(t) for t in ns["tensors"]] == pytest.approx(scores.tolist(), abs=0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import random_ids
+from tests.helpers import onednn_bf16_refusal, random_ids
 from turborank import Reranker
 from turborank import linear_engines as engines
 from turborank.config import JinaBertConfig
@@ -26,6 +26,11 @@ from turborank.weights import find_weights_file, load_weights
 
 needs_onednn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
+)
+# oneDNN packs no bf16 weight on a CPU without AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT (Zen 3, say);
+# the product refuses it there (test_auto_on_a_cpu_where_onednn_refuses_bf16_says_why, every CPU).
+needs_onednn_bf16 = pytest.mark.skipif(
+    onednn_bf16_refusal() is not None, reason=f"oneDNN in bf16 on this CPU: {onednn_bf16_refusal()}"
 )
 
 
@@ -66,7 +71,7 @@ def test_onednn_maps_equal_f_linear_in_fp32(tmp_path, activation, rows):
         assert (onednn.gated(x) - model.ops.gelu_glu(swapped, cfg.glu_activation)).abs().max() > 1e-3
 
 
-@needs_onednn
+@needs_onednn_bf16
 def test_onednn_leaves_the_residual_to_the_layer_norm_in_bf16(small_ckpt):
     """In bf16 the residual is added in fp32 by add_layer_norm, not rounded to bf16 first."""
     model = _model(small_ckpt, torch.bfloat16)
@@ -97,6 +102,29 @@ def test_onednn_refused_where_its_epilogues_would_replace_triton_ops(small_ckpt)
         choose_linear_engine(model, "onednn")
     choice = choose_linear_engine(model, "auto")
     assert choice.engine == "aten" and "gelu_glu" in choice.reason
+
+
+def test_auto_on_a_cpu_where_onednn_refuses_bf16_says_why(small_ckpt, monkeypatch):
+    """As on an AVX2-only CPU: packing a bf16 weight fails. 'auto' keeps F.linear and says why,
+    'onednn' is refused naming the failure, fp32 is untouched."""
+    real = torch.ops.mkldnn._reorder_linear_weight
+
+    def reorder(weight, *args):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx512bw")
+        return real(weight, *args)
+
+    monkeypatch.setattr(engines, "_MEASURED", {})
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", reorder)
+    model = _model(small_ckpt, torch.bfloat16)
+    choice = choose_linear_engine(model, "auto")
+    assert choice.engine == "aten" and "fails in torch.bfloat16 here (mkldnn_reorder" in choice.reason
+    with pytest.raises(ValueError, match="linear='onednn': oneDNN's packed linear fails in torch.bfloat16"):
+        choose_linear_engine(model, "onednn")
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu", dtype="bfloat16")
+    assert reranker.describe()["linear"]["engine"] == "aten" and reranker.predict([("q", "a d")])[0] > 0
+    if torch.backends.mkldnn.is_available():
+        assert choose_linear_engine(_model(small_ckpt), "onednn").engine == "onednn"
 
 
 def test_auto_without_onednn_says_why(small_ckpt, monkeypatch):
@@ -141,7 +169,7 @@ def test_the_real_measurement_times_both_engines(small_ckpt, monkeypatch):
 
 
 @needs_onednn
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=needs_onednn_bf16)])
 def test_engines_give_the_same_logits(small_ckpt, dtype):
     """End to end, packed batch of odd lengths: the engines agree within the dtype's rounding."""
     rng = random.Random(5)
