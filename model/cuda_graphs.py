@@ -111,13 +111,15 @@ class CudaGraphForward:
         _, tokens = bucket
         self.model.check_token_ids(flat[:tokens], flat[tokens : 2 * tokens])
         n = len(input_ids)
-        self.batches += 1
         if not self.capture:
+            with self._lock:  # callers may share this object across threads: no count lost
+                self.batches += 1
             return self._forward(flat.to(self.model.device), bucket)[:n]
         # Pinned memory from PyTorch's caching host allocator: the copy is asynchronous and the
         # block is not reused before the copy has run.
         flat = flat.pin_memory()
         with self._lock, self._on_device():
+            self.batches += 1
             if bucket not in self._graphs:
                 self._graphs[bucket] = self._capture(bucket)
             graph, static, logits = self._graphs[bucket]

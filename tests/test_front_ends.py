@@ -367,7 +367,10 @@ def test_front_ends_answer_as_one_process_and_metrics_count_every_front_end(fron
         got = [r["score"] for r in sorted(response.json(), key=lambda r: r["index"])]
         assert got == pytest.approx(expected, abs=1e-6)
     info = httpx.get(url + "/info").json()
-    assert info["device"] == "cpu" and info["max_concurrent_requests"] == 4  # a front end's share
+    # The server's limits, as a client sizes its concurrency by them; the answering front end's share
+    assert info["device"] == "cpu" and info["max_concurrent_requests"] == 8
+    front = info["front_ends"]
+    assert front["count"] == 2 and front["index"] in (0, 1) and front["share"]["max_concurrent_requests"] == 4
     time.sleep(1.5)  # the other front end's counters arrive every second
     lines = httpx.get(url + "/metrics").text.splitlines()
     assert 'turborank_requests_total{code="200",endpoint="/rerank"} 12.0' in lines

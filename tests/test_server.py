@@ -94,6 +94,9 @@ def test_health_info_metrics(server):
     info = httpx.get(url + "/info").json()
     assert info["max_input_length"] == 512 and info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["cuda_graphs"] is None
+    shared = ("max_concurrent_requests", "max_requests_per_client", "max_connections")
+    share = {key: info[key] for key in shared}
+    assert info["front_ends"] == {"count": 1, "index": 0, "share": share}  # one process: all of it
     # One request of our own, so the labelled histograms have samples whatever ran before.
     httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["a document"]}).raise_for_status()
     text = httpx.get(url + "/metrics").text

@@ -56,6 +56,8 @@ class FrontEndSpec:
     engine: dict[str, Any]  # the model process's Reranker.describe()
     name: str
     settings: ServeSettings  # this front end's share of the limits
+    server_settings: ServeSettings  # the whole server's, as given (what /info reports)
+    count: int  # front ends in the server
     listener: Listener
     json_logs: bool
 
@@ -202,6 +204,7 @@ def run_front_end(
         reranker = RemoteModelReranker(tokenizer, spec.config, spec.engine, spec.name, ModelLink(forwards))
         app = create_app(reranker, spec.settings, warm_before_serving=True)
         state = app.state.turborank
+        state.front_end_of = (spec.server_settings, spec.count, spec.index)
         link = MetricsLink(metrics)
         state.metrics_of_all = lambda: link.scrape(state.metrics.snapshot)
         stop = threading.Event()

@@ -311,6 +311,8 @@ class FrontEnds:
             engine=engine,
             name=self._settings.model_name,
             settings=front_end_settings(self._settings, self._count, index),
+            server_settings=self._settings,
+            count=self._count,
             listener=self._listener,
             json_logs=self._json_logs,
         )

@@ -27,17 +27,34 @@ def _limits(settings: ServeSettings) -> dict[str, Any]:
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in hidden}
 
 
+# The limits that serve --front-ends splits between its front ends.
+_SHARED_LIMITS = ("max_concurrent_requests", "max_requests_per_client", "max_connections")
+
+
+def _front_ends(state: ServerState) -> tuple[ServeSettings, dict[str, Any]]:
+    """The whole server's settings, and how they are split: a client sizes its concurrency by the
+    server's limits, whichever front end answers."""
+    if state.front_end_of is None:
+        whole, count, index = state.settings, 1, 0
+    else:
+        whole, count, index = state.front_end_of
+    share = {name: getattr(state.settings, name) for name in _SHARED_LIMITS}
+    return whole, {"count": count, "index": index, "share": share}
+
+
 def info_body(state: ServerState) -> dict[str, Any]:
-    settings = state.settings
+    whole, front_ends = _front_ends(state)
     identity, engine = _identity(state)
     ours = {
         **identity,
         "cpu": cpu_identity().describe(),
         "cpu_bf16": cpu_bf16_support().describe(),
         "linear": engine["linear"],
-        **_limits(settings),
+        **_limits(whole),
+        "front_ends": front_ends,
         "cuda_graphs": engine["cuda_graphs"],
     }
+    settings = state.settings
     # TEI's Info (router/src/lib.rs); "version" is ours in both.
     tei = {
         "model_id": settings.model_name,

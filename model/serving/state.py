@@ -108,6 +108,9 @@ class ServerState:
         self.warmed = False  # the first (warm-up) forward succeeded
         self._probe_failing = False
         self._trim: asyncio.TimerHandle | None = None
+        # serve --front-ends: the whole server's settings, how many front ends, and which this is
+        # (``settings`` above is this front end's share of the limits); None in one process.
+        self.front_end_of: tuple[ServeSettings, int, int] | None = None
         # serve --front-ends: every front end's metrics, this one's first (``front_end``).
         self.metrics_of_all: Callable[[], list[MetricsSnapshot]] | None = None
 
