@@ -35,6 +35,10 @@ _GATE_POST_OPS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
 # (alternating, best of each: a load on the machine slows both alike).
 _MEASURE_ROWS = 256
 _MEASURE_REPEATS = 5
+# oneDNN is chosen when it takes under this share of F.linear's time. Near a tie (Zen 3: within
+# 1-2%) timing noise would flip the choice from one load to the next, and with it the scores'
+# last bits; F.linear then, which also holds no cached primitives per shape.
+_ONEDNN_AT_MOST = 0.95
 # Choices made in this process, by (dtype, threads, hidden, intermediate, activation): loading a
 # second model of the same shape does not measure again.
 _MEASURED: dict[tuple[Any, ...], LinearChoice] = {}
@@ -206,7 +210,8 @@ def choose_linear_engine(model: JinaBertReranker, requested: str = "auto") -> Li
     Args:
         requested: "aten", "onednn" (CPU only; ValueError where it cannot run), or "auto": "aten"
             on CUDA; on CPU the faster of the two on one layer's linear work at this thread count,
-            measured once per process and shape (about 0.1 s for the turbo model).
+            measured once per process and shape (about 0.1 s for the turbo model), oneDNN only
+            when at least 5% faster.
     """
     if requested not in LINEAR_ENGINES:
         raise ValueError(f"linear engine {requested!r} is not one of {LINEAR_ENGINES}")
@@ -224,6 +229,11 @@ def choose_linear_engine(model: JinaBertReranker, requested: str = "auto") -> Li
     if key not in _MEASURED:
         _MEASURED[key] = _measure(model)
     return _MEASURED[key]
+
+
+def pick_linear_engine(seconds: dict[str, float]) -> str:
+    """The engine "auto" keeps, given each one's best time: oneDNN when clearly faster."""
+    return "onednn" if seconds["onednn"] < _ONEDNN_AT_MOST * seconds["aten"] else "aten"
 
 
 def _measure(model: JinaBertReranker) -> LinearChoice:
@@ -260,7 +270,7 @@ def _measure(model: JinaBertReranker) -> LinearChoice:
                 start = time.perf_counter()
                 layer_work(linears)
                 best[name] = min(best[name], time.perf_counter() - start)
-    winner = min(best, key=best.__getitem__)
+    winner = pick_linear_engine(best)
     detail = ", ".join(f"{name} {seconds * 1e3:.2f} ms" for name, seconds in best.items())
     return LinearChoice(
         winner,

@@ -390,7 +390,11 @@ def test_a_front_end_that_dies_at_its_start_stops_the_server_with_status_1(small
             assert proc.poll() is None, log.read_text()
             time.sleep(0.05)
         os.kill(front[0], signal.SIGKILL)  # before it could serve
-        assert proc.wait(timeout=60) == 1
+        try:
+            status = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server did not stop within 60 s: {log.read_text()[-4000:]}")
+        assert status == 1, log.read_text()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()
