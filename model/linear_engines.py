@@ -36,7 +36,7 @@ _GATE_POST_OPS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
 _MEASURE_ROWS = 256
 _MEASURE_REPEATS = 5
 # oneDNN is chosen when it takes under this share of F.linear's time. Near a tie (Zen 3: within
-# 1-2%) timing noise would flip the choice from one load to the next, and with it the scores'
+# 0.1-4%) timing noise would flip the choice from one load to the next, and with it the scores'
 # last bits; F.linear then, which also holds no cached primitives per shape.
 _ONEDNN_AT_MOST = 0.95
 # Choices made in this process, by (dtype, threads, hidden, intermediate, activation): loading a
