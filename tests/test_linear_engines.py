@@ -179,7 +179,7 @@ def test_the_real_measurement_times_both_engines(small_ckpt, monkeypatch):
     monkeypatch.setattr(engines, "_MEASURED", {})
     choice = choose_linear_engine(_model(small_ckpt), "auto")
     assert set(choice.seconds) == {"aten", "onednn"} and all(s > 0 for s in choice.seconds.values())
-    assert choice.engine == min(choice.seconds, key=choice.seconds.__getitem__)
+    assert choice.engine == pick_linear_engine(choice.seconds)  # the faster, oneDNN by 5%
     assert "measured at load" in choice.reason and "aten" in choice.reason and "onednn" in choice.reason
 
 
