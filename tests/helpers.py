@@ -39,9 +39,10 @@ def onednn_bf16_refusal() -> str | None:
     """Why the product refuses oneDNN's packed linear in bf16 on this CPU and torch build (the
     model's own check), or None where it runs."""
     from turborank.linear_engines import onednn_unavailable_reason
+    from turborank.ops import resolve_ops
 
-    ops = {"gelu_glu": "torch", "add_layer_norm": "torch"}
-    return onednn_unavailable_reason(torch.device("cpu"), torch.bfloat16, ops)
+    cpu = torch.device("cpu")
+    return onednn_unavailable_reason(cpu, torch.bfloat16, resolve_ops("torch", cpu).backends)
 
 
 def read_config(directory) -> dict:

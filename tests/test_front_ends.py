@@ -32,14 +32,14 @@ from turborank.serving.front_end import (  # noqa: E402
     ModelLink,
     ModelProcessError,
     RemoteModelReranker,
+    front_end_settings,
+    share,
 )
 from turborank.serving.front_ends import (  # noqa: E402
     MAX_RESTARTS,
     ForwardService,
     FrontEnds,
     MetricsRelay,
-    front_end_settings,
-    share,
 )
 from turborank.serving.metrics import ServerMetrics, render_sum  # noqa: E402
 from turborank.serving.scheduler import BatchError  # noqa: E402

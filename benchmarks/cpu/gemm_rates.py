@@ -32,12 +32,14 @@ import torch.nn.functional as F
 from turborank.config import JinaBertConfig
 from turborank.cpu_features import cpu_identity
 from turborank.linear_engines import onednn_unavailable_reason
+from turborank.ops import resolve_ops
 from turborank.testing import make_config
 
 _REPEATS = 7
 # Rows per MLP block of the CPU forward at turbo width (turborank.modeling).
 _MLP_BLOCK_ROWS = 256
-_TORCH_OPS = {"gelu_glu": "torch", "add_layer_norm": "torch"}
+# The backends the CPU model runs on (oneDNN's epilogues stand in for these PyTorch engines).
+_TORCH_OPS = resolve_ops("torch", torch.device("cpu")).backends
 
 
 def _best_seconds(call: Callable[[], object], repeats: int = _REPEATS) -> float:

@@ -46,6 +46,25 @@ class ModelProcessError(RuntimeError):
     """A forward in the model process failed, or the model process is gone."""
 
 
+def share(total: int, parts: int, index: int) -> int:
+    """Front end ``index``'s share of ``total`` (at least 1): the shares add up to ``total`` when it
+    is at least ``parts``."""
+    return max(1, total // parts + (index < total % parts))
+
+
+def front_end_settings(settings: ServeSettings, parts: int, index: int) -> ServeSettings:
+    """Front end ``index``'s settings: its share of the limits that count across requests."""
+    slots = share(settings.max_concurrent_requests, parts, index)
+    per_client = settings.max_requests_per_client
+    connections = settings.max_connections
+    return dataclasses.replace(
+        settings,
+        max_concurrent_requests=slots,
+        max_requests_per_client=None if per_client is None else min(per_client, slots),
+        max_connections=None if connections is None else share(connections, parts, index),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class FrontEndSpec:
     """What a front-end process is started with (all of it picklable)."""
@@ -55,11 +74,15 @@ class FrontEndSpec:
     config: JinaBertConfig
     engine: dict[str, Any]  # the model process's Reranker.describe()
     name: str
-    settings: ServeSettings  # this front end's share of the limits
     server_settings: ServeSettings  # the whole server's, as given (what /info reports)
     count: int  # front ends in the server
     listener: Listener
     json_logs: bool
+
+    @property
+    def settings(self) -> ServeSettings:
+        """This front end's: its share of the limits."""
+        return front_end_settings(self.server_settings, self.count, self.index)
 
 
 class ModelLink:

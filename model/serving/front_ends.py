@@ -23,7 +23,6 @@ fourth time in a minute stops the server with exit status 1.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -50,25 +49,6 @@ MAX_RESTARTS = 3
 RESTART_WINDOW_S = 60.0
 # uvicorn's own backlog.
 _BACKLOG = 2048
-
-
-def share(total: int, parts: int, index: int) -> int:
-    """Front end ``index``'s share of ``total`` (at least 1): the shares add up to ``total`` when it
-    is at least ``parts``."""
-    return max(1, total // parts + (index < total % parts))
-
-
-def front_end_settings(settings: ServeSettings, parts: int, index: int) -> ServeSettings:
-    """Front end ``index``'s settings: its share of the limits that count across requests."""
-    slots = share(settings.max_concurrent_requests, parts, index)
-    per_client = settings.max_requests_per_client
-    connections = settings.max_connections
-    return dataclasses.replace(
-        settings,
-        max_concurrent_requests=slots,
-        max_requests_per_client=None if per_client is None else min(per_client, slots),
-        max_connections=None if connections is None else share(connections, parts, index),
-    )
 
 
 class ForwardService:
@@ -103,21 +83,20 @@ class ForwardService:
     def _run(self) -> None:
         waiting: list[tuple[Connection, EncodedPairs]] = []
         while not self._stopping:
+            batch: list[tuple[Connection, EncodedPairs]] = []
             try:
                 self._read_into(waiting)
                 if waiting:
                     batch = self._take(waiting)
-                    try:
-                        self._forward(batch)
-                    except Exception:  # never leaves a front end waiting for its answer
-                        logger.exception("the model thread failed outside a forward")
-                        for connection, _ in batch:
-                            _answer(connection, (FAILED, "internal error in the model process"))
+                    self._forward(batch)
             except Exception:  # the thread goes on: every front end depends on it
-                logger.exception("the model thread failed; the batches waiting are answered with an error")
-                for connection, _ in waiting:
+                # Never leaves a front end waiting for its answer: the batch taken if the failure
+                # came with it, else (reading, taking) every batch waiting.
+                logger.exception("the model thread failed outside a forward")
+                for connection, _ in batch or waiting:
                     _answer(connection, (FAILED, "internal error in the model process"))
-                waiting.clear()
+                if not batch:
+                    waiting.clear()
 
     def _read_into(self, waiting: list[tuple[Connection, EncodedPairs]]) -> None:
         """What the front ends have sent, after ``waiting``; blocks only when nothing waits."""
@@ -291,15 +270,20 @@ class FrontEnds:
 
     def _stop_now(self, wait_s: float = 10.0) -> None:
         """Every front end told to stop at once, then killed if still there after ``wait_s``."""
-        self._signals = 2
-        self._pass_on(signal.SIGTERM)
-        self._pass_on(signal.SIGTERM)
+        self._tell_all_to_stop()
         deadline = time.monotonic() + wait_s
         for process, _ in list(self._processes.values()):
             process.join(max(0.0, deadline - time.monotonic()))
             if process.exitcode is None:
                 process.kill()
                 process.join()
+
+    def _tell_all_to_stop(self) -> None:
+        """SIGTERM twice to every front end (uvicorn's second signal: no drain), and to any started
+        after this."""
+        self._signals = 2
+        self._pass_on(signal.SIGTERM)
+        self._pass_on(signal.SIGTERM)
 
     def _start(self, index: int, engine: dict[str, Any]) -> None:
         forwards_here, forwards_there = self._context.Pipe()
@@ -310,7 +294,6 @@ class FrontEnds:
             config=self._reranker.config,
             engine=engine,
             name=self._settings.model_name,
-            settings=front_end_settings(self._settings, self._count, index),
             server_settings=self._settings,
             count=self._count,
             listener=self._listener,
@@ -348,9 +331,7 @@ class FrontEnds:
                 if problem:
                     why = f"front end {index} exited with status {process.exitcode} {problem}"
                     logger.error("%s: stopping the server", why)
-                    self._signals = 2
-                    self._pass_on(signal.SIGTERM)
-                    self._pass_on(signal.SIGTERM)
+                    self._tell_all_to_stop()
                     status = 1
                     continue
                 logger.error("front end %d exited with status %s: starting it again", index, process.exitcode)
