@@ -9,11 +9,13 @@ the model process is killed (SIGTERM draining every front end: test_server's dra
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
 import subprocess
 import time
+import weakref
 
 import pytest
 import torch
@@ -124,6 +126,32 @@ def test_a_push_brings_back_the_model_description_and_a_scrape_every_front_ends_
     text = render_sum(links[0].scrape(lambda: first)).decode().splitlines()
     assert 'turborank_requests_total{code="200",endpoint="/rerank"} 3.0' in text
     assert "turborank_active_requests 1.0" in text  # the first front end's alone
+
+
+class _SlowModel:
+    def describe(self) -> dict:
+        time.sleep(0.3)
+        return {"device": "cpu"}
+
+
+def test_once_joined_no_relay_thread_holds_the_model():
+    """The server joins the relay before it exits: a relay thread still ending while the interpreter
+    finalises would free the model there, and freeing a tensor then aborts the process (status -6
+    instead of the server's own, seen when a front end died at its start)."""
+    context = multiprocessing.get_context("spawn")
+    model = _SlowModel()
+    held = weakref.ref(model)
+    relay = MetricsRelay(model.describe)
+    for index in range(2):
+        here, there = context.Pipe()
+        relay.attach(index, here)
+        there.send(("push", _metrics_after(1, 0).snapshot()))  # its last push, answered slowly
+        there.close()  # the front end has exited
+    del model, here
+    relay.join(timeout_s=10)
+    del relay
+    gc.collect()
+    assert held() is None
 
 
 class _Recorder:

@@ -231,7 +231,8 @@ def run_front_end(
         link = MetricsLink(metrics)
         state.metrics_of_all = lambda: link.scrape(state.metrics.snapshot)
         stop = threading.Event()
-        threading.Thread(target=_push_metrics, args=(state, reranker, link, stop), daemon=True).start()
+        pusher = threading.Thread(target=_push_metrics, args=(state, reranker, link, stop), daemon=True)
+        pusher.start()
         threading.Thread(target=_exit_with_model_process, daemon=True).start()
         # Which process a log line comes from: the front ends share the model process's stderr.
         logger.info("front end %d (pid %d) starting", spec.index, os.getpid())
@@ -240,6 +241,9 @@ def run_front_end(
             server.run(sockets=[listening])
         finally:
             stop.set()
+            # Ended before the interpreter exits, which would otherwise free what the thread holds
+            # (the app's state) while it finalises: freeing a tensor there aborts the process.
+            pusher.join(timeout=10.0)
 
 
 def _push_metrics(

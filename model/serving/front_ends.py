@@ -167,14 +167,27 @@ class MetricsRelay:
         self._retired: MetricsSnapshot | None = None
         self._starts = itertools.count()
         self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
 
     def attach(self, index: int, connection: Connection) -> None:
         with self._lock:
             key = (index, next(self._starts))
             self._current[index] = key[1]
-        threading.Thread(
+        thread = threading.Thread(
             target=self._serve, args=(key, connection), name="turborank-metrics", daemon=True
-        ).start()
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for each front end's relay thread to end (its pipe is closed once the front end has
+        exited). Before the interpreter exits: a relay thread ending during its shutdown would drop
+        the last reference to the model (``describe`` is the Reranker's) there, and freeing a tensor
+        while the interpreter finalises aborts the process (SIGABRT, status -6, not the status
+        the server chose)."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def has_pushed(self, index: int) -> bool:
         """Whether front end ``index``, as last started, has sent its metrics: it got as far as
@@ -267,6 +280,7 @@ class FrontEnds:
                 signal.signal(sig, handler)
             self._service.stop()
             self._socket.close()
+            self._metrics.join(timeout_s=10.0)
 
     def _stop_now(self, wait_s: float = 10.0) -> None:
         """Every front end told to stop at once, then killed if still there after ``wait_s``."""
