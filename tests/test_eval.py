@@ -463,7 +463,7 @@ def test_failed_run_keeps_the_earlier_output_and_leaves_no_partial_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
 
 
-def test_a_non_finite_score_writes_no_run(dataset, small_ckpt, tmp_path, capsys, monkeypatch):
+def test_a_non_finite_score_writes_no_run(short_dataset, small_ckpt, tmp_path, capsys, monkeypatch):
     """eval stops at the first non-finite score: status 1 naming it, no run written, an earlier one kept."""
     earlier = tmp_path / "run.trec"
     earlier.write_text("q0 Q0 d1 1 2.0 kept\n")
@@ -473,7 +473,8 @@ def test_a_non_finite_score_writes_no_run(dataset, small_ckpt, tmp_path, capsys,
         return real(self, *args, **kwargs).fill_(float("nan"))
 
     monkeypatch.setattr(Reranker, "_score_encoded", nan_scores)
-    code, _, err = run_cli([*eval_args(small_ckpt, dataset), "--bm25", "--output", str(earlier)], capsys)
+    args = [*eval_args(small_ckpt, short_dataset), "--bm25", "--output", str(earlier)]
+    code, _, err = run_cli(args, capsys)
     assert code == 1 and "non-finite score (nan)" in err
     assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]

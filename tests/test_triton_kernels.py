@@ -67,7 +67,9 @@ def _heads_dims():
 @pytest.mark.parametrize("lengths", LENGTH_SETS, ids=lambda x: "-".join(map(str, x[:5])))
 @pytest.mark.parametrize("heads,d", _heads_dims())
 def test_attention_fp32_matches_ref(lengths, heads, d):
-    if not GPU and sum(lengths) * heads * d > 300 * 12 * 32 * 2:
+    # The interpreter's time grows with the programs (heads x query tiles): the mixed lengths run
+    # there with 4 and 2 heads, 12 heads with the shorter sets.
+    if not GPU and sum(lengths) * heads * d > 300 * 12 * 32 * 1.25:
         pytest.skip("too slow for the interpreter")
     q, k, v = _qkv(sum(lengths), heads, d, torch.float32, seed=sum(lengths) + d)
     slopes = alibi_slopes(heads, "jina-reranker-v1", device=DEVICE)
@@ -191,9 +193,10 @@ def test_padded_layout_ignores_poisoned_padding_and_matches_varlen():
 
 def test_attention_repeated_runs_are_bitwise_equal():
     lengths = [97, 5] if not GPU else [8192, 97, 5]
-    q, k, v = _qkv(sum(lengths), 12, 32, torch.bfloat16 if GPU else torch.float16, seed=5)
+    heads = 12 if GPU else 3  # the interpreter's time is per program (heads x query tiles)
+    q, k, v = _qkv(sum(lengths), heads, 32, torch.bfloat16 if GPU else torch.float16, seed=5)
     cu = _cu(lengths)
-    slopes = alibi_slopes(12, device=DEVICE)
+    slopes = alibi_slopes(heads, device=DEVICE)
     first = alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes)
     for _ in range(2):
         assert torch.equal(alibi_attention_triton(q, k, v, cu, cu, max(lengths), max(lengths), slopes), first)

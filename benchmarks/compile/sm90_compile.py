@@ -16,8 +16,11 @@ Must run without TRITON_INTERPRET=1 (the interpreter replaces the kernels with P
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import importlib
+import multiprocessing
+import os
 import re
 import subprocess
 import sys
@@ -298,7 +301,7 @@ def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
         for name, call in candidate_problems() if candidates else problems(quick):
             problem[0] = name
             call()
-    results: dict[tuple, Compiled] = {}
+    unique: dict[tuple, list[Launch]] = {}
     for launch in launches:
         signature, constexprs, _, options = _signature(launch)
         key = (
@@ -307,12 +310,35 @@ def report(quick: bool = False, candidates: bool = False) -> list[Compiled]:
             repr(sorted(constexprs.items())),
             repr(options),
         )
-        if key in results:
-            results[key].problems.append(launch.problem)
-            continue
-        config, usage = compile_launch(launch)
-        results[key] = Compiled(launch.kernel, [launch.problem], config, **usage)
-    return list(results.values())
+        unique.setdefault(key, []).append(launch)
+    compiled = _compile_all([same[0] for same in unique.values()])
+    return [
+        Compiled(same[0].kernel, [launch.problem for launch in same], config, **usage)
+        for same, (config, usage) in zip(unique.values(), compiled, strict=True)
+    ]
+
+
+_TO_COMPILE: list[Launch] = []
+
+
+def _compile_nth(index: int) -> tuple[str, dict]:
+    return compile_launch(_TO_COMPILE[index])
+
+
+def _compile_all(launches: list[Launch]) -> list[tuple[str, dict]]:
+    """``compile_launch`` of each, in order, one process per core: each compile is seconds of
+    single-threaded LLVM and ptxas. Forked workers read the launches from this module (a launch
+    holds a JITFunction, which does not pickle) and send back plain results."""
+    workers = min(len(os.sched_getaffinity(0)), len(launches))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [compile_launch(launch) for launch in launches]
+    _TO_COMPILE[:] = launches
+    try:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            return list(pool.map(_compile_nth, range(len(launches))))
+    finally:
+        _TO_COMPILE.clear()
 
 
 # What the report's columns mean, written beside every table.
