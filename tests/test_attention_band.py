@@ -68,6 +68,7 @@ def test_padded_ref_band_equals_full():
     torch.testing.assert_close(banded[1, :77], full[1, :77], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.parametrize("scale", [0.3, 2.0])
 def test_kernel_band_equals_full_attention(scale):
@@ -167,6 +168,7 @@ def test_non_finite_input_reaches_the_output_as_without_the_band(where, value):
         torch.testing.assert_close(banded[finite], full[finite], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_query_reaches_only_its_own_row():
     q, k, v = _qkv(sum(LENGTHS), scale=2.0, seed=4)
     q[5, 0, 0] = float("nan")
@@ -177,6 +179,7 @@ def test_nan_query_reaches_only_its_own_row():
         assert torch.isfinite(got[6:, 0]).all() and torch.isfinite(got[:5, 0]).all(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key_length", [64, 128, 37])
 def test_padding_rows_are_finite_with_the_band(key_length):
     """Padded layout, a key length that is a multiple of the key tile: padding rows past the keys

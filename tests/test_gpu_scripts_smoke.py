@@ -25,6 +25,7 @@ def _smoke(script: str, out: Path) -> list[dict]:
     return payload["rows"]
 
 
+@pytest.mark.slow
 def test_gpu_kernels_smoke(tmp_path):
     rows = _smoke("gpu_kernels", tmp_path)
     # Only a baseline may fail (its row says why); every section ran.
@@ -34,6 +35,7 @@ def test_gpu_kernels_smoke(tmp_path):
     assert all("error" not in r and r["max_err"] < 1e-4 for r in ours)
 
 
+@pytest.mark.slow
 def test_tune_attention_smoke(tmp_path):
     rows = _smoke("tune_attention", tmp_path)
     assert rows and all("error" not in r for r in rows)

@@ -277,6 +277,7 @@ def test_small_request_is_not_starved_by_a_huge_one(reranker, monkeypatch):
 # --- the real command: `turborank serve`, SIGTERM drains and exits 0 ---------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("front_ends", [1, 2])
 def test_serve_command_drains_on_sigterm(small_ckpt, tmp_path, front_ends):
     """An in-flight request is answered after SIGTERM and the server exits 0; with front-end

@@ -317,6 +317,7 @@ def _rss_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
 def test_abandoned_huge_requests_give_their_memory_back_without_another_request(small_ckpt, tmp_path):
     """Three 11 MiB requests whose clients leave once the body is sent: the server's RSS peaks

@@ -329,7 +329,8 @@ def _compile_all(launches: list[Launch]) -> list[tuple[str, dict]]:
     """``compile_launch`` of each, in order, one process per core: each compile is seconds of
     single-threaded LLVM and ptxas. Forked workers read the launches from this module (a launch
     holds a JITFunction, which does not pickle) and send back plain results."""
-    workers = min(len(os.sched_getaffinity(0)), len(launches))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, len(launches))
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [compile_launch(launch) for launch in launches]
     _TO_COMPILE[:] = launches
