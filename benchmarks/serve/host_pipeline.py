@@ -62,19 +62,20 @@ ROOT = Path(__file__).resolve().parents[2]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, its threads included, and of its live child
-    processes (``serve --front-ends``)."""
-    return own_cpu_seconds(pid) + sum(cpu_seconds(child) for child in _child_processes(pid))
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """User + system CPU clock ticks, threads included, of a process and (summed) of its live
+    child processes (``serve --front-ends``), in one pass: whole ticks, so that the process's own
+    share of a difference can never come out above the total's through rounding."""
+    children = sum(sum(cpu_ticks(child)) for child in _child_processes(pid))
+    return _own_ticks(pid), children
 
 
-def own_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, its threads included (0 once it has exited)."""
+def _own_ticks(pid: int) -> int:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return 0  # it has exited
+    return int(fields[11]) + int(fields[12])
 
 
 def _child_processes(pid: int) -> list[int]:
@@ -167,17 +168,18 @@ class Phase:
         self.forwards = self.busy = self.projected = None
 
     def __enter__(self) -> Phase:
-        self.own_cpu0 = own_cpu_seconds(self.pid)
-        self.cpu0, self.wall0 = cpu_seconds(self.pid), time.perf_counter()
+        self.ticks0, self.wall0 = cpu_ticks(self.pid), time.perf_counter()
         self.start = None if self.stats is None else stand_in.read_stats(self.stats)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.wall0
-        self.cpu = cpu_seconds(self.pid) - self.cpu0
+        (own1, children1), (own0, children0) = cpu_ticks(self.pid), self.ticks0
+        own = own1 - own0
+        # A child that exited in between takes its ticks with it: what it spent is lost, never negative.
+        self.cpu = (own + max(0, children1 - children0)) / _CLOCK_TICKS
         # With front ends (child processes), the model process's own part: the one GIL they share.
-        own = own_cpu_seconds(self.pid) - self.own_cpu0
-        self.model_process_cpu = own if _child_processes(self.pid) else None
+        self.model_process_cpu = own / _CLOCK_TICKS if _child_processes(self.pid) else None
         if self.start is not None:
             end = stand_in.read_stats(self.stats)
             self.forwards = end.forwards - self.start.forwards
