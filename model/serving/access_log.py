@@ -2,7 +2,9 @@
 
 The handlers ``note`` what they know (pairs, tokens, queue time) on the request's scope; the
 middleware writes the line when the response has gone, whatever answered it (a handler, the
-routing, the last-resort error handler).
+routing, the last-resort error handler). The same middleware gives the request its id and the
+response its ``x-request-id``: one layer around the app, not two, as each layer costs every
+request a coroutine and a wrapper of each message it sends.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from turborank.serving.request_id import HttpMiddleware, request_id_of
+from turborank.serving.request_id import assign_request_id, request_id_of, with_request_id
 
 logger = logging.getLogger("turborank.access")
+errors_logger = logging.getLogger("turborank.serving")
 _KEY = "turborank_access"
 
 
@@ -24,21 +27,36 @@ def note(request: Request, **values: float) -> None:
     request.scope.setdefault("state", {}).setdefault(_KEY, {}).update(values)
 
 
-class AccessLogMiddleware(HttpMiddleware):
-    """Inside RequestIdMiddleware (so the id is known) and outside everything else."""
+class RequestLogMiddleware:
+    """The outermost layer of the app (a pure ASGI middleware: no body buffering, disconnects pass
+    through untouched). For each HTTP request: its id, ``x-request-id`` on its response, its
+    access-log line once the response has gone, and the id in the log of what escaped every
+    handler. Everything else (lifespan) passes straight on."""
 
-    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
+        request_id = assign_request_id(scope)
         status = 500  # what the client gets when the app raised before answering
 
-        async def send_noting_status(message: dict[str, Any]) -> None:
+        async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": with_request_id(message.get("headers", []), request_id)}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # What escaped every handler: Starlette's last-resort handler has answered 500 already;
+            # the log line carries the id that answer has, and uvicorn need not log it again.
+            errors_logger.exception("request %s: %s %s failed", request_id, scope["method"], scope["path"])
         finally:
             _log(scope, status, (time.perf_counter() - start) * 1000)
 

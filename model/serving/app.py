@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from turborank import __version__
 from turborank.reranker import Reranker
 from turborank.serving import errors, openapi
-from turborank.serving.access_log import AccessLogMiddleware, logged_path
+from turborank.serving.access_log import RequestLogMiddleware, logged_path
 from turborank.serving.auth import authorized, unauthorized
 from turborank.serving.errors import (
     SHAPE_KEY,
@@ -39,7 +39,7 @@ from turborank.serving.errors import (
 from turborank.serving.info import info_body, startup_line
 from turborank.serving.parsing import describe, read_as
 from turborank.serving.request_body import CLOSE, read_body, watch_disconnect
-from turborank.serving.request_id import RequestIdMiddleware, request_id_of
+from turborank.serving.request_id import request_id_of
 from turborank.serving.rerank_routes import Dialect, RerankRoutes
 from turborank.serving.responses import (
     DocumentsRerankResponse,
@@ -108,7 +108,7 @@ class _App(FastAPI):
         # Outermost, so that even the answer of Starlette's last-resort error handler has the id
         # and its access-log line.
         front = _FrontDoor(self.rerank_routes, self.refuse, super().build_middleware_stack())
-        return RequestIdMiddleware(AccessLogMiddleware(front))
+        return RequestLogMiddleware(front)
 
 
 def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_serving: bool = False) -> FastAPI:
@@ -441,7 +441,7 @@ def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_servi
 
     @app.exception_handler(Exception)
     async def last_resort(request: Request, exc: Exception) -> Response:
-        # Starlette logs the traceback (RequestIdMiddleware adds the id); the client gets our shape.
+        # Starlette logs the traceback (RequestLogMiddleware adds the id); the client gets our shape.
         error = APIError(
             500,
             errors.BACKEND,

@@ -156,7 +156,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         self.guard.touch(self)
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:
+            self.cycle.transport = HeadHeldTransport(self.transport, self.loop)
 
     def on_response_complete(self) -> None:
         self.guard.touch(self)
@@ -207,6 +210,47 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(response)
         self.transport.close()
         self.guard.closed(reason)
+
+
+class HeadHeldTransport:
+    """The transport a request's response is written through: its status line and headers wait
+    for the first part of its body, so that a response of one body goes out in one send, not two.
+
+    uvicorn writes the head when the app starts its response and the body in a second write. On
+    loopback or a LAN each write is a segment of its own (the socket has TCP_NODELAY) and a wakeup
+    of the client, which a one-pair request pays twice. Whatever is held is written at the end of
+    the event loop's turn at the latest (a HEAD answer, or a 100 Continue, has no body to wait
+    for), and before the connection is closed; writes keep their order.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif self._first:
+            self._first = False
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def protocol_class(guard: ConnectionGuard) -> type[GuardedHttpToolsProtocol]:

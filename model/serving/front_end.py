@@ -238,7 +238,7 @@ def run_front_end(
         logger.info("front end %d (pid %d) starting", spec.index, os.getpid())
         server = DrainingServer(uvicorn_config(app, spec.listener), state)
         try:
-            server.run(sockets=[listening])
+            server.run_as_the_process(sockets=[listening])
         finally:
             stop.set()
             # Ended before the interpreter exits, which would otherwise free what the thread holds

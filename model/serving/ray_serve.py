@@ -148,7 +148,7 @@ def serve_on_ray(
             gpus,
             plan.cpus_per_replica,
         )
-        DrainingServer(front_config(front, listener), front).run()
+        DrainingServer(front_config(front, listener), front).run_as_the_process()
     finally:
         _tear_down(serve, serve_was_running)
         if started:
