@@ -96,6 +96,21 @@ def test_writes_keep_their_order_and_closing_writes_what_is_held():
     assert asyncio.run(scenario()).writes == [b"head;body 1;", b"body 2;", b"head of a HEAD answer;"]
 
 
+def test_a_large_body_is_written_as_it_is_after_the_head():
+    """Joining would copy megabytes on the event loop: a large body goes out as its own write."""
+
+    async def scenario() -> RecordingTransport:
+        socket_side = RecordingTransport()
+        held = connections.HeadHeldTransport(socket_side, asyncio.get_running_loop())
+        held.write(b"head;")
+        held.write(large)
+        await asyncio.sleep(0)
+        return socket_side
+
+    large = b"x" * (connections.JOIN_MAX_BYTES + 1)
+    assert asyncio.run(scenario()).writes == [b"head;", large]
+
+
 def test_a_head_request_gets_its_head_alone_and_the_connection_goes_on(reranker):
     """A HEAD answer has no body to wait for: its head is written all the same, before the answer
     of the request behind it."""

@@ -212,6 +212,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.guard.closed(reason)
 
 
+# The largest body part joined to a held head into one write.
+JOIN_MAX_BYTES = 64 * 1024
+
+
 class HeadHeldTransport:
     """The transport a request's response is written through: its status line and headers wait
     for the first part of its body, so that a response of one body goes out in one send, not two.
@@ -220,7 +224,9 @@ class HeadHeldTransport:
     loopback or a LAN each write is a segment of its own (the socket has TCP_NODELAY) and a wakeup
     of the client, which a one-pair request pays twice. Whatever is held is written at the end of
     the event loop's turn at the latest (a HEAD answer, or a 100 Continue, has no body to wait
-    for), and before the connection is closed; writes keep their order.
+    for), and before the connection is closed; writes keep their order. A body part over
+    ``JOIN_MAX_BYTES`` is written after the head as it is: joining would copy it on the event loop
+    (megabytes of echoed documents), where one write more costs nothing.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -231,7 +237,10 @@ class HeadHeldTransport:
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
-            data, self._held = self._held + data, None
+            if len(data) <= JOIN_MAX_BYTES:
+                data, self._held = self._held + data, None
+            else:
+                self.flush()
         elif self._first:
             self._first = False
             self._held = data
