@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from turborank.kernels._alibi_common import check_max_seqlen, check_ref_lengths, resolve_softmax_scale
 from turborank.kernels.alibi_band import band_key_ranges, use_band
+from turborank.kernels.alibi_score_tiles import attend_in_padded_tiles
 
 # Query rows per band block: the band's key range is computed per (head, block of this many rows).
 # Smaller blocks follow the band more closely and cost more calls; at 256 rows one call is about
@@ -97,10 +98,18 @@ def alibi_attention_torch(
         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]
     )
     out = torch.empty(starts_q[-1], heads, d, device=q.device, dtype=q.dtype)
+    if q.dtype in _TILE_DTYPES:
+        tiled = [
+            seq
+            for seq in range(len(starts_q) - 1)
+            if starts_q[seq + 1] > starts_q[seq] and starts_k[seq + 1] - starts_k[seq] <= _TILE_MAX_KEYS
+        ]
+        attend_in_padded_tiles(q, k, v, starts_q, starts_k, tiled, slopes, scale, _CALL_BIAS_ELEMENTS, out)
     neg_slopes = -slopes.float().reshape(heads, 1)
     for first, count, length_q, length_k in _runs_of_one_length(starts_q, starts_k, heads):
-        tiles = q.dtype in _TILE_DTYPES and length_k <= _TILE_MAX_KEYS
-        work = q.dtype if tiles else torch.float32  # SDPA's path computes in fp32 (no copy in fp32)
+        if q.dtype in _TILE_DTYPES and length_k <= _TILE_MAX_KEYS:
+            continue  # done above
+        work = torch.float32  # SDPA's path computes in fp32 (no copy in fp32)
         # [count, L, heads, d]: the packed rows of the run as a batch
         rows_q = slice(starts_q[first], starts_q[first] + count * length_q)
         rows_k = slice(starts_k[first], starts_k[first] + count * length_k)
@@ -111,26 +120,10 @@ def alibi_attention_torch(
         # Formed in fp32; the tiles round it to bf16 once, like the scores it is added to.
         offsets = torch.arange(length_q + length_k - 1, device=q.device, dtype=torch.float32) - (length_k - 1)
         bias = (neg_slopes * offsets.abs_()).to(work)  # a new contiguous tensor: _Run views its storage
-        if tiles:
-            # The batched GEMMs copy any operand whose matrices are not contiguous, per call: one
-            # heads-major copy each here (the keys reversed in the same pass) instead.
-            reverse = torch.arange(length_k - 1, -1, -1, device=q.device)
-            run = _Run(
-                qs.transpose(1, 2).contiguous(),
-                ks.transpose(1, 2).index_select(2, reverse),
-                vs.transpose(1, 2).index_select(2, reverse),
-                bias,
-                scale,
-            )
-        else:
-            # SDPA takes [batch, heads, L, d] and reads strides; flipping the packed layout copies whole rows.
-            run = _Run(
-                qs.transpose(1, 2), ks.flip(1).transpose(1, 2), vs.flip(1).transpose(1, 2), bias, scale
-            )
+        # SDPA takes [batch, heads, L, d] and reads strides; flipping the packed layout copies whole rows.
+        run = _Run(qs.transpose(1, 2), ks.flip(1).transpose(1, 2), vs.flip(1).transpose(1, 2), bias, scale)
         dest = out[rows_q].view(count, length_q, heads, d).transpose(1, 2)
-        if tiles:
-            run.attend_in_tiles(dest)
-        elif use_band(band, length_k):
+        if use_band(band, length_k):
             ranges = band_key_ranges(qs, ks, vs, slopes, scale, _BAND_ROWS)
             for h, head_ranges in enumerate(ranges):
                 for start, stop, lo, hi in _merged_blocks(head_ranges, length_q, count):
@@ -170,21 +163,6 @@ class _Run:
             attn_mask=mask,
             scale=self.scale,
         )
-
-    def attend_in_tiles(self, dest: torch.Tensor) -> None:
-        """Every head and key, per sequence and block of query rows whose scores fit in
-        ``_CALL_BIAS_ELEMENTS``: the bias copied into the tile and q kᵀ added to it by one
-        ``baddbmm``, a softmax, a ``bmm`` with v; written into ``dest`` [n, heads, Lq, d]."""
-        n, heads, length_q, _ = self.q.shape
-        length_k, width = self.k_reversed.shape[2], self.bias.shape[1]
-        rows = max(1, min(length_q, _CALL_BIAS_ELEMENTS // (heads * length_k)))
-        for i in range(n):
-            keys_t = self.k_reversed[i].transpose(1, 2)  # [heads, d, Lk]
-            for start in range(0, length_q, rows):
-                stop = min(start + rows, length_q)
-                bias = self.bias.as_strided((heads, stop - start, length_k), (width, 1, 1), start)
-                scores = torch.baddbmm(bias, self.q[i, :, start:stop], keys_t, alpha=self.scale)
-                dest[i, :, start:stop] = torch.bmm(scores.softmax(-1), self.v_reversed[i])
 
 
 def _runs_of_one_length(
