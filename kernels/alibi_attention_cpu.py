@@ -1,17 +1,18 @@
 """The PyTorch engine of ``alibi_attention``: what runs on CPU (and serves as the Triton kernel's
 reference on GPU).
 
-Two ways to run a run of equal-length sequences, both without an [L, L] tensor for any L past a
+Two ways to run a sequence, both without an [L, L] tensor for any L past a
 bounded tile:
 
 - ``scaled_dot_product_attention`` with the ALiBi bias as a strided view that is never built (its
   CPU flash kernel keeps the scores in cache), in fp32, band-limited from ``BAND_MIN_SEQLEN`` keys;
-- in bf16 up to ``_TILE_MAX_KEYS`` keys, score tiles of at most ``_CALL_BIAS_ELEMENTS``: one
-  ``baddbmm`` (q kᵀ plus the bias), a softmax and a ``bmm`` per tile, all three bf16 kernels with
-  fp32 accumulation. SDPA's CPU kernel is no faster in bf16 than in fp32 at head_dim 32, while these
-  run the two products at the bf16 GEMM rate (10 x 512 tokens, 12 heads, 2 Zen 4 cores: 31 against
-  49 ms per layer). The scores are rounded to bf16 once, as the reference's own bf16 forward rounds
-  them; the softmax is computed in fp32.
+- in bf16 up to ``_TILE_MAX_KEYS`` keys, score tiles (``alibi_score_tiles``): sequences of any
+  lengths batched by their key count rounded up to 32, one ``baddbmm`` (q kᵀ plus the bias), a
+  softmax and a ``bmm`` per group, all three bf16 kernels with fp32 accumulation. SDPA's CPU kernel
+  is no faster in bf16 than in fp32 at head_dim 32, while these run the two products at the bf16
+  GEMM rate (10 x 512 tokens, 12 heads, 2 Zen 4 cores: 31 against 49 ms per layer). The scores are
+  rounded to bf16 once, as the reference's own bf16 forward rounds them; the softmax is computed
+  in fp32.
 """
 
 from __future__ import annotations
@@ -78,13 +79,13 @@ def alibi_attention_torch(
         [cu_seqlens_q[-1], heads, d] in q's dtype.
 
     Computes in fp32 with ``scaled_dot_product_attention`` (on CPU its flash kernel: online
-    softmax over key blocks, no score matrix in memory), except bf16 runs of at most
-    ``_TILE_MAX_KEYS`` keys, which run in bf16 score tiles (module docstring). Each sequence runs
-    on its own real keys, so there is no padding to mask; runs of sequences of one length share a
-    call. The bias is never materialised either: with the keys in reverse order, -slope * |i - j|
-    depends only on i + j', so one [heads, Lq + Lk - 1] vector viewed with strides (1, 1) is the
-    whole [heads, Lq, Lk] bias. Bad lengths (cu_seqlens, max_seqlen) and scales are a ValueError
-    naming the argument.
+    softmax over key blocks, no score matrix in memory), except bf16 sequences of at most
+    ``_TILE_MAX_KEYS`` keys, which run in bf16 score tiles (module docstring). On SDPA each
+    sequence runs on its own real keys, so there is no padding to mask; runs of sequences of one
+    length share a call. The bias is never materialised either: with the keys in reverse order,
+    -slope * |i - j| depends only on i + j', so one [heads, Lq + Lk - 1] vector viewed with
+    strides (1, 1) is the whole [heads, Lq, Lk] bias. Bad lengths (cu_seqlens, max_seqlen) and
+    scales are a ValueError naming the argument.
     """
     if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
