@@ -31,6 +31,16 @@ def resolve_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
     return float(softmax_scale)
 
 
+def reversed_key_bias(slopes: torch.Tensor, rows: int, keys: int, dtype: torch.dtype) -> torch.Tensor:
+    """[heads, rows + keys - 1] with bias[h, t] = -slope_h * |t - (keys - 1)|: with a sequence's keys
+    in reverse order, query i against key slot j sits at t = i + j, so this viewed with strides
+    (rows + keys - 1, 1, 1) is the whole [heads, rows, keys] ALiBi bias, never built. Formed in fp32
+    and rounded once to ``dtype`` (in bf16 like the scores it is added to); a new contiguous tensor.
+    """
+    offsets = torch.arange(rows + keys - 1, device=slopes.device, dtype=torch.float32) - (keys - 1)
+    return (-slopes.float()[:, None] * offsets.abs_()).to(dtype)
+
+
 def check_max_seqlen(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a Python int >= 1, got {value!r}")

@@ -23,7 +23,12 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from turborank.kernels._alibi_common import check_max_seqlen, check_ref_lengths, resolve_softmax_scale
+from turborank.kernels._alibi_common import (
+    check_max_seqlen,
+    check_ref_lengths,
+    resolve_softmax_scale,
+    reversed_key_bias,
+)
 from turborank.kernels.alibi_band import band_key_ranges, use_band
 from turborank.kernels.alibi_score_tiles import attend_in_padded_tiles
 
@@ -99,28 +104,25 @@ def alibi_attention_torch(
         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]
     )
     out = torch.empty(starts_q[-1], heads, d, device=q.device, dtype=q.dtype)
-    if q.dtype in _TILE_DTYPES:
+    tiles = q.dtype in _TILE_DTYPES
+    if tiles:
         tiled = [
             seq
             for seq in range(len(starts_q) - 1)
             if starts_q[seq + 1] > starts_q[seq] and starts_k[seq + 1] - starts_k[seq] <= _TILE_MAX_KEYS
         ]
         attend_in_padded_tiles(q, k, v, starts_q, starts_k, tiled, slopes, scale, _CALL_BIAS_ELEMENTS, out)
-    neg_slopes = -slopes.float().reshape(heads, 1)
     for first, count, length_q, length_k in _runs_of_one_length(starts_q, starts_k, heads):
-        if q.dtype in _TILE_DTYPES and length_k <= _TILE_MAX_KEYS:
-            continue  # done above
-        work = torch.float32  # SDPA's path computes in fp32 (no copy in fp32)
-        # [count, L, heads, d]: the packed rows of the run as a batch
+        if tiles and length_k <= _TILE_MAX_KEYS:
+            continue  # done in the tiles above
+        # [count, L, heads, d]: the packed rows of the run as a batch, in fp32 (SDPA's path computes
+        # in fp32; no copy for an fp32 input)
         rows_q = slice(starts_q[first], starts_q[first] + count * length_q)
         rows_k = slice(starts_k[first], starts_k[first] + count * length_k)
-        qs = q[rows_q].view(count, length_q, heads, d).to(work)
-        ks = k[rows_k].view(count, length_k, heads, d).to(work)
-        vs = v[rows_k].view(count, length_k, heads, d).to(work)
-        # bias[h, t] = -slope_h * |t - (Lk - 1)|: query i against reversed key j' sits at t = i + j'.
-        # Formed in fp32; the tiles round it to bf16 once, like the scores it is added to.
-        offsets = torch.arange(length_q + length_k - 1, device=q.device, dtype=torch.float32) - (length_k - 1)
-        bias = (neg_slopes * offsets.abs_()).to(work)  # a new contiguous tensor: _Run views its storage
+        qs = q[rows_q].view(count, length_q, heads, d).float()
+        ks = k[rows_k].view(count, length_k, heads, d).float()
+        vs = v[rows_k].view(count, length_k, heads, d).float()
+        bias = reversed_key_bias(slopes, length_q, length_k, torch.float32)  # _Run views its storage
         # SDPA takes [batch, heads, L, d] and reads strides; flipping the packed layout copies whole rows.
         run = _Run(qs.transpose(1, 2), ks.flip(1).transpose(1, 2), vs.flip(1).transpose(1, 2), bias, scale)
         dest = out[rows_q].view(count, length_q, heads, d).transpose(1, 2)

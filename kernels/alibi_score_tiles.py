@@ -27,6 +27,8 @@ import itertools
 
 import torch
 
+from turborank.kernels._alibi_common import reversed_key_bias
+
 # The key count a tile is padded to a multiple of: the bf16 softmax's vector width (32 bf16 lanes).
 KEY_MULTIPLE = 32
 # Scores per group call: sequences join a group up to this many (one sequence may hold more). The
@@ -84,11 +86,8 @@ def attend_in_padded_tiles(
             count = max(1, min(GROUP_ELEMENTS, tile_elements) // (heads * rows * keys))
             part = slice(first, first + count)
             first += count
-            # bias[h, t] = -slope_h * |t - (keys - 1)|: with the keys reversed and padded in
-            # front, query i against key slot j sits at t = i + j, so the [heads, rows, keys]
-            # bias is a strided view of this [heads, rows + keys - 1].
-            offsets = torch.arange(rows + keys - 1, device=q.device, dtype=torch.float32) - (keys - 1)
-            bias = (-slopes.float()[:, None] * offsets.abs_()).to(q.dtype)
+            # The keys are reversed and padded in front, so the bias is a strided view of this.
+            bias = reversed_key_bias(slopes, rows, keys, q.dtype)
             _attend_group(
                 q,
                 starts_q,
