@@ -4,6 +4,7 @@ finite."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -107,9 +108,15 @@ class NonFiniteScoreError(ValueError):
 def check_finite(logits: torch.Tensor, owners: list[int] | None = None) -> None:
     """NonFiniteScoreError naming the pairs (``owners[i]`` for window i, when given) whose logit is
     not finite; one check over the host tensor."""
-    if bool(torch.isfinite(logits).all()):
+    # A finite sum means every logit is finite (a NaN or an infinity makes it NaN or infinite): one
+    # reduction, where ``isfinite(...).all()`` is five ops (6 against 2 us for one pair's logits).
+    # A sum that overflowed would come here with every logit finite; the exact check tells.
+    if logits.numel() == 0 or math.isfinite(logits.sum().item()):
         return
-    windows = (~torch.isfinite(logits)).nonzero().flatten().tolist()
+    bad = ~torch.isfinite(logits)
+    if not bool(bad.any()):
+        return
+    windows = bad.nonzero().flatten().tolist()
     pairs = list(dict.fromkeys(windows if owners is None else [owners[i] for i in windows]))
     first = logits[windows[0]].item()
     more = f" and {len(pairs) - 1} more" if len(pairs) > 1 else ""

@@ -213,6 +213,27 @@ def test_a_non_finite_score_is_an_error_naming_the_pair_in_input_order(small_ckp
         reranker.logits(encoded, owners)
 
 
+def test_the_finite_check_tells_an_overflowing_sum_from_a_non_finite_logit():
+    """The check sums the logits first: finite logits whose sum overflows pass, and every
+    non-finite value (NaN, +inf, -inf, +inf beside -inf) is named, whatever its neighbours."""
+    from turborank.scoring_options import NonFiniteScoreError, check_finite
+
+    check_finite(torch.empty(0))
+    check_finite(torch.tensor([3e38, 3e38, -1.0]))  # the sum is inf, every logit finite
+    cases = [  # (logits, the first non-finite one): NaN, inf, -inf, inf beside -inf
+        ([1.0, float("nan"), 2.0], 1),
+        ([0.5, 3e38, 3e38, float("inf")], 3),
+        ([float("-inf"), 0.0], 0),
+        ([0.0, float("inf"), float("-inf")], 1),
+    ]
+    for values, first in cases:
+        with pytest.raises(NonFiniteScoreError, match=rf"for pair {first}\b"):
+            check_finite(torch.tensor(values))
+        owners = [7 + i for i in range(len(values))]
+        with pytest.raises(NonFiniteScoreError, match=rf"for pair {owners[first]}\b"):
+            check_finite(torch.tensor(values), owners)
+
+
 def test_rank_takes_no_activation(reranker):
     with pytest.raises(TypeError, match="activation is an option of predict"):
         reranker.rank("q", ["a", "b"], activation=False)

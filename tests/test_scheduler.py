@@ -189,6 +189,39 @@ def test_a_request_whose_event_loop_closed_does_not_stop_the_worker():
         scheduler.stop()
 
 
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), float("-inf")])
+def test_a_score_that_returns_a_non_finite_logit_fails_only_its_own_request(poison):
+    """A scorer that returns a non-finite logit without raising (the scheduler checks what any
+    scorer returns): the shared forward is retried per request and only the request whose pairs
+    give it again fails; finite logits whose sum overflows are scores."""
+    forwards: list[list[int]] = []
+
+    def score(encoded: EncodedPairs) -> torch.Tensor:
+        forwards.append(sorted({ids[0] for ids in encoded.input_ids}))
+        values = [poison if ids[0] == 1 else 1.5e308 for ids in encoded.input_ids]
+        return torch.tensor(values, dtype=torch.float64)
+
+    scheduler = BatchScheduler(score, max_batch_tokens=1000)
+    scheduler.start()
+
+    async def scenario() -> tuple[BaseException | None, list[float]]:
+        await asyncio.sleep(0)
+        poisoned, clean = scheduler.submit(pairs(1, 4, 2)), scheduler.submit(pairs(2, 4, 3))
+        results = await asyncio.wait_for(
+            asyncio.gather(poisoned.future, clean.future, return_exceptions=True), 30
+        )
+        return results[0], results[1]
+
+    try:
+        error, scores = asyncio.run(scenario())
+    finally:
+        scheduler.stop()
+    assert isinstance(error, BatchError) and "non-finite" in str(error)
+    assert scores == [1.5e308] * 3
+    # Both requests in one forward, then each alone; or the first taken alone before the second came.
+    assert forwards in ([[1, 2], [1], [2]], [[1], [2]])
+
+
 def test_the_per_request_retry_skips_a_request_cancelled_meanwhile():
     """A shared forward fails while one of its requests is cancelled (its client left): the retry
     scores the other request's pairs alone and runs nothing for the cancelled one."""

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 import weakref
@@ -270,8 +271,11 @@ class BatchScheduler:
         start = time.perf_counter()
         failure: BaseException | None = None
         try:
-            logits = self._score(encoded)
-            if not bool(torch.isfinite(logits).all()):
+            values = self._score(encoded).tolist()
+            # Finite sum, finite terms: a NaN or an infinity makes the sum NaN or infinite (one
+            # pass over the list, where isfinite(...).all() on the tensor is five ops); a sum
+            # that overflowed is told apart by the exact check.
+            if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
                 failure = BatchError(_NON_FINITE)
         except NonFiniteScoreError as exc:  # its pair numbers are this batch's, not a request's
             failure = BatchError(_NON_FINITE)
@@ -295,7 +299,6 @@ class BatchScheduler:
         self._observe(
             "batch", pairs=len(batch), tokens=sum(encoded.lengths), seconds=time.perf_counter() - start
         )
-        values = logits.tolist()
         for (ticket, index), value in zip(batch, values, strict=True):
             ticket.logits[index] = value
         for ticket in tickets:
