@@ -71,6 +71,8 @@ def logged_path(scope: dict[str, Any]) -> str:
 
 
 def _log(scope: dict[str, Any], status: int, total_ms: float) -> None:
+    if not logger.isEnabledFor(logging.INFO):  # --log-level warning: no line, nothing to build
+        return
     noted = scope.get("state", {}).get(_KEY, {})
     fields: dict[str, Any] = {
         "request_id": request_id_of(scope),
