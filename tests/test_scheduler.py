@@ -205,7 +205,6 @@ def test_a_score_that_returns_a_non_finite_logit_fails_only_its_own_request(pois
     scheduler.start()
 
     async def scenario() -> tuple[BaseException | None, list[float]]:
-        await asyncio.sleep(0)
         poisoned, clean = scheduler.submit(pairs(1, 4, 2)), scheduler.submit(pairs(2, 4, 3))
         results = await asyncio.wait_for(
             asyncio.gather(poisoned.future, clean.future, return_exceptions=True), 30
