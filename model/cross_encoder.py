@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from turborank.ranking import ranked_results
+from turborank.ranking import check_rank_arguments, ranked_results
 from turborank.reranker import DEFAULT_MODEL, Reranker
 
 # sentence-transformers' keywords (2.x to 6.x) that change nothing here: the hub and cache options
@@ -302,10 +302,7 @@ class CrossEncoder(torch.nn.Module):
         ``top_k`` (0 gives an empty list, as in sentence-transformers). Ties keep input order."""
         activation_fn = _renamed(kwargs, "activation_fct", activation_fn)  # sentence-transformers 3.x
         _check_keywords("rank", CrossEncoder.rank, kwargs)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-            raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise ValueError("documents must be a list of strings")
+        check_rank_arguments(documents, top_k, smallest_top_k=0)  # 0: an empty list, as sentence-transformers
         scores = self.predict(
             [(query, document) for document in documents],
             batch_size=batch_size,

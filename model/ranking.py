@@ -12,6 +12,18 @@ def best_first(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: -scores[i])
 
 
+def check_rank_arguments(documents: Sequence[str], top_k: int | None, smallest_top_k: int) -> None:
+    """``rank``'s ValueErrors: ``documents`` a sequence of strings (a bare string is one text, not
+    a list of them), ``top_k`` None or an integer of at least ``smallest_top_k`` (0 where the API
+    being mirrored answers an empty list for it)."""
+    if isinstance(documents, str) or not isinstance(documents, Sequence):
+        raise ValueError("documents must be a list of strings")
+    is_integer = isinstance(top_k, int) and not isinstance(top_k, bool)
+    if top_k is not None and (not is_integer or top_k < smallest_top_k):
+        kind = "a positive integer" if smallest_top_k == 1 else "a non-negative integer"
+        raise ValueError(f"top_k must be {kind} or None, got {top_k!r}")
+
+
 def ranked_results(
     scores: Sequence[float], documents: Sequence[str], top_k: int | None, return_documents: bool
 ) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from turborank.packing import (
     plan_batches,
     to_device,
 )
-from turborank.ranking import ranked_results
+from turborank.ranking import check_rank_arguments, ranked_results
 from turborank.scoring_options import (
     as_pairs,
     check_long_doc_options,
@@ -391,10 +391,7 @@ class Reranker:
         """Documents sorted best first: [{"corpus_id": index in ``documents``, "score": sigmoid
         score[, "text": document]}], cut to ``top_k``. Ties keep input order. ``options`` are
         those of ``predict`` (except ``activation``)."""
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise ValueError("documents must be a list of strings")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        check_rank_arguments(documents, top_k, smallest_top_k=1)
         check_options(return_documents=return_documents)
         check_query(query)
         if "activation" in options:

@@ -127,8 +127,11 @@ def test_output_types(encoder):
 def test_rank_top_k_zero_and_bad_top_k(encoder):
     assert encoder.rank("q", ["a", "b"], top_k=0) == []
     assert [r["corpus_id"] for r in encoder.rank("q", ["a", "b"], top_k=5)] in ([0, 1], [1, 0])
-    with pytest.raises(ValueError, match="top_k"):
-        encoder.rank("q", ["a"], top_k=-1)
+    for bad in (-1, True, 1.0):
+        with pytest.raises(ValueError, match="top_k must be a non-negative integer or None"):
+            encoder.rank("q", ["a"], top_k=bad)
+    with pytest.raises(ValueError, match="documents must be a list of strings"):
+        encoder.rank("q", "one string")
 
 
 def test_older_names_of_the_activation_are_the_activation(small_ckpt, encoder):
