@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from benchmarks.gpu.targets import PROJECTED_FIXED_S, projected_forward_seconds
 from benchmarks.serve import stand_in
-from tests.helpers import benchmark_rows, sample_pairs
+from tests.helpers import ROOT, benchmark_rows, sample_pairs
 from turborank import Reranker
 from turborank.packing import cu_seqlens
 
@@ -99,3 +102,29 @@ def test_host_floor_benchmark_runs_both_servers(tmp_path):
         assert 0 < row["stand_in_ms_per_request"] < row["p50_ms"]
         # CPU time comes from /proc in clock ticks (10 ms): 20 requests may read as none.
         assert row["overhead_p50_ms"] > 0 and row["server_cpu_ms_per_request"] >= 0
+
+
+def test_host_floor_names_the_floor_servers_it_can_run(tmp_path):
+    for servers, message in (
+        ("nginx", "--floor-servers: 'nginx'; each of uvicorn, granian at most once"),
+        ("uvicorn,uvicorn", "each of uvicorn, granian at most once"),
+    ):
+        command = [sys.executable, "-m", "benchmarks.serve.host_floor", "--floor-servers", servers]
+        done = subprocess.run(
+            [*command, "--out", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_host_floor_runs_the_floor_app_under_granian_too(tmp_path):
+    pytest.importorskip("granian")
+    options = ["--requests", "20", "--rounds", "1", "--floor-servers", "uvicorn,granian"]
+    rows = benchmark_rows("benchmarks.serve.host_floor", tmp_path, *options)
+    assert [row["server"] for row in rows] == ["floor app", "floor app on granian", "turborank serve"]
+    for row in rows:
+        assert 0 < row["stand_in_ms_per_request"] < row["p50_ms"]

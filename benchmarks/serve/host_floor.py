@@ -11,6 +11,10 @@ logs or request ids. It runs in turn with `turborank serve` on the same stand-in
 ``--requests`` sequential one-pair requests per round over one raw keep-alive connection (the
 client of ``host_pipeline``), and both get p50/p99, overhead (p50 minus the stand-in's forward)
 and server CPU per request. The difference between the two rows is what the features cost.
+
+``--floor-servers uvicorn,granian`` runs the floor app under granian too (a Rust HTTP server with
+an ASGI interface, installed separately: ``pip install granian``), one worker and one runtime
+thread, as a row of its own: whether another ASGI server would give turborank a lower floor.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -38,6 +43,7 @@ from turborank.testing import make_checkpoint
 from turborank.testing_server import free_port
 
 MODEL_ENV = "HOST_FLOOR_MODEL"
+FLOOR_SERVERS = ("uvicorn", "granian")
 
 
 def _serve_model(reranker: Any, jobs: queue.SimpleQueue) -> None:
@@ -86,13 +92,27 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
+def _floor_command(server: str, port: int) -> list[str]:
+    app = "benchmarks.serve.host_floor:app"
+    if server == "uvicorn":
+        options = ["--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
+        return [sys.executable, "-m", "uvicorn", app, "--port", str(port), *options]
+    # One worker (a process of its own: its CPU counts as the server's) and one runtime thread, as
+    # uvicorn serves on one event loop.
+    command = [sys.executable, "-m", "granian", "--interface", "asgi", "--port", str(port), "--no-ws"]
+    command += ["--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--log-level", "warning"]
+    return [*command, app]
+
+
 @contextlib.contextmanager
-def floor_server(checkpoint: Path, stats: Path, log: Path) -> Iterator[tuple[int, int]]:
-    """``app`` under uvicorn (httptools, uvloop) on the stand-in; yields (pid, port) once it answers."""
+def floor_server(
+    checkpoint: Path, stats: Path, log: Path, server: str = "uvicorn"
+) -> Iterator[tuple[int, int]]:
+    """``app`` under ``server`` (uvicorn with httptools and uvloop, or granian) on the stand-in;
+    yields (pid, port) once it answers."""
     port = free_port()
     environment = {**os.environ, MODEL_ENV: str(checkpoint), stand_in.STATS_ENV: str(stats)}
-    command = [sys.executable, "-m", "uvicorn", "benchmarks.serve.host_floor:app", "--port", str(port)]
-    command += ["--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
+    command = _floor_command(server, port)
     with open(log, "w") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log_file, stderr=log_file)
     try:
@@ -125,26 +145,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="sequential one-pair requests a round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each server in turn")
+    parser.add_argument(
+        "--floor-servers",
+        default="uvicorn",
+        help=f"comma-separated, the floor app under each of {', '.join(FLOOR_SERVERS)}",
+    )
     parser.add_argument("--name", default="host_floor", help="report name (a date is added)")
     parser.add_argument("--out", type=Path, default=LOCAL_RESULTS)
     args = parser.parse_args()
+    floor_servers = args.floor_servers.split(",")
+    unknown = sorted(set(floor_servers) - set(FLOOR_SERVERS))
+    if unknown or len(set(floor_servers)) != len(floor_servers):
+        choices = ", ".join(FLOOR_SERVERS)
+        parser.error(f"--floor-servers: {args.floor_servers!r}; each of {choices} at most once")
+    if "granian" in floor_servers and importlib.util.find_spec("granian") is None:
+        parser.error("--floor-servers granian: granian is not installed (pip install granian)")
     rng = random.Random(0)
     bodies = [_body(rng, 1, 30) for _ in range(args.requests)]
-    rounds: dict[str, list[dict]] = {"floor app": [], "turborank serve": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    # "floor app" alone is uvicorn's, as in the reports before granian was an option.
+    names = {
+        server: "floor app" if server == "uvicorn" else f"floor app on {server}" for server in floor_servers
+    }
+    rounds: dict[str, list[dict]] = {name: [] for name in [*names.values(), "turborank serve"]}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         tmp_path = Path(tmp)
         checkpoint = make_checkpoint(tmp_path / "ckpt", "small", seed=0)
-        floor_stats, serve_stats = tmp_path / "floor.stats", tmp_path / "serve.stats"
-        with (
-            floor_server(checkpoint, floor_stats, tmp_path / "floor.log") as floor,
-            stand_in_server(checkpoint, serve_stats, tmp_path / "serve.log", []) as served,
-        ):
-            for _ in range(args.rounds):
-                for name, (pid, port), stats in (
-                    ("floor app", floor, floor_stats),
-                    ("turborank serve", served, serve_stats),
-                ):
-                    rounds[name].append(sequential(Served(pid, port, stats), bodies, name, 1))
+        running = []
+        for server, name in names.items():
+            stats = tmp_path / f"{server}.stats"
+            log = tmp_path / f"{server}.log"
+            running.append((name, servers.enter_context(floor_server(checkpoint, stats, log, server)), stats))
+        serve_stats = tmp_path / "serve.stats"
+        served = servers.enter_context(stand_in_server(checkpoint, serve_stats, tmp_path / "serve.log", []))
+        running.append(("turborank serve", served, serve_stats))
+        for _ in range(args.rounds):
+            for name, (pid, port), stats in running:
+                rounds[name].append(sequential(Served(pid, port, stats), bodies, name, 1))
     keys = ["p50_ms", "p99_ms", "stand_in_ms_per_request", "overhead_p50_ms", "server_cpu_ms_per_request"]
     rows = []
     for name, measured in rounds.items():
@@ -161,6 +197,11 @@ def main() -> None:
         "Reranker.logits on a model thread (queue.SimpleQueue, call_soon_threadsafe), torch sigmoid, "
         "json; nothing else",
     ]
+    if "granian" in names:
+        notes.append(
+            "floor app on granian: the same app under granian's ASGI interface (one worker process, "
+            "one runtime thread, uvloop; the worker's CPU counted)"
+        )
     write_report(args.out, args.name, rows, columns, notes)
 
 
