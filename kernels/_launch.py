@@ -16,6 +16,11 @@ except ImportError:  # triton ships for Linux only; the PyTorch references still
 
 LOG2E = 1.4426950408889634  # log2(e): kernels take exp(x) as exp2(x * LOG2E)
 INV_SQRT2 = 0.7071067811865476  # 1 / sqrt(2), for the exact GELU's erf(x / sqrt(2))
+# Every launch asks for FMA contraction (a * b + c in one rounding), as the kernels were tested and
+# compiled for sm_90: left unset, Triton 3.9 warns that its default turns to off in 3.10, which
+# would change the kernels' speed and last bits with the Triton version. The user's
+# TRITON_FORCE_DISABLE_FP_FUSION=1 still turns it off.
+ENABLE_FP_FUSION = True
 
 
 def interpreting() -> bool:
@@ -70,15 +75,35 @@ def attention_gpu_launch_config(
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) the launcher chooses on a GPU.
 
     Every (head_dim <= MAX_HEAD_DIM, dtype) fits an H100/H200's 227 KiB of shared memory per block,
-    as benchmarks/compile/sm90_compile.py checks for each head-dim class (tests/test_sm90_compile.py)."""
+    as benchmarks/compile/sm90_compile.py checks for each head-dim class (tests/test_sm90_compile.py),
+    and keeps its registers: a tile that spills to the stack reads and writes local memory in the
+    key loop. fp32's products run on FMAs, not tensor cores, and hold many more values per thread
+    than half precision's: its tiles are smaller (a 128 x 64 fp32 tile at head_dim 32 spilled 7 KiB
+    per thread)."""
+    block_d = attention_block_d(head_dim)
+    if dtype == torch.float32:
+        if max_seqlen_q <= 16:
+            return _FP32_SHORT_QUERY_TILES[block_d]
+        return (64, 32, 8, 2) if block_d <= 64 else (32, 32, 8, 2)
     if max_seqlen_q <= 16:
-        # The token-0 queries of the last layer: one tile of rows, a long key sweep. fp32 K and V
-        # tiles of 128 keys x 256 dims would need 280 KiB of shared memory: half as many keys.
-        block_n = 64 if dtype == torch.float32 and attention_block_d(head_dim) > 128 else 128
-        return 16, block_n, 4, 2
-    if head_dim <= 64:
-        return 128, 64, 4, 3
-    return 128, 32, 8, 2
+        # The token-0 queries of the last layer: one tile of rows, a long key sweep.
+        if block_d <= 64:
+            return 16, 128, 4, 2
+        return (16, 64, 8, 2) if block_d <= 128 else (16, 32, 4, 2)
+    if block_d <= 64:
+        return 128, 64, 8, 3
+    return 64, 64, 8, 2
+
+
+# fp32 tiles of at most 16 query rows (the token-0 queries, short sequences) by BLOCK_D: the
+# largest key step that compiles without spilling under Triton 3.6 and 3.9 (at 256 none does).
+_FP32_SHORT_QUERY_TILES = {
+    16: (16, 64, 4, 2),
+    32: (16, 64, 4, 2),
+    64: (16, 32, 4, 2),
+    128: (16, 32, 8, 2),
+    256: (16, 32, 4, 2),
+}
 
 
 def attention_gpu_launch_configs() -> dict[tuple[int, int, int, int], list[tuple[int, torch.dtype, int]]]:
@@ -105,7 +130,9 @@ def attention_launch_config(
 def gelu_glu_linear_gpu_launch_config(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the fused GEGLU GEMM chooses on a GPU."""
     if dtype == torch.float32:
-        return 64, 64, 32, 4, 3
+        # FMA products (no tensor cores): 8 warps and a shorter K step keep the two accumulators in
+        # registers (64 x 64 x 32 on 4 warps spilled 330-560 bytes per thread).
+        return 64, 64, 16, 8, 3
     # Two 128x128 fp32 accumulators over 8 warps: 128 registers of the 255 per thread.
     return 128, 128, 64, 8, 3
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from turborank.kernels._launch import ENABLE_FP_FUSION
+
 try:
     import triton
     import triton.language as tl
@@ -103,6 +105,7 @@ def _launch(x, residual, x_ids, r_ids, weight, bias, eps, rows, out_dtype):
         HAS_R_IDS=r_ids is not None,
         BLOCK_N=block_n,
         num_warps=min(max(block_n // 256, 1), 8),
+        enable_fp_fusion=ENABLE_FP_FUSION,
     )
     return y
 

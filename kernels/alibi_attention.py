@@ -17,7 +17,7 @@ from turborank.kernels._alibi_common import (
     check_qkv,
     resolve_softmax_scale,
 )
-from turborank.kernels._launch import LOG2E, attention_block_d, attention_launch_config
+from turborank.kernels._launch import ENABLE_FP_FUSION, LOG2E, attention_block_d, attention_launch_config
 from turborank.kernels.alibi_band import band_key_norm_max, use_band
 
 try:
@@ -231,6 +231,7 @@ def launch_alibi_attention(
         IEEE_FP32=q.dtype == torch.float32,
         BANDED=banded,
         num_warps=warps,
+        enable_fp_fusion=ENABLE_FP_FUSION,
         num_stages=stages,
     )
     return out

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from turborank.kernels._launch import attention_block_d
+from turborank.kernels._launch import ENABLE_FP_FUSION, attention_block_d
 
 try:
     import triton
@@ -109,6 +109,7 @@ def band_key_norm_max(
         BLOCK_N=KEY_NORM_BLOCK_N,
         VARLEN=varlen,
         num_warps=4,
+        enable_fp_fusion=ENABLE_FP_FUSION,
     )
     return key_norm_max
 

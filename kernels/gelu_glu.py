@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from turborank.kernels._launch import ENABLE_FP_FUSION
+
 try:
     import triton
     import triton.language as tl
@@ -73,6 +75,7 @@ def gelu_glu_triton(u: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
         ACTIVATION=GLU_ACTIVATIONS.index(activation),
         BLOCK=block,
         num_warps=4,
+        enable_fp_fusion=ENABLE_FP_FUSION,
     )
     return y
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from turborank.kernels._launch import gelu_glu_linear_launch_config
+from turborank.kernels._launch import ENABLE_FP_FUSION, gelu_glu_linear_launch_config
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_torch
 
 try:
@@ -118,6 +118,7 @@ def _launch(
         BLOCK_K=block_k,
         GROUP_M=8,
         num_warps=warps,
+        enable_fp_fusion=ENABLE_FP_FUSION,
         num_stages=stages,
     )
 

@@ -1,6 +1,7 @@
 """Compile every Triton kernel for an H100/H200 (sm_90) on a machine without a GPU, at the launch
 configurations our launchers really choose, and report what ptxas made of each: registers per
-thread, spilled bytes (local memory), shared memory, and whether Hopper's wgmma was used.
+thread, the stack frame its spilled registers take (local memory), shared memory, and whether
+Hopper's wgmma was used.
 
 Why: a GPU session is short and rare; a kernel that does not compile for sm_90, spills, or asks for
 more shared memory than an SM has should be caught here, not there. The launchers are run for real
@@ -63,7 +64,7 @@ class Compiled:
     problems: list[str]
     config: str
     registers: int
-    spill_bytes: int
+    stack_bytes: int
     shared_bytes: int
     wgmma: bool
     ctas_per_sm: int
@@ -220,7 +221,12 @@ def _signature(launch: Launch) -> tuple[dict, dict, dict, dict]:
     fn = launch.fn
     names = fn.arg_names
     values = dict(zip(names, launch.args, strict=False))  # the rest come as keywords
-    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    if launch.kwargs.get("enable_fp_fusion") is not True:
+        # Left unset, Triton's default decides, and 3.10 changes it (kernels/_launch.py).
+        raise ValueError(f"{launch.kernel} is launched without enable_fp_fusion=ENABLE_FP_FUSION")
+    options = {
+        k: launch.kwargs[k] for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in launch.kwargs
+    }
     values.update({k: v for k, v in launch.kwargs.items() if k not in options})
     constexpr_names = {names[i] for i in fn.constexprs}
     no_specialize = {names[i] if isinstance(i, int) else i for i in fn.do_not_specialize}
@@ -271,13 +277,17 @@ def compile_launch(launch: Launch, arch: int = 90) -> tuple[str, dict]:
             text=True,
             check=True,
         ).stdout
-    usage = dict(re.findall(r"\b(REG|LOCAL):(\d+)", dump))
+    # ptxas puts the registers it spills in the kernel's STACK frame, which cuobjdump reports apart
+    # from LOCAL (local arrays the PTX declares itself; 0 for every kernel here): a tile that spilled
+    # 18 KB of stores showed LOCAL:0 STACK:7304. Both are per-thread local memory.
+    usage = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", dump))
     shown = {k: v for k, v in constexprs.items() if v is not None}
-    config = " ".join(f"{k}={v}" for k, v in {**shown, **options}.items())
+    tiles = {k: v for k, v in options.items() if k != "enable_fp_fusion"}  # on in every launch
+    config = " ".join(f"{k}={v}" for k, v in {**shown, **tiles}.items())
     registers, shared = int(usage["REG"]), int(kernel.metadata.shared)
     return config, {
         "registers": registers,
-        "spill_bytes": int(usage["LOCAL"]),
+        "stack_bytes": int(usage.get("STACK", 0)) + int(usage.get("LOCAL", 0)),
         "shared_bytes": shared,
         "wgmma": "versionMajor = 3" in kernel.asm["ttgir"],
         "ctas_per_sm": ctas_per_sm(registers, shared, options.get("num_warps", 4)),
@@ -346,11 +356,12 @@ def _compile_all(launches: list[Launch]) -> list[tuple[str, dict]]:
 NOTES = [
     "compiled for sm_90 (H100/H200) by Triton's bundled ptxas on a machine without a GPU, at the "
     "configurations the launchers chose for the shapes in used_for",
-    "registers: per thread (255 at most); spill_bytes: local-memory bytes per thread; shared_bytes: "
+    "registers: per thread (255 at most); stack_bytes: local memory per thread (ptxas's stack frame, "
+    "where the registers it spills go, plus any local arrays): 0 unless registers ran out; shared_bytes: "
     "shared memory per block; ctas_per_sm: blocks one SM holds at once by registers, shared memory "
     "and warps; wgmma: whether Hopper's tensor-core instructions were used",
 ]
-COLUMNS = ["kernel", "used_for", "config", "registers", "spill_bytes", "shared_bytes", "ctas_per_sm", "wgmma"]
+COLUMNS = ["kernel", "used_for", "config", "registers", "stack_bytes", "shared_bytes", "ctas_per_sm", "wgmma"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(markdown_table(table, COLUMNS))
     problems_found = [
-        f"{r.kernel} [{r.config}]: {r.spill_bytes} bytes spilled" for r in rows if r.spill_bytes
+        f"{r.kernel} [{r.config}]: {r.stack_bytes} bytes of stack (spilled registers)"
+        for r in rows
+        if r.stack_bytes
     ] + [
         f"{r.kernel} [{r.config}]: {r.shared_bytes} bytes of shared memory > {SHARED_LIMIT}"
         for r in rows

@@ -3,10 +3,11 @@ built-in choice (`attention_gpu_launch_config` in kernels/_launch.py) is from th
 
     python -m benchmarks.gpu.tune_attention [--out DIR] [--quick]
 
-Every candidate's output is checked against the fp32 reference before it is timed. The candidates
-are those that compile for sm_90 without spilling (see ``python -m benchmarks.compile.sm90_compile
---candidates``); the tuned choice is then written into ``attention_gpu_launch_config`` by hand, with the table
-that justifies it committed under benchmarks/results/.
+Every candidate's output is checked against the fp32 reference before it is timed. What ptxas
+makes of each candidate (registers, spilled bytes, shared memory) is in ``python -m
+benchmarks.compile.sm90_compile --candidates``: a few spill tens of bytes at head_dim 32, hundreds at
+64, which the timings then weigh. The tuned choice is written into ``attention_gpu_launch_config`` by
+hand, with the table that justifies it committed under benchmarks/results/.
 """
 
 from __future__ import annotations
