@@ -95,8 +95,9 @@ def attention_gpu_launch_config(
     return 64, 64, 8, 2
 
 
-# fp32 tiles of at most 16 query rows (the token-0 queries, short sequences) by BLOCK_D: the
-# largest key step that compiles without spilling under Triton 3.6 and 3.9 (at 256 none does).
+# fp32 tiles of at most 16 query rows (the token-0 queries, short sequences) by BLOCK_D: a key step
+# and warp count that compile without spilling under Triton 3.6 and 3.9, band on and off (at 256 none
+# does; this one spills least, 32-104 bytes per thread).
 _FP32_SHORT_QUERY_TILES = {
     16: (16, 64, 4, 2),
     32: (16, 64, 4, 2),
