@@ -8,7 +8,8 @@ and pairs/s, plus pairs/s at a larger steady-state batch), the model-card exampl
 running the last layer for the token-0 rows only and of the fused GEGLU GEMM; and the small-request
 path: the model card from token ids, host enqueue time against GPU time, eager against CUDA-graph
 replay. GPU time is measured with CUDA events around forwards whose inputs are already on the
-device; "end to end" includes tokenisation. ``--smoke`` runs every case on CPU with tiny sizes and
+device, beside the host's time to issue each forward (its ~60 kernel launches: where that exceeds
+the GPU time, Python is the bound); "end to end" includes tokenisation. ``--smoke`` runs every case on CPU with tiny sizes and
 measures nothing (see benchmarks/gpu/gpu_env.py).
 """
 
@@ -79,6 +80,20 @@ def _time_forward(model, inputs, iters: int) -> list[float]:
     return times
 
 
+def _host_enqueue_ms(model, inputs, iters: int) -> float:
+    """Median host milliseconds to issue one forward (every kernel launch), the device idle at the
+    start of each: a forward whose enqueue takes longer than its GPU time keeps the GPU waiting on
+    Python, and the events around it then measure the host."""
+    times = []
+    for _ in range(iters):
+        ENV.synchronize()
+        start = time.perf_counter()
+        model(*inputs)
+        times.append((time.perf_counter() - start) * 1e3)
+    ENV.synchronize()
+    return statistics.median(times)
+
+
 def _activation_peak_mib(model, inputs) -> float | None:
     if ENV.smoke:
         return None
@@ -122,6 +137,7 @@ def model_rows(reranker: Reranker, backend: str, sizes: Sizes) -> list[dict]:
                 "backend": backend,
                 "p50_ms": p50,
                 "min_ms": min(times),
+                "host_enqueue_ms": _host_enqueue_ms(model, inputs, sizes.iters),
                 "pairs/s": n / p50 * 1e3,
                 "activation_peak_MiB": _activation_peak_mib(model, inputs),
             }
@@ -300,6 +316,7 @@ def main() -> int:
         "p50_ms",
         "min_ms",
         "p99_ms",
+        "host_enqueue_ms",
         "pairs/s",
         "activation_peak_MiB",
         "note",
@@ -314,7 +331,8 @@ def main() -> int:
         notes=[
             f"{preset} shapes, synthetic weights, {dtype} on {ENV.device}"
             + (" (SMOKE RUN: nothing here is a measurement)" if ENV.smoke else ""),
-            "forward rows: CUDA events around model(ids, cu_seqlens, max_seqlen), inputs on device",
+            "forward rows: CUDA events around model(ids, cu_seqlens, max_seqlen), inputs on device; "
+            "host_enqueue_ms: the host's time to issue one such forward from an idle device (median)",
         ],
     )
     return status
