@@ -9,8 +9,8 @@ running the last layer for the token-0 rows only and of the fused GEGLU GEMM; an
 path: the model card from token ids, host enqueue time against GPU time, eager against CUDA-graph
 replay. GPU time is measured with CUDA events around forwards whose inputs are already on the
 device, beside the host's time to issue each forward (its ~60 kernel launches: where that exceeds
-the GPU time, Python is the bound); "end to end" includes tokenisation. ``--smoke`` runs every case on CPU with tiny sizes and
-measures nothing (see benchmarks/gpu/gpu_env.py).
+the GPU time, Python is the bound); "end to end" includes tokenisation. ``--smoke`` runs every
+case on CPU with tiny sizes and measures nothing (see benchmarks/gpu/gpu_env.py).
 """
 
 from __future__ import annotations
