@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from turborank.files import read_regular_file
 from turborank.option_names import TRUNCATION_STRATEGIES
-from turborank.text_clipping import UncuttableTextError, clip_pairs
+from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, UncuttableTextError, clip_pairs
 from turborank.tokenizer_settings import check_special_tokens, emits_token_type_ids, read_tokenizer_config
 from turborank.unicode_text import describe_lone_surrogate
 
@@ -221,6 +221,9 @@ class PairTokenizer:
         side, which may take more of the texts (see ``text_clipping.keep_the_longer_side``)."""
         budget = max_length - self.num_special_tokens
         odd_halves = budget // 2 if truncation == "longest_first" and budget % 2 else None
+        # Only part of a clipped text reaches the tokenizer, which refuses a lone surrogate: the
+        # rest must be valid Unicode too, or the same text would be refused short and scored long.
+        _raise_if_not_unicode(pairs, longer_than=CLIP_CHARS_PER_TOKEN * max_length)
         return clip_pairs(pairs, max_length, direction, bounded, self._plain, odd_halves)
 
     def check_max_length(self, max_length: int | None) -> int:
@@ -399,9 +402,10 @@ class PairTokenizer:
                 )
 
 
-def _raise_if_not_unicode(pairs: list[tuple[str, str]]) -> None:
+def _raise_if_not_unicode(pairs: list[tuple[str, str]], longer_than: int = -1) -> None:
+    """ValueError naming the first text (of over ``longer_than`` characters) holding a lone surrogate."""
     for index, (query, document) in enumerate(pairs):
         for side, text in (("query", query), ("document", document)):
-            problem = describe_lone_surrogate(text)
+            problem = describe_lone_surrogate(text) if len(text) > longer_than else None
             if problem is not None:
                 raise ValueError(f"pair {index}: the {side} contains {problem}")

@@ -307,12 +307,90 @@ def test_a_suffix_counts_its_words_from_where_it_reads_as_the_whole_text(tok, tr
     assert got.input_ids == _whole_then_truncated(tok, pairs, max_length, truncation, "left")
 
 
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_an_odd_budget_judges_a_clipped_side_by_the_tokens_its_whole_text_has(tok, direction):
+    """A cut inside a word can split it into more tokens than the whole word (" alan" is three
+    tokens where " aland" is one; "ntal" two more than "ental"), so a clipped part can hold more
+    tokens than its whole text. Here the query holds one token more than the whole document and
+    one fewer than the document's part: the spare token of the odd budget is the query's, as when
+    the whole texts are truncated."""
+    max_length = 33
+    chars = CLIP_CHARS_PER_TOKEN * max_length
+    plain = tok._plain()
+
+    def tokens(text: str) -> int:
+        return len(plain.encode(text, add_special_tokens=False).ids)
+
+    if direction == "right":
+        document = ("strcon " * chars)[: chars - 6] + "c" + " aland"
+        part = document[:chars]
+    else:
+        document = "ental" + (" strcon" * chars)[: chars - 4]
+        part = document[-chars:]
+    assert len(document) == chars + 1
+    assert tokens(part) == tokens(document) + 2  # the premise: the part looks longer than its text
+    query = "i" + " i" * tokens(document)
+    assert len(query) <= chars and tokens(query) == tokens(document) + 1
+    pairs = [(query, document)]
+    got = tok.encode_pairs(pairs, max_length, "longest_first", direction, warn=False)
+    assert got.input_ids == _whole_then_truncated(tok, pairs, max_length, "longest_first", direction)
+
+
+@pytest.fixture(scope="module")
+def stripping_tok(small_ckpt, tmp_path_factory):
+    """The small tokenizer with <mask> taking the whitespace beside it (lstrip, rstrip), as
+    RoBERTa's own tokenizer.json has it."""
+    target = tmp_path_factory.mktemp("lstrip")
+    shutil.copytree(small_ckpt, target, dirs_exist_ok=True)
+    spec = json.loads((target / "tokenizer.json").read_text())
+    for token in spec["added_tokens"]:
+        if token["content"] == "<mask>":
+            token["lstrip"] = token["rstrip"] = True
+    (target / "tokenizer.json").write_text(json.dumps(spec))
+    return PairTokenizer.from_directory(target, 8192)
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+@pytest.mark.parametrize("inside", [1, 3, 5])
+def test_a_cut_never_splits_an_added_token(stripping_tok, direction, inside):
+    """Added tokens are split out before pre-tokenising, and <mask> here takes the whitespace
+    before and after it: a part cut inside "<mask>" would read that whitespace as words of its
+    own (a run of space tokens within the budget). The cut moves past the token instead."""
+    tok = stripping_tok
+    max_length = 16
+    chars = CLIP_CHARS_PER_TOKEN * max_length
+    spaces = " " * 120
+    if direction == "right":  # "<mask>" starts ``inside`` characters before the cut
+        head = ("ka lo " * chars)[: chars - inside - len(spaces) - 1] + "k"
+        document = head + spaces + "<mask>" + " lo mi" * 30
+        assert document.index("<mask>") == chars - inside
+    else:  # the cut falls ``inside`` characters into "<mask>"
+        tail = ("k" + " lo" * chars)[: chars + inside - 6 - len(spaces)]
+        document = "lo mi " * 30 + "<mask>" + spaces + tail
+        assert document.index("<mask>") == len(document) - chars - inside
+    for truncation in ("longest_first", "only_second"):
+        pairs = [("q", document)]
+        got = tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
+        assert got.input_ids == _whole_then_truncated(tok, pairs, max_length, truncation, direction)
+
+
+def test_a_lone_surrogate_past_the_clipped_part_is_named(tok):
+    """Only part of a long text is tokenised: a surrogate in the rest is refused all the same."""
+    with pytest.raises(
+        ValueError, match="pair 0: the document contains a lone surrogate U\\+D800 at character 15000"
+    ):
+        tok.encode_pairs([("q", "word " * 3000 + "\ud800")], max_length=512)
+
+
 def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
     seen: list[int] = []
 
     class Recording:
         def __init__(self, inner):
             self.inner = inner
+
+        def __getattr__(self, name):  # what it does not record
+            return getattr(self.inner, name)
 
         def encode(self, text, **options):
             seen.append(len(text))
