@@ -17,6 +17,7 @@ httpx = pytest.importorskip("httpx")
 
 from tests.serve_process import connect, read_response, serve_process, start_upload  # noqa: E402
 from tests.serve_thread import metric  # noqa: E402
+from turborank.serving.connections import MAX_HEADER_BYTES  # noqa: E402
 
 ATTACKER = "127.0.0.2"
 BODY = json.dumps({"query": "q", "texts": ["a document"]}).encode()
@@ -119,6 +120,65 @@ def test_headers_that_never_finish_get_408_and_the_connection_closes(small_ckpt,
         assert metric(url, 'turborank_closed_connections_total{reason="header_timeout"}') == 3
         # Headers that do finish in time are served as ever.
         assert httpx.get(url + "/health").status_code == 200
+
+
+def test_an_endless_header_gets_431_and_a_bare_line_break_does_not_hold_a_connection(small_ckpt, tmp_path):
+    """A header that never ends is refused at MAX_HEADER_BYTES, and meanwhile another client is
+    answered at once (httptools would grow it by copying it whole for every part, on the event
+    loop). A kept-alive connection that sends a bare line break and then nothing gets the header
+    timeout, as any request's first bytes do."""
+    with serve_process(small_ckpt, tmp_path / "server.log", "--header-timeout", "2") as (proc, url):
+        flood = connect(url, ATTACKER)
+        flood.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent <= MAX_HEADER_BYTES:
+                flood.sendall(b"a" * 4096)
+                sent += 4096
+                if sent % (16 * 4096) == 0:
+                    start = time.monotonic()
+                    assert httpx.get(url + "/health", timeout=10).status_code == 200
+                    assert time.monotonic() - start < 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed as its head went over the limit: the answer is already on its way
+        seconds, answer = closed_by_server(flood, within_s=10)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert f"exceed {MAX_HEADER_BYTES:,} bytes".encode() in answer
+        flood.close()
+        kept_alive = connect(url)
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert read_response(kept_alive)[0] == 200
+        kept_alive.sendall(b"\r\n")
+        seconds, answer = closed_by_server(kept_alive, within_s=10)
+        assert seconds < 5 and answer.startswith(b"HTTP/1.1 408 "), (seconds, answer)
+        kept_alive.close()
+        assert metric(url, 'turborank_closed_connections_total{reason="headers_too_large"}') == 1
+        assert proc.poll() is None
+
+
+def test_an_offer_to_switch_protocols_is_ignored_and_the_request_served(small_ckpt, tmp_path):
+    """Java's HttpClient offers HTTP/2 (``Upgrade: h2c``) on a plain http:// request: the body must
+    still reach the app, whether it comes with the headers, after them, or chunked."""
+    body = json.dumps({"query": "q", "documents": ["first", "second"]}).encode()
+    head = (
+        b"POST /v1/rerank HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    )
+    sized = head + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body):x}\r\n".encode() + body
+    with serve_process(small_ckpt, tmp_path / "server.log") as (_, url):
+        expected = httpx.post(url + "/v1/rerank", content=body).json()["results"]
+        for parts in ([sized + body], [sized, body], [chunked, b"\r\n0\r\n\r\n"]):
+            sock = connect(url)
+            for part in parts:
+                sock.sendall(part)
+                time.sleep(0.05)
+            status, _, answer = read_response(sock)
+            assert status == 200, answer
+            assert json.loads(answer)["results"] == expected
+            sock.sendall(sized + body)  # and the connection goes on as HTTP/1.1
+            assert read_response(sock)[0] == 200
+            sock.close()
 
 
 def test_a_connection_flood_stays_under_the_open_file_limit_and_probes_answer(small_ckpt, tmp_path):

@@ -7,6 +7,12 @@ open-file limit ``accept`` fails with EMFILE and every client, probes included, 
 
 - from the moment a connection opens, or a request's first byte arrives on a kept-alive one, its
   headers must be complete within ``header_timeout_s``; else it is answered 408 and closed;
+- a request's header section may hold at most ``MAX_HEADER_BYTES``; else it is answered 431 and
+  the connection closed (httptools sets no limit, and grows a header fed to it in parts by copying
+  it whole each time: an endless header would hold the event loop for seconds);
+- an offer to switch protocols (``Upgrade: h2c``, which Java's HttpClient sends with a plain
+  ``http://`` request) is ignored, as HTTP lets a server do: the request is served over HTTP/1.1
+  with its body (httptools would take the body for the other protocol's and drop it);
 - at most ``max_connections`` are open (by default the open-file limit less a reserve for the
   model's files, logs and threads). One more closes a connection that is idle or still sending
   headers (doing nothing for a request): of the client address with the most connections, the
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import resource
 import uuid
 from collections.abc import Callable
@@ -33,6 +40,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from turborank.serving.settings import ServeSettings, SettingError
 
 logger = logging.getLogger("turborank.serving")
+
+# A request line and headers, at most (uvicorn's h11 parser stops at 16 KiB, nginx at 4 x 8 KiB).
+MAX_HEADER_BYTES = 64 * 1024
+_UPGRADE_HEADER = re.compile(rb"\r\nupgrade:[^\r]*", re.IGNORECASE)
 
 # File descriptors kept for everything but client connections: the listening socket, the model's
 # files while loading, log files, the tokenizer and torch threads' pipes and event fds.
@@ -120,6 +131,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        # A request's head (request line and headers) as it arrives, until it is whole: then the
+        # parser takes it in one piece. Only between messages; within one, bytes go to the parser.
+        self._head: bytearray | None = None
+        self._in_message = False
+        self._in_headers = False
+        self._header_bytes = 0  # of a head fed in parts within a message (pipelined)
         # The peer's address: a proxy's X-Forwarded-For is not known before a request's headers.
         self.address = self.client[0] if self.client else "-"
         if not self.guard.admit(self):
@@ -148,12 +165,60 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.guard.forget(self)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        if self._head is None and not self._in_message:
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end <= MAX_HEADER_BYTES and _UPGRADE_HEADER.search(data, 0, end + 2) is None:
+                super().data_received(data)  # a whole head, as most requests come: no copy
+                return
+            self._head = bytearray()
+        if self._head is not None:
+            self._receive_head(data)
+            return
+        in_headers = self._in_headers
+        super().data_received(data)
+        if in_headers and self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._headers_too_large()
+
+    def _receive_head(self, data: bytes) -> None:
+        """Holds a request's head until it is whole (a blank line ends it), then parses it with
+        whatever came after it, an upgrade offer taken out."""
+        head = self._head
+        assert head is not None
+        searched = max(0, len(head) - 3)
+        head += data
+        end = head.find(b"\r\n\r\n", searched)
+        if end > MAX_HEADER_BYTES or (end < 0 and len(head) > MAX_HEADER_BYTES):
+            self._headers_too_large()
+            return
+        if end < 0:  # a request's first bytes: its headers' clock runs (the kept-alive one stops)
+            self._unset_keepalive_if_required()
+            if self._header_timer is None:
+                self._arm_header_timer()
+            return
+        self._head = None
+        offer = _UPGRADE_HEADER.search(head, 0, end + 2)
+        if offer is not None:
+            del head[offer.start() : offer.end()]
+        super().data_received(bytes(head))
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_message = self._in_headers = True
+        self._header_bytes = 0
         if self._header_timer is None:
             self._arm_header_timer()
 
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
+
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm_header_timer()
         self.guard.touch(self)
         before = self.cycle
@@ -203,6 +268,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 uuid.uuid4().hex,
             ),
             "header_timeout",
+        )
+
+    def _headers_too_large(self) -> None:
+        self._disarm_header_timer()
+        self._head = None
+        self._answer_and_close(
+            canned_response(
+                431,
+                "Request Header Fields Too Large",
+                "validation",
+                f"the request line and headers exceed {MAX_HEADER_BYTES:,} bytes",
+                uuid.uuid4().hex,
+            ),
+            "headers_too_large",
         )
 
     def _answer_and_close(self, response: bytes, reason: str) -> None:
