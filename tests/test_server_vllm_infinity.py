@@ -94,6 +94,24 @@ def test_vllm_score_errors_are_vllm_error_objects(server, body, message):
     assert message in vllm_error(httpx.post(url + "/v1/score", json=body))
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"text_1": "q", "text_2": 3},
+            "text_2: Input should be a valid string; text_2: Input should be a valid list",
+        ),
+        ({"text_1": "q", "text_2": [None]}, "text_2.0: Input should be a valid string"),
+        ({"text_1": 5, "text_2": ["x"]}, "text_1: Input should be a valid string"),
+    ],
+)
+def test_a_field_of_either_shape_is_named_without_pydantic_tags(server, body, message):
+    """A string-or-list field's problems name the field and the item, not pydantic's union tags."""
+    url, _ = server
+    said = vllm_error(httpx.post(url + "/v1/score", json=body))
+    assert message in said and "[" not in said and "function-" not in said, said
+
+
 @pytest.mark.filterwarnings("ignore:.*were truncated")
 def test_vllm_truncate_prompt_tokens_cuts_each_pair(server, reranker):
     url, _ = server

@@ -88,5 +88,6 @@ def describe(error: pydantic.ValidationError | RequestValidationError) -> str:
 
 
 def _is_validator_tag(part: object) -> bool:
-    # pydantic puts the validator of an Annotated type in the location ("function-after[...]").
-    return isinstance(part, str) and part.startswith("function-")
+    # pydantic puts the validator of an Annotated type in the location ("function-after[...]"), and
+    # the member of a union ("list[function-after[...]]"); field names hold no brackets.
+    return isinstance(part, str) and (part.startswith("function-") or "[" in part)
