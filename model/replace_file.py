@@ -6,20 +6,23 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 
-def output_target(path: Path, make_parents: bool = False) -> Path:
+def output_target(path: Path, make_parents: bool = False, inputs: Iterable[Path] = ()) -> Path:
     """Where an output named ``path`` is written: ``path`` itself, or what a symlink there points
     to (followed, so the link keeps pointing at the new content instead of being replaced by a
     file). OSError naming ``path`` when no file can be written there: a directory; something that
-    is not a regular file (a FIFO would block, a device take the run); a missing parent directory,
-    unless ``make_parents``; a file where a parent directory should be; a directory we may not
-    write to."""
+    is not a regular file (a FIFO would block, a device take the run); one of the command's
+    ``inputs`` (through any link); a missing parent directory, unless ``make_parents``; a file
+    where a parent directory should be; a directory we may not write to."""
     target = Path(os.path.realpath(path))
     if target.exists():
+        for source in inputs:
+            if os.path.exists(source) and os.path.samefile(target, source):
+                raise OSError(f"{path}: is also an input ({source}); write the output elsewhere")
         mode = target.stat().st_mode
         if stat.S_ISDIR(mode):
             raise OSError(f"{path}: is a directory")
@@ -50,13 +53,15 @@ _KINDS = (
 
 
 @contextlib.contextmanager
-def replace_when_done(path: Path, make_parents: bool = False) -> Iterator[TextIO]:
-    """A text file next to ``path`` (``output_target``: a symlink is followed) that takes its name
-    when the block ends, also when the block is interrupted with Ctrl-C (what was written is the
-    result so far), and is removed on any other error, so an earlier file of that name survives a
-    failed run. Opening it first tells at once whether ``path`` can be written, before any slow
-    work."""
-    path = output_target(path, make_parents)
+def replace_when_done(
+    path: Path, make_parents: bool = False, inputs: Iterable[Path] = ()
+) -> Iterator[TextIO]:
+    """A text file next to ``path`` (``output_target``: a symlink is followed, an input refused)
+    that takes its name when the block ends, and is removed if the block raises (an interrupt
+    too), so an earlier file of that name survives a failed run; a caller that has a result so far
+    to keep catches the interrupt inside the block. Opening it first tells at once whether
+    ``path`` can be written, before any slow work."""
+    path = output_target(path, make_parents, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -68,10 +73,6 @@ def replace_when_done(path: Path, make_parents: bool = False) -> Iterator[TextIO
     handle = os.fdopen(fd, "w", encoding="utf-8")
     try:
         yield handle
-    except KeyboardInterrupt:
-        handle.close()
-        os.replace(temporary, path)
-        raise
     except BaseException:
         handle.close()
         os.unlink(temporary)

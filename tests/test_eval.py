@@ -553,3 +553,98 @@ def test_merge_runs_refuses_a_device_and_follows_a_link(tmp_path, capsys):
     code, _, err = run_cli(["merge-runs", str(shard), "--output", str(link)], capsys)
     assert code == 0, err
     assert link.is_symlink() and target.read_text() == "q1 Q0 d1 1 0.5 turborank\n"
+
+
+def test_an_output_that_is_also_an_input_is_refused(short_dataset, small_ckpt, tmp_path, capsys):
+    """--output naming the first-stage run, a dataset file (or a link to one) would replace an input
+    with the result: refused before anything runs, the input left as it was."""
+    first_stage = tmp_path / "first.trec"
+    queries = list(load_queries(short_dataset))[:3]
+    first_stage.write_text("".join(f"{q} Q0 d{q} 1 1.0 bm25\n" for q in queries))
+    link = tmp_path / "corpus-link.jsonl"
+    link.symlink_to(short_dataset / "corpus.jsonl")
+    corpus = (short_dataset / "corpus.jsonl").read_bytes()
+    for output, run in ((first_stage, first_stage), (short_dataset / "queries.jsonl", None), (link, None)):
+        args = [*eval_args(small_ckpt, short_dataset), "--output", str(output)]
+        args += ["--run", str(run)] if run is not None else ["--bm25"]
+        before = Path(output).read_bytes()
+        code, _, err = run_cli(args, capsys)
+        assert code == 1 and f"{output}: is also an input" in err, err
+        assert Path(output).read_bytes() == before
+    assert (short_dataset / "corpus.jsonl").read_bytes() == corpus
+    shard = tmp_path / "shard.trec"
+    shard.write_text("q1 Q0 d1 1 0.5 t\n")
+    code, _, err = run_cli(["merge-runs", str(shard), "--output", str(shard)], capsys)
+    assert code == 1 and "is also an input" in err and shard.read_text() == "q1 Q0 d1 1 0.5 t\n"
+
+
+def test_an_interrupt_before_the_first_query_keeps_the_earlier_output(
+    short_dataset, small_ckpt, tmp_path, capsys, monkeypatch
+):
+    earlier = tmp_path / "run.trec"
+    earlier.write_text("q0 Q0 d1 1 2.0 kept\n")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Reranker, "logits", interrupted)
+    args = [*eval_args(small_ckpt, short_dataset), "--bm25", "--output", str(earlier)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 130 and "before the first query was done" in err and "was left as it was" in err
+    assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+
+
+def test_merge_runs_reads_its_judgments_before_it_writes_and_never_writes_part(
+    short_dataset, tmp_path, capsys, monkeypatch
+):
+    import turborank.eval.trec as trec
+
+    shard = tmp_path / "shard.trec"
+    shard.write_text("q1 Q0 d1 1 0.5 t\nq2 Q0 d2 1 0.5 t\n")
+    merged = tmp_path / "merged.trec"
+    merged.write_text("earlier\n")
+    args = ["merge-runs", str(shard), "--output", str(merged), "--data", str(short_dataset)]
+    code, _, err = run_cli([*args, "--split", "tset"], capsys)
+    assert code == 1 and "tset.tsv" in err and merged.read_text() == "earlier\n"
+    real, written = trec.write_query, []
+
+    def interrupted_after_one(out, *rest):
+        if written:
+            raise KeyboardInterrupt
+        written.append(real(out, *rest))
+
+    monkeypatch.setattr(trec, "write_query", interrupted_after_one)
+    code, _, _ = run_cli(args, capsys)
+    assert code == 130 and merged.read_text() == "earlier\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.trec", "shard.trec"]
+
+
+def test_sigterm_leaves_the_earlier_output_and_no_partial_file(short_dataset, small_ckpt, tmp_path):
+    """SIGTERM mid-run: exit 143, the earlier output as it was, no temporary file left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    earlier = tmp_path / "run.trec"
+    earlier.write_text("q0 Q0 d1 1 2.0 kept\n")
+    stalled = tmp_path / "stall.py"  # the first forward never returns: the run is mid-way for sure
+    stalled.write_text(
+        "import sys, time\n"
+        "from turborank import Reranker\n"
+        "from turborank.cli import main\n"
+        "Reranker.logits = lambda self, *a, **k: time.sleep(3600)\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [*eval_args(small_ckpt, short_dataset), "--bm25", "--output", str(earlier)]
+    proc = subprocess.Popen([sys.executable, str(stalled), *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err, err
+    assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec", "stall.py"]

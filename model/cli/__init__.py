@@ -9,25 +9,41 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from turborank.cli.common import BROKEN_PIPE_EXIT, USER_ERRORS, fail
 from turborank.cli.parser import COMMANDS, build_parser
 from turborank.cli.version import version_text
 
+TERMINATED_EXIT = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
+
 __all__ = ["build_parser", "console", "main", "version_text"]
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, so that what it cleans up on the way out is cleaned up
+    (an output file being written is removed and an earlier one left as it was)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="turborank: %(levelname)s: %(message)s")
+    on_sigterm = None
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
         try:
             # Inside: --version prints (a closed pipe) and imports torch (an interrupt) while parsing.
             args = build_parser().parse_args(argv)
+            if args.command != "serve" and threading.current_thread() is threading.main_thread():
+                on_sigterm = signal.signal(signal.SIGTERM, _terminate)  # serve drains on its own
             code = COMMANDS[args.command].run(args)
             sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
             return code
@@ -40,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(str(exc))
         except KeyboardInterrupt:  # also while torch is still being imported
             return fail("interrupted", code=130)
+        except Terminated:
+            return fail("terminated", code=TERMINATED_EXIT)
+        finally:
+            if on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def console() -> NoReturn:

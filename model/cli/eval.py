@@ -126,7 +126,7 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     if not qids:
         raise ValueError(f"--shard {args.shard} takes none of the {len(judged)} judged queries")
     # Before BM25 and the model load: an output that cannot be written is known at once.
-    output_target(args.output, args.parents)
+    output_target(args.output, args.parents, _inputs_of(args))
     if first_stage is None:
         from turborank.eval.bm25 import bm25_run
 
@@ -137,6 +137,12 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     check_first_stage(corpus, first_stage, qids, args.top_k)
     check_trec_ids(first_stage, qids, args.top_k)
     return _EvalInputs(corpus, queries, qrels, first_stage, qids)
+
+
+def _inputs_of(args: argparse.Namespace) -> list[Path]:
+    from turborank.eval.beir import dataset_files
+
+    return dataset_files(args.data, args.split) + ([args.run] if args.run is not None else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,16 +174,29 @@ def run(args: argparse.Namespace) -> int:
     # A failed run leaves an earlier file of that name as it was; the model is loaded first, so an
     # interrupt while it loads (which the output keeps what was written for) writes nothing.
     reranker = load_reranker(args)
-    with replace_when_done(args.output, args.parents) as out:
-        progress = _progress_bar(args.top_k, inputs)
-        start = time.perf_counter()
-        interrupted = False
-        try:
-            reranked, stats = rerank_run(reranker, inputs.job(options), out, on_progress=progress.update)
-        except KeyboardInterrupt:
-            interrupted = True
+    progress = _progress_bar(args.top_k, inputs)
+    start = time.perf_counter()
+    interrupted = kept = False
+    try:
+        with replace_when_done(args.output, args.parents, _inputs_of(args)) as out:
+            try:
+                reranked, stats = rerank_run(reranker, inputs.job(options), out, on_progress=progress.update)
+            except KeyboardInterrupt:
+                interrupted = True
+                if out.tell() == 0:  # no query done: an earlier file stays as it was
+                    raise
+                kept = True  # the queries done: a valid partial run, put in place
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
     progress.close()
     seconds = time.perf_counter() - start
+    if interrupted and not kept:
+        print(
+            f"turborank: interrupted before the first query was done; {args.output} was left as it was",
+            file=sys.stderr,
+        )
+        return 130
     if interrupted:
         reranked, stats = read_run(args.output), None
         print(

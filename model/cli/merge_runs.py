@@ -26,14 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from turborank.eval.trec import merge_runs
 
+    qrels = None
+    if args.data is not None:  # read first: a wrong --data or --split must not cost the output
+        from turborank.eval.beir import load_qrels
+
+        qrels = load_qrels(args.data, args.split)
     merged = merge_runs(args.runs, args.output, make_parents=args.parents)
     print(
         f"turborank: {len(merged)} queries from {len(args.runs)} runs written to {args.output}",
         file=sys.stderr,
     )
-    if args.data is not None:
-        from turborank.eval.beir import load_qrels
+    if qrels is not None:
         from turborank.eval.metrics import evaluate
 
-        print_metrics({"merged": evaluate(load_qrels(args.data, args.split), merged)}, as_json=False)
+        print_metrics({"merged": evaluate(qrels, merged)}, as_json=False)
     return 0

@@ -33,6 +33,12 @@ def _records(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
     return records
 
 
+def dataset_files(directory: str | Path, split: str) -> list[Path]:
+    """The files of a BEIR dataset that ``eval`` reads."""
+    directory = Path(directory)
+    return [directory / "corpus.jsonl", directory / "queries.jsonl", directory / "qrels" / f"{split}.tsv"]
+
+
 def load_corpus(directory: str | Path) -> dict[str, str]:
     """doc id -> text; a non-empty title is joined in front of the text with a space."""
     records = _records(Path(directory) / "corpus.jsonl", ("title", "text"))

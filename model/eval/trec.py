@@ -77,7 +77,8 @@ def merge_runs(
     paths: list[str | Path], output: str | Path, tag: str = "turborank", make_parents: bool = False
 ) -> Run:
     """Concatenate shard runs; a query found in two shards is an error. The output is replaced
-    once it is complete (``replace_when_done``: a symlink is followed, a FIFO or device refused)."""
+    once it is complete, never by part of it (``replace_when_done``: a symlink is followed, a FIFO,
+    a device or one of the runs refused)."""
     merged: Run = {}
     origin: dict[str, str] = {}
     for path in paths:
@@ -86,7 +87,7 @@ def merge_runs(
                 raise ValueError(f"{path}: query {qid!r} is also in {origin[qid]}; shards must not overlap")
             merged[qid] = ranked
             origin[qid] = str(path)
-    with replace_when_done(Path(output), make_parents) as out:
+    with replace_when_done(Path(output), make_parents, inputs=[Path(p) for p in paths]) as out:
         for qid in sorted(merged):
             write_query(out, qid, merged[qid], tag)
     return merged
