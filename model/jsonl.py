@@ -23,11 +23,21 @@ def read_lines(path: Path) -> list[str]:
     except OSError as exc:
         raise OSError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+        raise ValueError(f"{path}:{_line_of(Path(path), exc.start)}: not UTF-8 text ({exc})") from None
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the last line's newline, or an empty file
     return lines
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The line (from 1) holding byte ``offset`` of the file (counted from after a BOM, as the
+    decoder counts)."""
+    with open(path, "rb") as f:
+        data = f.read(offset + 3)
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    prefix = data[start : start + offset]
+    return prefix.count(b"\n") + prefix.replace(b"\r\n", b"").count(b"\r") + 1
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:

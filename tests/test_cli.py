@@ -54,6 +54,15 @@ def test_rank_table(small_ckpt, capsys):
     assert code == 0 and lines[0].split() == ["rank", "score", "id", "document"] and len(lines) == 3
 
 
+def test_rank_table_shows_control_characters_escaped(small_ckpt, capsys):
+    """A carriage return or an escape sequence in a document would move the terminal's cursor and
+    overwrite the table's columns."""
+    docs = ["first line\r\nsecond", "red \x1b[31mtext\x1b[0m"]
+    code, out, _ = run(["rank", "--model", str(small_ckpt), "--query", "q", *docs], capsys)
+    assert code == 0 and "\r" not in out and "\x1b" not in out
+    assert "first line\\r second" in out and "red \\x1b[31mtext\\x1b[0m" in out
+
+
 def test_documents_files(small_ckpt, tmp_path, capsys):
     txt = tmp_path / "docs.txt"
     txt.write_text("alpha doc\n\nbeta doc\n")
@@ -103,6 +112,15 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
     )
 
 
+def test_a_documents_file_not_in_utf8_names_the_line(small_ckpt, tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'"ok"\r\n"fine"\n"caf\xe9"\n')  # Latin-1 on line 3
+    code, _, err = run(
+        ["rank", "--model", str(small_ckpt), "--query", "q", "--documents-file", str(path)], capsys
+    )
+    assert code == 1 and "docs.jsonl:3: not UTF-8 text" in err, err
+
+
 @pytest.mark.parametrize(
     "args,code,message",
     [
@@ -115,6 +133,9 @@ def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, me
         (["rank", "--query", "q", "--documents-file", "/nonexistent.txt"], 1, "txt: no such file"),
         (["rank", "--query", "q", "--documents-file", "/tmp"], 1, "/tmp: is a directory, not a file"),
         (["verify"], 2, "the following arguments are required: --model"),
+        (["verify", "--model", "m", "--dtype", "bfloat16"], 2, "unrecognized arguments: --dtype"),
+        (["verify", "--model", "m", "--tolerance", "nan"], 1, "--tolerance must be a finite number >= 0"),
+        (["serve", "--front-ends", "0"], 1, "--front-ends must be a positive integer, got '0'"),
         (["serve", "--port", "0"], 1, "--port must be a TCP port number (1..65535), got 0"),
         (["serve", "--port", "70000"], 1, "--port must be a TCP port number (1..65535), got 70000"),
         (["serve", "--body-timeout", "0"], 1, "--body-timeout must be a positive number of seconds, got 0.0"),
@@ -431,10 +452,8 @@ def test_serve_ray_replicas_that_do_not_fit_the_local_cores_are_refused(small_ck
     ],
 )
 def test_ray_options_out_of_range_are_named_before_anything_loads(small_ckpt, capsys, command, flag):
-    """Refused by the parser (nothing loaded, no Ray started), naming the option, as every other
-    option is (they surfaced after the tokenizer had loaded, as 'replicas must be...' or a socket
-    library's 'Timeout value out of range')."""
-    with pytest.raises(SystemExit) as exited:
-        run([command[0], "--model", str(small_ckpt), *command[1:]], capsys)
-    err = capsys.readouterr().err
-    assert exited.value.code == 2 and f"argument {flag}: must be" in err
+    """Refused while the command line is read (nothing loaded, no Ray started), naming the option,
+    with status 1 as every value out of its range (they surfaced after the tokenizer had loaded, as
+    'replicas must be...' or a socket library's 'Timeout value out of range')."""
+    code, _, err = run([command[0], "--model", str(small_ckpt), *command[1:]], capsys)
+    assert code == 1 and f"turborank: error: {flag} must be" in err and len(err.strip().splitlines()) == 1

@@ -26,7 +26,9 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def add_model_options(parser: argparse.ArgumentParser, default_model: str | None) -> None:
+def add_model_options(parser: argparse.ArgumentParser, default_model: str | None, dtype: bool = True) -> None:
+    """--model, --device, --dtype (unless ``dtype`` is False: a command that runs in one dtype),
+    --backend, --linear, --slopes."""
     parser.add_argument(
         "--model",
         default=default_model,
@@ -39,12 +41,13 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
         choices=["auto", "cpu", "cuda"],
         help="auto = CUDA when available, else CPU",
     )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPE_NAMES],
-        help="auto = bfloat16 on CUDA, float32 on CPU",
-    )
+    if dtype:
+        parser.add_argument(
+            "--dtype",
+            default="auto",
+            choices=["auto", *DTYPE_NAMES],
+            help="auto = bfloat16 on CUDA, float32 on CPU",
+        )
     parser.add_argument(
         "--backend",
         default="auto",
@@ -96,6 +99,21 @@ def print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
         )
 
 
+def checked(check: Callable[[str], Any]) -> type[argparse.Action]:
+    """An argparse action storing ``check(text)``: a value ``check`` refuses is a ValueError naming
+    the option (status 1, as every value out of its range), raised while the command line is read,
+    before anything loads."""
+
+    class Checked(argparse.Action):
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+            try:
+                setattr(namespace, self.dest, check(values))
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"{option_string} {exc}") from None
+
+    return Checked
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the option in its error)."""
     try:
@@ -141,7 +159,7 @@ def add_ray_option(parser: argparse.ArgumentParser, what: str, after: str = "") 
     )
     parser.add_argument(
         "--ray-timeout",
-        type=positive_number,
+        action=checked(positive_number),
         default=30.0,
         metavar="SECONDS",
         help="with --ray ADDRESS: how long to wait for the cluster to answer before saying it does not",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from turborank.cli.common import (
     add_model_options,
     add_ray_option,
+    checked,
     fail,
     load_reranker,
     positive_int,
@@ -69,12 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ray-workers",
-        type=positive_int,
+        action=checked(positive_int),
         default=None,
         help="groups run at once (default: the cluster's GPUs, else its CPUs / --ray-cpus-per-worker)",
     )
     parser.add_argument(
-        "--ray-cpus-per-worker", type=positive_int, default=1, help="CPU cores (and torch threads) per task"
+        "--ray-cpus-per-worker",
+        action=checked(positive_int),
+        default=1,
+        help="CPU cores (and torch threads) per task",
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from turborank.cli.common import add_model_options, fail, load_reranker
@@ -83,7 +84,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'rank':>4}  {'score':>8}  {'id':>5}  document")
     for position, item in enumerate(results, 1):
-        text = item["text"].replace("\n", " ")
+        text = _printable(item["text"].replace("\n", " "))
         text = text if len(text) <= 90 else text[:87] + "..."
         print(f"{position:>4}  {item['score']:>8.4f}  {item['corpus_id']:>5}  {text}")
     return 0
+
+
+# Control characters (a carriage return, an escape sequence) would move the terminal's cursor and
+# overwrite the table: shown escaped, as Python writes them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)

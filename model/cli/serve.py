@@ -9,6 +9,7 @@ import os
 from turborank.cli.common import (
     add_model_options,
     add_ray_option,
+    checked,
     fail,
     load_reranker,
     model_options,
@@ -48,22 +49,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--front-ends",
-        type=positive_int,
+        action=checked(positive_int),
         default=1,
         help="processes that take the HTTP requests and tokenise them, feeding the model in this one "
         "(for a GPU whose forwards outrun one process's host side; the request limits are split "
         "between them)",
     )
     add_ray_option(parser, "serve through Ray Serve's proxy with --replicas copies of the app")
-    parser.add_argument("--replicas", type=positive_int, default=2, help="with --ray: replicas of the app")
+    parser.add_argument(
+        "--replicas", action=checked(positive_int), default=2, help="with --ray: replicas of the app"
+    )
     parser.add_argument(
         "--gpus-per-replica",
-        type=non_negative_number,
+        action=checked(non_negative_number),
         default=None,
         help="with --ray: default 1 on CUDA, else 0",
     )
     parser.add_argument(
-        "--cpus-per-replica", type=non_negative_number, default=1.0, help="with --ray: CPU cores per replica"
+        "--cpus-per-replica",
+        action=checked(non_negative_number),
+        default=1.0,
+        help="with --ray: CPU cores per replica",
     )
 
 

@@ -6,18 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
-from turborank.cli.common import add_model_options
+from turborank.cli.common import add_model_options, checked, non_negative_number
 
 HELP = "compare scores with the checkpoint's own HF modeling code"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_options(parser, None)  # a snapshot directory with its remote code: no default
+    # A snapshot directory with its remote code: no default. No --dtype: the comparison is fp32's.
+    add_model_options(parser, None, dtype=False)
     parser.add_argument(
         "--pairs-file", type=Path, help="JSONL of [query, document] pairs (default: built-in)"
     )
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |Δ score| to pass (fp32)")
+    parser.add_argument(
+        "--tolerance", action=checked(non_negative_number), default=1e-4, help="max |Δ score| to pass (fp32)"
+    )
     parser.add_argument("--json", action="store_true")
 
 
