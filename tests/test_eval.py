@@ -648,3 +648,16 @@ def test_sigterm_leaves_the_earlier_output_and_no_partial_file(short_dataset, sm
     assert proc.returncode == 143 and "terminated" in err, err
     assert earlier.read_text() == "q0 Q0 d1 1 2.0 kept\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec", "stall.py"]
+
+
+def test_bm25_on_a_corpus_without_a_word_to_index_says_so(short_dataset, small_ckpt, tmp_path, capsys):
+    data = tmp_path / "stopwords"
+    shutil.copytree(short_dataset, data)
+    ids = list(load_corpus(data))
+    (data / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": "the a of"}) + "\n" for d in ids)
+    )
+    code, _, err = run_cli(
+        [*eval_args(small_ckpt, data), "--bm25", "--output", str(tmp_path / "r.trec")], capsys
+    )
+    assert code == 1 and f"{data / 'corpus.jsonl'}: BM25 finds no word to index" in err, err

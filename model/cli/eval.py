@@ -134,7 +134,9 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     if first_stage is None:
         from turborank.eval.bm25 import bm25_run
 
-        first_stage = bm25_run(corpus, {q: queries[q] for q in qids}, args.top_k)
+        first_stage = bm25_run(
+            corpus, {q: queries[q] for q in qids}, args.top_k, str(args.data / "corpus.jsonl")
+        )
     qids = [q for q in qids if first_stage.get(q)]
     if not qids:
         raise ValueError("no query has both judgments and first-stage results")
