@@ -45,6 +45,8 @@ _NO_EFFECT = {
         "tokenizer_args",
         "config_args",
         "classifier_dropout",
+        "cache_dir",
+        "processor_kwargs",
     },
     "predict": {"num_workers", "pool", "chunk_size"},
     "rank": {"num_workers", "apply_softmax", "convert_to_numpy", "convert_to_tensor"},
@@ -53,7 +55,8 @@ _NO_EFFECT = {
 _ACCEPTED = {"trust_remote_code"}
 # Options that would change the scores in sentence-transformers: refused when set.
 _REFUSED = {"prompt": "prompts are not supported: the rerankers score (query, document) as given"}
-_REFUSED["prompt_name"] = _REFUSED["prompt"]
+for _name in ("prompt_name", "prompts", "default_prompt_name"):
+    _REFUSED[_name] = _REFUSED["prompt"]
 
 
 def _renamed(options: dict[str, Any], old_name: str, activation_fn: Any) -> Any:
@@ -70,7 +73,7 @@ def _check_keywords(where: str, method: Callable[..., Any], options: dict[str, A
     """Warn about sentence-transformers' no-effect options; raise for one that would change the
     scores, and a TypeError for a keyword nobody knows (a misspelling), with the nearest name."""
     for name, value in options.items():
-        if name in _REFUSED and value is not None:
+        if name in _REFUSED and value is not None and value != {}:  # None and {} ask for nothing
             raise _not_here(f"{where}({name}=...)", _REFUSED[name])
     unknown = sorted(set(options) - _NO_EFFECT[where] - _ACCEPTED - set(_REFUSED))
     if unknown:
@@ -87,6 +90,11 @@ def _check_keywords(where: str, method: Callable[..., Any], options: dict[str, A
             UserWarning,
             stacklevel=3,
         )
+
+
+def _dtype_of(dtype: str | torch.dtype) -> object:
+    """A dtype as torch names it ("bfloat16" and torch.bfloat16 alike); anything else as given."""
+    return getattr(torch, dtype, dtype) if isinstance(dtype, str) else dtype
 
 
 def _not_here(feature: str, instead: str) -> NotImplementedError:
@@ -139,10 +147,12 @@ class CrossEncoder(torch.nn.Module):
         super().__init__()
         # A dtype asked for the sentence-transformers way runs in that dtype, not silently in fp32.
         model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
-        asked = model_kwargs.pop("torch_dtype", None) or model_kwargs.pop("dtype", None)
-        if asked is not None and asked != "auto":
-            if dtype is not None and dtype != asked:
-                raise ValueError(f"dtype={dtype!r} and model_kwargs dtype {asked!r} disagree")
+        for key in ("torch_dtype", "dtype"):  # transformers' older and newer names
+            asked = model_kwargs.pop(key, None)
+            if asked is None or asked == "auto":
+                continue
+            if dtype is not None and _dtype_of(dtype) != _dtype_of(asked):
+                raise ValueError(f"dtype={dtype!r} and model_kwargs {key}={asked!r} disagree")
             dtype = asked
         if model_kwargs:
             kwargs["model_kwargs"] = model_kwargs

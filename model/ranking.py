@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from turborank.option_names import as_integer
+
 
 def best_first(scores: Sequence[float]) -> list[int]:
     """Indices of ``scores``, highest first; equal scores keep their input order (a stable sort, so
@@ -18,8 +20,8 @@ def check_rank_arguments(documents: Sequence[str], top_k: int | None, smallest_t
     being mirrored answers an empty list for it)."""
     if isinstance(documents, str) or not isinstance(documents, Sequence):
         raise ValueError("documents must be a list of strings")
-    is_integer = isinstance(top_k, int) and not isinstance(top_k, bool)
-    if top_k is not None and (not is_integer or top_k < smallest_top_k):
+    number = as_integer(top_k)
+    if top_k is not None and (number is None or number < smallest_top_k):
         kind = "a positive integer" if smallest_top_k == 1 else "a non-negative integer"
         raise ValueError(f"top_k must be {kind} or None, got {top_k!r}")
 

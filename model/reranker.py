@@ -322,7 +322,7 @@ class Reranker:
         the windows of every pair with, per window, the index of its pair ("chunk").
 
         Args:
-            pairs: (query, document) strings.
+            pairs: (query, document) strings (one bare pair is a list of one).
             max_length, truncation, long_doc, chunk_overlap: as in ``predict``.
             warn: a TruncationWarning counting the pairs cut (``EncodedPairs.was_truncated`` says
                 which either way).
@@ -337,6 +337,7 @@ class Reranker:
             sequences, owners [windows]) for "chunk".
         """
         check_long_doc_options(long_doc, "max")
+        pairs = as_pairs(pairs)
         if long_doc == "truncate":
             encoded = self._tokenizer.encode_pairs(
                 pairs,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES, TRUNCATION_STRATEGIES
+from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES, TRUNCATION_STRATEGIES, as_integer
 
 # show_progress_bar=None shows a bar from this many sequences on, when stderr is a terminal.
 PROGRESS_MIN_PAIRS = 1000
@@ -57,7 +57,8 @@ def check_pair_options(truncation: object, chunk_overlap: object, show_progress_
     empty list, long_doc="chunk", which takes no truncation strategy)."""
     if truncation not in TRUNCATION_STRATEGIES:
         raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
-    if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
+    overlap = as_integer(chunk_overlap)
+    if overlap is None or overlap < 0:
         raise ValueError(f"chunk overlap must be a non-negative integer, got {chunk_overlap!r}")
     if show_progress_bar is not None and not isinstance(show_progress_bar, bool):
         raise ValueError(f"show_progress_bar must be True, False or None, got {show_progress_bar!r}")
@@ -69,7 +70,7 @@ def check_options(**options: object) -> None:
         if name in ("activation", "return_documents"):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        elif (as_integer(value) or 0) < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from turborank.files import read_regular_file
-from turborank.option_names import TRUNCATION_STRATEGIES
+from turborank.option_names import TRUNCATION_STRATEGIES, as_integer
 from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, UncuttableTextError, clip_pairs
 from turborank.tokenizer_settings import check_special_tokens, emits_token_type_ids, read_tokenizer_config
 from turborank.unicode_text import describe_lone_surrogate
@@ -229,8 +229,10 @@ class PairTokenizer:
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
             return self.model_max_length
-        if isinstance(max_length, bool) or not isinstance(max_length, int):
+        number = as_integer(max_length)
+        if number is None:
             raise ValueError(f"max_length must be an integer, got {max_length!r}")
+        max_length = number
         if not self.num_special_tokens < max_length <= self.model_max_length:
             raise ValueError(
                 f"max_length={max_length} is outside the model's range "
@@ -260,12 +262,12 @@ class PairTokenizer:
             raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATION_STRATEGIES}")
         if direction not in TRUNCATION_DIRECTIONS:
             raise ValueError(f"direction={direction!r}; expected one of {TRUNCATION_DIRECTIONS}")
-        if max_document_tokens is not None and (
-            isinstance(max_document_tokens, bool)
-            or not isinstance(max_document_tokens, int)
-            or max_document_tokens < 1
-        ):
-            raise ValueError(f"max_document_tokens must be a positive integer, got {max_document_tokens!r}")
+        if max_document_tokens is not None:
+            cap = as_integer(max_document_tokens)
+            if cap is None or cap < 1:
+                given = max_document_tokens
+                raise ValueError(f"max_document_tokens must be a positive integer, got {given!r}")
+            max_document_tokens = cap
         capped = max_document_tokens is not None and max_document_tokens < max_length
         try:
             clipped = self.clip(pairs, max_length, direction, bounded, truncation)
@@ -333,8 +335,10 @@ class PairTokenizer:
         each, the document cut into consecutive pieces that share ``overlap`` tokens. Nothing is
         lost. Returns the windows and, per window, the index of its pair."""
         max_length = self.check_max_length(max_length)
-        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        number = as_integer(overlap)
+        if number is None or number < 0:
             raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
+        overlap = number
         _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
@@ -343,7 +347,11 @@ class PairTokenizer:
             query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
             room = max_length - self.num_special_tokens - query_tokens
             if room < 1:
-                self._raise_query_too_long([(query, "")], max_length)
+                raise ValueError(
+                    f"query of {query_tokens} tokens leaves no room for the document in windows of "
+                    f"max_length={max_length} (long_doc='chunk' keeps the whole query in every window); "
+                    "shorten the query or raise max_length"
+                )
             if overlap >= room:
                 raise ValueError(
                     f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "

@@ -134,6 +134,25 @@ def test_rank_top_k_zero_and_bad_top_k(encoder):
         encoder.rank("q", "one string")
 
 
+def test_numpy_and_torch_integers_are_integers(small_ckpt, encoder):
+    """sentence-transformers takes them (a top_k from an array, a length from a config)."""
+    assert len(encoder.rank("q", ["a", "b", "c"], top_k=np.int64(2))) == 2
+    assert len(encoder.predict([("q", "a"), ("q", "b")], batch_size=np.int32(1))) == 2
+    short = CrossEncoder(str(small_ckpt), device="cpu", max_length=np.int64(16))
+    assert short.max_seq_length == 16 and type(short.max_seq_length) is int
+    assert (
+        len(
+            encoder.reranker.encode([("q", "word " * 40)], max_length=torch.tensor(16), warn=False)[
+                0
+            ].input_ids[0]
+        )
+        == 16
+    )
+    for bad in (np.bool_(True), np.float64(2.0)):
+        with pytest.raises(ValueError, match="top_k must be"):
+            encoder.rank("q", ["a"], top_k=bad)
+
+
 def test_older_names_of_the_activation_are_the_activation(small_ckpt, encoder):
     """sentence-transformers 2.x/3.x: default_activation_function (constructor) and activation_fct
     (predict, rank) are what activation_fn is now."""
@@ -177,6 +196,14 @@ def test_sentence_transformers_only_keywords_warn_misspelt_ones_raise(small_ckpt
         encoder.rank("q", ["d"], topk=1)
     with pytest.raises(NotImplementedError, match="prompts are not supported"):
         encoder.predict([("q", "d")], prompt="Represent this: ")
+    # sentence-transformers 3.x's and today's constructor keywords: no effect, or a refused feature.
+    with pytest.warns(UserWarning, match="ignoring cache_dir, processor_kwargs"):
+        CrossEncoder(str(small_ckpt), device="cpu", cache_dir="/nowhere", processor_kwargs={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CrossEncoder(str(small_ckpt), device="cpu", prompts={}, default_prompt_name=None)  # ask nothing
+    with pytest.raises(NotImplementedError, match="prompts are not supported"):
+        CrossEncoder(str(small_ckpt), device="cpu", prompts={"query": "query: "})
     with pytest.raises(ValueError, match="num_labels=2"):
         CrossEncoder(str(small_ckpt), device="cpu", num_labels=2)
     with pytest.raises(ValueError, match="backend='onnx'"):
@@ -240,6 +267,21 @@ def test_a_dtype_asked_through_model_kwargs_is_the_dtype_it_runs_in(small_ckpt):
         CrossEncoder(str(small_ckpt), device="cpu", model_kwargs={"attn_implementation": "eager"})
     with pytest.raises(ValueError, match="disagree"):
         CrossEncoder(str(small_ckpt), device="cpu", dtype="float32", model_kwargs={"torch_dtype": "bfloat16"})
+    # The same dtype by name and as a torch dtype agrees; transformers' newer key is read too.
+    same = CrossEncoder(
+        str(small_ckpt), device="cpu", dtype="bfloat16", model_kwargs={"torch_dtype": torch.bfloat16}
+    )
+    assert same.reranker.dtype == torch.bfloat16
+    assert (
+        CrossEncoder(str(small_ckpt), device="cpu", model_kwargs={"dtype": "bfloat16"}).reranker.dtype
+        == torch.bfloat16
+    )
+    with pytest.raises(ValueError, match="model_kwargs dtype=torch.float16 disagree"):
+        CrossEncoder(
+            str(small_ckpt),
+            device="cpu",
+            model_kwargs={"torch_dtype": torch.bfloat16, "dtype": torch.float16},
+        )
 
 
 def test_it_is_a_torch_module_whose_parameters_are_the_models(encoder):

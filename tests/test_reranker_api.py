@@ -94,11 +94,20 @@ def test_rank_empty_documents(reranker):
         (lambda r: r.predict([("q", "d")], long_doc="chunk", truncation="bogus"), "truncation='bogus'"),
         (lambda r: r.predict([("q", "d")], chunk_overlap="x"), "chunk overlap must be a non-negative"),
         (lambda r: r.predict([("q", "d")], show_progress_bar="no"), "show_progress_bar must be True, False"),
+        # encode, the low-level entry, checks its pairs as predict does.
+        (lambda r: r.encode([("q", None)]), "pair 0: document must be a string, got NoneType"),
+        (lambda r: r.encode([("q", "d", "x")]), "pair 0 is not a \\(query, document\\) pair"),
+        (lambda r: r.encode("qd"), "pairs must be a list"),
     ],
 )
 def test_bad_input_is_rejected_clearly(reranker, call, message):
     with pytest.raises(ValueError, match=message):
         call(reranker)
+
+
+def test_encode_takes_a_bare_pair_as_a_list_of_one(reranker):
+    """Not two texts tokenised each on its own, scored without the pair template."""
+    assert reranker.encode(("ab", "cd"))[0].input_ids == reranker.encode([("ab", "cd")])[0].input_ids
 
 
 def test_from_pretrained_argument_errors(small_ckpt, monkeypatch):

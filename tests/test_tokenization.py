@@ -73,6 +73,12 @@ def test_only_second_query_too_long_is_explained(tok):
         ValueError, match="query of \\d+ tokens does not fit max_length=16 with truncation='only_second'"
     ):
         tok.encode_pairs([("long query " * 20, "doc")], max_length=16, truncation="only_second")
+    # Chunked, the query is whole in every window whatever the truncation: the advice differs.
+    with pytest.raises(
+        ValueError, match="leaves no room for the document in windows of max_length=16"
+    ) as info:
+        tok.encode_chunked([("long query " * 20, "doc")], max_length=16)
+    assert "truncation" not in str(info.value)
 
 
 @pytest.mark.parametrize(
