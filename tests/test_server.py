@@ -300,7 +300,9 @@ def test_serve_command_drains_on_sigterm(small_ckpt, tmp_path, front_ends):
         assert response.status_code == 200 and len(response.json()) == 48
         assert proc.wait(timeout=60) == 0
     assert all(gone(pid) for pid in front)
-    assert ("draining 2 front ends" in log.read_text()) == (front_ends == 2)
+    said = log.read_text()
+    assert ("draining 2 front ends" in said) == (front_ends == 2)
+    assert "leaked" not in said  # nanobind's exit-time warnings about objects left frozen
 
 
 def test_uvicorn_gets_the_drain_timeout_as_set(reranker):
