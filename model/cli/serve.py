@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(for a GPU whose forwards outrun one process's host side; the request limits are split "
         "between them)",
     )
-    add_ray_option(parser, "serve through Ray Serve's proxy with --replicas copies of the app")
+    add_ray_option(
+        parser, "serve --replicas copies of the app as Ray Serve replicas behind this process's HTTP front"
+    )
     parser.add_argument(
         "--replicas", action=checked(positive_int), default=2, help="with --ray: replicas of the app"
     )
