@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from turborank.files import read_regular_file
 from turborank.option_names import TRUNCATION_STRATEGIES, as_integer
+from turborank.pair_truncation import truncate_whole
 from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, UncuttableTextError, clip_pairs
 from turborank.tokenizer_settings import check_special_tokens, emits_token_type_ids, read_tokenizer_config
 from turborank.unicode_text import describe_lone_surrogate
@@ -276,7 +277,7 @@ class PairTokenizer:
                     clipped, max_length, truncation, direction, max_document_tokens
                 )
             else:
-                encodings = encode_batch(self._truncating(max_length, truncation, direction), clipped)
+                encodings = self._encode_truncated(clipped, max_length, truncation, direction)
                 documents_cut, over_length = [False] * len(encodings), None
         except UncuttableTextError:
             raise
@@ -297,6 +298,27 @@ class PairTokenizer:
             was_truncated=was_truncated,
             over_length=over_length,
         )
+
+    def _encode_truncated(
+        self, pairs: list[tuple[str, str]], max_length: int, truncation: str, direction: str
+    ) -> list[Any]:
+        """Each pair's encoding truncated to ``max_length``: by tokenizers, but a pair whose two
+        texts are both long (a text clipping could not cut, say) is encoded whole and cut by
+        ``pair_truncation``: tokenizers would join every overflow window of one text with every
+        one of the other's, memory and time growing with the product of their lengths."""
+        long = CLIP_CHARS_PER_TOKEN * max_length
+        heavy = [i for i, (query, document) in enumerate(pairs) if len(query) > long and len(document) > long]
+        if not heavy:
+            return encode_batch(self._truncating(max_length, truncation, direction), pairs)
+        budget = max_length - self.num_special_tokens
+        whole = encode_batch(self._plain(), [pairs[i] for i in heavy])
+        cut = {
+            i: truncate_whole(enc, budget, truncation, direction) for i, enc in zip(heavy, whole, strict=True)
+        }
+        rest = [i for i in range(len(pairs)) if cut.get(i) is None]
+        encoded = encode_batch(self._truncating(max_length, truncation, direction), [pairs[i] for i in rest])
+        cut.update(zip(rest, encoded, strict=True))
+        return [cut[i] for i in range(len(pairs))]
 
     def _encode_with_document_cap(
         self,

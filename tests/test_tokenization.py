@@ -388,6 +388,34 @@ def test_a_lone_surrogate_past_the_clipped_part_is_named(tok):
         tok.encode_pairs([("q", "word " * 3000 + "\ud800")], max_length=512)
 
 
+@pytest.mark.parametrize("max_length", [33, 64])
+def test_two_long_texts_that_cannot_be_cut_truncate_as_tokenizers_does(tok, max_length):
+    """Both texts long and without a word boundary: the pair is encoded whole and cut by
+    pair_truncation (tokenizers would join every overflow window of one with every one of the
+    other's); the ids and flags are tokenizers' own truncation of the whole pair."""
+    rng = random.Random(max_length)
+    long = CLIP_CHARS_PER_TOKEN * max_length
+    for _ in range(4):
+        query = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(long + 1, 4 * long)))
+        document = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(long + 1, 4 * long)))
+        for truncation in ("longest_first", "only_second"):
+            for direction in ("right", "left"):
+                pairs = [(query, document), ("a short query", document)]
+                try:
+                    whole = tok._truncating(max_length, truncation, direction).encode_batch(pairs)
+                except Exception:
+                    with pytest.raises(ValueError, match="does not fit max_length"):
+                        tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
+                    continue
+                got = tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
+                assert got.input_ids == [enc.ids for enc in whole]
+                assert got.was_truncated == [bool(enc.overflowing) for enc in whole]
+    # The size that took tokenizers over a gigabyte: cut in one pass over each text.
+    query, document = "ab" * 10_000, "cd" * 10_000
+    got = tok.encode_pairs([(query, document)], 512, warn=False)
+    assert len(got.input_ids[0]) == 512 and got.was_truncated == [True]
+
+
 def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
     seen: list[int] = []
 
