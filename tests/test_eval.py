@@ -384,6 +384,8 @@ def test_rerank_options_are_validated():
         RerankOptions(long_doc="split")
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         RerankOptions(top_k=0)
+    with pytest.raises(ValueError, match="chunk_overlap must be >= 0, got -1"):
+        RerankOptions(chunk_overlap=-1)  # also with long_doc="truncate", where it would go unused
 
 
 @pytest.mark.parametrize(

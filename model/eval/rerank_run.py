@@ -34,6 +34,8 @@ class RerankOptions:
         for name in ("top_k", "batch_tokens", "batch_size", "pairs_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk_overlap < 0:  # refused whatever long_doc is: a wrong value is a mistake anyway
+            raise ValueError(f"chunk_overlap must be >= 0, got {self.chunk_overlap}")
 
 
 @dataclasses.dataclass(frozen=True)
