@@ -93,6 +93,17 @@ def test_metrics_match_the_library_on_hand_built_runs():
     assert ours["queries"] == 3
 
 
+def test_tied_scores_rank_as_trec_eval_ranks_them_for_every_measure():
+    """trec_eval puts tied documents in descending id order: d3, d2, d1. Every measure, MRR@10
+    included, must read the run so (ir-measures' default sent RR@10 to a provider going
+    ascending: d1 first, reciprocal rank 1 instead of 1/3)."""
+    qrels = {"q": {"d1": 1}}
+    run = {"q": [("d1", 0.5), ("d2", 0.5), ("d3", 0.5)]}
+    ours = evaluate(qrels, run)
+    assert ours["MRR@10"] == pytest.approx(1 / 3)
+    assert ours["NDCG@10"] == pytest.approx(1 / math.log2(4))
+
+
 def test_eval_bm25_end_to_end_matches_reranker_rank(short_dataset, reranker, small_ckpt, tmp_path, capsys):
     output = tmp_path / "run.trec"
     code, out, err = run_cli(

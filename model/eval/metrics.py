@@ -1,4 +1,9 @@
-"""Retrieval metrics through ir-measures (pytrec_eval underneath), not by hand."""
+"""Retrieval metrics through ir-measures' pytrec_eval provider, not by hand.
+
+The provider is named, not left to ir-measures' choice: its default sends RR with a cutoff to its
+``msmarco`` provider, which breaks score ties by document id ascending where trec_eval (and so
+the other three measures, and anyone scoring the written run with trec_eval) goes descending.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ def evaluate(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
     judged = {qid: docs for qid, docs in qrels.items() if qid in scored}
     if not scored:
         return dict.fromkeys((LABELS[n] for n in METRIC_NAMES), 0.0) | {"queries": 0}
-    values = ir_measures.calc_aggregate(measures, judged, scored)
+    values = ir_measures.pytrec_eval.calc_aggregate(measures, judged, scored)
     result: dict[str, float] = {LABELS[str(m)]: float(values[m]) for m in measures}
     result["queries"] = len(scored)
     return result
