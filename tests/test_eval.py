@@ -674,3 +674,21 @@ def test_bm25_on_a_corpus_without_a_word_to_index_says_so(short_dataset, small_c
         [*eval_args(small_ckpt, data), "--bm25", "--output", str(tmp_path / "r.trec")], capsys
     )
     assert code == 1 and f"{data / 'corpus.jsonl'}: BM25 finds no word to index" in err, err
+
+
+def test_a_run_file_keeps_float32_scores_apart(tmp_path):
+    """Adjacent float32 scores (0.10991342 for both at 8 digits) stay two scores in the file."""
+    import io
+
+    import numpy as np
+
+    from turborank.eval.trec import write_query
+
+    low = np.float32(0.1099134162068367)
+    high = np.nextafter(low, np.float32(1))
+    out = io.StringIO()
+    write_query(out, "q", [("d1", float(high)), ("d2", float(low))], "t")
+    path = tmp_path / "run.trec"
+    path.write_text(out.getvalue())
+    scores = [score for _, score in read_run(path)["q"]]
+    assert [np.float32(s) for s in scores] == [high, low]

@@ -50,7 +50,9 @@ def write_query(out: TextIO, qid: str, ranked: Iterable[tuple[str, float]], tag:
     check_trec_id(qid, "query")
     for rank, (docid, score) in enumerate(ranked, 1):
         check_trec_id(docid, "document")
-        out.write(f"{qid} Q0 {docid} {rank} {score:.8g} {tag}\n")
+        # 9 significant digits write a float32 score exactly: 8 could make two close scores one
+        # (a tie in the file that the printed metrics did not see).
+        out.write(f"{qid} Q0 {docid} {rank} {score:.9g} {tag}\n")
 
 
 def check_trec_id(name: str, kind: str) -> None:
