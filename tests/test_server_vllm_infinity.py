@@ -219,6 +219,22 @@ def test_v1_models_through_openai_sdk(server):
     info = httpx.get(url + "/info").json()
     assert models[0].id == info["model_id"]
     assert httpx.get(url + "/v1/models").json()["data"][0]["max_model_len"] == 64
+    # models.retrieve: the listed model, and an unknown id as OpenAI's NotFoundError with the message.
+    assert client.models.retrieve(models[0].id).id == models[0].id
+    with pytest.raises(openai.NotFoundError, match="the one served is"):
+        client.models.retrieve("some-other-model")
+
+
+def test_a_trailing_slash_serves_a_rerank_post_and_never_redirects(server):
+    """httpx-based clients (Haystack's Jina ranker) do not follow an empty 307: it read as a JSON
+    error. A rerank POST is served with one trailing slash; elsewhere a 404 names the route."""
+    url, _ = server
+    body = {"query": QUERY, "documents": DOCS}
+    for route in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        plain, slashed = httpx.post(url + route, json=body), httpx.post(url + route + "/", json=body)
+        assert slashed.status_code == 200 and slashed.json()["results"] == plain.json()["results"]
+    health = httpx.get(url + "/health/")
+    assert health.status_code == 404 and "the route is /health, without the trailing slash" in health.text
 
 
 # infinity

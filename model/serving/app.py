@@ -37,6 +37,7 @@ from turborank.serving.errors import (
     tei_error_type,
 )
 from turborank.serving.info import info_body, startup_line
+from turborank.serving.model_routes import add_model_routes
 from turborank.serving.parsing import describe, read_as
 from turborank.serving.request_body import CLOSE, read_body, watch_disconnect
 from turborank.serving.request_id import request_id_of
@@ -46,7 +47,6 @@ from turborank.serving.responses import (
     Error,
     InfoResponse,
     JinaCohereError,
-    ModelList,
     OpenAIStyleError,
     RerankResponse,
     ScoreResponse,
@@ -56,7 +56,7 @@ from turborank.serving.responses import (
 from turborank.serving.schemas import CohereV2RerankRequest, JinaRerankRequest, TEIRerankRequest
 from turborank.serving.settings import ServeSettings
 from turborank.serving.state import LARGE_BODY_BYTES, ServerState
-from turborank.serving.vllm_infinity import DocumentsRerankRequest, ScoreTextsRequest, models_body
+from turborank.serving.vllm_infinity import DocumentsRerankRequest, ScoreTextsRequest
 
 __all__ = ["APIError", "ServeSettings", "ServerState", "create_app"]
 logger = logging.getLogger("turborank.serving")
@@ -92,7 +92,7 @@ class _FrontDoor:
         request = Request(scope, receive, send)
         response = self.refuse(request)
         if response is None:
-            route = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
+            route = self.routes.get(scope["path"].rstrip("/") or "/") if scope["method"] == "POST" else None
             if route is None:
                 await self.app(scope, receive, send)
                 return
@@ -153,7 +153,17 @@ def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_servi
         state.tokenizer_pool.shutdown()
 
     # FastAPI's own /docs loads its scripts from a CDN: ours is served below.
-    app = _App(title="turborank", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No redirect for a trailing slash: an empty 307 that httpx-based clients (Haystack's, among
+    # them) do not follow reads as a JSON error. A rerank POST is served with one; elsewhere a 404
+    # names the route without it.
+    app = _App(
+        title="turborank",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     app.state.turborank = state
     routes = RerankRoutes(state)
 
@@ -374,25 +384,7 @@ def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_servi
             return fail(request, unauthorized())
         return JSONResponse(info_body(state))
 
-    def model_list(path: str, operation_id: str, owned_by: str | None, summary: str) -> None:
-        async def models(request: Request) -> Response:
-            if settings.api_key is not None and not authorized(request.headers, settings.api_key):
-                return fail(request, unauthorized())
-            body = models_body(settings.model_name, state.created, settings.max_input_length, owned_by)
-            return JSONResponse(body)
-
-        app.add_api_route(
-            path,
-            models,
-            methods=["GET"],
-            operation_id=operation_id,
-            summary=summary,
-            response_model=ModelList,
-            responses={401: {"model": OpenAIStyleError}},
-        )
-
-    model_list("/v1/models", "v1_models", "turborank", "The served model (OpenAI's and vLLM's list)")
-    model_list("/models", "models", None, "The served model (infinity's list)")
+    add_model_routes(app, state, fail)
 
     @app.get(
         "/metrics", summary="Prometheus metrics (ours, and TEI's under its names)", operation_id="metrics"
@@ -430,7 +422,10 @@ def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_servi
     async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
         path = request.url.path
         if exc.status_code == 404:
-            error = APIError(404, errors.NOT_FOUND, f"no route {path}")
+            bare = path.rstrip("/")
+            known = bare != path and any(getattr(r, "path", None) == bare for r in app.routes)
+            hint = f" (the route is {bare}, without the trailing slash)" if known else ""
+            error = APIError(404, errors.NOT_FOUND, f"no route {path}{hint}")
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             error = APIError(

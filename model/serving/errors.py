@@ -71,7 +71,7 @@ def shape_of(path: str) -> Shape:
         return Shape.JINA_COHERE
     if path in TEI_PATHS:
         return Shape.TEI
-    if path in VLLM_PATHS:
+    if path in VLLM_PATHS or path.startswith("/v1/models/"):
         return Shape.VLLM
     if path in INFINITY_PATHS:
         return Shape.INFINITY

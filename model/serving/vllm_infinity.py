@@ -1,5 +1,5 @@
 """vLLM's and infinity's APIs: the request bodies they share ``/rerank`` with TEI's in, their score
-and model routes, and the response bodies their clients parse.
+routes, and the response bodies their clients parse (their model routes: ``model_routes``).
 
 - ``/rerank`` (and ``POST /``) with ``documents`` instead of TEI's ``texts``: vLLM's rerank body, or
   infinity's when it carries ``return_documents`` or ``raw_scores`` (infinity's client always sends
@@ -9,8 +9,9 @@ and model routes, and the response bodies their clients parse.
   with ``return_documents``.
 - ``/score`` and ``/v1/score``: vLLM's ``text_1`` against ``text_2`` (1:1, 1:N or N:N), the scores
   in request order.
-- ``/v1/models`` (OpenAI's and vLLM's list) and ``/models`` (infinity's): this server's one model.
-  infinity's client refuses any ``owned_by`` but its own name, so ``/models`` leaves it out.
+- ``/v1/models`` (OpenAI's and vLLM's list) and ``/models`` (infinity's): this server's one model
+  (``models_body``; the routes are ``model_routes``'). infinity's client refuses any ``owned_by``
+  but its own name, so ``/models`` leaves it out.
 
 vLLM refuses a pair over the model's length unless ``truncate_prompt_tokens`` says where to cut;
 infinity cuts, as sentence-transformers does.
