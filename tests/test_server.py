@@ -305,13 +305,50 @@ def test_serve_command_drains_on_sigterm(small_ckpt, tmp_path, front_ends):
     assert "leaked" not in said  # nanobind's exit-time warnings about objects left frozen
 
 
-def test_uvicorn_gets_the_drain_timeout_as_set(reranker):
-    """What is left after a drain is bounded by drain_timeout_s as given (0.5 s was made 0)."""
-    from turborank.serving.server import uvicorn_config
+@pytest.mark.slow
+@pytest.mark.parametrize("front_ends", [1, 2])
+def test_a_second_signal_cuts_what_is_in_flight_with_503_and_its_id(small_ckpt, tmp_path, front_ends):
+    """A second SIGTERM stops waiting for a long request (--drain-timeout 60): it is answered 503 in
+    the API's shape with its own x-request-id (not uvicorn's bare 500), logged, and the process
+    exits 0 within seconds. With front ends, a connection after the drain is refused at once (the
+    model process no longer holds the port open for nobody to answer)."""
+    from tests.serve_process import connect, read_response, serve_process
+
+    log = tmp_path / "server.log"
+    options = ("--max-batch-tokens", "256", "--drain-timeout", "60", "--front-ends", str(front_ends))
+    with serve_process(small_ckpt, log, *options) as (proc, url):
+        docs = [" ".join(["paragraph"] * 300) + f" {i}" for i in range(600)]
+        body = json.dumps({"query": "q", "documents": docs}).encode()
+        sock = connect(url)
+        head = "POST /v1/rerank HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}X-Request-Id: cut-me\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(1.0)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        status, headers, answer = read_response(sock)
+        assert status == 503 and headers["x-request-id"] == "cut-me" and headers["retry-after"] == "1"
+        assert json.loads(answer)["error_type"] == "unhealthy"
+        assert proc.wait(timeout=60) == 0 and time.monotonic() - start < 20
+        if front_ends > 1:
+            with pytest.raises(ConnectionRefusedError):
+                connect(url)
+    said = log.read_text()
+    assert "POST /v1/rerank 503" in said and "id=cut-me" in said and "Exception in ASGI" not in said
+
+
+def test_uvicorn_waits_after_the_drain_no_longer_than_what_is_left_needs(reranker):
+    """The drain itself waits drain_timeout_s; uvicorn's own wait after it is short (it was a second
+    drain_timeout_s), and as given for a shorter drain (0.5 s was once made 0 by int())."""
+    from turborank.serving.server import AFTER_DRAIN_S, uvicorn_config
     from turborank.serving.settings import Listener
 
+    listener = Listener("127.0.0.1", 8080, "warning")
     app = create_app(reranker, ServeSettings("m", drain_timeout_s=0.5))
-    assert uvicorn_config(app, Listener("127.0.0.1", 8080, "warning")).timeout_graceful_shutdown == 0.5
+    assert uvicorn_config(app, listener).timeout_graceful_shutdown == 0.5
+    app = create_app(reranker, ServeSettings("m", drain_timeout_s=60))
+    assert uvicorn_config(app, listener).timeout_graceful_shutdown == AFTER_DRAIN_S
 
 
 # --- every 5xx is logged with the request id its response carries ------------------------------------

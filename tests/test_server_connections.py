@@ -120,6 +120,9 @@ def test_headers_that_never_finish_get_408_and_the_connection_closes(small_ckpt,
         assert metric(url, 'turborank_closed_connections_total{reason="header_timeout"}') == 3
         # Headers that do finish in time are served as ever.
         assert httpx.get(url + "/health").status_code == 200
+    # Each answer the connection gave has its access-log line, with the id the answer carried.
+    said = (tmp_path / "server.log").read_text()
+    assert said.count("turborank.access: - - 408 closed=header_timeout") == 3, said
 
 
 def test_an_endless_header_gets_431_and_a_bare_line_break_does_not_hold_a_connection(small_ckpt, tmp_path):

@@ -9,6 +9,9 @@ request a coroutine and a wrapper of each message it sends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import time
 import urllib.parse
@@ -43,22 +46,63 @@ class RequestLogMiddleware:
         start = time.perf_counter()
         request_id = assign_request_id(scope)
         status = 500  # what the client gets when the app raised before answering
+        status_sent: int | None = None
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = status_sent = message["status"]
                 message = {**message, "headers": with_request_id(message.get("headers", []), request_id)}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn's shutdown cuts what is still in flight past the drain: answered here, in the
+            # API's shape with this id, instead of by uvicorn's bare 500; the task ends with it.
+            if status_sent is not None:
+                raise  # part of the answer is out: uvicorn closes the connection
+            status = 503
+            await _answer_cut(send_with_id)
         except Exception:
             # What escaped every handler: Starlette's last-resort handler has answered 500 already;
             # the log line carries the id that answer has, and uvicorn need not log it again.
             errors_logger.exception("request %s: %s %s failed", request_id, scope["method"], scope["path"])
         finally:
             _log(scope, status, (time.perf_counter() - start) * 1000)
+
+
+_CUT = json.dumps(
+    {
+        "detail": "the server is shutting down and stopped this request before its answer; retry",
+        "error": "the server is shutting down and stopped this request before its answer; retry",
+        "error_type": "unhealthy",
+    }
+).encode()
+
+
+async def _answer_cut(send: Any) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_CUT)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    with contextlib.suppress(Exception):  # the client may be gone too
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _CUT})
+
+
+def log_connection_answer(status: int, request_id: str, client: str, reason: str) -> None:
+    """The access-log line of an answer the connection gave before any request reached the app
+    (408 slow headers, 431 headers too large, 503 no connection left): no method or route is
+    known, so both are "-"."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields = {"request_id": request_id, "method": "-", "route": "-", "status": status}
+    fields |= {"client": client, "closed": reason}
+    line = "- - %d closed=%s client=%s id=%s"
+    logger.info(line, status, reason, client, request_id, extra={"fields": fields})
 
 
 def logged_path(scope: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from turborank.serving.access_log import log_connection_answer
 from turborank.serving.settings import ServeSettings, SettingError
 
 logger = logging.getLogger("turborank.serving")
@@ -156,6 +157,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     request_id,
                 ),
                 "refused",
+                503,
+                request_id,
             )
             return
         self._arm_header_timer()
@@ -259,36 +262,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_header_timer()
             return
         timeout = self.guard.header_timeout_s
+        request_id = uuid.uuid4().hex
         self._answer_and_close(
             canned_response(
                 408,
                 "Request Timeout",
                 "timeout",
                 f"the request's headers were not complete within {timeout:g} s",
-                uuid.uuid4().hex,
+                request_id,
             ),
             "header_timeout",
+            408,
+            request_id,
         )
 
     def _headers_too_large(self) -> None:
         self._disarm_header_timer()
         self._head = None
+        request_id = uuid.uuid4().hex
         self._answer_and_close(
             canned_response(
                 431,
                 "Request Header Fields Too Large",
                 "validation",
                 f"the request line and headers exceed {MAX_HEADER_BYTES:,} bytes",
-                uuid.uuid4().hex,
+                request_id,
             ),
             "headers_too_large",
+            431,
+            request_id,
         )
 
-    def _answer_and_close(self, response: bytes, reason: str) -> None:
+    def _answer_and_close(self, response: bytes, reason: str, status: int, request_id: str) -> None:
         self.guard.forget(self)
         self.transport.write(response)
         self.transport.close()
         self.guard.closed(reason)
+        log_connection_answer(status, request_id, self.address, reason)
 
 
 # The largest body part joined to a held head into one write.

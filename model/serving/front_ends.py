@@ -371,6 +371,11 @@ class FrontEnds:
         # SIGTERM whichever came: a front end drains on either, and a SIGINT reaching one still
         # starting would be a KeyboardInterrupt (exit status 1) instead of a quiet exit.
         self._pass_on(signal.SIGTERM)
+        # No front end starts after a signal, so this process's copy of the listening socket has no
+        # use left. Kept open, it would hold the port open after the front ends closed theirs:
+        # the kernel would take connections that nobody answers, reset when this process exits.
+        if self._socket is not None:
+            self._socket.close()
 
     def _pass_on(self, sig: int) -> None:
         for process, _ in list(self._processes.values()):

@@ -25,6 +25,10 @@ from turborank.serving.settings import Listener
 logger = logging.getLogger("turborank.serving")
 
 
+# The most uvicorn's own shutdown waits after the drain (see _config).
+AFTER_DRAIN_S = 1.0
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn draining ``state`` (a ServerState, or the Ray front: ``draining``, ``active``,
     ``settings``) on the first signal, exiting 0 once it is drained."""
@@ -35,10 +39,17 @@ class DrainingServer(uvicorn.Server):
         self._drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame) -> None:
+        now = time.monotonic()
         if self._drain_deadline is None:
             self._state.draining = True
-            self._drain_deadline = time.monotonic() + self._state.settings.drain_timeout_s
+            self._drain_deadline = now + self._state.settings.drain_timeout_s
             logger.info("draining: %d requests in flight, new ones get 503", self._state.active)
+            return
+        if self._drain_deadline > now:
+            # A second signal stops waiting: the shutdown starts at the next tick, and what is in
+            # flight is answered 503 when uvicorn cuts it (RequestLogMiddleware).
+            logger.info("second signal: %d requests in flight are cut", self._state.active)
+            self._drain_deadline = now
             return
         super().handle_exit(sig, frame)
 
@@ -113,9 +124,10 @@ def _config(app, listener: Listener, settings: ServeSettings, options: dict) -> 
         log_level=listener.log_level,
         # uvicorn's records propagate to the root's handlers, in the same format as ours.
         log_config=None,
-        # In-flight work was waited for while draining; this bounds what is left after it. As given
-        # (uvicorn hands it to asyncio.timeout, which takes fractions): int() made 0.5 s no time at all.
-        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
+        # In-flight work was waited for while draining (up to drain_timeout_s, on_tick): what uvicorn
+        # waits for after it is the last bytes of answers already given, or, past the deadline, the
+        # requests it then cuts. A second full drain_timeout_s here made the drain last twice as long.
+        timeout_graceful_shutdown=min(settings.drain_timeout_s, AFTER_DRAIN_S),  # type: ignore[arg-type]
         access_log=False,  # turborank.access logs every request, with its pairs, tokens and timings
         **options,
     )
