@@ -28,9 +28,10 @@ from turborank.option_names import LINEAR_ENGINES
 if TYPE_CHECKING:
     from turborank.modeling import JinaBertReranker, _Layer
 
-# The GEGLU / ReGLU gate as a oneDNN eltwise post-op: (attribute, algorithm). "none" is GELU's erf
-# form, the one JinaBERT uses (the tanh form moves the logits by about 3e-3).
-_GATE_POST_OPS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
+# The GEGLU gate as a oneDNN eltwise post-op: (attribute, algorithm). "none" is GELU's erf form,
+# the one JinaBERT uses (the tanh form moves the logits by about 3e-3). ReGLU's gate runs after the
+# GEMM instead: oneDNN's relu post-op makes a NaN 0, and a NaN must reach the score to be refused.
+_GATE_POST_OPS = {"gelu": ("gelu", "none"), "relu": ("none", "")}
 # The measurement at load: rows of one layer's linear work, and timed repetitions per engine
 # (alternating, best of each: a load on the machine slows both alike).
 _MEASURE_ROWS = 256
@@ -158,6 +159,8 @@ class OneDnnLinears:
     def gated(self, x: torch.Tensor) -> torch.Tensor:
         """[rows, I]: act(x W_gate^T) * (x W_multiplier^T)."""
         gate = self._gate(x, *self._gate_post_op)
+        if self.activation == "relu":
+            gate = torch.relu_(gate)
         return self._multiplier.binary(x, gate, "mul")
 
     def down(self, g: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -75,6 +75,11 @@ def test_onednn_maps_equal_f_linear_in_fp32(tmp_path, activation, rows):
         u = aten.up(x)
         swapped = torch.cat(u.chunk(2, dim=-1)[::-1], dim=-1)
         assert (onednn.gated(x) - model.ops.gelu_glu(swapped, cfg.glu_activation)).abs().max() > 1e-3
+        # A NaN weight of the gate half gives a NaN column (oneDNN's relu post-op made it 0: a
+        # finite score where F.linear's path refuses the pair).
+        layer.gated_weight.data[3, 0] = float("nan")
+        broken = OneDnnLinears(layer, cfg.hidden_size, cfg.intermediate_size, cfg.glu_activation)
+        assert broken.gated(x)[:, 3].isnan().all() and not broken.gated(x)[:, 4:].isnan().any()
 
 
 @needs_onednn_bf16
