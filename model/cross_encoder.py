@@ -54,9 +54,10 @@ _NO_EFFECT = {
 # Accepted without a word: a permission to run the checkpoint's code, which turborank never runs.
 _ACCEPTED = {"trust_remote_code"}
 # Options that would change the scores in sentence-transformers: refused when set.
-_REFUSED = {"prompt": "prompts are not supported: the rerankers score (query, document) as given"}
-for _name in ("prompt_name", "prompts", "default_prompt_name"):
-    _REFUSED[_name] = _REFUSED["prompt"]
+_REFUSED = dict.fromkeys(
+    ("prompt", "prompt_name", "prompts", "default_prompt_name"),
+    "prompts are not supported: the rerankers score (query, document) as given",
+)
 
 
 def _renamed(options: dict[str, Any], old_name: str, activation_fn: Any) -> Any:

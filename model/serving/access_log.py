@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import urllib.parse
@@ -19,6 +18,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from turborank.serving.errors import UNHEALTHY, APIError, error_response, request_shape
 from turborank.serving.request_id import assign_request_id, request_id_of, with_request_id
 
 logger = logging.getLogger("turborank.access")
@@ -63,7 +63,7 @@ class RequestLogMiddleware:
             if status_sent is not None:
                 raise  # part of the answer is out: uvicorn closes the connection
             status = 503
-            await _answer_cut(send_with_id)
+            await _answer_cut(scope, receive, send_with_id)
         except Exception:
             # What escaped every handler: Starlette's last-resort handler has answered 500 already;
             # the log line carries the id that answer has, and uvicorn need not log it again.
@@ -72,25 +72,16 @@ class RequestLogMiddleware:
             _log(scope, status, (time.perf_counter() - start) * 1000)
 
 
-_CUT = json.dumps(
-    {
-        "detail": "the server is shutting down and stopped this request before its answer; retry",
-        "error": "the server is shutting down and stopped this request before its answer; retry",
-        "error_type": "unhealthy",
-    }
-).encode()
-
-
-async def _answer_cut(send: Any) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_CUT)).encode()),
-        (b"retry-after", b"1"),
-        (b"connection", b"close"),
-    ]
+async def _answer_cut(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """503 in the error shape of the request's route (``Retry-After``, ``Connection: close``)."""
+    error = APIError(
+        503,
+        UNHEALTHY,
+        "the server is shutting down and stopped this request before its answer; retry",
+        {"Retry-After": "1", "Connection": "close"},
+    )
     with contextlib.suppress(Exception):  # the client may be gone too
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": _CUT})
+        await error_response(error, request_shape(scope))(scope, receive, send)
 
 
 def log_connection_answer(status: int, request_id: str, client: str, reason: str) -> None:
