@@ -337,6 +337,7 @@ class Reranker:
             sequences, owners [windows]) for "chunk".
         """
         check_long_doc_options(long_doc, "max")
+        check_pair_options(truncation, chunk_overlap, None)
         pairs = as_pairs(pairs)
         if long_doc == "truncate":
             encoded = self._tokenizer.encode_pairs(
@@ -378,6 +379,7 @@ class Reranker:
             batch_size=batch_size,
             max_batch_tokens=max_batch_tokens,
             show_progress_bar=show_progress_bar,
+            unit="pair" if owners is None else "window",
         )
         return pair_logits(logits, owners, n_pairs, chunk_aggregate)
 
@@ -447,8 +449,10 @@ class Reranker:
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
         show_progress_bar: bool | None = False,
+        unit: str = "pair",
     ) -> torch.Tensor:
-        """fp32 logits [n] (on CPU) for tokenised pairs, in their order; batches are length-sorted."""
+        """fp32 logits [n] (on CPU) for tokenised pairs (or windows: the bar's ``unit``), in their
+        order; batches are length-sorted."""
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(
                 f"batch_size ({batch_size}) and max_batch_tokens ({max_batch_tokens}) must be >= 1"
@@ -456,7 +460,7 @@ class Reranker:
         lengths = encoded.lengths
         device = self.device
         outputs, order = [], []
-        progress = progress_bar(len(lengths), show_progress_bar)
+        progress = progress_bar(len(lengths), show_progress_bar, unit)
         # No host sync between batches: the next batch is packed while the device runs this one;
         # the logits come back in one copy at the end (the progress bar counts batches packed).
         types = encoded.token_type_ids

@@ -17,15 +17,16 @@ from turborank.option_names import CHUNK_AGGREGATES, LONG_DOC_MODES, TRUNCATION_
 PROGRESS_MIN_PAIRS = 1000
 
 
-def progress_bar(total: int, show: bool | None) -> Any:
-    """A tqdm bar over ``total`` sequences: when asked, or (None) for a long job on a terminal."""
+def progress_bar(total: int, show: bool | None, unit: str = "pair") -> Any:
+    """A tqdm bar over ``total`` pairs (or the windows of chunked documents: ``unit``): when asked,
+    or (None) for a long job on a terminal."""
     if show is None:
         show = total >= PROGRESS_MIN_PAIRS and sys.stderr.isatty()
     if not show:
         return None
     from tqdm.auto import tqdm  # a dependency of huggingface_hub, hence always installed
 
-    return tqdm(total=total, unit="pair", desc="scoring")
+    return tqdm(total=total, unit=unit, desc="scoring")
 
 
 def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:
@@ -135,6 +136,11 @@ def pair_logits(
     NonFiniteScoreError first if any logit is not finite."""
     check_finite(window_logits, owners)
     if owners is None:
+        if n_pairs is not None and n_pairs != len(window_logits):
+            raise ValueError(
+                f"n_pairs={n_pairs} but {len(window_logits)} sequences were scored without owners "
+                "(one per pair); n_pairs counts the pairs of chunked windows"
+            )
         return window_logits
     if n_pairs is None:
         n_pairs = max(owners, default=-1) + 1

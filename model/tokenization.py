@@ -364,15 +364,18 @@ class PairTokenizer:
         _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
-        plain = self._truncating(self.model_max_length, "longest_first")
+        plain = self._plain()
         for query in dict.fromkeys(q for q, _ in pairs):
             query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
             room = max_length - self.num_special_tokens - query_tokens
             if room < 1:
+                # Raising max_length helps only if the model's maximum leaves the document a token.
+                fits = query_tokens + self.num_special_tokens < self.model_max_length
+                advice = f" or raise max_length (at most {self.model_max_length})" if fits else ""
                 raise ValueError(
                     f"query of {query_tokens} tokens leaves no room for the document in windows of "
                     f"max_length={max_length} (long_doc='chunk' keeps the whole query in every window); "
-                    "shorten the query or raise max_length"
+                    f"shorten the query{advice}"
                 )
             if overlap >= room:
                 raise ValueError(
@@ -380,14 +383,15 @@ class PairTokenizer:
                     f"max_length={max_length} leaves beside this query"
                 )
         encodings = encode_batch(self._truncating(max_length, "only_second", "right", overlap), pairs)
-        windows, owners = [], []
+        windows, types, owners = [], [], []
         for index, enc in enumerate(encodings):
-            for window in (enc, *enc.overflowing):
-                windows.append(window)
-                owners.append(index)
+            pieces = (enc, *enc.overflowing)
+            windows += pieces
+            types += _window_type_ids(enc) if self.emits_token_type_ids else []
+            owners += [index] * len(pieces)
         encoded = EncodedPairs(
             input_ids=[w.ids for w in windows],
-            token_type_ids=[w.type_ids for w in windows] if self.emits_token_type_ids else None,
+            token_type_ids=types if self.emits_token_type_ids else None,
             was_truncated=[False] * len(windows),
         )
         return encoded, owners
@@ -439,3 +443,19 @@ def _raise_if_not_unicode(pairs: list[tuple[str, str]], longer_than: int = -1) -
             problem = describe_lone_surrogate(text) if len(text) > longer_than else None
             if problem is not None:
                 raise ValueError(f"pair {index}: the {side} contains {problem}")
+
+
+def _window_type_ids(first: Any) -> list[list[int]]:
+    """Token types of the windows of one chunked pair (``first``: its encoding, the later windows
+    in ``first.overflowing``). tokenizers applies the pair template's token types to the first
+    window only: the later ones keep their texts' own types (0 on the document side under a BERT
+    template's ``$B:1``). Every window has the first one's layout, so each takes its types: the
+    same before and after the document, the document's type for every document token."""
+    if not first.overflowing:
+        return [first.type_ids]
+    document = [i for i, side in enumerate(first.sequence_ids) if side == 1]
+    types = first.type_ids
+    head, tail = types[: document[0]], types[document[-1] + 1 :]
+    body = types[document[0]]
+    windows = (first, *first.overflowing)
+    return [head + [body] * (len(w.ids) - len(head) - len(tail)) + tail for w in windows]

@@ -254,3 +254,16 @@ def test_logits_refuse_owners_that_leave_a_pair_without_a_window(reranker):
     for how in ("max", "mean"):
         with pytest.raises(ValueError, match="each of the 3 pairs at least one window"):
             reranker.logits(encoded, owners, n_pairs=3, chunk_aggregate=how)
+
+
+def test_encode_and_logits_check_their_options_as_predict_does(reranker):
+    """encode took a misspelt truncation (long_doc="chunk") or a negative overlap (long_doc=
+    "truncate") silently, and logits ignored an n_pairs that did not match a one-per-pair batch."""
+    with pytest.raises(ValueError, match="truncation='bogus'"):
+        reranker.encode([("q", "d")], long_doc="chunk", truncation="bogus")
+    with pytest.raises(ValueError, match="chunk overlap must be a non-negative integer, got -1"):
+        reranker.encode([("q", "d")], chunk_overlap=-1)
+    encoded, owners = reranker.encode([("q", "d")])
+    with pytest.raises(ValueError, match="n_pairs=5 but 1 sequences were scored without owners"):
+        reranker.logits(encoded, owners, n_pairs=5)
+    assert reranker.logits(encoded, owners, n_pairs=1).shape == (1,)

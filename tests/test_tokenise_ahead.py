@@ -68,15 +68,21 @@ def test_the_progress_bar_counts_pairs_when_long_documents_make_windows(ahead, m
     bars = []
     real = reranker_module.progress_bar
 
-    def keep(total, show):
-        bars.append(real(total, show))
+    def keep(total, show, unit="pair"):
+        bars.append(real(total, show, unit))
         return bars[-1]
 
     monkeypatch.setattr(reranker_module, "progress_bar", keep)
     pairs = [("q", "word " * 200) for _ in range(12)]
     reranker.predict(pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
     (bar,) = [bar for bar in bars if bar is not None]  # scoring a chunk makes none of its own
-    assert bar.total == 12 and bar.n == 12
+    assert bar.total == 12 and bar.n == 12 and bar.unit == "pair"
+    # Scored at once (as on CPU), the bar counts the windows it runs, and calls them windows.
+    bars.clear()
+    monkeypatch.setattr(reranker, "overlap_tokenising", False)
+    reranker.predict(pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
+    (bar,) = [bar for bar in bars if bar is not None]
+    assert bar.total == bar.n > 12 and bar.unit == "window"
 
 
 def test_one_truncation_warning_counts_every_chunk(ahead):

@@ -81,6 +81,24 @@ def test_only_second_query_too_long_is_explained(tok):
     assert "truncation" not in str(info.value)
 
 
+def test_a_chunked_query_longer_than_the_model_is_counted_whole(small_ckpt):
+    """The count came from a tokenizer truncating at the model's maximum: a 200-token query was
+    reported as 64 tokens, with advice to raise a max_length already at its limit."""
+    from tokenizers import Tokenizer
+
+    short = PairTokenizer.from_directory(small_ckpt, 64)
+    query = "long query " * 100
+    plain = Tokenizer.from_file(str(small_ckpt / "tokenizer.json"))
+    tokens = len(plain.encode(query, add_special_tokens=False))
+    assert tokens > 64
+    with pytest.raises(ValueError, match=f"query of {tokens} tokens .* shorten the query$"):
+        short.encode_chunked([(query, "doc")])
+    with pytest.raises(ValueError, match="shorten the query$"):
+        short.encode_chunked([(query, "doc")], max_length=16)
+    with pytest.raises(ValueError, match="shorten the query or raise max_length \\(at most 64\\)"):
+        short.encode_chunked([("long query " * 3, "doc")], max_length=16)
+
+
 @pytest.mark.parametrize(
     "max_length,message",
     [(9000, "outside the model's range \\(5..8192\\)"), (4, "outside"), ("64", "must be an integer")],
@@ -193,6 +211,35 @@ def test_chunked_windows_cover_the_document_with_overlap(tok):
     rebuilt = pieces[0] + [t for piece in pieces[1:] for t in piece[8:]]
     whole = tok.encode_pairs([(query, doc)]).input_ids[0]
     assert rebuilt == whole[prefix:-1]
+
+
+def test_every_chunked_window_carries_the_pair_templates_token_types(small_ckpt, tmp_path):
+    """tokenizers applies a pair template's token types to the first window of an overflowing pair
+    only; under a BERT template (document ``$B:1``) the later windows came back with type 0 on the
+    document side and were scored as if the document were part of the query."""
+    from tokenizers import Tokenizer, processors
+
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    bert = Tokenizer.from_file(str(target / "tokenizer.json"))
+    bert.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s>:0 $A:0 </s>:0 $B:1 </s>:1",
+        special_tokens=[("<s>", bert.token_to_id("<s>")), ("</s>", bert.token_to_id("</s>"))],
+    )
+    bert.save(str(target / "tokenizer.json"))
+    cfg = json.loads((target / "tokenizer_config.json").read_text())
+    (target / "tokenizer_config.json").write_text(json.dumps({**cfg, "tokenizer_class": "BertTokenizer"}))
+    tok = PairTokenizer.from_directory(target, 8192)
+    assert tok.emits_token_type_ids
+    query, doc = "what is the alibi bias", random_text(random.Random(9), 60)
+    windows, owners = tok.encode_chunked([(query, doc), ("q", "short")], max_length=40, overlap=5)
+    assert owners.count(0) >= 3
+    head = bert.encode(query, "").ids[:-1]  # <s> query </s>
+    for ids, types, owner in zip(windows.input_ids, windows.token_type_ids, owners, strict=True):
+        if owner == 0:
+            assert ids[: len(head)] == head and ids[-1] == bert.token_to_id("</s>")
+            assert types == [0] * len(head) + [1] * (len(ids) - len(head))
+    assert windows.token_type_ids[-1] == bert.encode("q", "short").type_ids
 
 
 @pytest.mark.parametrize(
