@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from turborank.kernels._launch import MAX_HEAD_DIM
+from turborank.kernels._launch import MAX_HEAD_DIM, refuse_bf16_products_in_the_interpreter
 
 try:
     import triton
@@ -59,6 +59,18 @@ def check_launch_config(config: tuple[int, int, int, int]) -> None:
         )
 
 
+def check_qkv_types(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Both engines compute in one of the three float dtypes, on one device."""
+    if any(
+        t.dtype not in (torch.float16, torch.bfloat16, torch.float32) or t.dtype != q.dtype for t in (k, v, q)
+    ):
+        raise ValueError(
+            f"q, k, v must share one of float16/bfloat16/float32, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, dims: int) -> None:
     if triton is None:
         raise RuntimeError("triton is not installed; use the PyTorch path (backend='torch')")
@@ -67,12 +79,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
             raise ValueError(
                 f"{name} must be {dims}-D with a contiguous last dimension, got shape {tuple(t.shape)}"
             )
-        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32) or t.dtype != q.dtype:
-            raise ValueError(
-                f"q, k, v must share one of float16/bfloat16/float32, got {q.dtype}, {k.dtype}, {v.dtype}"
-            )
-        if t.device != q.device:
-            raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_qkv_types(q, k, v)
+    refuse_bf16_products_in_the_interpreter(q.dtype, "alibi_attention")
     if k.shape != v.shape or q.shape[-2:] != k.shape[-2:]:
         raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     heads, head_dim = q.shape[-2:]

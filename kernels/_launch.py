@@ -30,6 +30,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def refuse_bf16_products_in_the_interpreter(dtype: torch.dtype, op: str) -> None:
+    """Triton's CPU interpreter multiplies bf16 tiles wrongly (a 16 x 16 ``tl.dot`` off by ~1e10
+    with Triton 3.6 and 3.9): an op built on ``tl.dot`` refuses bf16 there rather than return
+    wrong numbers."""
+    if dtype == torch.bfloat16 and interpreting():
+        raise ValueError(
+            f"{op}: Triton's CPU interpreter computes bf16 matrix products wrongly; run bf16 on CPU "
+            "with backend='torch', or float16/float32 in the interpreter"
+        )
+
+
 if triton is not None:
     # A @triton.jit function may read a module global only when it is a tl.constexpr.
     LOG2E_CONSTEXPR = tl.constexpr(LOG2E)
@@ -56,6 +67,14 @@ if triton is not None:
             return 0, tl.minimum(tl.maximum(tl.load(Seqlens + seq), 0), rows)
 
 
+def built_for_interpreter() -> bool:
+    """Whether the kernels were built for Triton's CPU interpreter. Triton decides when a kernel is
+    defined (at import), from TRITON_INTERPRET as it was then: set later, it changes nothing."""
+    return triton is not None and type(gelu_erf).__name__ == "InterpretedFunction"
+
+
+# CUDA's limit on a grid's y and z extents; x reaches 2^31 - 1.
+MAX_GRID_Y = 65535
 # The attention's head_dim limit: every (head_dim <= MAX_HEAD_DIM, dtype) tile fits an H100/H200's
 # shared memory.
 MAX_HEAD_DIM = 256

@@ -115,6 +115,22 @@ def _check_rows(name: str, t: torch.Tensor, n: int) -> None:
         raise ValueError(f"{name} must be [rows, {n}] with contiguous rows, got shape {tuple(t.shape)}")
 
 
+def _check_vector(name: str, t: torch.Tensor, n: int) -> None:
+    """The kernel reads a vector as consecutive elements: a strided view would be read wrong."""
+    if t.dim() != 1 or t.shape[0] != n or (n > 1 and t.stride(0) != 1):
+        raise ValueError(
+            f"{name} must be a contiguous [{n}], got shape {tuple(t.shape)} stride {tuple(t.stride())}"
+        )
+
+
+def _check_norm_vectors(weight: torch.Tensor, bias: torch.Tensor) -> int:
+    """H, from ``weight`` [H]; ``bias`` must match it."""
+    n = weight.shape[0] if weight.dim() == 1 else -1
+    _check_vector("weight", weight, n)
+    _check_vector("bias", bias, n)
+    return n
+
+
 def add_layer_norm_triton(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
@@ -126,7 +142,7 @@ def add_layer_norm_triton(
     Returns:
         [rows, H] in x's dtype.
     """
-    n = weight.shape[0]
+    n = _check_norm_vectors(weight, bias)
     _check_rows("x", x, n)
     if residual is not None:
         _check_rows("residual", residual, n)
@@ -154,9 +170,13 @@ def embedding_layer_norm_triton(
         is outside [0, T)) is NaN: the kernel never reads outside the tables, and checking the ids
         here would cost a device sync. ``Reranker`` checks them on the host where it makes them.
     """
-    n = weight.shape[0]
+    n = _check_norm_vectors(weight, bias)
     _check_rows("word_embeddings", word_embeddings, n)
     _check_rows("type_embeddings", type_embeddings, n)
+    tokens = input_ids.shape[0] if input_ids.dim() == 1 else -1
+    _check_vector("input_ids", input_ids, tokens)
+    if token_type_ids is not None:
+        _check_vector("token_type_ids", token_type_ids, tokens)
     return _launch(
         word_embeddings,
         type_embeddings,

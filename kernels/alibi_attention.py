@@ -17,7 +17,13 @@ from turborank.kernels._alibi_common import (
     check_qkv,
     resolve_softmax_scale,
 )
-from turborank.kernels._launch import ENABLE_FP_FUSION, LOG2E, attention_block_d, attention_launch_config
+from turborank.kernels._launch import (
+    ENABLE_FP_FUSION,
+    LOG2E,
+    MAX_GRID_Y,
+    attention_block_d,
+    attention_launch_config,
+)
 from turborank.kernels.alibi_band import band_key_norm_max, use_band
 
 try:
@@ -208,32 +214,32 @@ def launch_alibi_attention(
     key_norm_max = slopes  # any fp32 pointer: not read unless BANDED
     if banded:
         key_norm_max = band_key_norm_max(k, v, cu_k, seqlens_k, batch, rows_k, strides[3:9], varlen)
-    grid = (triton.cdiv(max_seqlen_q, block_m), batch, heads)
-    _alibi_attention_kernel[grid](
-        q,
-        k,
-        v,
-        out,
-        slopes,
-        cu_q,
-        cu_k,
-        seqlens_k,
-        key_norm_max,
-        *strides,
-        rows_q,
-        rows_k,
-        scale * LOG2E,
-        HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        VARLEN=varlen,
-        IEEE_FP32=q.dtype == torch.float32,
-        BANDED=banded,
-        num_warps=warps,
-        enable_fp_fusion=ENABLE_FP_FUSION,
-        num_stages=stages,
-    )
+    # CUDA caps a grid's y extent (the sequences) at 65,535: a larger batch runs in parts, each
+    # from its first sequence's lengths (packed: rows are absolute) or rows (padded).
+    for first in range(0, batch, MAX_GRID_Y):
+        tensors = (q, k, v, out) if varlen or not first else (q[first:], k[first:], v[first:], out[first:])
+        lengths = (cu_q, cu_k, seqlens_k) if not first else (cu_q[first:], cu_k[first:], seqlens_k[first:])
+        grid = (triton.cdiv(max_seqlen_q, block_m), min(MAX_GRID_Y, batch - first), heads)
+        _alibi_attention_kernel[grid](
+            *tensors,
+            slopes,
+            *lengths,
+            key_norm_max[first:] if banded and first else key_norm_max,
+            *strides,
+            rows_q,
+            rows_k,
+            scale * LOG2E,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            VARLEN=varlen,
+            IEEE_FP32=q.dtype == torch.float32,
+            BANDED=banded,
+            num_warps=warps,
+            enable_fp_fusion=ENABLE_FP_FUSION,
+            num_stages=stages,
+        )
     return out
 
 

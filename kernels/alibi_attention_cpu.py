@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from turborank.kernels._alibi_common import (
     check_max_seqlen,
+    check_qkv_types,
     check_ref_lengths,
     resolve_softmax_scale,
     reversed_key_bias,
@@ -94,6 +95,7 @@ def alibi_attention_torch(
     """
     if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    check_qkv_types(q, k, v)
     _, heads, d = q.shape
     if slopes.shape != (heads,):
         raise ValueError(f"slopes must be [{heads}], got {tuple(slopes.shape)}")

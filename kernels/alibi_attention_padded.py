@@ -73,7 +73,17 @@ def alibi_attention_padded_torch(
 ) -> torch.Tensor:
     """PyTorch engine of ``alibi_attention_padded``: every query row of each sequence, keys past
     ``key_lengths[b]`` masked. [batch, L, heads, d] in, the same shape out."""
+    if q.dim() != 4:
+        raise ValueError(f"q must be [batch, L, heads, d], got shape {tuple(q.shape)}")
     batch, seqlen, heads, d = q.shape
+    if key_lengths.shape != (batch,) or key_lengths.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"key_lengths must be int32 [{batch}], got {key_lengths.dtype} {tuple(key_lengths.shape)}"
+        )
+    lengths = key_lengths.tolist()
+    if any(not 1 <= n <= seqlen for n in lengths):
+        # Every query row attends to its sequence's keys: a sequence needs at least one.
+        raise ValueError(f"key_lengths must lie in 1..{seqlen} (L), got {lengths}")
     cu_q = torch.arange(0, (batch + 1) * seqlen, seqlen, device=q.device, dtype=torch.int32)
     valid = torch.arange(seqlen, device=q.device)[None, :] < key_lengths.long()[:, None]
     cu_k = torch.zeros(batch + 1, device=q.device, dtype=torch.int32)

@@ -36,7 +36,8 @@ if triton is not None:
         if ACTIVATION == 0:
             act = gelu_erf(gate)
         else:
-            act = tl.maximum(gate, 0.0)
+            # NaN stays NaN (the torch engine's relu), where a plain max (PTX max.f32) picks 0.
+            act = tl.maximum(gate, 0.0, propagate_nan=tl.PropagateNan.ALL)
         tl.store(Y + row * stride_y + cols, (act * linear).to(Y.dtype.element_ty), mask=mask)
 
 

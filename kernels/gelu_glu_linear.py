@@ -12,7 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from turborank.kernels._launch import ENABLE_FP_FUSION, gelu_glu_linear_launch_config
+from turborank.kernels._launch import (
+    ENABLE_FP_FUSION,
+    gelu_glu_linear_launch_config,
+    refuse_bf16_products_in_the_interpreter,
+)
 from turborank.kernels.gelu_glu import GLU_ACTIVATIONS, gelu_glu_torch
 
 try:
@@ -85,7 +89,8 @@ if triton is not None:
         if ACTIVATION == 0:
             act = gelu_erf(gate)
         else:
-            act = tl.maximum(gate, 0.0)
+            # NaN stays NaN (the torch engine's relu), where a plain max (PTX max.f32) picks 0.
+            act = tl.maximum(gate, 0.0, propagate_nan=tl.PropagateNan.ALL)
         y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
         tl.store(y_ptrs, (act * linear).to(Y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
@@ -162,6 +167,7 @@ def gelu_glu_linear_triton(
         raise ValueError("gelu_glu_linear needs x and weight with contiguous rows")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"gelu_glu_linear supports float16/bfloat16/float32, got {x.dtype}")
+    refuse_bf16_products_in_the_interpreter(x.dtype, "gelu_glu_linear")
     y = torch.empty(x.shape[0], weight.shape[0] // 2, device=x.device, dtype=x.dtype)
     if launch_config is not None:
         _check_launch_config(launch_config)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from turborank import kernels
+from turborank.kernels._launch import MAX_HEAD_DIM
 from turborank.option_names import BACKENDS
 
 OP_NAMES = ("embedding_layer_norm", "alibi_attention", "gelu_glu", "add_layer_norm")
@@ -54,12 +55,14 @@ def triton_can_run(device: torch.device) -> bool:
     return device.type == "cuda" or kernels.interpreting()
 
 
-def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
+def resolve_ops(backend: str | dict[str, str], device: torch.device, head_dim: int | None = None) -> Ops:
     """Choose each op's implementation for ``device``.
 
     Args:
         backend: "auto" | "torch" | "triton", or a dict {op name: backend} to set ops one by one
             (ops left out are "auto").
+        head_dim: the model's, when known: above the Triton attention's limit, Triton for the
+            attention is refused here rather than at the first forward.
     """
     per_op = backend if isinstance(backend, dict) else dict.fromkeys(OP_NAMES, backend)
     unknown = set(per_op) - set(OP_NAMES)
@@ -81,6 +84,16 @@ def resolve_ops(backend: str | dict[str, str], device: torch.device) -> Ops:
                 "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
                 f"the model is on {device}. Use backend='torch' on CPU."
             )
+        if device.type != "cuda" and not kernels.built_for_interpreter():
+            raise ValueError(
+                "TRITON_INTERPRET=1 was set after turborank was imported: Triton builds each kernel for "
+                "its CPU interpreter or for a GPU when the kernel is defined, so set it before the import"
+            )
+    if choice["alibi_attention"] == "triton" and head_dim is not None and head_dim > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head_dim {head_dim} (hidden_size / num_attention_heads) is above the Triton attention's "
+            f"{MAX_HEAD_DIM}; load with backend={{'alibi_attention': 'torch'}}"
+        )
     impls = {op: ENGINES[op][name] for op, name in choice.items()}
     impls.update({fused: ENGINES[fused][choice[base]] for fused, base in FUSED_OPS.items()})
     return Ops(**impls, backends=choice)

@@ -106,7 +106,7 @@ class Reranker:
         config = JinaBertConfig.from_file(directory / "config.json", slopes=slopes)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        ops = resolve_ops(backend, device)
+        ops = resolve_ops(backend, device, config.head_dim)
         tokenizer = PairTokenizer.from_directory(directory, config.max_position_embeddings)
         tokenizer.check_fits(config.vocab_size, config.type_vocab_size, str(directory / "config.json"))
         weights = load_weights(find_weights_file(directory), config, dtype)
@@ -144,7 +144,7 @@ class Reranker:
         engine on CPU). The dtype stays; CUDA graphs, bound to a device, are dropped
         (``enable_cuda_graphs`` again on the new one)."""
         device = resolve_device(device)
-        ops = resolve_ops(self.backend, device)
+        ops = resolve_ops(self.backend, device, self.config.head_dim)
         if self._model.fused_gelu_glu_gemm and ops.backends["gelu_glu"] != "triton":
             raise ValueError(
                 f"the fused GEGLU GEMM is a Triton kernel; the gelu_glu op on {device} is PyTorch"

@@ -51,6 +51,16 @@ def test_half_within_twice_pytorch_error(m, k, inner, dtype):
     assert ours <= 2 * pytorch + 1e-6
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_a_nan_weight_reaches_its_column(activation):
+    """A NaN in a gate row makes that gate NaN for every row of x; ReGLU must keep it NaN."""
+    x, weight = _inputs(5, 40, 24, seed=8)
+    weight[3, 7] = float("nan")
+    got = gelu_glu_linear_triton(x, weight, activation)
+    assert torch.isnan(got).nonzero()[:, 1].unique().tolist() == [3]
+    assert torch.equal(torch.isnan(got), torch.isnan(gelu_glu_linear_torch(x, weight, activation)))
+
+
 def test_no_reads_past_the_ends():
     """x is a view into a NaN-filled buffer (NaN rows below it, NaN columns right of it): a masked
     load that slipped would turn outputs into NaN."""

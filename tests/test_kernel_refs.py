@@ -321,3 +321,29 @@ def test_alibi_attention_ref_takes_any_slopes_and_lengths_strides():
     want = alibi_attention_torch(q, k, v, cu, cu, 20, 20, slopes)
     got = alibi_attention_torch(q, k, v, strided_cu, strided_cu, 20, 20, strided_slopes)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.bfloat16, torch.float32, torch.float32),  # failed inside a kernel ("Bad in-place call")
+        (torch.float32, torch.bfloat16, torch.bfloat16),  # ran, in fp32 after a silent mix
+        (torch.float64, torch.float64, torch.float64),  # ran in fp32 and came back as fp64
+    ],
+)
+def test_alibi_attention_ref_refuses_dtypes_it_does_not_compute_in(dtypes):
+    q, k, v = (torch.randn(5, 2, 8).to(dtype) for dtype in dtypes)
+    cu = _cu([5])
+    with pytest.raises(ValueError, match="q, k, v must share one of float16/bfloat16/float32"):
+        alibi_attention_torch(q, k, v, cu, cu, 5, 5, alibi_slopes(2))
+
+
+@pytest.mark.parametrize("key_lengths", [[5, 7], [5, -1], [5, 0]])
+def test_padded_ref_names_key_lengths_out_of_range(key_lengths):
+    """The errors spoke of cu_seqlens_k, which the caller never passed."""
+    from turborank.kernels import alibi_attention_padded_torch
+
+    q, k, v = (torch.randn(2, 5, 2, 8) for _ in range(3))
+    lengths = torch.tensor(key_lengths, dtype=torch.int32)
+    with pytest.raises(ValueError, match=f"key_lengths must lie in 1..5 \\(L\\), got \\{key_lengths}"):
+        alibi_attention_padded_torch(q, k, v, lengths, alibi_slopes(2))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -100,3 +104,50 @@ def test_triton_can_run_on_cuda_or_in_the_interpreter(monkeypatch):
     assert triton_can_run(CPU)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not triton_can_run(CPU)
+
+
+@pytest.mark.skipif(not kernels.TRITON_AVAILABLE, reason="needs the triton package")
+def test_the_interpreter_switched_on_after_the_import_is_refused_by_name():
+    """Triton builds kernels for the interpreter or a GPU when they are defined: set after the
+    import, TRITON_INTERPRET=1 was accepted and the first call failed in Triton's driver lookup
+    ("0 active drivers")."""
+    script = (
+        "import os, torch\n"
+        "from turborank.ops import resolve_ops\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "try:\n"
+        "    resolve_ops({'gelu_glu': 'triton'}, torch.device('cpu'))\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "TRITON_INTERPRET=1 was set after turborank was imported" in done.stdout, done.stderr
+
+
+@pytest.mark.skipif(not kernels.TRITON_AVAILABLE, reason="needs the triton package")
+def test_a_head_dim_past_the_triton_attention_is_refused_at_load(tmp_path):
+    """A config may declare 512-wide heads; the Triton attention stops at 256. Such a model loaded
+    with Triton (as "auto" picks on CUDA) and failed at its first forward."""
+    from turborank import Reranker
+    from turborank.testing import make_checkpoint
+
+    assert resolve_ops("triton", CPU, head_dim=256).backends["alibi_attention"] == "triton"
+    wide = make_checkpoint(
+        tmp_path / "wide",
+        "small",
+        hidden_size=512,
+        num_attention_heads=1,
+        num_hidden_layers=1,
+        intermediate_size=64,
+    )
+    with pytest.raises(
+        ValueError, match="head_dim 512 .* above the Triton attention's 256; load with backend="
+    ):
+        Reranker.from_pretrained(wide, device="cpu", backend="triton")
+    loaded = Reranker.from_pretrained(
+        wide, device="cpu", backend={"alibi_attention": "torch", "gelu_glu": "triton"}
+    )
+    assert loaded.describe()["backends"]["gelu_glu"] == "triton"

@@ -23,6 +23,7 @@ from turborank.kernels import (
     alibi_attention_triton,
     embedding_layer_norm_torch,
     embedding_layer_norm_triton,
+    gelu_glu_linear_triton,
     gelu_glu_torch,
     gelu_glu_triton,
 )
@@ -324,6 +325,18 @@ def test_gelu_glu(dtype, activation, shape):
         torch.testing.assert_close(got.float(), want.float(), rtol=torch.finfo(dtype).eps, atol=floor)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_gelu_glu_keeps_a_nan_where_it_entered(activation):
+    """Triton's default maximum drops a NaN (PTX max.f32 returns the other operand): a ReGLU gate of
+    NaN came out 0 and the pair got a finite score."""
+    u = torch.randn(3, 16, device=DEVICE)
+    u[1, 2] = float("nan")  # a gate
+    u[2, 8 + 5] = float("nan")  # a linear half
+    got = gelu_glu_triton(u, activation)
+    assert torch.isnan(got).nonzero().tolist() == [[1, 2], [2, 5]]
+    assert torch.equal(torch.isnan(got), torch.isnan(gelu_glu_torch(u, activation)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rows,hidden", [(1, 384), (37, 384), (5, 100), (3, 1024)])
 @pytest.mark.parametrize("residual", ["none", "full", "broadcast"])
@@ -362,6 +375,63 @@ def test_layer_norm_rejects_bad_shapes():
     x = torch.randn(4, 64, device=DEVICE)
     with pytest.raises(ValueError, match="x must be \\[rows, 32\\]"):
         add_layer_norm_triton(x, None, torch.ones(32, device=DEVICE), torch.zeros(32, device=DEVICE), 1e-12)
+
+
+def test_layer_norm_refuses_strided_vectors_it_would_read_as_contiguous():
+    """weight, bias, input_ids and token_type_ids are read as consecutive elements: a strided view
+    was accepted and read wrong (the PyTorch engines read it right)."""
+    x, every_other = torch.randn(3, 8, device=DEVICE), torch.randn(16, device=DEVICE)[::2]
+    ones, zeros = torch.ones(8, device=DEVICE), torch.zeros(8, device=DEVICE)
+    with pytest.raises(
+        ValueError, match="weight must be a contiguous \\[8\\], got shape \\(8,\\) stride \\(2,\\)"
+    ):
+        add_layer_norm_triton(x, None, every_other, zeros, 1e-12)
+    with pytest.raises(ValueError, match="bias must be a contiguous \\[8\\]"):
+        add_layer_norm_triton(x, None, ones, torch.zeros(9, device=DEVICE), 1e-12)
+    words, types = torch.randn(10, 8, device=DEVICE), torch.randn(2, 8, device=DEVICE)
+    pairs = torch.tensor([[1, 0], [7, 1], [3, 0]], device=DEVICE)  # [tokens, (id, type)]
+    with pytest.raises(ValueError, match="input_ids must be a contiguous \\[3\\]"):
+        embedding_layer_norm_triton(pairs[:, 0], None, words, types, ones, zeros, 1e-12)
+    with pytest.raises(ValueError, match="token_type_ids must be a contiguous \\[3\\]"):
+        embedding_layer_norm_triton(pairs[:, 0].clone(), pairs[:, 1], words, types, ones, zeros, 1e-12)
+    got = embedding_layer_norm_triton(
+        pairs[:, 0].clone(), pairs[:, 1].clone(), words, types, ones, zeros, 1e-12
+    )
+    want = embedding_layer_norm_torch(pairs[:, 0], pairs[:, 1], words, types, ones, zeros, 1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(GPU, reason="the interpreter's limit")
+def test_the_interpreter_refuses_bf16_products_it_computes_wrongly():
+    """Its bf16 tl.dot is off by ~1e10: the ops built on it gave wrong logits without a word."""
+    q, k, v = _qkv(5, 2, 32, torch.bfloat16, seed=1)
+    cu = _cu([5])
+    with pytest.raises(ValueError, match="alibi_attention: Triton's CPU interpreter computes bf16"):
+        alibi_attention_triton(q, k, v, cu, cu, 5, 5, alibi_slopes(2, device=DEVICE))
+    x, weight = torch.randn(3, 16, dtype=torch.bfloat16), torch.randn(32, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="gelu_glu_linear: Triton's CPU interpreter computes bf16"):
+        gelu_glu_linear_triton(x, weight)
+    assert gelu_glu_triton(x, "relu").dtype == torch.bfloat16  # no product: bf16 runs
+
+
+@pytest.mark.parametrize("band", [False, True])
+def test_a_batch_past_the_grids_y_limit_runs_in_parts(monkeypatch, band):
+    """CUDA caps a grid's y extent (the sequences) at 65,535: a larger batch launches in parts.
+    The limit is lowered here so that the parts run in the interpreter: the same numbers, packed
+    and padded."""
+    from turborank.kernels import alibi_attention
+
+    lengths = [3, 40, 1, 17, 9]
+    heads = 2
+    q, k, v = _qkv(sum(lengths), heads, 16, torch.float32, seed=7)
+    slopes, cu = alibi_slopes(heads, device=DEVICE), _cu(lengths)
+    padded = [torch.randn(5, 40, heads, 16, device=DEVICE) for _ in range(3)]
+    key_lengths = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    whole = alibi_attention_triton(q, k, v, cu, cu, 40, 40, slopes, band=band)
+    whole_padded = alibi_attention_padded_triton(*padded, key_lengths, slopes, band=band)
+    monkeypatch.setattr(alibi_attention, "MAX_GRID_Y", 2)
+    assert torch.equal(alibi_attention_triton(q, k, v, cu, cu, 40, 40, slopes, band=band), whole)
+    assert torch.equal(alibi_attention_padded_triton(*padded, key_lengths, slopes, band=band), whole_padded)
 
 
 def test_attention_launch_config_override():
