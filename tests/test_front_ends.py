@@ -465,3 +465,33 @@ def test_front_ends_with_ray_is_refused(small_ckpt):
         timeout=120,
     )
     assert done.returncode != 0 and "--front-ends" in done.stderr
+
+
+def test_a_signal_while_the_front_ends_start_drains_instead_of_failing(monkeypatch):
+    """The signal closed the listening socket while the loop kept starting front ends, each handed
+    the closed socket: the server left with status 1 ("bad value(s) in fds_to_keep")."""
+    recorder = _Recorder()
+    recorder.config = None
+    fronts = FrontEnds(recorder, ServeSettings("m"), Listener("127.0.0.1", free_port()), 3, "c", False)
+    real = multiprocessing.get_context("spawn")
+    handed = []
+
+    class SignalledDuringStart:
+        def __init__(self, target, args, name):
+            self._socket = args[1]
+            self._process = real.Process(target=time.sleep, args=(60,))
+
+        def start(self):
+            fronts._on_signal(signal.SIGTERM, None)  # the signal lands while the spawn runs
+            handed.append(self._socket.fileno() != -1)
+            self._process.start()
+
+        def __getattr__(self, name):
+            return getattr(self._process, name)
+
+    monkeypatch.setattr(
+        fronts, "_context", type("Context", (), {"Pipe": real.Pipe, "Process": SignalledDuringStart})()
+    )
+    assert fronts.run() == 0  # the started one was told to stop and did
+    assert handed == [True]  # one start, with an open socket; none after the signal
+    assert fronts._socket.fileno() == -1

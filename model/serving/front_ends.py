@@ -255,19 +255,19 @@ class FrontEnds:
         self._processes: dict[int, tuple[Any, float]] = {}
         self._restarts: dict[int, list[float]] = {}
         self._signals = 0
+        self._starting = False
 
     def run(self) -> int:
         """Serve until every front end has exited after SIGTERM/SIGINT; the exit status."""
         self._socket = listening_socket(self._listener)
+        address = self._socket.getsockname()[:2]  # a signal may close the socket before the log line
         self._service.start()
         engine = self._reranker.describe()
         original = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for index in range(self._count):
                 self._start(index, engine)
-            logger.info(
-                "serving with %d front-end processes on %s:%d", self._count, *self._socket.getsockname()[:2]
-            )
+            logger.info("serving with %d front-end processes on %s:%d", self._count, *address)
             return self._watch(engine)
         except BaseException:
             # Failing here (a start that cannot spawn: no memory, no file descriptors) must not
@@ -300,6 +300,8 @@ class FrontEnds:
         self._pass_on(signal.SIGTERM)
 
     def _start(self, index: int, engine: dict[str, Any]) -> None:
+        if self._signals:
+            return  # no front end starts after a signal: it would only be told to stop
         forwards_here, forwards_there = self._context.Pipe()
         metrics_here, metrics_there = self._context.Pipe()
         spec = FrontEndSpec(
@@ -318,7 +320,11 @@ class FrontEnds:
             args=(spec, self._socket, forwards_there, metrics_there),
             name=f"turborank-front-end-{index}",
         )
-        process.start()
+        self._starting = True  # a signal now leaves the socket open for this start to pass on
+        try:
+            process.start()
+        finally:
+            self._starting = False
         forwards_there.close()
         metrics_there.close()
         self._service.attach(forwards_here)
@@ -328,6 +334,8 @@ class FrontEnds:
         for _ in range(min(self._signals, 2)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
+        if self._signals:
+            self._close_socket()
 
     def _watch(self, engine: dict[str, Any]) -> int:
         status = 0
@@ -374,6 +382,11 @@ class FrontEnds:
         # No front end starts after a signal, so this process's copy of the listening socket has no
         # use left. Kept open, it would hold the port open after the front ends closed theirs:
         # the kernel would take connections that nobody answers, reset when this process exits.
+        # A start under way still hands it over (closed, the spawn fails): it closes it after.
+        if not self._starting:
+            self._close_socket()
+
+    def _close_socket(self) -> None:
         if self._socket is not None:
             self._socket.close()
 
