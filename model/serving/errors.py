@@ -54,6 +54,8 @@ TEI_PATHS = frozenset({"/rerank", "/"})
 JINA_COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
 VLLM_PATHS = frozenset({"/score", "/v1/score", "/v1/models"})
 INFINITY_PATHS = frozenset({"/models"})
+# The scoring POST routes (each also with a trailing slash).
+SCORING_PATHS = JINA_COHERE_PATHS | TEI_PATHS | frozenset({"/score", "/v1/score"})
 # Where a shared path's handler records the dialect it told the body to be.
 SHAPE_KEY = "turborank.error_shape"
 

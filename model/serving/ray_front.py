@@ -21,6 +21,7 @@ those of one ``turborank serve`` process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -29,8 +30,11 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from turborank.serving import errors
+from turborank.serving.access_log import RequestLogMiddleware
+from turborank.serving.auth import authorized, unauthorized
 from turborank.serving.errors import APIError, ClientDisconnectedError, error_response, shape_of
 from turborank.serving.request_body import CLOSE, read_body
+from turborank.serving.request_id import HEADER, request_id_of, with_request_id
 from turborank.serving.settings import ServeSettings
 
 logger = logging.getLogger("turborank.serving")
@@ -62,16 +66,19 @@ def portable_scope(scope: dict[str, Any]) -> dict[str, Any]:
 async def call_app(
     app: Any, scope: dict[str, Any], body: bytes
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Run one HTTP request through the ASGI ``app`` in this process: (status, headers, body)."""
+    """Run one HTTP request through the ASGI ``app`` in this process: (status, headers, body).
+
+    The front cancels the call when its client leaves: the app then sees the client disconnect,
+    as in one process (its queued pairs dropped, 499 in its metrics), and the call ends with it."""
     delivered = False
-    never = asyncio.Event()  # the front's caller going away cancels this whole call instead
+    left = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         nonlocal delivered
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await never.wait()
+        await left.wait()
         return {"type": "http.disconnect"}
 
     answer: dict[str, Any] = {"status": 500, "headers": [], "body": []}
@@ -83,8 +90,20 @@ async def call_app(
         elif message["type"] == "http.response.body":
             answer["body"].append(message.get("body", b""))
 
-    await app(dict(scope), receive, send)
+    running = asyncio.ensure_future(app(dict(scope), receive, send))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        left.set()
+        await running
+        raise
     return answer["status"], answer["headers"], b"".join(answer["body"])
+
+
+def _back_pressure_errors() -> tuple[type[BaseException], ...]:
+    from ray.serve import exceptions
+
+    return tuple(getattr(exceptions, name) for name in ("BackPressureError",) if hasattr(exceptions, name))
 
 
 def _lost_replica_errors() -> tuple[type[BaseException], ...]:
@@ -98,14 +117,28 @@ def _lost_replica_errors() -> tuple[type[BaseException], ...]:
 
 
 async def forward(
-    model: Any, scope: dict[str, Any], body: bytes, lost: tuple[type[BaseException], ...]
+    model: Any,
+    scope: dict[str, Any],
+    body: bytes,
+    lost: tuple[type[BaseException], ...],
+    busy: tuple[type[BaseException], ...] = (),
 ) -> Response:
     """The model replicas' answer to one request; again on another replica when the one holding it
-    is lost; the API's JSON 503 when none answers."""
+    is lost; the API's JSON 503 when none answers, 429 when the replicas' queues are full
+    (``busy``: Serve's back-pressure errors)."""
     method, path = scope.get("method", "-"), scope.get("path", "-")
     for attempt in range(RETRIES + 1):
+        call = model.handle_http.remote(scope, body)
         try:
-            status, headers, content = await model.handle_http.remote(scope, body)
+            status, headers, content = await call
+        except asyncio.CancelledError:
+            call.cancel()  # the client left: the replica's app sees it leave
+            raise
+        except busy:
+            message = "every replica's queue is full; retry"
+            return error_response(
+                APIError(429, errors.OVERLOADED, message, {"Retry-After": "1"}), shape_of(path)
+            )
         except lost as exc:
             logger.warning(
                 "%s %s: the replica holding it was lost (%s); try %d of %d",
@@ -118,17 +151,37 @@ async def forward(
             await asyncio.sleep(0.2 * (attempt + 1))
             continue
         except Exception as exc:  # a failure of Ray itself, not of the request: JSON, logged
-            return _failure(method, path, APIError(500, errors.BACKEND, "internal error"), exc)
+            return _failure(scope, APIError(500, errors.BACKEND, "internal error"), exc)
+        if status >= 500 or status == errors.TEI_BACKEND_STATUS:
+            _log_replica_failure(scope, status, content)
         response = Response(content, status_code=status)
         response.raw_headers = headers
         return response
     message = f"the replicas holding this request were lost {RETRIES + 1} times; retry"
     error = APIError(503, errors.UNHEALTHY, message, {"Retry-After": "1"})
-    return _failure(method, path, error, None)
+    return _failure(scope, error, None)
 
 
-def _failure(method: str, path: str, error: APIError, cause: BaseException | None) -> Response:
-    request_id = uuid.uuid4().hex
+def _log_replica_failure(scope: dict[str, Any], status: int, content: bytes) -> None:
+    """A replica's 5xx in this process's log too, with its id: the replica logged its traceback
+    where Ray keeps the replicas' output (its session's logs), which the operator may not read."""
+    request_id = dict(scope.get("headers", [])).get(HEADER, b"-").decode()
+    detail = content[:300].decode("utf-8", "backslashreplace")
+    method, path = scope.get("method", "-"), scope.get("path", "-")
+    logger.error(
+        "request %s: %s %s -> %d from a model replica: %s (its traceback is in the replica's log)",
+        request_id,
+        method,
+        path,
+        status,
+        detail,
+    )
+
+
+def _failure(scope: dict[str, Any], error: APIError, cause: BaseException | None) -> Response:
+    """The JSON error, logged with the id the request carries to the replica (or a new one)."""
+    method, path = scope.get("method", "-"), scope.get("path", "-")
+    request_id = dict(scope.get("headers", [])).get(HEADER, b"").decode() or uuid.uuid4().hex
     error.message = f"{error.message} (request id {request_id})"
     error.__cause__ = cause
     errors.log_server_error(request_id, method, path, error, error.status)
@@ -140,9 +193,13 @@ def _failure(method: str, path: str, error: APIError, cause: BaseException | Non
 class RayFront:
     """The ASGI app this process serves: read a request under the body limits, forward it.
 
-    ``draining`` and ``active`` are what ``server.DrainingServer`` reads: while draining, new
-    requests are answered 503 with Retry-After here, and the process exits once ``active`` (requests
-    forwarded and not yet answered) is 0 or ``settings.drain_timeout_s`` has passed."""
+    As one ``turborank serve`` process does, it gives each request its id (passed on to the replica,
+    so the answer and the replica's log carry the same) and its access-log line, answers a request
+    cut at the end of the drain with the API's JSON 503, asks for the API key before reading a
+    scoring body, and tells the replica when the client leaves. ``draining`` and ``active`` are what
+    ``server.DrainingServer`` reads: while draining, new requests but ``/metrics`` are answered 503
+    with Retry-After here, and the process exits once ``active`` (requests forwarded and not yet
+    answered) is 0 or ``settings.drain_timeout_s`` has passed."""
 
     def __init__(self, model: Any, settings: ServeSettings) -> None:
         self.model = model  # DeploymentHandle of the model deployment
@@ -150,6 +207,8 @@ class RayFront:
         self.draining = False
         self.active = 0
         self._lost = _lost_replica_errors()
+        self._busy = _back_pressure_errors()
+        self._logged = RequestLogMiddleware(self._serve)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -157,8 +216,10 @@ class RayFront:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        if scope["type"] != "http":
-            return
+        if scope["type"] == "http":
+            await self._logged(scope, receive, send)
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.active += 1
         try:
             response = await self._answer(scope, receive)
@@ -167,19 +228,42 @@ class RayFront:
         await response(scope, receive, send)
 
     async def _answer(self, scope: dict[str, Any], receive: Any) -> Response:
-        settings = self.settings
+        settings, path = self.settings, scope["path"]
         try:
-            if self.draining:
+            if self.draining and path != "/metrics":
                 raise APIError(503, errors.UNHEALTHY, "the server is draining", {"Retry-After": "5", **CLOSE})
+            headers = Headers(scope=scope)
+            scoring = scope["method"] == "POST" and (path.rstrip("/") or "/") in errors.SCORING_PATHS
+            if scoring and settings.api_key is not None and not authorized(headers, settings.api_key):
+                raise unauthorized()
             body = await read_body(
                 receive,
-                Headers(scope=scope).get("content-length"),
+                headers.get("content-length"),
                 settings.max_body_bytes,
                 settings.body_timeout_s,
                 settings.min_body_rate,
             )
         except APIError as error:
-            return error_response(error, shape_of(scope["path"]))
+            return error_response(error, shape_of(path))
         except ClientDisconnectedError:
             return Response(status_code=499)  # nobody receives it
-        return await forward(self.model, portable_scope(scope), body, self._lost)
+        passed = portable_scope(scope)
+        passed["headers"] = with_request_id(passed["headers"], request_id_of(scope))
+        call = asyncio.ensure_future(forward(self.model, passed, body, self._lost, self._busy))
+        left = asyncio.ensure_future(_client_left(receive))
+        try:
+            await asyncio.wait({call, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The client left, or the drain's end cuts this request: the replica's call goes too.
+            for task in (call, left):
+                task.cancel()
+        if not call.cancelled() and call.done():
+            return call.result()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        return Response(status_code=499)  # nobody receives it
+
+
+async def _client_left(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
