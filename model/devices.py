@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from turborank.option_names import DTYPE_NAMES
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+def one_torch_thread_in_a_forked_child() -> None:
+    """PyTorch's OpenMP runtime (GNU libgomp) cannot start its threads again in a process forked
+    after they ran: the child's first parallel op waits forever (multiprocessing's "fork" start
+    method after a model was loaded, a server that forks its workers after loading). One thread
+    runs no parallel region, so the child scores, on one core: a worker pool's usual share."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=one_torch_thread_in_a_forked_child)
 
 
 def resolve_device(device: str | int | torch.device | None) -> torch.device:

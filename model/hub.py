@@ -51,7 +51,11 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
         raise FileNotFoundError(
             f"{text}: no such checkpoint directory (and not a hub id of the form org/name)"
         )
-    return _download(text, revision)
+    try:
+        return _download(text, revision)
+    except OSError as exc:
+        # A mistyped relative path reads as a hub id: say that no such directory exists either.
+        raise OSError(f"{text}: not a local directory; as a hub id: {exc}") from None
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
@@ -65,22 +69,18 @@ def _download(repo_id: str, revision: str | None) -> Path:
             RevisionNotFoundError,
         )
     except ImportError:
-        raise OSError(
-            f"{repo_id}: not a local directory, and huggingface_hub is not installed to fetch it from the hub"
-        ) from None
+        raise OSError("huggingface_hub is not installed to fetch it from the hub") from None
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES))
     except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise OSError(
-            f"{repo_id}: no accessible repository of that name on the Hugging Face Hub ({exc})"
-        ) from None
+        raise OSError(f"no accessible repository of that name on the Hugging Face Hub ({exc})") from None
     except RevisionNotFoundError as exc:
-        raise OSError(f"{repo_id}: revision {revision!r} not found on the Hugging Face Hub ({exc})") from None
+        raise OSError(f"revision {revision!r} not found on the Hugging Face Hub ({exc})") from None
     except LocalEntryNotFoundError:
         raise OSError(
-            f"{repo_id}: the Hugging Face Hub is unreachable (offline, HF_HUB_OFFLINE=1, or no network) and "
+            "the Hugging Face Hub is unreachable (offline, HF_HUB_OFFLINE=1, or no network) and "
             "the model is not in the local cache; download it where the hub is reachable, or pass a local "
             "checkpoint directory"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise OSError(f"{repo_id}: could not download from the Hugging Face Hub ({exc})") from None
+        raise OSError(f"could not download from the Hugging Face Hub ({exc})") from None

@@ -33,6 +33,7 @@ from turborank.scoring_options import (
     check_options,
     check_pair_options,
     check_query,
+    close_bar,
     pair_logits,
     progress_bar,
 )
@@ -430,14 +431,15 @@ class Reranker:
             pairs_left -= chunk
             return logits
 
-        logits, owners, truncated = tokenise_ahead.score_tokenising_ahead(
-            pairs,
-            lambda part: self.encode(part, max_length, truncation, long_doc, chunk_overlap, warn=False),
-            score,
-            chunk,
-        )
-        if progress is not None:
-            progress.close()
+        try:
+            logits, owners, truncated = tokenise_ahead.score_tokenising_ahead(
+                pairs,
+                lambda part: self.encode(part, max_length, truncation, long_doc, chunk_overlap, warn=False),
+                score,
+                chunk,
+            )
+        finally:  # an interrupt too: a bar left open pushes every later one down a line
+            close_bar(progress)
         if truncated:
             limit = self.check_max_length(max_length)
             warn_truncated(truncated, len(pairs), limit, truncation, stacklevel=3)  # at predict, as encode's
@@ -464,31 +466,27 @@ class Reranker:
         # No host sync between batches: the next batch is packed while the device runs this one;
         # the logits come back in one copy at the end (the progress bar counts batches packed).
         types = encoded.token_type_ids
-        for batch in plan_batches(lengths, batch_size, max_batch_tokens):
-            order += batch
-            if progress is not None:
-                progress.update(len(batch))
-            if self._cuda_graphs is not None:
-                graphed = self._cuda_graphs(
-                    [encoded.input_ids[i] for i in batch],
-                    None if types is None else [types[i] for i in batch],
-                )
+        try:
+            for batch in plan_batches(lengths, batch_size, max_batch_tokens):
+                order += batch
+                if progress is not None:
+                    progress.update(len(batch))
+                ids = [encoded.input_ids[i] for i in batch]
+                batch_types = None if types is None else [types[i] for i in batch]
+                graphed = None if self._cuda_graphs is None else self._cuda_graphs(ids, batch_types)
                 if graphed is not None:
                     outputs.append(graphed)
                     continue
-            input_ids, cu_seqlens, max_seqlen, type_ids = pack(
-                [encoded.input_ids[i] for i in batch], None if types is None else [types[i] for i in batch]
-            )
-            self._model.check_token_ids(input_ids, type_ids)
-            outputs.append(
-                self._model(
-                    to_device(input_ids, device),
-                    to_device(cu_seqlens, device),
-                    max_seqlen,
-                    None if type_ids is None else to_device(type_ids, device),
+                input_ids, cu_seqlens, max_seqlen, type_ids = pack(ids, batch_types)
+                self._model.check_token_ids(input_ids, type_ids)
+                outputs.append(
+                    self._model(
+                        to_device(input_ids, device),
+                        to_device(cu_seqlens, device),
+                        max_seqlen,
+                        None if type_ids is None else to_device(type_ids, device),
+                    )
                 )
-            )
-        logits = in_input_order(outputs, order, len(lengths))
-        if progress is not None:
-            progress.close()
-        return logits
+        finally:
+            close_bar(progress)
+        return in_input_order(outputs, order, len(lengths))

@@ -29,6 +29,11 @@ def progress_bar(total: int, show: bool | None, unit: str = "pair") -> Any:
     return tqdm(total=total, unit=unit, desc="scoring")
 
 
+def close_bar(progress: Any) -> None:
+    if progress is not None:
+        progress.close()
+
+
 def check_long_doc_options(long_doc: str, chunk_aggregate: str) -> None:
     if long_doc not in LONG_DOC_MODES:
         raise ValueError(f"long_doc={long_doc!r}; expected one of {LONG_DOC_MODES}")

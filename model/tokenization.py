@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import warnings
@@ -101,6 +102,11 @@ def _check_encodes_a_pair(tokenizer: Tokenizer, path: Path) -> None:
         raise ValueError(f"{path}: the tokenizer cannot encode a pair ({reason})") from None
 
 
+# Configured tokenizer copies a PairTokenizer keeps (the settings used last): the defaults, the
+# server's limit, chunking's overlap and token counting fit with room to spare.
+CONFIGURED_KEPT = 8
+
+
 class PairTokenizer:
     """Encodes (query, document) pairs as ``<s> query </s></s> document </s>`` (or whatever the
     checkpoint's post-processor defines), truncating to a token budget.
@@ -120,7 +126,9 @@ class PairTokenizer:
         self.model_max_length = model_max_length
         self.emits_token_type_ids = emits_token_type_ids
         self.source = source
-        self._configured: dict[tuple[int, str, str, int], Tokenizer] = {}
+        self._configured: collections.OrderedDict[tuple[int, str, str, int], Tokenizer] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
         probe = self._truncating(model_max_length, "longest_first")
         self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
@@ -177,29 +185,37 @@ class PairTokenizer:
     def _truncating(
         self, max_length: int, strategy: str, direction: str = "right", stride: int = 0
     ) -> Tokenizer:
-        """The base tokenizer configured to truncate so, built once per setting (a configured
-        tokenizer is not shared across settings: threads may tokenise with different limits)."""
-        key = (max_length, strategy, direction, stride)
-        with self._lock:
-            tok = self._configured.get(key)
-            if tok is None:
-                tok = Tokenizer.from_str(self._base)
-                tok.no_padding()
-                tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction=direction)
-                self._configured[key] = tok
-            return tok
+        """The base tokenizer configured to truncate so (a configured tokenizer is not shared
+        across settings: threads may tokenise with different limits)."""
+
+        def configure(tok: Tokenizer) -> None:
+            tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction=direction)
+
+        return self._configured_copy((max_length, strategy, direction, stride), configure)
 
     def _plain(self) -> Tokenizer:
         """No truncation, no padding: for counting tokens."""
-        key = (0, "", "", 0)
+        return self._configured_copy((0, "", "", 0), Tokenizer.no_truncation)
+
+    def _configured_copy(self, key: tuple[int, str, str, int], configure: Any) -> Tokenizer:
+        """A copy of the base tokenizer, ``configure``d, kept for the ``CONFIGURED_KEPT`` settings
+        used last: a copy per setting ever seen grew without bound (a server client varying
+        ``truncate_prompt_tokens``; ~16 MiB and ~0.1 s per copy of a 60k-token BPE)."""
         with self._lock:
             tok = self._configured.get(key)
-            if tok is None:
-                tok = Tokenizer.from_str(self._base)
-                tok.no_padding()
-                tok.no_truncation()
-                self._configured[key] = tok
-            return tok
+            if tok is not None:
+                self._configured.move_to_end(key)
+                return tok
+        # Built outside the lock: calls with settings already kept go on meanwhile.
+        tok = Tokenizer.from_str(self._base)
+        tok.no_padding()
+        configure(tok)
+        with self._lock:
+            tok = self._configured.setdefault(key, tok)
+            self._configured.move_to_end(key)
+            while len(self._configured) > CONFIGURED_KEPT:
+                self._configured.popitem(last=False)  # a thread using it keeps its reference
+        return tok
 
     def clip(
         self,

@@ -33,10 +33,12 @@ def test_offline_hub_id_not_cached_gives_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(
-        OSError, match="jinaai/jina-reranker-v1-turbo-en: the Hugging Face Hub is unreachable"
-    ):
+    unreachable = "not a local directory; as a hub id: the Hugging Face Hub is unreachable"
+    with pytest.raises(OSError, match=f"jinaai/jina-reranker-v1-turbo-en: {unreachable}"):
         Reranker.from_pretrained("jinaai/jina-reranker-v1-turbo-en", device="cpu")
+    # A mistyped relative path of two parts reads as a hub id: the error says no directory exists.
+    with pytest.raises(OSError, match=f"^checkpoints/turbo: {unreachable}"):
+        Reranker.from_pretrained("checkpoints/turbo", device="cpu")
 
 
 def test_cached_hub_snapshot_loads_offline(small_ckpt, tmp_path, monkeypatch):

@@ -267,3 +267,34 @@ def test_encode_and_logits_check_their_options_as_predict_does(reranker):
     with pytest.raises(ValueError, match="n_pairs=5 but 1 sequences were scored without owners"):
         reranker.logits(encoded, owners, n_pairs=5)
     assert reranker.logits(encoded, owners, n_pairs=1).shape == (1,)
+
+
+_FORKED: dict = {}
+
+
+def _score_in_a_forked_child(pairs: list) -> tuple[list[float], int]:
+    return _FORKED["reranker"].predict(pairs), torch.get_num_threads()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_process_forked_after_loading_scores_on_one_thread(small_ckpt):
+    """PyTorch's libgomp cannot start threads again in a forked child: a multiprocessing "fork"
+    worker of a loaded model hung in its first parallel op, forever, with no error."""
+    import multiprocessing
+    import warnings
+
+    reranker = Reranker.from_pretrained(small_ckpt, device="cpu")
+    pairs = [("what is alibi", "a linear bias " * i) for i in range(1, 65)]
+    threads = torch.get_num_threads()
+    want = reranker.predict(pairs)  # the parent's OpenMP threads have run
+    _FORKED["reranker"] = reranker
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a process with threads
+        pool = multiprocessing.get_context("fork").Pool(1)
+    try:
+        got, child_threads = pool.apply_async(_score_in_a_forked_child, (pairs,)).get(timeout=60)
+    finally:
+        pool.terminate()
+        _FORKED.clear()
+    assert got == pytest.approx(want, abs=1e-6) and child_threads == 1
+    assert torch.get_num_threads() == threads  # the parent keeps its own

@@ -170,3 +170,26 @@ def test_on_a_gpu_predict_tokenises_ahead_with_the_same_scores(small_ckpt, monke
     got = reranker.predict(pairs, activation=False)
     reranker.overlap_tokenising = False
     assert got == pytest.approx(reranker.predict(pairs, activation=False), abs=1e-4)
+
+
+@pytest.mark.parametrize("ahead_or_at_once", [True, False])
+def test_an_interrupted_predict_closes_its_bar(ahead, monkeypatch, ahead_or_at_once):
+    """The bar was closed only on success: after a Ctrl-C each later bar was drawn a line lower."""
+    reranker, _ = ahead
+    bars = []
+    real = reranker_module.progress_bar
+
+    def keep(total, show, unit="pair"):
+        bars.append(real(total, show, unit))
+        return bars[-1]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reranker_module, "progress_bar", keep)
+    monkeypatch.setattr(reranker, "overlap_tokenising", ahead_or_at_once)
+    monkeypatch.setattr(reranker._model, "check_token_ids", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reranker.predict([("q", "word " * 20)] * 300, show_progress_bar=True)
+    shown = [bar for bar in bars if bar is not None]
+    assert shown and all(bar.disable for bar in shown)  # tqdm's mark of a closed bar

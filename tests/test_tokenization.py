@@ -99,6 +99,21 @@ def test_a_chunked_query_longer_than_the_model_is_counted_whole(small_ckpt):
         short.encode_chunked([("long query " * 3, "doc")], max_length=16)
 
 
+def test_configured_tokenizers_are_kept_for_the_settings_used_last(small_ckpt):
+    """A copy per max_length ever seen grew without bound: a server client varying vLLM's
+    truncate_prompt_tokens took the process up by ~16 MiB per value with a real-size tokenizer."""
+    from turborank.tokenization import CONFIGURED_KEPT
+
+    tok = PairTokenizer.from_directory(small_ckpt, 8192)
+    pair = [("a query", random_text(random.Random(2), 200))]
+    want = {n: tok.encode_pairs(pair, max_length=n, warn=False).input_ids for n in (16, 17)}
+    for max_length in range(20, 120):
+        tok.encode_pairs(pair, max_length=max_length, warn=False)
+    assert len(tok._configured) <= CONFIGURED_KEPT
+    for n, ids in want.items():  # built again when asked again: the same ids
+        assert tok.encode_pairs(pair, max_length=n, warn=False).input_ids == ids
+
+
 @pytest.mark.parametrize(
     "max_length,message",
     [(9000, "outside the model's range \\(5..8192\\)"), (4, "outside"), ("64", "must be an integer")],
