@@ -178,6 +178,12 @@ class JinaBertReranker(nn.Module):
         Returns:
             [batch] fp32 logits.
         """
+        device = self.device
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            # Triton launches on the current device, not the tensors': a model on cuda:1 makes it
+            # current (a fresh thread's is cuda:0) for the forward, once.
+            with torch.cuda.device(device):
+                return self.forward(input_ids, cu_seqlens, max_seqlen, token_type_ids)
         cfg, ops = self.config, self.ops
         x = ops.embedding_layer_norm(
             input_ids,

@@ -178,3 +178,40 @@ def test_model_with_fused_gemm_matches_unfused(small_ckpt):
     reranker.module.use_fused_gelu_glu_gemm(True)
     got = reranker.predict(pairs, activation=False)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
+
+
+def test_a_model_on_a_second_gpu_runs_its_ops_with_that_gpu_current(model, monkeypatch):
+    """Triton launches on the current CUDA device, not the tensors': a model on cuda:1 called from
+    a fresh thread (current device 0) launched every kernel on GPU 0. Simulated on CPU: the current
+    device is a fake, the model reports cuda:1, and each op records the device current at launch."""
+    import contextlib
+    import dataclasses
+
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(chosen):
+        before, current[0] = current[0], torch.device(chosen).index
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(JinaBertReranker, "device", property(lambda self: torch.device("cuda:1")))
+    seen = []
+
+    def recorded(op):
+        def run(*args, **kwargs):
+            seen.append(current[0])
+            return op(*args, **kwargs)
+
+        return run
+
+    names = ("embedding_layer_norm", "alibi_attention", "gelu_glu", "add_layer_norm")
+    monkeypatch.setattr(
+        model, "ops", dataclasses.replace(model.ops, **{n: recorded(getattr(model.ops, n)) for n in names})
+    )
+    logits = _logits(model, [[0, 5, 6, 7], [0, 9, 10]])
+    assert seen and set(seen) == {1} and current[0] == 0 and logits.shape == (2,)
