@@ -73,8 +73,6 @@ def built_for_interpreter() -> bool:
     return triton is not None and type(gelu_erf).__name__ == "InterpretedFunction"
 
 
-# CUDA's limit on a grid's y and z extents; x reaches 2^31 - 1.
-MAX_GRID_Y = 65535
 # The attention's head_dim limit: every (head_dim <= MAX_HEAD_DIM, dtype) tile fits an H100/H200's
 # shared memory.
 MAX_HEAD_DIM = 256

@@ -17,14 +17,11 @@ from turborank.kernels._alibi_common import (
     check_qkv,
     resolve_softmax_scale,
 )
-from turborank.kernels._launch import (
-    ENABLE_FP_FUSION,
-    LOG2E,
-    MAX_GRID_Y,
-    attention_block_d,
-    attention_launch_config,
-)
+from turborank.kernels._launch import ENABLE_FP_FUSION, LOG2E, attention_block_d, attention_launch_config
 from turborank.kernels.alibi_band import band_key_norm_max, use_band
+
+# CUDA's limit on a grid's y and z extents (x reaches 2^31 - 1): the sequences' axis.
+MAX_GRID_Y = 65535
 
 try:
     import triton

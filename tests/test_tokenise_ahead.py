@@ -61,18 +61,24 @@ def test_long_documents_as_windows_keep_their_pairs_across_chunks(ahead):
     assert got == pytest.approx(at_once(reranker, pairs, **options), abs=1e-4)
 
 
-def test_the_progress_bar_counts_pairs_when_long_documents_make_windows(ahead, monkeypatch):
-    """A chunk of long documents holds more windows than pairs: the bar, sized in pairs, ends at
-    its total (counting windows it ran to 23x past it)."""
-    reranker, _ = ahead
-    bars = []
+@pytest.fixture
+def bars(monkeypatch) -> list:
+    """Every progress bar predict makes (None where it shows none), in order."""
+    made = []
     real = reranker_module.progress_bar
 
     def keep(total, show, unit="pair"):
-        bars.append(real(total, show, unit))
-        return bars[-1]
+        made.append(real(total, show, unit))
+        return made[-1]
 
     monkeypatch.setattr(reranker_module, "progress_bar", keep)
+    return made
+
+
+def test_the_progress_bar_counts_pairs_when_long_documents_make_windows(ahead, monkeypatch, bars):
+    """A chunk of long documents holds more windows than pairs: the bar, sized in pairs, ends at
+    its total (counting windows it ran to 23x past it)."""
+    reranker, _ = ahead
     pairs = [("q", "word " * 200) for _ in range(12)]
     reranker.predict(pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
     (bar,) = [bar for bar in bars if bar is not None]  # scoring a chunk makes none of its own
@@ -173,20 +179,13 @@ def test_on_a_gpu_predict_tokenises_ahead_with_the_same_scores(small_ckpt, monke
 
 
 @pytest.mark.parametrize("ahead_or_at_once", [True, False])
-def test_an_interrupted_predict_closes_its_bar(ahead, monkeypatch, ahead_or_at_once):
+def test_an_interrupted_predict_closes_its_bar(ahead, monkeypatch, bars, ahead_or_at_once):
     """The bar was closed only on success: after a Ctrl-C each later bar was drawn a line lower."""
     reranker, _ = ahead
-    bars = []
-    real = reranker_module.progress_bar
-
-    def keep(total, show, unit="pair"):
-        bars.append(real(total, show, unit))
-        return bars[-1]
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reranker_module, "progress_bar", keep)
     monkeypatch.setattr(reranker, "overlap_tokenising", ahead_or_at_once)
     monkeypatch.setattr(reranker._model, "check_token_ids", interrupted)
     with pytest.raises(KeyboardInterrupt):
