@@ -40,6 +40,8 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _FEED_FORWARD_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}
 # The public JinaBERT code lives in this hub repo; checkpoints that point at it use standard slopes.
 _PUBLIC_IMPLEMENTATION = "jina-bert-implementation"
+# The reranker repos (jinaai/jina-reranker-v1-turbo-en, -tiny-en, ...), which ship their own code.
+_RERANKER_REPO = "jina-reranker-v1-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +105,8 @@ class JinaBertConfig:
             raise ValueError(f"ALiBi slope scheme {self.alibi_scheme!r} is not one of {SLOPE_SCHEMES}")
         if self.num_labels != 1:
             raise ValueError(
-                f"config declares {self.num_labels} labels; a reranker has a single-logit classifier"
+                f"'num_labels' (or the length of 'id2label') is {self.num_labels}; a reranker has a "
+                "single-logit classifier"
             )
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
@@ -190,4 +193,10 @@ def _resolve_alibi_scheme(auto_map: Any, override: str | None) -> tuple[str, str
         return "standard", "auto_map points at jinaai/jina-bert-implementation"
     if all("--" not in target for target in targets):
         return "jina-reranker-v1", "auto_map points at the checkpoint's own modeling_bert.py"
+    # transformers saves a model it loaded from the hub with its auto_map prefixed by the repo
+    # ("jinaai/jina-reranker-v1-turbo-en--modeling_bert...."): a reranker fine-tuned and saved
+    # again still runs the reranker repo's own code.
+    repos = sorted({target.split("--", 1)[0] for target in targets})
+    if all(_RERANKER_REPO in repo.rpartition("/")[2] for repo in repos):
+        return "jina-reranker-v1", f"auto_map points at the reranker repo's own code ({', '.join(repos)})"
     return "standard", f"default: auto_map points at unrecognised remote code {targets}"

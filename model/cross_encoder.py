@@ -7,8 +7,9 @@ sentence-transformers does for a one-label model; ``activation_fn=torch.nn.Ident
 raw logits. It is a ``torch.nn.Module`` as sentence-transformers' is (its parameters are the
 model's; ``eval()``, ``parameters()``, ``state_dict()`` work).
 
-Keywords: sentence-transformers' options with no effect on turborank (``cache_folder``,
-``tokenizer_kwargs``, ``num_workers``, ...) are accepted with a warning naming them;
+Keywords: the hub options go to the download, the tokenizer options may set the length (and are
+refused where they would change the tokens); sentence-transformers' options with no effect on
+turborank (``config_kwargs``, ``num_workers``, ...) are accepted with a warning naming them;
 ``trust_remote_code`` is accepted silently (turborank runs no code from the checkpoint, so there is
 nothing to allow); any other keyword is a TypeError naming it, with the nearest known name, as a
 misspelt keyword is to any Python function. Features it lacks (training, saving, prompts, several
@@ -18,13 +19,18 @@ labels, another dtype after loading) are errors naming the feature.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import json
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from turborank.config import MAX_CONFIG_BYTES
+from turborank.files import read_regular_file
 from turborank.ranking import check_rank_arguments, ranked_results
 from turborank.reranker import DEFAULT_MODEL, Reranker
 
@@ -32,25 +38,15 @@ from turborank.reranker import DEFAULT_MODEL, Reranker
 # (the checkpoint is found as turborank finds it), tokenizer / config / model loading options,
 # data-loading workers.
 _NO_EFFECT = {
-    "__init__": {
-        "cache_folder",
-        "local_files_only",
-        "token",
-        "use_auth_token",
-        "model_kwargs",
-        "tokenizer_kwargs",
-        "config_kwargs",
-        "model_card_data",
-        "automodel_args",
-        "tokenizer_args",
-        "config_args",
-        "classifier_dropout",
-        "cache_dir",
-        "processor_kwargs",
-    },
+    "__init__": {"model_kwargs", "config_kwargs", "model_card_data", "config_args", "classifier_dropout"},
     "predict": {"num_workers", "pool", "chunk_size"},
-    "rank": {"num_workers", "apply_softmax", "convert_to_numpy", "convert_to_tensor"},
+    "rank": {"num_workers"},
 }
+# Tokenizer loading options (sentence-transformers passes them to AutoTokenizer) that change no
+# token: what is left in ``tokenizer_kwargs`` past these, ``model_max_length`` and
+# ``truncation_side`` would change the tokens, and is refused.
+_TOKENIZER_LOADING = {"use_fast", "padding_side", "trust_remote_code", "revision", "cache_dir", "token"}
+_TOKENIZER_LOADING |= {"local_files_only", "use_auth_token"}
 # Accepted without a word: a permission to run the checkpoint's code, which turborank never runs.
 _ACCEPTED = {"trust_remote_code"}
 # Options that would change the scores in sentence-transformers: refused when set.
@@ -91,6 +87,59 @@ def _check_keywords(where: str, method: Callable[..., Any], options: dict[str, A
             UserWarning,
             stacklevel=3,
         )
+
+
+def _hub_options(options: dict[str, Any]) -> dict[str, Any]:
+    """sentence-transformers' hub and cache keywords as huggingface_hub's download options."""
+    caches = [options.pop(name) for name in ("cache_folder", "cache_dir") if name in options]
+    tokens = [options.pop(name) for name in ("token", "use_auth_token") if name in options]
+    hub = {
+        "cache_dir": next((c for c in caches if c is not None), None),
+        "token": next((t for t in tokens if t is not None), None),
+        "local_files_only": options.pop("local_files_only", False) or None,
+    }
+    return {name: value for name, value in hub.items() if value is not None}
+
+
+def _length_from_tokenizer_options(options: dict[str, Any], max_length: int | None) -> int | None:
+    """``max_length``, else the ``model_max_length`` sentence-transformers' tokenizer options set
+    (``tokenizer_kwargs``; ``tokenizer_args`` before 4.x, ``processor_kwargs`` from 5.x), which
+    decides where it cuts a pair. Options that would change the tokens are refused."""
+    asked: dict[str, Any] = {}
+    for name in ("tokenizer_args", "tokenizer_kwargs", "processor_kwargs"):
+        asked.update(options.pop(name, None) or {})
+    side = asked.pop("truncation_side", "right")
+    if side != "right":
+        raise _not_here(
+            f"__init__(tokenizer_kwargs={{'truncation_side': {side!r}}})", "pairs are cut at the end"
+        )
+    limit = asked.pop("model_max_length", None)
+    changing = sorted(set(asked) - _TOKENIZER_LOADING)
+    if changing:
+        raise ValueError(
+            f"tokenizer_kwargs {changing}: turborank tokenises with the checkpoint's tokenizer.json as "
+            "saved; options that change its tokens are not supported"
+        )
+    return max_length if max_length is not None else limit
+
+
+def _saved_activation(config_file: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The default activation sentence-transformers saved in config.json (4.x on:
+    ``sentence_transformers.activation_fn``; 2.x/3.x: ``sbert_ce_default_activation_function``),
+    else Sigmoid. Only torch's classes are built: a path outside torch is code, which
+    sentence-transformers too runs only with trust_remote_code."""
+    raw = json.loads(read_regular_file(config_file, MAX_CONFIG_BYTES))
+    saved = raw.get("sentence_transformers")
+    path = (saved.get("activation_fn") if isinstance(saved, dict) else None) or raw.get(
+        "sbert_ce_default_activation_function"
+    )
+    if not path:
+        return torch.nn.Sigmoid()
+    module, _, name = str(path).rpartition(".")
+    if not module.startswith("torch."):
+        warnings.warn(f"{config_file}: activation {path!r} is not torch's; applying Sigmoid", UserWarning, 3)
+        return torch.nn.Sigmoid()
+    return getattr(importlib.import_module(module), name)()
 
 
 def _dtype_of(dtype: str | torch.dtype) -> object:
@@ -143,11 +192,20 @@ class CrossEncoder(torch.nn.Module):
         backend: str = "torch",
         *,
         dtype: str | torch.dtype | None = None,
+        slopes: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        # A dtype asked for the sentence-transformers way runs in that dtype, not silently in fp32.
-        model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
+        if "model_name" in kwargs:  # the first parameter's name in sentence-transformers 2.x/3.x
+            if model_name_or_path != DEFAULT_MODEL:
+                raise TypeError("model_name_or_path and model_name (its older name) given both; give one")
+            model_name_or_path = kwargs.pop("model_name")
+        # A dtype asked for the sentence-transformers way runs in that dtype, not silently in fp32
+        # (automodel_args: model_kwargs' name before 4.x).
+        model_kwargs = {
+            **(kwargs.pop("automodel_args", None) or {}),
+            **(kwargs.pop("model_kwargs", None) or {}),
+        }
         for key in ("torch_dtype", "dtype"):  # transformers' older and newer names
             asked = model_kwargs.pop(key, None)
             if asked is None or asked == "auto":
@@ -159,6 +217,8 @@ class CrossEncoder(torch.nn.Module):
             kwargs["model_kwargs"] = model_kwargs
         # sentence-transformers 2.x/3.x named the activation default_activation_function.
         activation_fn = _renamed(kwargs, "default_activation_function", activation_fn)
+        hub_options = _hub_options(kwargs)
+        max_length = _length_from_tokenizer_options(kwargs, max_length)
         _check_keywords("__init__", CrossEncoder.__init__, kwargs)
         if num_labels not in (None, 1):
             raise ValueError(f"num_labels={num_labels!r}: the JinaBERT rerankers have one output label")
@@ -168,12 +228,19 @@ class CrossEncoder(torch.nn.Module):
                 "use backend='torch'"
             )
         self.reranker = Reranker.from_pretrained(
-            model_name_or_path, device=device, dtype=dtype, revision=revision
+            model_name_or_path,
+            device=device,
+            dtype=dtype,
+            slopes=slopes,
+            revision=revision,
+            hub_options=hub_options,
         )
         # The model as this module's child: parameters(), state_dict() and train/eval reach it.
         self.encoder = self.reranker.module
         self.max_length = self.reranker.check_max_length(max_length)
-        self.activation_fn = activation_fn if activation_fn is not None else torch.nn.Sigmoid()
+        if activation_fn is None:
+            activation_fn = _saved_activation(self.reranker.checkpoint_directory / "config.json")
+        self.activation_fn = activation_fn
         self.num_labels = 1
 
     @property
@@ -290,7 +357,8 @@ class CrossEncoder(torch.nn.Module):
             scores = scores[:, 0]
         if apply_softmax and scores.dim() > 1:
             scores = torch.softmax(scores, dim=-1)
-        if convert_to_tensor:
+        if convert_to_tensor:  # on the model's device, as sentence-transformers returns it
+            scores = scores.to(self.device)
             return scores[0] if single else scores
         if convert_to_numpy:
             array = scores.numpy()
@@ -307,18 +375,30 @@ class CrossEncoder(torch.nn.Module):
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        apply_softmax: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
-        """Documents best first: [{"corpus_id": index, "score": float[, "text": document]}], cut to
-        ``top_k`` (0 gives an empty list, as in sentence-transformers). Ties keep input order."""
+        """Documents best first: [{"corpus_id": index, "score": score[, "text": document]}], cut to
+        ``top_k`` (0 gives an empty list, as in sentence-transformers). Ties keep input order. A
+        score is what ``predict`` gives with the same conversions: a NumPy float32 by default, a
+        0-d tensor with ``convert_to_tensor`` (or with both conversions off)."""
         activation_fn = _renamed(kwargs, "activation_fct", activation_fn)  # sentence-transformers 3.x
         _check_keywords("rank", CrossEncoder.rank, kwargs)
+        if not isinstance(documents, (str, list, tuple)) and hasattr(documents, "tolist"):  # NumPy
+            documents = documents.tolist()
         check_rank_arguments(documents, top_k, smallest_top_k=0)  # 0: an empty list, as sentence-transformers
         scores = self.predict(
             [(query, document) for document in documents],
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             activation_fn=activation_fn,
+            apply_softmax=apply_softmax,
             convert_to_tensor=True,
         )
-        return ranked_results(scores.tolist(), documents, top_k, return_documents)
+        results = ranked_results(scores.tolist(), documents, top_k, return_documents)
+        typed = scores if convert_to_tensor or not convert_to_numpy else scores.cpu().numpy()
+        for item in results:
+            item["score"] = typed[item["corpus_id"]]
+        return results

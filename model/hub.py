@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "jinaai/jina-reranker-v1-turbo-en"
 # What scoring and `turborank verify` need; the weights of other formats are never downloaded.
@@ -30,8 +31,14 @@ def is_hub_id(text: str) -> bool:
     return not any(part[:1] in ".-" or part[-1:] in ".-" for part in text.split("/"))
 
 
-def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
-    """A local directory as is; otherwise a hub id through huggingface_hub (cache first).
+# huggingface_hub's download options a caller may set: where the cache is, a token for private or
+# gated repos, and whether to stay off the network.
+HUB_OPTIONS = ("cache_dir", "token", "local_files_only")
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None, **hub_options: Any) -> Path:
+    """A local directory as is; otherwise a hub id through huggingface_hub (cache first), with
+    ``hub_options`` (``HUB_OPTIONS``) for its download.
 
     Raises FileNotFoundError for a path that does not exist and is not a hub id, and OSError with
     the reason when the hub cannot be reached and the snapshot is not cached.
@@ -51,14 +58,17 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
         raise FileNotFoundError(
             f"{text}: no such checkpoint directory (and not a hub id of the form org/name)"
         )
+    unknown = sorted(set(hub_options) - set(HUB_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown hub option(s) {unknown}; they are {list(HUB_OPTIONS)}")
     try:
-        return _download(text, revision)
+        return _download(text, revision, hub_options)
     except OSError as exc:
         # A mistyped relative path reads as a hub id: say that no such directory exists either.
         raise OSError(f"{text}: not a local directory; as a hub id: {exc}") from None
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, hub_options: dict[str, Any]) -> Path:
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -71,7 +81,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
     except ImportError:
         raise OSError("huggingface_hub is not installed to fetch it from the hub") from None
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES))
+        options = {key: value for key, value in hub_options.items() if value is not None}
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, **options))
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         raise OSError(f"no accessible repository of that name on the Hugging Face Hub ({exc})") from None
     except RevisionNotFoundError as exc:

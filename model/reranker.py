@@ -88,8 +88,10 @@ class Reranker:
         revision: str | None = None,
         cuda_graphs: bool = False,
         linear: str = "auto",
+        hub_options: dict[str, Any] | None = None,
     ) -> Reranker:
-        """Load a checkpoint directory or hub id.
+        """Load a checkpoint directory or hub id (``hub_options``: ``cache_dir``, ``token``,
+        ``local_files_only`` for huggingface_hub's download).
 
         Args:
             device: "cpu", "cuda", "cuda:N"; None/"auto" = CUDA when available.
@@ -103,7 +105,7 @@ class Reranker:
                 load on this CPU (``describe()["linear"]`` says which and why), "aten" on CUDA.
             cuda_graphs: replay captured CUDA graphs for small batches (see ``enable_cuda_graphs``).
         """
-        directory = resolve_checkpoint(path_or_hub_id, revision)
+        directory = resolve_checkpoint(path_or_hub_id, revision, **(hub_options or {}))
         config = JinaBertConfig.from_file(directory / "config.json", slopes=slopes)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)

@@ -28,6 +28,25 @@ def test_scheme_from_auto_map(auto_map, scheme):
     assert JinaBertConfig.from_dict(make_config("turbo", auto_map=auto_map)).alibi_scheme == scheme
 
 
+@pytest.mark.parametrize(
+    "repo,scheme",
+    [
+        ("jinaai/jina-reranker-v1-turbo-en", "jina-reranker-v1"),
+        ("jinaai/jina-reranker-v1-tiny-en", "jina-reranker-v1"),
+        ("someone/another-bert", "standard"),
+    ],
+)
+def test_a_reranker_saved_again_keeps_the_reranker_repos_slopes(repo, scheme):
+    """transformers saves a model loaded from the hub with its auto_map prefixed by the repo: a
+    fine-tuned turbo copy read as unrecognised remote code and ran with the standard slopes."""
+    auto_map = {
+        "AutoConfig": f"{repo}--configuration_bert.JinaBertConfig",
+        "AutoModelForSequenceClassification": f"{repo}--modeling_bert.JinaBertForSequenceClassification",
+    }
+    raw = {**make_config("turbo"), "auto_map": auto_map}
+    assert JinaBertConfig.from_dict(raw).alibi_scheme == scheme
+
+
 def test_scheme_override_wins():
     cfg = JinaBertConfig.from_dict(make_config("turbo", auto_map="local"), slopes="standard")
     assert cfg.alibi_scheme == "standard" and cfg.alibi_scheme_reason == "set by the caller"
@@ -59,7 +78,8 @@ def test_unknown_auto_map_warns(caplog):
         ({"hidden_size": 380}, "'hidden_size' \\(380\\) is not divisible by 'num_attention_heads' \\(12\\)"),
         ({"num_hidden_layers": 0}, "'num_hidden_layers' must be a positive integer, got 0"),
         ({"vocab_size": "61056"}, "'vocab_size' must be a positive integer"),
-        ({"num_labels": 2}, "declares 2 labels"),
+        ({"num_labels": 2}, "'num_labels' \\(or the length of 'id2label'\\) is 2"),
+        ({"id2label": {"0": "a", "1": "b"}}, "'num_labels' \\(or the length of 'id2label'\\) is 2"),
         ({"layer_norm_eps": -1}, "'layer_norm_eps' must be a float"),
     ],
 )

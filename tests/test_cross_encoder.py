@@ -178,8 +178,8 @@ def test_a_list_of_two_character_strings_is_not_read_as_pairs(encoder):
 
 
 def test_sentence_transformers_only_keywords_warn_misspelt_ones_raise(small_ckpt, encoder):
-    with pytest.warns(UserWarning, match="ignoring cache_folder, tokenizer_kwargs"):
-        CrossEncoder(str(small_ckpt), device="cpu", cache_folder="/nowhere", tokenizer_kwargs={})
+    with pytest.warns(UserWarning, match="ignoring config_kwargs, model_card_data"):
+        CrossEncoder(str(small_ckpt), device="cpu", config_kwargs={}, model_card_data=None)
     with pytest.warns(UserWarning, match="ignoring num_workers"):
         encoder.predict([("q", "d")], num_workers=2)
     with warnings.catch_warnings():
@@ -197,11 +197,11 @@ def test_sentence_transformers_only_keywords_warn_misspelt_ones_raise(small_ckpt
     with pytest.raises(NotImplementedError, match="prompts are not supported"):
         encoder.predict([("q", "d")], prompt="Represent this: ")
     # sentence-transformers 3.x's and today's constructor keywords: no effect, or a refused feature.
-    with pytest.warns(UserWarning, match="ignoring cache_dir, processor_kwargs"):
-        CrossEncoder(str(small_ckpt), device="cpu", cache_dir="/nowhere", processor_kwargs={})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CrossEncoder(str(small_ckpt), device="cpu", prompts={}, default_prompt_name=None)  # ask nothing
+        # Hub and tokenizer options are used (a local directory needs no cache, {} sets nothing).
+        CrossEncoder(str(small_ckpt), device="cpu", cache_dir="/nowhere", processor_kwargs={}, token=None)
     with pytest.raises(NotImplementedError, match="prompts are not supported"):
         CrossEncoder(str(small_ckpt), device="cpu", prompts={"query": "query: "})
     with pytest.raises(ValueError, match="num_labels=2"):
@@ -313,3 +313,97 @@ def test_what_it_lacks_is_a_clear_error_naming_the_feature(encoder):
             getattr(encoder, name)
     with pytest.raises(AttributeError, match="no attribute 'frobnicate'"):
         encoder.frobnicate  # noqa: B018
+
+
+def test_hub_options_reach_the_download(small_ckpt, monkeypatch):
+    """cache_folder, local_files_only and token were dropped with a "no effect" warning: a model in
+    the user's own cache was not found, and a private fine-tune could not be fetched."""
+    import huggingface_hub
+
+    asked = {}
+
+    def snapshot_download(repo_id, **options):
+        asked.update(options, repo_id=repo_id)
+        return str(small_ckpt)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    CrossEncoder("acme/private-ft", device="cpu", cache_folder="/models", local_files_only=True, token="hf_x")
+    assert asked["repo_id"] == "acme/private-ft"
+    assert (asked["cache_dir"], asked["local_files_only"], asked["token"]) == ("/models", True, "hf_x")
+    asked.clear()
+    CrossEncoder("acme/private-ft", device="cpu", cache_dir="/c", use_auth_token=True)
+    assert (asked["cache_dir"], asked["token"]) == ("/c", True) and "local_files_only" not in asked
+
+
+def test_tokenizer_options_set_the_length_or_are_refused(small_ckpt):
+    """sentence-transformers cuts pairs at tokenizer_kwargs' model_max_length (processor_kwargs in
+    5.x); it was dropped with a "no effect" warning, and long documents scored differently."""
+    assert (
+        CrossEncoder(str(small_ckpt), device="cpu", tokenizer_kwargs={"model_max_length": 32}).max_length
+        == 32
+    )
+    assert (
+        CrossEncoder(str(small_ckpt), device="cpu", processor_kwargs={"model_max_length": 40}).max_length
+        == 40
+    )
+    both = CrossEncoder(
+        str(small_ckpt), device="cpu", max_length=64, tokenizer_kwargs={"model_max_length": 32}
+    )
+    assert both.max_length == 64  # max_length wins, as in sentence-transformers
+    with pytest.raises(NotImplementedError, match="truncation_side"):
+        CrossEncoder(str(small_ckpt), device="cpu", tokenizer_kwargs={"truncation_side": "left"})
+    with pytest.raises(ValueError, match="tokenizer_kwargs \\['do_lower_case'\\]"):
+        CrossEncoder(str(small_ckpt), device="cpu", tokenizer_args={"do_lower_case": False, "use_fast": True})
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {"sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}},
+        {"sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"},
+    ],
+)
+def test_the_activation_saved_in_config_json_is_the_default(small_ckpt, tmp_path, saved):
+    """A reranker saved with activation_fn=Identity predicts logits in sentence-transformers; here
+    it was always Sigmoid."""
+    import json
+    import shutil
+
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **saved}))
+    pairs = [("what is alibi", "a linear bias"), ("q", "d")]
+    logits = Reranker.from_pretrained(target, device="cpu").predict(pairs, activation=False)
+    assert CrossEncoder(str(target), device="cpu").predict(pairs).tolist() == pytest.approx(logits, abs=1e-6)
+    (target / "config.json").write_text(
+        json.dumps({**config, "sbert_ce_default_activation_function": "evil.Fn"})
+    )
+    with pytest.warns(UserWarning, match="activation 'evil.Fn' is not torch's; applying Sigmoid"):
+        assert isinstance(CrossEncoder(str(target), device="cpu").activation_fn, torch.nn.Sigmoid)
+
+
+def test_older_names_of_the_model_and_its_options(small_ckpt):
+    """model_name (2.x/3.x) was refused; a dtype asked through automodel_args (model_kwargs before
+    4.x) was dropped and the model ran in float32."""
+    encoder = CrossEncoder(
+        model_name=str(small_ckpt), device="cpu", automodel_args={"torch_dtype": torch.bfloat16}
+    )
+    assert encoder.reranker.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="model_name \\(its older name\\) given both"):
+        CrossEncoder(str(small_ckpt), model_name=str(small_ckpt), device="cpu")
+    assert (
+        CrossEncoder(str(small_ckpt), device="cpu", slopes="standard").reranker.config.alibi_scheme
+        == "standard"
+    )
+
+
+def test_rank_scores_are_typed_as_sentence_transformers_gives_them(encoder):
+    """Python floats came back, so r["score"].item() (Jina's model card) failed; a NumPy array of
+    documents was refused."""
+    documents = np.array(["a linear bias", "a recipe", "alibi slopes"])
+    ranked = encoder.rank("what is alibi", documents, top_k=2)
+    assert [type(r["score"]) for r in ranked] == [np.float32, np.float32]
+    tensors = encoder.rank("what is alibi", list(documents), convert_to_tensor=True)
+    assert all(isinstance(r["score"], torch.Tensor) and r["score"].dim() == 0 for r in tensors)
+    assert [r["corpus_id"] for r in tensors][:2] == [r["corpus_id"] for r in ranked]
+    assert [r["score"].item() for r in ranked] == [r["score"].item() for r in tensors][:2]
