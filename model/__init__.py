@@ -40,6 +40,7 @@ __all__ = [
     "JinaBertConfig",
     "NonFiniteScoreError",
     "Reranker",
+    "TruncationWarning",
     "__version__",
     "cpu_bf16_support",
 ]
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from turborank.cross_encoder import CrossEncoder
     from turborank.reranker import DEFAULT_MODEL, Reranker
     from turborank.scoring_options import NonFiniteScoreError
+    from turborank.tokenization import TruncationWarning
 
 
 def __getattr__(name: str) -> Any:
@@ -63,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from turborank.scoring_options import NonFiniteScoreError
 
         return NonFiniteScoreError
+    if name == "TruncationWarning":
+        from turborank.tokenization import TruncationWarning
+
+        return TruncationWarning
     if name == "CrossEncoder":
         from turborank.cross_encoder import CrossEncoder
 

@@ -136,7 +136,15 @@ def test_a_documents_file_not_in_utf8_names_the_line(small_ckpt, tmp_path, capsy
         (["verify", "--model", "m", "--dtype", "bfloat16"], 2, "unrecognized arguments: --dtype"),
         (["verify", "--model", "m", "--tolerance", "nan"], 1, "--tolerance must be a finite number >= 0"),
         (["serve", "--front-ends", "0"], 1, "--front-ends must be a positive integer, got '0'"),
+        # A value of the wrong type is a command-line error (status 2), as argparse's own types give.
+        (["serve", "--front-ends", "x"], 2, "argument --front-ends: must be a positive integer, got 'x'"),
+        (["verify", "--model", "m", "--tolerance", "x"], 2, "argument --tolerance: must be a finite number"),
         (["serve", "--port", "0"], 1, "--port must be a TCP port number (1..65535), got 0"),
+        (
+            ["serve", "--replicas", "4", "--cpus-per-replica", "2"],
+            1,
+            "--replicas, --cpus-per-replica: options of --ray",
+        ),
         (["serve", "--port", "70000"], 1, "--port must be a TCP port number (1..65535), got 70000"),
         (["serve", "--body-timeout", "0"], 1, "--body-timeout must be a positive number of seconds, got 0.0"),
         (["serve", "--drain-timeout", "nan"], 1, "--drain-timeout must be a positive number of seconds"),

@@ -298,3 +298,10 @@ def test_a_process_forked_after_loading_scores_on_one_thread(small_ckpt):
         _FORKED.clear()
     assert got == pytest.approx(want, abs=1e-6) and child_threads == 1
     assert torch.get_num_threads() == threads  # the parent keeps its own
+
+
+def test_the_truncation_warning_is_importable_from_the_package():
+    import turborank
+    from turborank.tokenization import TruncationWarning
+
+    assert turborank.TruncationWarning is TruncationWarning and "TruncationWarning" in turborank.__all__

@@ -99,15 +99,21 @@ def print_metrics(rows: dict[str, dict[str, float]], as_json: bool) -> None:
         )
 
 
+class NotANumber(argparse.ArgumentTypeError):
+    """A value that is not even of the option's type: a command-line error (status 2)."""
+
+
 def checked(check: Callable[[str], Any]) -> type[argparse.Action]:
-    """An argparse action storing ``check(text)``: a value ``check`` refuses is a ValueError naming
-    the option (status 1, as every value out of its range), raised while the command line is read,
-    before anything loads."""
+    """An argparse action storing ``check(text)``: a value out of its range is a ValueError naming
+    the option (status 1), one of the wrong type argparse's usage error (status 2), raised while the
+    command line is read, before anything loads."""
 
     class Checked(argparse.Action):
         def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
             try:
                 setattr(namespace, self.dest, check(values))
+            except NotANumber as exc:
+                parser.error(f"argument {option_string}: {exc}")
             except argparse.ArgumentTypeError as exc:
                 raise ValueError(f"{option_string} {exc}") from None
 
@@ -119,7 +125,7 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        raise NotANumber(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
@@ -139,7 +145,7 @@ def _number(text: str, allowed: Callable[[float], bool], what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = math.nan
+        raise NotANumber(f"must be {what}, got {text!r}") from None
     if not (math.isfinite(value) and allowed(value)):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value

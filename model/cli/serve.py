@@ -28,6 +28,8 @@ from turborank.serving.settings import (
 from turborank.serving.settings import add_arguments as add_setting_arguments
 
 HELP = "HTTP rerank server: Jina/Cohere /v1/rerank, Cohere /v2/rerank, TEI /rerank"
+# The --ray options, whose values mean nothing without --ray (a value given is refused without it).
+_RAY_ONLY = {"replicas": 2, "gpus_per_replica": None, "cpus_per_replica": 1.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,18 +61,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "serve --replicas copies of the app as Ray Serve replicas behind this process's HTTP front"
     )
     parser.add_argument(
-        "--replicas", action=checked(positive_int), default=2, help="with --ray: replicas of the app"
+        "--replicas",
+        action=checked(positive_int),
+        default=_RAY_ONLY["replicas"],
+        help="with --ray: replicas of the app",
     )
     parser.add_argument(
         "--gpus-per-replica",
         action=checked(non_negative_number),
-        default=None,
+        default=_RAY_ONLY["gpus_per_replica"],
         help="with --ray: default 1 on CUDA, else 0",
     )
     parser.add_argument(
         "--cpus-per-replica",
         action=checked(non_negative_number),
-        default=1.0,
+        default=_RAY_ONLY["cpus_per_replica"],
         help="with --ray: CPU cores per replica",
     )
 
@@ -86,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--port must be a TCP port number (1..65535), got {args.port}")
     if args.front_ends > 1 and args.ray is not None:
         return fail("--front-ends is for one machine's model process; with --ray, use --replicas")
+    ray_only = [
+        f"--{name.replace('_', '-')}" for name, default in _RAY_ONLY.items() if getattr(args, name) != default
+    ]
+    if ray_only and args.ray is None:
+        return fail(
+            f"{', '.join(ray_only)}: options of --ray (replicas on a Ray cluster); without it, one "
+            "process serves"
+        )
     # Before the model is loaded (minutes for a large one on a GPU), not after, as uvicorn would.
     # With --ray too: this process is the front that listens.
     unbindable = _cannot_bind(args.host, args.port)

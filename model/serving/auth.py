@@ -1,5 +1,6 @@
-"""``--api-key``: the rerank routes and /info need ``Authorization: Bearer <key>``, as TEI and the
-hosted APIs ask; health, readiness, metrics and the API docs stay open for probes and scrapers."""
+"""``--api-key``: the scoring routes, /info and the model routes need ``Authorization: Bearer <key>``,
+as TEI and the hosted APIs ask; health, readiness, metrics and the API docs stay open for probes
+and scrapers."""
 
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ class ServeSettings:
         default=None,
         repr=False,
         metadata={
-            "help": "require 'Authorization: Bearer KEY' on the rerank routes and /info (default: "
-            "$TURBORANK_API_KEY; health, ready, metrics and docs stay open)",
+            "help": "require 'Authorization: Bearer KEY' on the scoring routes, /info and the model "
+            "routes (default: $TURBORANK_API_KEY; health, ready, metrics and docs stay open)",
             "check": None,
             "flag": None,
         },
