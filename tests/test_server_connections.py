@@ -240,3 +240,28 @@ def test_at_the_connection_cap_with_every_connection_busy_a_newcomer_gets_503(sm
             for sock in busy:
                 sock.close()
     assert f"request {request_id}: connection from 127.0.0.1 refused -> 503" in log.read_text()
+
+
+def test_bytes_that_are_not_http_get_a_json_400_with_an_id_and_a_log_line(small_ckpt, tmp_path):
+    """uvicorn answered them with a plain-text 400: no x-request-id, no JSON, no access-log line."""
+    garbled = [
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Odd: a\x1bb\r\n\r\n",
+    ]
+    with serve_process(small_ckpt, tmp_path / "server.log") as (proc, url):
+        ids = []
+        for request in garbled:
+            sock = connect(url)
+            sock.sendall(request)
+            _, answer = closed_by_server(sock, within_s=10)
+            sock.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head, answer
+            assert json.loads(body)["error_type"] == "validation"
+            ids.append(head.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode())
+        assert metric(url, 'turborank_closed_connections_total{reason="bad_request"}') == 3
+        assert httpx.get(url + "/health").status_code == 200
+        assert proc.poll() is None
+    said = (tmp_path / "server.log").read_text()
+    assert all(f"- - 400 closed=bad_request client=127.0.0.1 id={i}" in said for i in ids), said

@@ -87,7 +87,8 @@ def canned_response(status: int, reason: str, error_type: str, message: str, req
 class ConnectionGuard:
     """What the connections of one server share: the open ones by client address, each client's
     least recently active first, and the limits. ``closed(reason)`` is told of every connection
-    this closes (``header_timeout``, ``evicted``, ``refused``)."""
+    this closes (``header_timeout``, ``headers_too_large``, ``bad_request``, ``evicted``,
+    ``refused``)."""
 
     def __init__(self, header_timeout_s: float, limit: int, closed: Callable[[str], None]) -> None:
         self.header_timeout_s, self.limit, self.closed = header_timeout_s, limit, closed
@@ -290,6 +291,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             ),
             "headers_too_large",
             431,
+            request_id,
+        )
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that do not parse as HTTP (a garbled request line, a non-numeric Content-Length, a
+        control character in a header): uvicorn's plain-text 400 becomes the API's JSON error,
+        with an id and an access-log line, as the other answers given at the connection."""
+        self._disarm_header_timer()
+        self._head = None
+        request_id = uuid.uuid4().hex
+        message = "the request is not valid HTTP/1.1 (its request line or headers do not parse)"
+        self._answer_and_close(
+            canned_response(400, "Bad Request", "validation", message, request_id),
+            "bad_request",
+            400,
             request_id,
         )
 

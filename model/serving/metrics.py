@@ -76,8 +76,9 @@ class ServerMetrics:
         self.failed_batches = Counter("turborank_failed_batches", "Forwards that failed", registry=r)
         self.closed_connections = Counter(
             "turborank_closed_connections",
-            "Connections the server closed: header_timeout (408), headers_too_large (431), evicted (idle "
-            "or half-sent, to make room for a new one), refused (503: every connection carried a request)",
+            "Connections the server closed: header_timeout (408), headers_too_large (431), bad_request "
+            "(400: not HTTP), evicted (idle or half-sent, to make room for a new one), refused (503: "
+            "every connection carried a request)",
             ["reason"],
             registry=r,
         )
