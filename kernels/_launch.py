@@ -34,7 +34,7 @@ def refuse_bf16_products_in_the_interpreter(dtype: torch.dtype, op: str) -> None
     """Triton's CPU interpreter multiplies bf16 tiles wrongly (a 16 x 16 ``tl.dot`` off by ~1e10
     with Triton 3.6 and 3.9): an op built on ``tl.dot`` refuses bf16 there rather than return
     wrong numbers."""
-    if dtype == torch.bfloat16 and interpreting():
+    if dtype == torch.bfloat16 and built_for_interpreter():
         raise ValueError(
             f"{op}: Triton's CPU interpreter computes bf16 matrix products wrongly; run bf16 on CPU "
             "with backend='torch', or float16/float32 in the interpreter"

@@ -42,11 +42,12 @@ _NO_EFFECT = {
     "predict": {"num_workers", "pool", "chunk_size"},
     "rank": {"num_workers"},
 }
-# Tokenizer loading options (sentence-transformers passes them to AutoTokenizer) that change no
-# token: what is left in ``tokenizer_kwargs`` past these, ``model_max_length`` and
-# ``truncation_side`` would change the tokens, and is refused.
+# Tokenizer options (sentence-transformers passes them to AutoTokenizer) known to change no token
+# (loading, decoding; ``max_length`` is only a default for calls that pass none): anything else in
+# ``tokenizer_kwargs`` past these, ``model_max_length`` and ``truncation_side`` may change the
+# tokens, and is refused rather than ignored.
 _TOKENIZER_LOADING = {"use_fast", "padding_side", "trust_remote_code", "revision", "cache_dir", "token"}
-_TOKENIZER_LOADING |= {"local_files_only", "use_auth_token"}
+_TOKENIZER_LOADING |= {"local_files_only", "use_auth_token", "clean_up_tokenization_spaces", "max_length"}
 # Accepted without a word: a permission to run the checkpoint's code, which turborank never runs.
 _ACCEPTED = {"trust_remote_code"}
 # Options that would change the scores in sentence-transformers: refused when set.

@@ -354,6 +354,8 @@ def test_tokenizer_options_set_the_length_or_are_refused(small_ckpt):
         CrossEncoder(str(small_ckpt), device="cpu", tokenizer_kwargs={"truncation_side": "left"})
     with pytest.raises(ValueError, match="tokenizer_kwargs \\['do_lower_case'\\]"):
         CrossEncoder(str(small_ckpt), device="cpu", tokenizer_args={"do_lower_case": False, "use_fast": True})
+    decode_only = {"clean_up_tokenization_spaces": False, "max_length": 128}  # no token changes
+    assert CrossEncoder(str(small_ckpt), device="cpu", tokenizer_kwargs=decode_only).max_length == 8192
 
 
 @pytest.mark.parametrize(

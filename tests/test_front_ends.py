@@ -495,3 +495,35 @@ def test_a_signal_while_the_front_ends_start_drains_instead_of_failing(monkeypat
     assert fronts.run() == 0  # the started one was told to stop and did
     assert handed == [True]  # one start, with an open socket; none after the signal
     assert fronts._socket.fileno() == -1
+
+
+def test_a_signal_while_a_start_makes_its_pipes_still_hands_over_an_open_socket(monkeypatch):
+    """Between the start's check for a signal and the spawn (its pipes, spec and process object are
+    made), a signal closed the socket the spawn was then handed."""
+    recorder = _Recorder()
+    recorder.config = None
+    fronts = FrontEnds(recorder, ServeSettings("m"), Listener("127.0.0.1", free_port()), 3, "c", False)
+    real = multiprocessing.get_context("spawn")
+    handed = []
+
+    class Recorded:
+        def __init__(self, target, args, name):
+            self._socket = args[1]
+            self._process = real.Process(target=time.sleep, args=(60,))
+
+        def start(self):
+            handed.append(self._socket.fileno() != -1)
+            self._process.start()
+
+        def __getattr__(self, name):
+            return getattr(self._process, name)
+
+    def pipe():
+        fronts._on_signal(signal.SIGTERM, None)  # the signal lands while the pipes are made
+        return real.Pipe()
+
+    monkeypatch.setattr(
+        fronts, "_context", type("Context", (), {"Pipe": staticmethod(pipe), "Process": Recorded})()
+    )
+    assert fronts.run() == 0
+    assert handed == [True] and fronts._socket.fileno() == -1

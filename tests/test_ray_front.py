@@ -155,6 +155,8 @@ def test_full_replica_queues_are_a_429_in_the_routes_shape():
     answer, _ = _request(front, "POST", "/v1/rerank", BODY)
     assert answer["status"] == 429 and answer["headers"]["retry-after"] == "1"
     assert set(json.loads(answer["body"])) >= {"detail", "message"}
+    answer, _ = _request(front, "GET", "/ready")  # no free slot: 503, as one process's /ready
+    assert answer["status"] == 503 and answer["headers"]["retry-after"] == "1"
 
 
 def test_a_client_that_leaves_cancels_its_replica_call():
@@ -205,3 +207,20 @@ def test_the_scoring_paths_the_front_guards_are_the_apps(reranker):
     from turborank.serving.errors import SCORING_PATHS
 
     assert set(create_app(reranker, ServeSettings("m")).rerank_routes) == SCORING_PATHS
+
+
+def test_probes_do_not_wait_behind_requests_queued_for_a_replica(monkeypatch):
+    """/health waited 15 s behind requests Serve held for busy replicas. The front answers it; /ready
+    is 503 when no replica answers it at once, as one process's is with every slot in use."""
+    from turborank.serving import ray_front
+
+    monkeypatch.setattr(ray_front, "READY_WAIT_S", 0.05)
+    handle = _Handle(outcome=None)  # every replica busy: nothing answers
+    front = RayFront(handle, ServeSettings("m"))
+    assert _request(front, "GET", "/health")[0]["status"] == 200
+    assert _request(front, "HEAD", "/")[0]["status"] == 200
+    assert not handle.calls
+    answer, _ = _request(front, "GET", "/ready")
+    ((_, _, call),) = handle.calls
+    assert answer["status"] == 503 and answer["headers"]["retry-after"] == "1" and call.cancelled
+    assert json.loads(answer["body"])["error_type"] == "overloaded"

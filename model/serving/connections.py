@@ -301,7 +301,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._head = None
         request_id = uuid.uuid4().hex
-        message = "the request is not valid HTTP/1.1 (its request line or headers do not parse)"
+        message = "the request is not valid HTTP/1.1 (its request line, headers or chunked body do not parse)"
         self._answer_and_close(
             canned_response(400, "Bad Request", "validation", message, request_id),
             "bad_request",

@@ -300,6 +300,16 @@ class FrontEnds:
         self._pass_on(signal.SIGTERM)
 
     def _start(self, index: int, engine: dict[str, Any]) -> None:
+        # From here to the spawn a signal leaves the socket open, for this start to hand over.
+        self._starting = True
+        try:
+            self._spawn(index, engine)
+        finally:
+            self._starting = False
+            if self._signals:
+                self._close_socket()
+
+    def _spawn(self, index: int, engine: dict[str, Any]) -> None:
         if self._signals:
             return  # no front end starts after a signal: it would only be told to stop
         forwards_here, forwards_there = self._context.Pipe()
@@ -320,11 +330,7 @@ class FrontEnds:
             args=(spec, self._socket, forwards_there, metrics_there),
             name=f"turborank-front-end-{index}",
         )
-        self._starting = True  # a signal now leaves the socket open for this start to pass on
-        try:
-            process.start()
-        finally:
-            self._starting = False
+        process.start()
         forwards_there.close()
         metrics_there.close()
         self._service.attach(forwards_here)
@@ -334,8 +340,6 @@ class FrontEnds:
         for _ in range(min(self._signals, 2)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
-        if self._signals:
-            self._close_socket()
 
     def _watch(self, engine: dict[str, Any]) -> int:
         status = 0

@@ -27,7 +27,7 @@ import uuid
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from turborank.serving import errors
 from turborank.serving.access_log import RequestLogMiddleware
@@ -40,6 +40,8 @@ from turborank.serving.settings import ServeSettings
 logger = logging.getLogger("turborank.serving")
 # Tries after the first when the replica holding a request is lost.
 RETRIES = 2
+# How long /ready waits for a replica to answer it: past that every replica is full, and it says so.
+READY_WAIT_S = 1.0
 # The parts of an HTTP scope a model replica needs (all picklable).
 _SCOPE_KEYS = (
     "type",
@@ -128,16 +130,20 @@ async def forward(
     (``busy``: Serve's back-pressure errors)."""
     method, path = scope.get("method", "-"), scope.get("path", "-")
     for attempt in range(RETRIES + 1):
-        call = model.handle_http.remote(scope, body)
+        call = None
         try:
+            call = model.handle_http.remote(scope, body)
             status, headers, content = await call
         except asyncio.CancelledError:
-            call.cancel()  # the client left: the replica's app sees it leave
+            if call is not None:
+                call.cancel()  # the client left: the replica's app sees it leave
             raise
         except busy:
-            message = "every replica's queue is full; retry"
+            # Every replica full and Serve's queue too; /ready says so as one process does, 503.
+            status = 503 if path == "/ready" else 429
+            message = "every replica's request slots and Serve's queue are full; retry"
             return error_response(
-                APIError(429, errors.OVERLOADED, message, {"Retry-After": "1"}), shape_of(path)
+                APIError(status, errors.OVERLOADED, message, {"Retry-After": "1"}), shape_of(path)
             )
         except lost as exc:
             logger.warning(
@@ -247,21 +253,30 @@ class RayFront:
             return error_response(error, shape_of(path))
         except ClientDisconnectedError:
             return Response(status_code=499)  # nobody receives it
+        if scope["method"] in ("GET", "HEAD") and path in ("/health", "/"):
+            # The process is up: answered here, not behind requests waiting for a replica.
+            return JSONResponse({"status": "ok"})
         passed = portable_scope(scope)
         passed["headers"] = with_request_id(passed["headers"], request_id_of(scope))
         call = asyncio.ensure_future(forward(self.model, passed, body, self._lost, self._busy))
         left = asyncio.ensure_future(_client_left(receive))
+        # /ready, as one process's answers 503 with no free slot: a replica must answer it at once.
+        wait = READY_WAIT_S if path == "/ready" else None
         try:
-            await asyncio.wait({call, left}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({call, left}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # The client left, or the drain's end cuts this request: the replica's call goes too.
+            # The client left, the drain's end cuts this request, or /ready waited too long: the
+            # replica's call goes too.
             for task in (call, left):
                 task.cancel()
         if not call.cancelled() and call.done():
             return call.result()
         with contextlib.suppress(asyncio.CancelledError):
             await call
-        return Response(status_code=499)  # nobody receives it
+        if not left.cancelled() and left.done():
+            return Response(status_code=499)  # nobody receives it
+        message = f"no replica free to answer within {READY_WAIT_S:g} s (every request slot in use)"
+        return error_response(APIError(503, errors.OVERLOADED, message, {"Retry-After": "1"}), shape_of(path))
 
 
 async def _client_left(receive: Any) -> None:

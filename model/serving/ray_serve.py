@@ -32,8 +32,6 @@ from turborank.serving.settings import Listener, ServeSettings
 
 logger = logging.getLogger("turborank.serving")
 APP_NAME = "turborank"
-# Requests a replica takes past --max-concurrent-requests, to refuse them itself (and answer probes).
-REFUSAL_ROOM = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,11 +125,12 @@ def serve_on_ray(
                 name=APP_NAME,
                 num_replicas=plan.replicas,
                 ray_actor_options={"num_gpus": gpus, "num_cpus": plan.cpus_per_replica},
-                # Room past the replica's own limit: requests over it reach the replica and are
-                # refused there (429; /ready 503) as by one process, and probes get through. Serve
-                # queues only past that room, and a full queue is a 429 at the front.
-                max_ongoing_requests=settings.max_concurrent_requests + REFUSAL_ROOM,
-                max_queued_requests=settings.max_concurrent_requests,
+                # A full replica is passed over (Serve's router samples two: room past the limit
+                # would let it take, and refuse, requests another replica had slots for). What
+                # finds every replica full waits, as many as all replicas' slots (fewer would
+                # refuse a burst the router is still placing), and past that is a 429 at the front.
+                max_ongoing_requests=settings.max_concurrent_requests,
+                max_queued_requests=settings.max_concurrent_requests * plan.replicas,
                 graceful_shutdown_timeout_s=settings.drain_timeout_s,
                 graceful_shutdown_wait_loop_s=0.5,
             )
