@@ -467,44 +467,15 @@ def test_front_ends_with_ray_is_refused(small_ckpt):
     assert done.returncode != 0 and "--front-ends" in done.stderr
 
 
-def test_a_signal_while_the_front_ends_start_drains_instead_of_failing(monkeypatch):
-    """The signal closed the listening socket while the loop kept starting front ends, each handed
-    the closed socket: the server left with status 1 ("bad value(s) in fds_to_keep")."""
+def _fronts_with_recorded_starts(monkeypatch, signal_in: str) -> tuple[FrontEnds, list[bool]]:
+    """Three front ends whose spawns are recorded (was the socket they were handed open?) and run
+    a sleeping process; a SIGTERM lands inside the first start, in ``signal_in``: "pipe" (while
+    its pipes are made) or "start" (while the spawn runs)."""
     recorder = _Recorder()
     recorder.config = None
     fronts = FrontEnds(recorder, ServeSettings("m"), Listener("127.0.0.1", free_port()), 3, "c", False)
     real = multiprocessing.get_context("spawn")
-    handed = []
-
-    class SignalledDuringStart:
-        def __init__(self, target, args, name):
-            self._socket = args[1]
-            self._process = real.Process(target=time.sleep, args=(60,))
-
-        def start(self):
-            fronts._on_signal(signal.SIGTERM, None)  # the signal lands while the spawn runs
-            handed.append(self._socket.fileno() != -1)
-            self._process.start()
-
-        def __getattr__(self, name):
-            return getattr(self._process, name)
-
-    monkeypatch.setattr(
-        fronts, "_context", type("Context", (), {"Pipe": real.Pipe, "Process": SignalledDuringStart})()
-    )
-    assert fronts.run() == 0  # the started one was told to stop and did
-    assert handed == [True]  # one start, with an open socket; none after the signal
-    assert fronts._socket.fileno() == -1
-
-
-def test_a_signal_while_a_start_makes_its_pipes_still_hands_over_an_open_socket(monkeypatch):
-    """Between the start's check for a signal and the spawn (its pipes, spec and process object are
-    made), a signal closed the socket the spawn was then handed."""
-    recorder = _Recorder()
-    recorder.config = None
-    fronts = FrontEnds(recorder, ServeSettings("m"), Listener("127.0.0.1", free_port()), 3, "c", False)
-    real = multiprocessing.get_context("spawn")
-    handed = []
+    handed: list[bool] = []
 
     class Recorded:
         def __init__(self, target, args, name):
@@ -512,6 +483,8 @@ def test_a_signal_while_a_start_makes_its_pipes_still_hands_over_an_open_socket(
             self._process = real.Process(target=time.sleep, args=(60,))
 
         def start(self):
+            if signal_in == "start":
+                fronts._on_signal(signal.SIGTERM, None)
             handed.append(self._socket.fileno() != -1)
             self._process.start()
 
@@ -519,11 +492,22 @@ def test_a_signal_while_a_start_makes_its_pipes_still_hands_over_an_open_socket(
             return getattr(self._process, name)
 
     def pipe():
-        fronts._on_signal(signal.SIGTERM, None)  # the signal lands while the pipes are made
+        if signal_in == "pipe":
+            fronts._on_signal(signal.SIGTERM, None)
         return real.Pipe()
 
     monkeypatch.setattr(
         fronts, "_context", type("Context", (), {"Pipe": staticmethod(pipe), "Process": Recorded})()
     )
-    assert fronts.run() == 0
-    assert handed == [True] and fronts._socket.fileno() == -1
+    return fronts, handed
+
+
+@pytest.mark.parametrize("signal_in", ["start", "pipe"])
+def test_a_signal_while_the_front_ends_start_drains_instead_of_failing(monkeypatch, signal_in):
+    """The signal closed the listening socket while the loop kept starting front ends, each handed
+    the closed socket: the server left with status 1 ("bad value(s) in fds_to_keep"); a signal
+    while a start made its pipes (before the spawn) closed it too."""
+    fronts, handed = _fronts_with_recorded_starts(monkeypatch, signal_in)
+    assert fronts.run() == 0  # the started one was told to stop and did
+    assert handed == [True]  # one start, with an open socket; none after the signal
+    assert fronts._socket.fileno() == -1
