@@ -124,18 +124,7 @@ class JinaBertConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, slopes: str | None = None) -> JinaBertConfig:
-        path = Path(path)
-        try:
-            data = read_regular_file(path, MAX_CONFIG_BYTES)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory") from None
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5,000-digit number, deep nesting
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        return cls.from_dict(raw, source=str(path), slopes=slopes)
+        return cls.from_dict(read_config_json(path), source=str(path), slopes=slopes)
 
     @classmethod
     def _from_dict(cls, raw: dict[str, Any], slopes: str | None) -> JinaBertConfig:
@@ -168,6 +157,22 @@ class JinaBertConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's config.json as a mapping; errors name the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory") from None
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5,000-digit number, deep nesting
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def _num_labels(raw: dict[str, Any]) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,8 +28,7 @@ from typing import Any
 
 import torch
 
-from turborank.config import MAX_CONFIG_BYTES
-from turborank.files import read_regular_file
+from turborank.config import read_config_json
 from turborank.ranking import check_rank_arguments, ranked_results
 from turborank.reranker import DEFAULT_MODEL, Reranker
 
@@ -129,7 +127,7 @@ def _saved_activation(config_file: Path) -> Callable[[torch.Tensor], torch.Tenso
     ``sentence_transformers.activation_fn``; 2.x/3.x: ``sbert_ce_default_activation_function``),
     else Sigmoid. Only torch's classes are built: a path outside torch is code, which
     sentence-transformers too runs only with trust_remote_code."""
-    raw = json.loads(read_regular_file(config_file, MAX_CONFIG_BYTES))
+    raw = read_config_json(config_file)
     saved = raw.get("sentence_transformers")
     path = (saved.get("activation_fn") if isinstance(saved, dict) else None) or raw.get(
         "sbert_ce_default_activation_function"
@@ -141,6 +139,15 @@ def _saved_activation(config_file: Path) -> Callable[[torch.Tensor], torch.Tenso
         warnings.warn(f"{config_file}: activation {path!r} is not torch's; applying Sigmoid", UserWarning, 3)
         return torch.nn.Sigmoid()
     return getattr(importlib.import_module(module), name)()
+
+
+def _listed(values: Any) -> Any:
+    """A NumPy array as a list (its rows as lists); anything else as given."""
+    return (
+        values.tolist()
+        if not isinstance(values, (str, list, tuple)) and hasattr(values, "tolist")
+        else values
+    )
 
 
 def _dtype_of(dtype: str | torch.dtype) -> object:
@@ -337,9 +344,7 @@ class CrossEncoder(torch.nn.Module):
         _check_keywords("predict", CrossEncoder.predict, kwargs)
         if (inputs is None) == (sentences is None):
             raise TypeError("predict takes its pairs once: as the first argument (inputs=) or sentences=")
-        inputs = sentences if inputs is None else inputs
-        if not isinstance(inputs, (list, tuple)) and hasattr(inputs, "tolist"):  # a NumPy array
-            inputs = inputs.tolist()
+        inputs = _listed(sentences if inputs is None else inputs)
         single = isinstance(inputs, (list, tuple)) and len(inputs) == 2 and isinstance(inputs[0], str)
         # A string item is left as it is, for as_pairs to refuse: tuple("ab") would score ("a", "b").
         pairs = [inputs] if single else [pair if isinstance(pair, str) else tuple(pair) for pair in inputs]
@@ -387,8 +392,7 @@ class CrossEncoder(torch.nn.Module):
         0-d tensor with ``convert_to_tensor`` (or with both conversions off)."""
         activation_fn = _renamed(kwargs, "activation_fct", activation_fn)  # sentence-transformers 3.x
         _check_keywords("rank", CrossEncoder.rank, kwargs)
-        if not isinstance(documents, (str, list, tuple)) and hasattr(documents, "tolist"):  # NumPy
-            documents = documents.tolist()
+        documents = _listed(documents)
         check_rank_arguments(documents, top_k, smallest_top_k=0)  # 0: an empty list, as sentence-transformers
         scores = self.predict(
             [(query, document) for document in documents],
@@ -396,10 +400,11 @@ class CrossEncoder(torch.nn.Module):
             show_progress_bar=show_progress_bar,
             activation_fn=activation_fn,
             apply_softmax=apply_softmax,
-            convert_to_tensor=True,
+            convert_to_numpy=convert_to_numpy,
+            convert_to_tensor=convert_to_tensor,
         )
-        results = ranked_results(scores.tolist(), documents, top_k, return_documents)
-        typed = scores if convert_to_tensor or not convert_to_numpy else scores.cpu().numpy()
+        values = scores.cpu().tolist() if isinstance(scores, torch.Tensor) else [float(s) for s in scores]
+        results = ranked_results(values, documents, top_k, return_documents)
         for item in results:
-            item["score"] = typed[item["corpus_id"]]
+            item["score"] = scores[item["corpus_id"]]
         return results
