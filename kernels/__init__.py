@@ -6,7 +6,7 @@ module and ``turborank.kernels.alibi_attention_triton`` its function."""
 
 import importlib.util
 
-from turborank.kernels._launch import built_for_interpreter, interpreting
+from turborank.kernels._launch import interpreting
 from turborank.kernels.add_layer_norm import (
     add_layer_norm_torch,
     add_layer_norm_triton,
@@ -34,7 +34,6 @@ __all__ = [
     "alibi_attention_padded_triton",
     "alibi_attention_torch",
     "alibi_attention_triton",
-    "built_for_interpreter",
     "embedding_layer_norm_torch",
     "embedding_layer_norm_triton",
     "gelu_glu_linear_torch",

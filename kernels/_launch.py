@@ -26,8 +26,9 @@ ENABLE_FP_FUSION = True
 def interpreting() -> bool:
     """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1) instead of compiling for a
     GPU: Triton ops may then run on CPU tensors, and launchers pick small tiles so that tests there
-    exercise the tile tails. Read at each call: tests and scripts set it per process."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    exercise the tile tails. The variable is read at each call (a test may turn it off), and counts
+    only where the kernels were built for the interpreter: set after the import, it changes nothing."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and built_for_interpreter()
 
 
 def refuse_bf16_products_in_the_interpreter(dtype: torch.dtype, op: str) -> None:

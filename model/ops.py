@@ -81,13 +81,9 @@ def resolve_ops(backend: str | dict[str, str], device: torch.device, head_dim: i
             raise ValueError("backend 'triton' needs the triton package (Linux only); use backend='torch'")
         if not triton_can_run(device):
             raise ValueError(
-                "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
-                f"the model is on {device}. Use backend='torch' on CPU."
-            )
-        if device.type != "cuda" and not kernels.built_for_interpreter():
-            raise ValueError(
-                "TRITON_INTERPRET=1 was set after turborank was imported: Triton builds each kernel for "
-                "its CPU interpreter or for a GPU when the kernel is defined, so set it before the import"
+                "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter, set "
+                f"before turborank is imported: Triton builds a kernel when it is defined); the model is on "
+                f"{device}. Use backend='torch' on CPU."
             )
     if choice["alibi_attention"] == "triton" and head_dim is not None and head_dim > MAX_HEAD_DIM:
         raise ValueError(
