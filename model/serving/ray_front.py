@@ -168,10 +168,15 @@ async def forward(
     return _failure(scope, error, None)
 
 
+def _passed_id(scope: dict[str, Any]) -> str:
+    """The request id the front passed to the replica in the scope's headers ("" if none)."""
+    return dict(scope.get("headers", [])).get(HEADER, b"").decode()
+
+
 def _log_replica_failure(scope: dict[str, Any], status: int, content: bytes) -> None:
     """A replica's 5xx in this process's log too, with its id: the replica logged its traceback
     where Ray keeps the replicas' output (its session's logs), which the operator may not read."""
-    request_id = dict(scope.get("headers", [])).get(HEADER, b"-").decode()
+    request_id = _passed_id(scope) or "-"
     detail = content[:300].decode("utf-8", "backslashreplace")
     method, path = scope.get("method", "-"), scope.get("path", "-")
     logger.error(
@@ -187,7 +192,7 @@ def _log_replica_failure(scope: dict[str, Any], status: int, content: bytes) -> 
 def _failure(scope: dict[str, Any], error: APIError, cause: BaseException | None) -> Response:
     """The JSON error, logged with the id the request carries to the replica (or a new one)."""
     method, path = scope.get("method", "-"), scope.get("path", "-")
-    request_id = dict(scope.get("headers", [])).get(HEADER, b"").decode() or uuid.uuid4().hex
+    request_id = _passed_id(scope) or uuid.uuid4().hex
     error.message = f"{error.message} (request id {request_id})"
     error.__cause__ = cause
     errors.log_server_error(request_id, method, path, error, error.status)
