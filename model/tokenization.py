@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from turborank.files import read_regular_file
 from turborank.option_names import TRUNCATION_STRATEGIES, as_integer
 from turborank.pair_truncation import truncate_whole
 from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, UncuttableTextError, clip_pairs
+from turborank.tokenizer_copies import TokenizerCopies
 from turborank.tokenizer_settings import check_special_tokens, emits_token_type_ids, read_tokenizer_config
 from turborank.unicode_text import describe_lone_surrogate
 
@@ -102,16 +101,12 @@ def _check_encodes_a_pair(tokenizer: Tokenizer, path: Path) -> None:
         raise ValueError(f"{path}: the tokenizer cannot encode a pair ({reason})") from None
 
 
-# Configured tokenizer copies a PairTokenizer keeps (the settings used last): the defaults, the
-# server's limit, chunking's overlap and token counting fit with room to spare.
-CONFIGURED_KEPT = 8
-
-
 class PairTokenizer:
     """Encodes (query, document) pairs as ``<s> query </s></s> document </s>`` (or whatever the
     checkpoint's post-processor defines), truncating to a token budget.
 
-    Thread-safe: each (max_length, strategy) gets its own configured copy of the tokenizer.
+    Thread-safe: calls that tokenise at once each use a copy of the tokenizer of their own
+    (``tokenizer_copies``).
     """
 
     def __init__(
@@ -122,16 +117,12 @@ class PairTokenizer:
         source: str = "tokenizer.json",
         limit_source: str = "model_max_length",  # where the limit comes from, for errors
     ) -> None:
-        self._base = tokenizer.to_str()
+        self._copies = TokenizerCopies(tokenizer.to_str())
         self.model_max_length = model_max_length
         self.emits_token_type_ids = emits_token_type_ids
         self.source = source
-        self._configured: collections.OrderedDict[tuple[int, str, str, int], Tokenizer] = (
-            collections.OrderedDict()
-        )
-        self._lock = threading.Lock()
-        probe = self._truncating(model_max_length, "longest_first")
-        self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
+        with self._copies.truncating(model_max_length, "longest_first") as probe:
+            self.num_special_tokens = probe.num_special_tokens_to_add(is_pair=True)
         if self.num_special_tokens == 0:
             raise ValueError(
                 f"{source}: the tokenizer has no post-processor adding special tokens to a pair; the "
@@ -182,41 +173,6 @@ class PairTokenizer:
             limit_source=limit_source,
         )
 
-    def _truncating(
-        self, max_length: int, strategy: str, direction: str = "right", stride: int = 0
-    ) -> Tokenizer:
-        """The base tokenizer configured to truncate so (a configured tokenizer is not shared
-        across settings: threads may tokenise with different limits)."""
-
-        def configure(tok: Tokenizer) -> None:
-            tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction=direction)
-
-        return self._configured_copy((max_length, strategy, direction, stride), configure)
-
-    def _plain(self) -> Tokenizer:
-        """No truncation, no padding: for counting tokens."""
-        return self._configured_copy((0, "", "", 0), Tokenizer.no_truncation)
-
-    def _configured_copy(self, key: tuple[int, str, str, int], configure: Any) -> Tokenizer:
-        """A copy of the base tokenizer, ``configure``d, kept for the ``CONFIGURED_KEPT`` settings
-        used last: a copy per setting ever seen grew without bound (a server client varying
-        ``truncate_prompt_tokens``; ~16 MiB and ~0.1 s per copy of a 60k-token BPE)."""
-        with self._lock:
-            tok = self._configured.get(key)
-            if tok is not None:
-                self._configured.move_to_end(key)
-                return tok
-        # Built outside the lock: calls with settings already kept go on meanwhile.
-        tok = Tokenizer.from_str(self._base)
-        tok.no_padding()
-        configure(tok)
-        with self._lock:
-            tok = self._configured.setdefault(key, tok)
-            self._configured.move_to_end(key)
-            while len(self._configured) > CONFIGURED_KEPT:
-                self._configured.popitem(last=False)  # a thread using it keeps its reference
-        return tok
-
     def clip(
         self,
         pairs: list[tuple[str, str]],
@@ -241,7 +197,7 @@ class PairTokenizer:
         # Only part of a clipped text reaches the tokenizer, which refuses a lone surrogate: the
         # rest must be valid Unicode too, or the same text would be refused short and scored long.
         _raise_if_not_unicode(pairs, longer_than=CLIP_CHARS_PER_TOKEN * max_length)
-        return clip_pairs(pairs, max_length, direction, bounded, self._plain, odd_halves)
+        return clip_pairs(pairs, max_length, direction, bounded, self._copies.plain, odd_halves)
 
     def check_max_length(self, max_length: int | None) -> int:
         if max_length is None:
@@ -325,14 +281,16 @@ class PairTokenizer:
         long = CLIP_CHARS_PER_TOKEN * max_length
         heavy = [i for i, (query, document) in enumerate(pairs) if len(query) > long and len(document) > long]
         if not heavy:
-            return encode_batch(self._truncating(max_length, truncation, direction), pairs)
+            with self._copies.truncating(max_length, truncation, direction) as tokenizer:
+                return encode_batch(tokenizer, pairs)
         budget = max_length - self.num_special_tokens
-        whole = encode_batch(self._plain(), [pairs[i] for i in heavy])
+        whole = encode_batch(self._copies.plain(), [pairs[i] for i in heavy])
         cut = {
             i: truncate_whole(enc, budget, truncation, direction) for i, enc in zip(heavy, whole, strict=True)
         }
         rest = [i for i in range(len(pairs)) if cut.get(i) is None]
-        encoded = encode_batch(self._truncating(max_length, truncation, direction), [pairs[i] for i in rest])
+        with self._copies.truncating(max_length, truncation, direction) as tokenizer:
+            encoded = encode_batch(tokenizer, [pairs[i] for i in rest])
         cut.update(zip(rest, encoded, strict=True))
         return [cut[i] for i in range(len(pairs))]
 
@@ -351,19 +309,20 @@ class PairTokenizer:
         truncation are applied to the two (``post_process``): the same ids as encoding the pair,
         but with the document cut first. The texts were clipped for
         ``max_length`` >= ``max_document_tokens``, so the document's first tokens are exact."""
-        plain = self._plain()
-        pair_tokenizer = self._truncating(max_length, truncation, direction)
+        plain = self._copies.plain()
         queries = {q: plain.encode(q, add_special_tokens=False) for q in dict.fromkeys(q for q, _ in pairs)}
         documents = encode_batch(plain, [d for _, d in pairs], add_special_tokens=False)
         encodings, cut, over_length = [], [], []
-        for (query, _), document in zip(pairs, documents, strict=True):
+        for document in documents:
             over = len(document.ids) > max_document_tokens
             if over:
                 document.truncate(max_document_tokens, direction=direction)
-            tokens = len(queries[query].ids) + len(document.ids) + self.num_special_tokens
-            encodings.append(pair_tokenizer.post_process(queries[query], document))
             cut.append(over)
-            over_length.append(tokens > max_length)
+        with self._copies.truncating(max_length, truncation, direction) as pair_tokenizer:
+            for (query, _), document in zip(pairs, documents, strict=True):
+                tokens = len(queries[query].ids) + len(document.ids) + self.num_special_tokens
+                encodings.append(pair_tokenizer.post_process(queries[query], document))
+                over_length.append(tokens > max_length)
         return encodings, cut, over_length
 
     def encode_chunked(
@@ -380,7 +339,7 @@ class PairTokenizer:
         _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
-        plain = self._plain()
+        plain = self._copies.plain()
         for query in dict.fromkeys(q for q, _ in pairs):
             query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
             room = max_length - self.num_special_tokens - query_tokens
@@ -398,7 +357,8 @@ class PairTokenizer:
                     f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "
                     f"max_length={max_length} leaves beside this query"
                 )
-        encodings = encode_batch(self._truncating(max_length, "only_second", "right", overlap), pairs)
+        with self._copies.truncating(max_length, "only_second", "right", overlap) as tokenizer:
+            encodings = encode_batch(tokenizer, pairs)
         windows, types, owners = [], [], []
         for index, enc in enumerate(encodings):
             pieces = (enc, *enc.overflowing)
@@ -420,7 +380,7 @@ class PairTokenizer:
         tokens) must be below ``vocab_size``;
         the pair template's token types, when the model is given them, below ``type_vocab_size``.
         """
-        base = Tokenizer.from_str(self._base)
+        base = self._copies.plain()
         # The pair template's special tokens carry ids of their own, which need not be in the vocab.
         largest = max(*base.get_vocab(with_added_tokens=True).values(), *base.encode("a", "b").ids, -1)
         if largest >= vocab_size:
@@ -440,8 +400,7 @@ class PairTokenizer:
     def _raise_query_too_long(self, pairs: list[tuple[str, str]], max_length: int) -> None:
         # With only_second the tokenizer errors without saying which query is too long.
         room = max_length - self.num_special_tokens - 1
-        plain = Tokenizer.from_str(self._base)
-        plain.no_truncation()
+        plain = self._copies.plain()
         for query in dict.fromkeys(query for query, _ in pairs):
             n = len(plain.encode(query, add_special_tokens=False).ids)
             if n > room:

@@ -1,10 +1,14 @@
+import concurrent.futures
+import contextlib
 import itertools
 import json
 import random
 import shutil
+import threading
 import warnings
 
 import pytest
+from tokenizers import Tokenizer
 
 from tests.helpers import sample_pairs
 from turborank.testing import random_text
@@ -84,7 +88,6 @@ def test_only_second_query_too_long_is_explained(tok):
 def test_a_chunked_query_longer_than_the_model_is_counted_whole(small_ckpt):
     """The count came from a tokenizer truncating at the model's maximum: a 200-token query was
     reported as 64 tokens, with advice to raise a max_length already at its limit."""
-    from tokenizers import Tokenizer
 
     short = PairTokenizer.from_directory(small_ckpt, 64)
     query = "long query " * 100
@@ -99,19 +102,78 @@ def test_a_chunked_query_longer_than_the_model_is_counted_whole(small_ckpt):
         short.encode_chunked([("long query " * 3, "doc")], max_length=16)
 
 
-def test_configured_tokenizers_are_kept_for_the_settings_used_last(small_ckpt):
-    """A copy per max_length ever seen grew without bound: a server client varying vLLM's
-    truncate_prompt_tokens took the process up by ~16 MiB per value with a real-size tokenizer."""
-    from turborank.tokenization import CONFIGURED_KEPT
+def _whole(tok: PairTokenizer, max_length: int, truncation: str, direction: str):
+    """A copy of ``tok``'s tokenizer of the test's own, truncating so: the reference."""
+    tokenizer = tok._copies.copy()
+    tokenizer.enable_truncation(max_length, strategy=truncation, direction=direction)
+    return tokenizer
+
+
+def test_settings_cycling_builds_no_copies(small_ckpt, monkeypatch):
+    """A copy per setting, kept for the settings used last, was rebuilt (the tokenizer.json parsed
+    again: ~0.1 s holding the GIL for a 60k-token BPE) whenever a setting came back after it was
+    dropped: a server client varying vLLM's truncate_prompt_tokens over more values than were kept
+    made every request pay that. Copies are lent now: setting one's truncation is a microsecond."""
+    from turborank import tokenizer_copies
 
     tok = PairTokenizer.from_directory(small_ckpt, 8192)
     pair = [("a query", random_text(random.Random(2), 200))]
     want = {n: tok.encode_pairs(pair, max_length=n, warn=False).input_ids for n in (16, 17)}
-    for max_length in range(20, 120):
-        tok.encode_pairs(pair, max_length=max_length, warn=False)
-    assert len(tok._configured) <= CONFIGURED_KEPT
-    for n, ids in want.items():  # built again when asked again: the same ids
+    built = []
+    parse = Tokenizer.from_str
+    monkeypatch.setattr(Tokenizer, "from_str", staticmethod(lambda text: built.append(1) or parse(text)))
+    for _ in range(3):
+        for max_length in range(20, 120):
+            ids = tok.encode_pairs(pair, max_length=max_length, warn=False).input_ids[0]
+            assert len(ids) == max_length
+    assert built == []
+    assert tok._copies.idle() <= tokenizer_copies.IDLE_COPIES_KEPT
+    for n, ids in want.items():  # set again when asked again: the same ids
         assert tok.encode_pairs(pair, max_length=n, warn=False).input_ids == ids
+
+
+def test_threads_with_different_settings_each_get_their_own(small_ckpt):
+    """Threads tokenising at once with different limits: each pair cut to its own call's limit."""
+    tok = PairTokenizer.from_directory(small_ckpt, 8192)
+    rng = random.Random(3)
+    pairs = [[("a query", random_text(rng, 300))] * 8 for _ in range(4)]
+    want = {
+        (i, n): tok.encode_pairs(pairs[i], max_length=n, warn=False).input_ids
+        for i in range(4)
+        for n in (24, 31, 50, 77)
+    }
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> list[bool]:
+        barrier.wait()
+        return [
+            tok.encode_pairs(pairs[i], max_length=n, warn=False).input_ids == want[i, n]
+            for _ in range(30)
+            for n in (24, 31, 50, 77)
+        ]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    assert all(all(ok) for ok in results)
+    assert tok._copies.idle() <= 4
+
+
+def test_failing_calls_build_no_copies_and_give_theirs_back(small_ckpt, monkeypatch):
+    """A query too long for only_second is a client mistake a server meets per request: naming it
+    parsed the tokenizer.json again on every such request. Now the failed call gives its copy back
+    and the query is counted on the shared plain copy."""
+    tok = PairTokenizer.from_directory(small_ckpt, 8192)
+    too_long = [("long query " * 50, "doc")]
+    with pytest.raises(ValueError, match="shorten the query"):
+        tok.encode_pairs(too_long, max_length=16, truncation="only_second")
+    built = []
+    parse = Tokenizer.from_str
+    monkeypatch.setattr(Tokenizer, "from_str", staticmethod(lambda text: built.append(1) or parse(text)))
+    for _ in range(20):
+        with pytest.raises(ValueError, match="shorten the query"):
+            tok.encode_pairs(too_long, max_length=16, truncation="only_second")
+    assert built == []
+    assert tok._copies.idle() <= 2
 
 
 @pytest.mark.parametrize(
@@ -319,7 +381,7 @@ def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
         for truncation in ("longest_first", "only_second"):
             for direction in ("right", "left"):
                 try:
-                    whole = tok._truncating(max_length, truncation, direction).encode_batch(pairs)
+                    whole = _whole(tok, max_length, truncation, direction).encode_batch(pairs)
                 except Exception:
                     continue  # only_second with a query longer than the budget: an error either way
                 got = tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
@@ -330,7 +392,7 @@ def test_clipped_long_texts_truncate_to_the_same_ids(tok, max_length):
 
 
 def _whole_then_truncated(tok, pairs, max_length, truncation, direction):
-    return [enc.ids for enc in tok._truncating(max_length, truncation, direction).encode_batch(pairs)]
+    return [enc.ids for enc in _whole(tok, max_length, truncation, direction).encode_batch(pairs)]
 
 
 @pytest.mark.parametrize("direction", ["right", "left"])
@@ -360,7 +422,7 @@ def test_a_suffix_counts_its_words_from_where_it_reads_as_the_whole_text(tok, tr
     its end. The words of the suffix count only from where its reading meets the whole text's."""
     max_length = 32
     chars = CLIP_CHARS_PER_TOKEN * max_length
-    plain = tok._plain()
+    plain = tok._copies.plain()
     for unit in ("is", "it", "an", "er", "in", "on", "at", "es", "re", "st", "or", "en"):
         document = "filler " * 60 + "'t" + unit * ((chars - 2) // 2)  # its last `chars` start at "'t"
         whole, suffix = (
@@ -384,7 +446,7 @@ def test_an_odd_budget_judges_a_clipped_side_by_the_tokens_its_whole_text_has(to
     the whole texts are truncated."""
     max_length = 33
     chars = CLIP_CHARS_PER_TOKEN * max_length
-    plain = tok._plain()
+    plain = tok._copies.plain()
 
     def tokens(text: str) -> int:
         return len(plain.encode(text, add_special_tokens=False).ids)
@@ -464,7 +526,7 @@ def test_two_long_texts_that_cannot_be_cut_truncate_as_tokenizers_does(tok, max_
             for direction in ("right", "left"):
                 pairs = [(query, document), ("a short query", document)]
                 try:
-                    whole = tok._truncating(max_length, truncation, direction).encode_batch(pairs)
+                    whole = _whole(tok, max_length, truncation, direction).encode_batch(pairs)
                 except Exception:
                     with pytest.raises(ValueError, match="does not fit max_length"):
                         tok.encode_pairs(pairs, max_length, truncation, direction, warn=False)
@@ -496,9 +558,15 @@ def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
             seen.extend(len(q) + len(d) for q, d in pairs)
             return self.inner.encode_batch(pairs)
 
-    plain, configured = tok._plain, tok._truncating
-    monkeypatch.setattr(tok, "_plain", lambda: Recording(plain()))
-    monkeypatch.setattr(tok, "_truncating", lambda *a, **k: Recording(configured(*a, **k)))
+    plain, lend = tok._copies.plain, tok._copies.truncating
+
+    @contextlib.contextmanager
+    def recorded(*args, **options):
+        with lend(*args, **options) as inner:
+            yield Recording(inner)
+
+    monkeypatch.setattr(tok._copies, "plain", lambda: Recording(plain()))
+    monkeypatch.setattr(tok._copies, "truncating", recorded)
     document = random_text(random.Random(5), 200_000)  # about 1.4 million characters
     with pytest.warns(TruncationWarning):
         enc = tok.encode_pairs([("a query", document)], max_length=512)
@@ -511,7 +579,7 @@ def test_text_without_word_boundaries_is_kept_whole_or_refused_when_bounded(tok,
     """A cut inside one long word is not exact (BPE splits a run of one character by its length),
     so such a text is tokenised whole, or with bounded=True refused after a bounded search."""
     pairs = [("q", text)]
-    whole = tok._truncating(64, "longest_first", "right").encode_batch(pairs)
+    whole = _whole(tok, 64, "longest_first", "right").encode_batch(pairs)
     with pytest.warns(TruncationWarning):
         assert tok.encode_pairs(pairs, 64).input_ids == [whole[0].ids]
     limit = CLIP_MAX_CHARS_PER_TOKEN * 64
@@ -531,7 +599,7 @@ def test_max_document_tokens_cuts_the_document_first(tok):
     pairs = [(random_text(rng, rng.randint(2, 6)), random_text(rng, rng.randint(0, 40))) for _ in range(40)]
     pairs.append(("q", "word " * 5000))  # long enough to be clipped before tokenising
     got = tok.encode_pairs(pairs, 256, warn=False, max_document_tokens=cap)
-    plain = tok._plain()
+    plain = tok._copies.plain()
     for index, (query, document) in enumerate(pairs):
         query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
         document_tokens = len(plain.encode(document, add_special_tokens=False).ids)
