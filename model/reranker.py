@@ -71,8 +71,8 @@ class Reranker:
         self.linear = linear
         self._cuda_graphs: CudaGraphForward | None = None
         # predict over more than one chunk of pairs tokenises the next chunk while the device
-        # scores this one (turborank.tokenise_ahead). None: where the model is not on the CPU (on
-        # the CPU both compete for the same cores); True or False: always or never.
+        # scores this one, or the chunks in turn (turborank.tokenise_ahead). None: ahead where the
+        # model is not on the CPU (there both compete for the same cores); True or False: always.
         self.overlap_tokenising: bool | None = None
         # The checkpoint directory ``from_pretrained`` loaded (a hub id's snapshot in the cache).
         self.checkpoint_directory: Path | None = None
@@ -279,12 +279,15 @@ class Reranker:
         self.check_max_length(max_length)
         if not pairs:
             return []
-        overlap = self.overlap_tokenising
-        if overlap is None:
-            overlap = self.device.type != "cpu"
-        if overlap and len(pairs) > tokenise_ahead.chunk_pairs(batch_size):
-            logits = self._predict_tokenising_ahead(
+        ahead = self.overlap_tokenising
+        if ahead is None:
+            ahead = self.device.type != "cpu"
+        chunk = tokenise_ahead.chunk_pairs(batch_size, ahead)
+        if len(pairs) > chunk:
+            logits = self._predict_in_chunks(
                 pairs,
+                chunk,
+                ahead,
                 max_length,
                 truncation,
                 long_doc,
@@ -405,9 +408,11 @@ class Reranker:
         scores = self.predict([(query, doc) for doc in documents], **options)
         return ranked_results(scores, documents, top_k, return_documents)
 
-    def _predict_tokenising_ahead(
+    def _predict_in_chunks(
         self,
         pairs: list[tuple[str, str]],
+        chunk: int,
+        ahead: bool,
         max_length: int | None,
         truncation: str,
         long_doc: str,
@@ -417,10 +422,10 @@ class Reranker:
         max_batch_tokens: int,
         show_progress_bar: bool | None,
     ) -> torch.Tensor:
-        """predict's logits [n], the next chunk of pairs tokenised while this one is scored: the
-        same scores, errors and one TruncationWarning as scoring the pairs at once."""
+        """predict's logits [n], ``chunk`` pairs at a time, the next chunk tokenised while this
+        one is scored if ``ahead``: the same scores, errors and one TruncationWarning as scoring
+        the pairs at once."""
         progress = progress_bar(len(pairs), show_progress_bar)
-        chunk = tokenise_ahead.chunk_pairs(batch_size)
         pairs_left = len(pairs)
 
         def score(encoded: EncodedPairs) -> torch.Tensor:
@@ -434,11 +439,12 @@ class Reranker:
             return logits
 
         try:
-            logits, owners, truncated = tokenise_ahead.score_tokenising_ahead(
+            logits, owners, truncated = tokenise_ahead.score_in_chunks(
                 pairs,
                 lambda part: self.encode(part, max_length, truncation, long_doc, chunk_overlap, warn=False),
                 score,
                 chunk,
+                ahead,
             )
         finally:  # an interrupt too: a bar left open pushes every later one down a line
             close_bar(progress)

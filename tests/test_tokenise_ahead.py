@@ -1,5 +1,6 @@
-"""predict with the next chunk tokenised while this one is scored (the GPU's path, forced on here):
-the same scores, warnings and errors as scoring the pairs at once."""
+"""predict over a long list in chunks, the next chunk tokenised while this one is scored (the GPU's
+path) or one chunk after the other (the CPU's): the same scores, warnings and errors as scoring the
+pairs at once."""
 
 from __future__ import annotations
 
@@ -18,27 +19,32 @@ from turborank.tokenization import TruncationWarning
 CHUNK = 7  # pairs per chunk in these tests: 40 pairs make 6 chunks, the last one short
 
 
-@pytest.fixture
-def ahead(reranker, monkeypatch):
-    """The reranker with tokenising ahead forced on, in chunks of CHUNK pairs; counts the chunks."""
-    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size: CHUNK)
+@pytest.fixture(params=[True, False], ids=["ahead", "in_turn"])
+def ahead(request, reranker, monkeypatch):
+    """The reranker scoring in chunks of CHUNK pairs, tokenised ahead (on) or in turn (off); counts
+    the chunks."""
+    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size, ahead=True: CHUNK)
     chunks = []
-    real = tokenise_ahead_module.score_tokenising_ahead
+    real = tokenise_ahead_module.score_in_chunks
 
-    def counting(pairs, encode, score, chunk_pairs):
-        return real(pairs, lambda chunk: chunks.append(len(chunk)) or encode(chunk), score, chunk_pairs)
+    def counting(pairs, encode, score, chunk_pairs, ahead):
+        return real(
+            pairs, lambda chunk: chunks.append(len(chunk)) or encode(chunk), score, chunk_pairs, ahead
+        )
 
-    monkeypatch.setattr(tokenise_ahead_module, "score_tokenising_ahead", counting)
-    monkeypatch.setattr(reranker, "overlap_tokenising", True)
+    monkeypatch.setattr(tokenise_ahead_module, "score_in_chunks", counting)
+    monkeypatch.setattr(reranker, "overlap_tokenising", request.param)
     return reranker, chunks
 
 
 def at_once(reranker, pairs, **options):
-    reranker.overlap_tokenising = False
+    """predict scoring the list whole (a chunk as long as the list)."""
+    chunked = tokenise_ahead_module.chunk_pairs
+    tokenise_ahead_module.chunk_pairs = lambda batch_size, ahead=True: len(pairs)
     try:
         return reranker.predict(pairs, **options)
     finally:
-        reranker.overlap_tokenising = True
+        tokenise_ahead_module.chunk_pairs = chunked
 
 
 def test_scores_are_those_of_all_pairs_at_once(ahead):
@@ -83,10 +89,10 @@ def test_the_progress_bar_counts_pairs_when_long_documents_make_windows(ahead, m
     reranker.predict(pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
     (bar,) = [bar for bar in bars if bar is not None]  # scoring a chunk makes none of its own
     assert bar.total == 12 and bar.n == 12 and bar.unit == "pair"
-    # Scored at once (as on CPU), the bar counts the windows it runs, and calls them windows.
+    # Scored at once (a list no longer than a chunk), the bar counts the windows it runs, and
+    # calls them windows.
     bars.clear()
-    monkeypatch.setattr(reranker, "overlap_tokenising", False)
-    reranker.predict(pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
+    at_once(reranker, pairs, max_length=48, long_doc="chunk", chunk_overlap=8, show_progress_bar=True)
     (bar,) = [bar for bar in bars if bar is not None]
     assert bar.total == bar.n > 12 and bar.unit == "window"
 
@@ -138,6 +144,7 @@ def test_a_non_finite_logit_names_its_pair_in_the_whole_list(ahead, monkeypatch)
 
 def test_a_failed_forward_stops_the_tokenising_thread(ahead, monkeypatch):
     reranker, chunks = ahead
+    tokenised_ahead = reranker.overlap_tokenising
 
     def failing(*args, **kwargs):
         raise RuntimeError("device lost")
@@ -146,7 +153,8 @@ def test_a_failed_forward_stops_the_tokenising_thread(ahead, monkeypatch):
     with pytest.raises(RuntimeError, match="device lost"):
         reranker.predict(sample_pairs(40, seed=4))
     assert not [t for t in threading.enumerate() if t.name == "turborank-tokenise-ahead"]
-    assert len(chunks) <= 3  # the first chunk, and at most the two tokenised ahead of it
+    # the first chunk, and at most the two tokenised ahead of it
+    assert len(chunks) <= (3 if tokenised_ahead else 1)
 
 
 def test_chunks_hold_several_of_the_batches_asked_for():
@@ -154,13 +162,27 @@ def test_chunks_hold_several_of_the_batches_asked_for():
     assert tokenise_ahead_module.chunk_pairs(1024) == 4096
 
 
-def test_on_the_cpu_predict_tokenises_at_once_unless_told(reranker, monkeypatch):
-    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size: CHUNK)
-    calls = []
-    monkeypatch.setattr(tokenise_ahead_module, "score_tokenising_ahead", lambda *a: calls.append(a))
+def test_on_the_cpu_a_long_list_is_tokenised_a_chunk_at_a_time_on_the_calling_thread(reranker, monkeypatch):
+    """A list tokenised whole held every pair's ids at once (about 200 bytes a token: 20k pairs of
+    20-200 words took 786 MiB, a million pairs would not fit). On the CPU the chunks are tokenised
+    and scored in turn on the calling thread (no thread would gain anything there): the same
+    scores, one chunk's ids held at a time."""
     assert reranker.overlap_tokenising is None and reranker.device == torch.device("cpu")
-    reranker.predict(sample_pairs(20, seed=1))
-    assert calls == []
+    assert tokenise_ahead_module.chunk_pairs(32, ahead=False) == tokenise_ahead_module.CPU_CHUNK_PAIRS
+    pairs = sample_pairs(20, seed=1)
+    want = at_once(reranker, pairs, activation=False)
+    monkeypatch.setattr(tokenise_ahead_module, "chunk_pairs", lambda batch_size, ahead=True: CHUNK)
+    calls = []
+    real = reranker.encode
+
+    def recording(part, *args, **options):
+        calls.append((len(part), threading.current_thread() is threading.main_thread()))
+        return real(part, *args, **options)
+
+    monkeypatch.setattr(reranker, "encode", recording)
+    got = reranker.predict(pairs, activation=False)
+    assert calls == [(7, True), (7, True), (6, True)]
+    assert got == pytest.approx(want, abs=1e-4)
 
 
 @pytest.mark.gpu
