@@ -22,6 +22,9 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 OPENMP_SPIN_COUNT = "10000"
 if "torch" not in sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
     os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+# The value libgomp reads, as far as turborank can know it: the one at its import (a change to the
+# environment after torch is loaded has no effect, and must not show in ``Reranker.describe``).
+OPENMP_SPIN_COUNT_READ = os.environ.get("GOMP_SPINCOUNT")
 # oneDNN keeps the primitives it creates (one per linear layer and input shape, each with buffers
 # sized by its row count) in two LRU caches, its own and ideep's, of 1,024 entries each by default.
 # A server sees a new row count with almost every batch, so with the packed-weight linear engine a

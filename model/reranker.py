@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import turborank
 from turborank import tokenise_ahead
 from turborank.config import JinaBertConfig
 from turborank.cuda_graphs import CudaGraphForward
@@ -224,7 +224,7 @@ class Reranker:
             # On CPU: the OpenMP threads and how long an idle one spins (turborank.OPENMP_SPIN_COUNT;
             # None: libgomp's own default, or the user's OMP_WAIT_POLICY).
             "cpu_threads": torch.get_num_threads(),
-            "openmp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
+            "openmp_spin_count": turborank.OPENMP_SPIN_COUNT_READ,
             "alibi_scheme": self.config.alibi_scheme,
             "alibi_scheme_reason": self.config.alibi_scheme_reason,
             "cuda_graphs": None

@@ -18,6 +18,14 @@ def test_defaults_on_cpu(reranker):
     assert reranker.describe()["backends"] == dict.fromkeys(OP_NAMES, "torch")
 
 
+def test_describe_reports_the_spin_count_libgomp_read(reranker, monkeypatch):
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads it: describe() read the environment at
+    call time, so a value set afterwards (in effect nowhere) showed as the one in effect."""
+    before = reranker.describe()["openmp_spin_count"]
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    assert reranker.describe()["openmp_spin_count"] == before != "123"
+
+
 def test_compute_score_single_pair_is_a_float(reranker):
     score = reranker.compute_score((MODEL_CARD_QUERY, MODEL_CARD_DOCUMENTS[0]))
     assert isinstance(score, float) and 0 < score < 1
