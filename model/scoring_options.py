@@ -24,7 +24,7 @@ def progress_bar(total: int, show: bool | None, unit: str = "pair") -> Any:
         show = total >= PROGRESS_MIN_PAIRS and sys.stderr.isatty()
     if not show:
         return None
-    from tqdm.auto import tqdm  # a dependency of huggingface_hub, hence always installed
+    from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, desc="scoring")
 

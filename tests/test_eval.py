@@ -460,6 +460,38 @@ def test_unwritable_output_is_found_before_bm25_and_the_model(
     assert code == 1 and want in err and "File exists" not in err
 
 
+def test_a_missing_eval_extra_is_named_before_the_model_and_before_any_output(
+    short_dataset, small_ckpt, tmp_path, capsys, monkeypatch
+):
+    """Without ir-measures, eval reranked everything and wrote its run (hours on a BEIR set), then
+    failed on the metrics; merge-runs --data wrote the merged run, then failed likewise."""
+    import importlib.util
+
+    import turborank.cli.eval as eval_command
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "ir_measures" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the missing extra should have been named before this")
+
+    monkeypatch.setattr(eval_command, "load_reranker", too_late)
+    output = tmp_path / "run.trec"
+    code, _, err = run_cli([*eval_args(small_ckpt, short_dataset), "--bm25", "--output", str(output)], capsys)
+    assert code == 1 and "pip install 'turborank[eval]'" in err and not output.exists()
+    shard = tmp_path / "shard.trec"
+    shard.write_text("q1 Q0 d1 1 0.5 t\n")
+    merged = tmp_path / "merged.trec"
+    code, _, err = run_cli(
+        ["merge-runs", str(shard), "--output", str(merged), "--data", str(short_dataset)], capsys
+    )
+    assert code == 1 and "pip install 'turborank[eval]'" in err and not merged.exists()
+
+
 def test_failed_run_keeps_the_earlier_output_and_leaves_no_partial_file(
     dataset, small_ckpt, tmp_path, capsys, monkeypatch
 ):

@@ -199,3 +199,57 @@ def test_every_benchmark_result_is_listed_in_the_results_index():
     assert not listed - present, (
         f"benchmarks/results/README.md lists missing files: {sorted(listed - present)}"
     )
+
+
+# Where a module may import libraries that only extras install (the first place that matches):
+# everything else in the package runs on the base install, so what it imports must be a base
+# dependency.
+_EXTRAS_OF_PLACE = {
+    "model/serving/ray_": ("serve", "ray"),
+    "model/serving/": ("serve",),
+    "model/eval/bm25.py": ("eval",),
+    "model/eval/metrics.py": ("eval",),
+    "model/eval/ray_runs.py": ("ray",),
+    "model/ray_cluster.py": ("ray",),
+    "model/cli/eval.py": ("ray",),
+    "model/eval/verify.py": ("test",),  # the reference's transformers, pinned there (README: Install)
+}
+
+
+def _declared_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+
+
+def test_every_library_the_package_imports_is_declared():
+    """tqdm (predict's progress bar) was imported by base code but declared only in the eval extra:
+    a base install without huggingface_hub's own tqdm would fail on show_progress_bar=True."""
+    tomllib = pytest.importorskip("tomllib")
+    import ast
+    import importlib.metadata
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = _declared_names(project["dependencies"])
+    extras = {name: _declared_names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = []
+    for path in sorted([*(ROOT / "model").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]):
+        place = path.relative_to(ROOT).as_posix()
+        named = next((names for prefix, names in _EXTRAS_OF_PLACE.items() if place.startswith(prefix)), ())
+        allowed = base.union(*(extras[name] for name in named))
+        if "serve" in named:  # fastapi brings pydantic and starlette, pydantic its core
+            allowed |= {"pydantic", "pydantic-core", "starlette"}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "turborank":
+                    continue
+                names = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not names & {a.replace("_", "-") for a in allowed}:
+                    undeclared.append(f"{place}: {module} ({', '.join(sorted(names))})")
+    assert not undeclared, "imported but not declared where this code runs:\n" + "\n".join(undeclared)

@@ -113,10 +113,12 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     """Everything `eval` reads, checked before the model is loaded: files, the first stage (read,
     or built with BM25), that the output can be written, that every document is in the corpus."""
     from turborank.eval.beir import judged_queries, load_corpus, load_qrels, load_queries
+    from turborank.eval.metrics import require_metrics
     from turborank.eval.rerank_run import check_first_stage, shard_queries
     from turborank.eval.trec import check_trec_ids, read_run
     from turborank.replace_file import output_target
 
+    require_metrics()  # the run ends with them: a missing extra is known before the reranking
     corpus, queries = load_corpus(args.data), load_queries(args.data)
     qrels = load_qrels(args.data, args.split)
     first_stage = None

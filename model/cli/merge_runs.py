@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     qrels = None
     if args.data is not None:  # read first: a wrong --data or --split must not cost the output
         from turborank.eval.beir import load_qrels
+        from turborank.eval.metrics import require_metrics
 
+        require_metrics()
         qrels = load_qrels(args.data, args.split)
     merged = merge_runs(args.runs, args.output, make_parents=args.parents)
     print(

@@ -7,19 +7,27 @@ the other three measures, and anyone scoring the written run with trec_eval) goe
 
 from __future__ import annotations
 
+import importlib.util
+
 from turborank.eval.trec import Run
 
 METRIC_NAMES = ("nDCG@10", "RR@10", "R@100", "Success@10")
 LABELS = {"nDCG@10": "NDCG@10", "RR@10": "MRR@10", "R@100": "Recall@100", "Success@10": "HitRate@10"}
 
 
+def require_metrics() -> None:
+    """ImportError naming the extra when the metrics' library is not installed: called before the
+    work whose result they measure, not after it (a reranked BEIR set can take hours)."""
+    if importlib.util.find_spec("ir_measures") is None:
+        raise ImportError("metrics need the eval extra: pip install 'turborank[eval]'")
+
+
 def evaluate(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
     """NDCG@10, MRR@10, Recall@100 and hit rate@10, averaged over the queries that have both
     judgments and a ranking (pytrec_eval's convention, as in BEIR)."""
-    try:
-        import ir_measures
-    except ImportError:
-        raise ImportError("metrics need the eval extra: pip install 'turborank[eval]'") from None
+    require_metrics()
+    import ir_measures
+
     measures = [ir_measures.parse_measure(name) for name in METRIC_NAMES]
     scored = {qid: {docid: score for docid, score in ranked} for qid, ranked in run.items() if qid in qrels}
     judged = {qid: docs for qid, docs in qrels.items() if qid in scored}

@@ -46,7 +46,10 @@ def _load_reference(directory: Path, device: torch.device):
         import transformers
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
-        raise ImportError("turborank verify needs transformers: pip install 'transformers<5'") from None
+        raise ImportError(
+            "turborank verify needs transformers: pip install 'transformers>=4.46,<4.50' (the versions "
+            "the reranker's own modeling code was checked on)"
+        ) from None
     if not (directory / "modeling_bert.py").is_file():
         raise FileNotFoundError(
             f"{directory}: no modeling_bert.py; verify runs the checkpoint's own remote code, so pass the "
