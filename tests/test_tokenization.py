@@ -540,6 +540,32 @@ def test_two_long_texts_that_cannot_be_cut_truncate_as_tokenizers_does(tok, max_
     assert len(got.input_ids[0]) == 512 and got.was_truncated == [True]
 
 
+@pytest.mark.parametrize("query_words", [20, CLIP_CHARS_PER_TOKEN * 64 // 5])
+def test_a_long_query_beside_an_uncuttable_document_is_cut_in_one_pass(tok, monkeypatch, query_words):
+    """Only pairs of two texts over 8 x max_length characters were cut in one pass, so a query
+    clipped to exactly that (or any shorter one that still overflows) beside a long document
+    without a word boundary went to tokenizers, which made every combination of the two texts'
+    windows (a 60,000-character query beside 300,000 characters: 3.3 GB). A pair whose two texts
+    are both longer than its budget is cut in one pass: the same ids."""
+    max_length = 64
+    query = "word " * query_words
+    pairs = [(query, "x" * 20_000), ("q", "x" * 20_000)]
+    calls = []
+    real = Tokenizer.encode_batch_fast
+
+    def spy(self, inputs, *args, **options):
+        calls.append((self.truncation, [len(item[0]) for item in inputs if isinstance(item, tuple)]))
+        return real(self, inputs, *args, **options)
+
+    monkeypatch.setattr(Tokenizer, "encode_batch_fast", spy)
+    got = tok.encode_pairs(pairs, max_length, warn=False)
+    assert not [lengths for truncation, lengths in calls if truncation and len(query) in lengths]
+    monkeypatch.undo()
+    whole = _whole(tok, max_length, "longest_first", "right").encode_batch(pairs)
+    assert got.input_ids == [enc.ids for enc in whole]
+    assert got.was_truncated == [True, True]
+
+
 def test_long_document_is_not_tokenised_whole(tok, monkeypatch):
     seen: list[int] = []
 
