@@ -46,6 +46,11 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{number}: JSON nested too deeply to read") from None
+        except ValueError as exc:  # an integer past Python's digit limit for conversion
+            raise ValueError(f"{path}:{number}: unreadable JSON ({exc})") from None
+        yield number, value

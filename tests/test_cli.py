@@ -98,6 +98,9 @@ def test_documents_files(small_ckpt, tmp_path, capsys):
     [
         ('"ok"\n{bad json\n', "docs.jsonl:2: invalid JSON"),
         ('{"title": "x"}\n', "docs.jsonl:1: expected a JSON string"),
+        # A RecursionError traceback, and an error naming no file or line, before.
+        ('"ok"\n' + "[" * 100_000 + "]" * 100_000 + "\n", "docs.jsonl:2: JSON nested too deeply"),
+        ('{"text": "a", "n": ' + "9" * 5000 + "}\n", "docs.jsonl:1: unreadable JSON (Exceeds the limit"),
     ],
 )
 def test_bad_jsonl_names_file_and_line(small_ckpt, tmp_path, capsys, content, message):
@@ -188,6 +191,45 @@ def test_verify_without_remote_code_explains(small_ckpt, tmp_path, capsys):
     target = shutil.copytree(small_ckpt, tmp_path / "c")
     code, _, err = run(["verify", "--model", str(target)], capsys)
     assert code == 1 and "no modeling_bert.py" in err
+
+
+def test_verify_checks_its_inputs_before_the_reference(small_ckpt, tmp_path, capsys):
+    """A lone surrogate in --pairs-file was a TypeError traceback from the reference's tokenizer, a
+    negative --max-length an OverflowError: both are named now, before the reference loads."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('["q", "d"]\n["q", "\\ud800"]\n')
+    code, _, err = run(["verify", "--model", str(small_ckpt), "--pairs-file", str(pairs)], capsys)
+    assert code == 1 and "pairs.jsonl:2: the document contains a lone surrogate U+D800" in err
+    code, _, err = run(["verify", "--model", str(small_ckpt), "--max-length", "-1"], capsys)
+    assert code == 1 and "max_length=-1 is outside the model's range" in err
+
+
+def test_verify_scores_the_reference_on_the_ids_it_compares(reranker, monkeypatch):
+    """The reference was scored on the tokenizer called with one pair, which drops an empty
+    document's segment where the batch call (the ids compared) keeps it: an empty document failed
+    with its token ids equal. Here a reference that is turborank's own model on the ids it is given
+    must match (to the rounding of another batch), the empty document included."""
+    import types
+
+    from turborank.eval import verify
+    from turborank.packing import pack
+
+    class Tokenizer:
+        def __call__(self, queries, documents, truncation, max_length, **options):
+            if isinstance(queries, str):
+                raise AssertionError("the reference must be scored on the batch's ids")
+            encoded, _ = reranker.encode(list(zip(queries, documents, strict=True)), max_length, warn=False)
+            return {"input_ids": encoded.input_ids}
+
+    def model(input_ids):
+        ids, cu_seqlens, max_seqlen, _ = pack([input_ids[0].tolist()])
+        logits = reranker.module(ids, cu_seqlens, max_seqlen)
+        return types.SimpleNamespace(logits=logits[:, None])
+
+    monkeypatch.setattr(verify, "_load_reference", lambda directory, device: ("4.49", Tokenizer(), model))
+    monkeypatch.setattr(verify.Reranker, "from_pretrained", lambda *a, **k: reranker)
+    report = verify.verify_against_reference("unused", pairs=[("q", ""), ("q", "d")], max_length=64)
+    assert report["token_ids_equal"] and report["max_abs_logit_diff"] < 1e-5
 
 
 def test_console_script_installed(small_ckpt):

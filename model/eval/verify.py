@@ -14,6 +14,7 @@ import torch
 from turborank.examples import MODEL_CARD_DOCUMENTS, MODEL_CARD_QUERY
 from turborank.jsonl import iter_jsonl
 from turborank.reranker import Reranker
+from turborank.unicode_text import describe_lone_surrogate
 
 
 def sample_pairs() -> list[tuple[str, str]]:
@@ -35,6 +36,10 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     for number, item in iter_jsonl(path):
         if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
             raise ValueError(f"{path}:{number}: expected a JSON array [query, document]")
+        for side, text in zip(("query", "document"), item, strict=True):
+            problem = describe_lone_surrogate(text)
+            if problem is not None:  # the reference's tokenizer would fail on it with a TypeError
+                raise ValueError(f"{path}:{number}: the {side} contains {problem}")
         pairs.append((item[0], item[1]))
     if not pairs:
         raise ValueError(f"{path}: no pairs")
@@ -56,14 +61,20 @@ def _load_reference(directory: Path, device: torch.device):
             "snapshot directory of the reranker repo"
         )
     # The reranker configs declare no labels; HF would build a 2-logit head and drop the real one.
-    model = (
-        AutoModelForSequenceClassification.from_pretrained(
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
             str(directory), trust_remote_code=True, num_labels=1, torch_dtype=torch.float32
         )
-        .to(device)
-        .eval()
-    )
-    return transformers.__version__, AutoTokenizer.from_pretrained(str(directory)), model
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the snapshot's own code: anything, a SyntaxError included
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{directory}: the checkpoint's own modeling code does not load with transformers "
+            f"{transformers.__version__} ({type(exc).__name__}: {first_line})"
+        ) from None
+    return transformers.__version__, tokenizer, model.to(device).eval()
 
 
 def verify_against_reference(
@@ -82,17 +93,22 @@ def verify_against_reference(
         directory, device=device, dtype="float32", slopes=slopes, backend=backend, linear=linear
     )
     device = ours.device
+    max_length = ours.check_max_length(max_length)
     hf_version, hf_tokenizer, hf_model = _load_reference(directory, device)
 
     queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
-    hf_ids = hf_tokenizer(queries, documents, truncation=True, max_length=max_length)["input_ids"]
+    hf_encoded = hf_tokenizer(queries, documents, truncation=True, max_length=max_length)
+    hf_ids = hf_encoded["input_ids"]
     encoded, _ = ours.encode(pairs, max_length=max_length)
     with torch.inference_mode():
         hf_logits = []
-        for q, d in pairs:  # one pair at a time: no padding in the reference's batch either
-            inputs = hf_tokenizer(q, d, truncation=True, max_length=max_length, return_tensors="pt").to(
-                device
-            )
+        # One pair at a time (no padding in the reference's batch either), on the ids compared
+        # above: the tokenizer called on one pair drops an empty document's segment, on a batch
+        # it keeps it, as turborank does.
+        for index in range(len(pairs)):
+            inputs = {
+                name: torch.tensor([values[index]], device=device) for name, values in hf_encoded.items()
+            }
             hf_logits.append(hf_model(**inputs).logits[0, 0].float().cpu())
     hf_logits = torch.stack(hf_logits)
     our_logits = ours.logits(encoded)
