@@ -665,6 +665,33 @@ def test_merge_runs_reads_its_judgments_before_it_writes_and_never_writes_part(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.trec", "shard.trec"]
 
 
+def test_merge_runs_refuses_to_write_over_the_judgments_it_reads(short_dataset, tmp_path, capsys):
+    """Only the runs counted as inputs: --output naming the dataset's qrels replaced them with the
+    merged run."""
+    data = shutil.copytree(short_dataset, tmp_path / "data")
+    qrels = data / "qrels" / "test.tsv"
+    before = qrels.read_text()
+    shard = tmp_path / "shard.trec"
+    shard.write_text("q1 Q0 d1 1 0.5 t\n")
+    code, _, err = run_cli(["merge-runs", str(shard), "--output", str(qrels), "--data", str(data)], capsys)
+    assert code == 1 and "test.tsv" in err and qrels.read_text() == before
+
+
+def test_merge_runs_refuses_runs_without_queries_and_runs_nothing_judges(short_dataset, tmp_path, capsys):
+    """Empty runs merged into an empty run, and runs whose queries the judgments do not hold were
+    scored as all-zero metrics over 0 queries, both with status 0; eval refuses both cases."""
+    empty = tmp_path / "empty.trec"
+    empty.write_text("")
+    merged = tmp_path / "merged.trec"
+    code, _, err = run_cli(["merge-runs", str(empty), "--output", str(merged)], capsys)
+    assert code == 1 and "the runs hold no query" in err and not merged.exists()
+    stranger = tmp_path / "stranger.trec"
+    stranger.write_text("not-a-query Q0 d1 1 0.5 t\n")
+    args = ["merge-runs", str(stranger), "--output", str(merged), "--data", str(short_dataset)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "none of the 1 merged queries is judged in" in err and not merged.exists()
+
+
 def test_sigterm_leaves_the_earlier_output_and_no_partial_file(short_dataset, small_ckpt, tmp_path):
     """SIGTERM mid-run: exit 143, the earlier output as it was, no temporary file left behind."""
     import signal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from turborank.cli.common import print_metrics
 
@@ -26,14 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from turborank.eval.trec import merge_runs
 
-    qrels = None
+    qrels, dataset = None, []
     if args.data is not None:  # read first: a wrong --data or --split must not cost the output
-        from turborank.eval.beir import load_qrels
+        from turborank.eval.beir import dataset_files, load_qrels
         from turborank.eval.metrics import require_metrics
 
         require_metrics()
         qrels = load_qrels(args.data, args.split)
-    merged = merge_runs(args.runs, args.output, make_parents=args.parents)
+        dataset = dataset_files(args.data, args.split)
+
+    def some_judged(merged: dict[str, Any]) -> None:
+        if qrels is not None and not set(merged) & set(qrels):
+            raise ValueError(
+                f"none of the {len(merged)} merged queries is judged in {dataset[-1]} (is --data or "
+                "--split right?)"
+            )
+
+    merged = merge_runs(
+        args.runs, args.output, make_parents=args.parents, also_read=dataset, check=some_judged
+    )
     print(
         f"turborank: {len(merged)} queries from {len(args.runs)} runs written to {args.output}",
         file=sys.stderr,

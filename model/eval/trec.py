@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -76,11 +76,17 @@ def check_trec_ids(first_stage: Run, qids: list[str], top_k: int) -> None:
 
 
 def merge_runs(
-    paths: list[str | Path], output: str | Path, tag: str = "turborank", make_parents: bool = False
+    paths: list[str | Path],
+    output: str | Path,
+    tag: str = "turborank",
+    make_parents: bool = False,
+    also_read: Sequence[Path] = (),
+    check: Callable[[Run], None] | None = None,
 ) -> Run:
-    """Concatenate shard runs; a query found in two shards is an error. The output is replaced
+    """Concatenate shard runs; a query found in two shards is an error, and so are runs holding no
+    query at all; ``check`` may refuse the merged run before it is written. The output is replaced
     once it is complete, never by part of it (``replace_when_done``: a symlink is followed, a FIFO,
-    a device or one of the runs refused)."""
+    a device, one of the runs or a file in ``also_read`` refused)."""
     merged: Run = {}
     origin: dict[str, str] = {}
     for path in paths:
@@ -89,7 +95,11 @@ def merge_runs(
                 raise ValueError(f"{path}: query {qid!r} is also in {origin[qid]}; shards must not overlap")
             merged[qid] = ranked
             origin[qid] = str(path)
-    with replace_when_done(Path(output), make_parents, inputs=[Path(p) for p in paths]) as out:
+    if not merged:
+        raise ValueError(f"the runs hold no query ({', '.join(map(str, paths))}): nothing to merge")
+    if check is not None:
+        check(merged)
+    with replace_when_done(Path(output), make_parents, inputs=[*map(Path, paths), *also_read]) as out:
         for qid in sorted(merged):
             write_query(out, qid, merged[qid], tag)
     return merged
