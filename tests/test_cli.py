@@ -412,6 +412,9 @@ def test_closed_pipe_exits_quietly(small_ckpt, command):
         ("rank", "torch.nn"),  # torch half imported: its finalisers must not run
         ("--version", "torch"),  # --version imports torch while the options are parsed
         ("--version", "torch.nn"),
+        # While torch's C extension imports NumPy: it swallowed the interrupt (the command ran on).
+        ("rank", "numpy"),
+        ("--version", "numpy"),
     ],
 )
 def test_ctrl_c_while_torch_is_imported_is_one_line(small_ckpt, tmp_path, command, module):

@@ -1,7 +1,8 @@
 """The ``turborank`` command line: one module per subcommand, the shared options in ``common``.
 
-Nothing here imports torch: a command imports it when it loads the model, inside ``main``, so that
-Ctrl-C during that (seconds-long) import is reported in one line like any other interrupt.
+Nothing here imports torch: a command imports it when it loads the model, inside ``main`` (after
+NumPy), so that Ctrl-C during that (seconds-long) import is reported in one line like any other
+interrupt.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest: print(f"turborank: warning: {message}", file=sys.stderr)
         try:
+            # NumPy before anything imports torch: torch's C extension imports NumPy itself and
+            # swallows an interrupt that lands there (the command then ran on to the end, or failed
+            # on the half-imported NumPy); imported here, it is a KeyboardInterrupt like any other.
+            import numpy  # noqa: F401
+
             # Inside: --version prints (a closed pipe) and imports torch (an interrupt) while parsing.
             args = build_parser().parse_args(argv)
             if args.command != "serve" and threading.current_thread() is threading.main_thread():
