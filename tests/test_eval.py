@@ -321,6 +321,9 @@ def test_eval_chunk_mode_reports_windows(dataset, small_ckpt, tmp_path, capsys):
         ("queries.jsonl", '{"_id": "q1", "text": 5}\n', "queries.jsonl:1: field 'text' must be a string"),
         ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1 d1 1\n", "test.tsv:2: expected 3 tab-separated"),
         ("qrels/test.tsv", "q1\td1\thigh\n", "test.tsv:1: score 'high' is not an integer"),
+        # Read as the id "True", and a judgment silently dropped, before.
+        ("corpus.jsonl", '{"_id": true, "text": "a"}\n', 'corpus.jsonl:1: expected an object with an "_id"'),
+        ("qrels/test.tsv", "q1\td1\t1\n \td2\t1\n", "test.tsv:2: empty query-id"),
     ],
 )
 def test_malformed_files_name_file_and_line(dataset, small_ckpt, tmp_path, capsys, target, content, message):

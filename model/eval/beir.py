@@ -15,8 +15,10 @@ def _records(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
         )
     records: dict[str, dict] = {}
     for number, item in iter_jsonl(path):
-        if not isinstance(item, dict) or not isinstance(item.get("_id"), (str, int)):
-            raise ValueError(f'{path}:{number}: expected an object with an "_id"')
+        identifier = item.get("_id") if isinstance(item, dict) else None
+        # An integer id is read as its digits; true is an int to Python, not an id.
+        if not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
+            raise ValueError(f'{path}:{number}: expected an object with an "_id" (a string or an integer)')
         for field in ("_id", *fields):
             value = item.get(field, "")
             if field != "_id" and not isinstance(value, str):
@@ -72,7 +74,10 @@ def load_qrels(directory: str | Path, split: str = "test") -> dict[str, dict[str
             relevance = int(fields[2])
         except ValueError:
             raise ValueError(f"{path}:{number}: score {fields[2].strip()!r} is not an integer") from None
-        qrels.setdefault(fields[0].strip(), {})[fields[1].strip()] = relevance
+        query_id, document_id = fields[0].strip(), fields[1].strip()
+        if not query_id or not document_id:
+            raise ValueError(f"{path}:{number}: empty {'query-id' if not query_id else 'corpus-id'}")
+        qrels.setdefault(query_id, {})[document_id] = relevance
     return qrels
 
 
