@@ -15,6 +15,7 @@ from turborank.pair_truncation import truncate_whole
 from turborank.text_clipping import CLIP_CHARS_PER_TOKEN, UncuttableTextError, clip_pairs
 from turborank.tokenizer_copies import TokenizerCopies
 from turborank.tokenizer_settings import check_special_tokens, emits_token_type_ids, read_tokenizer_config
+from turborank.truncation_check import check_pair_truncation
 from turborank.unicode_text import describe_lone_surrogate
 
 TRUNCATION_DIRECTIONS = ("right", "left")
@@ -128,6 +129,7 @@ class PairTokenizer:
                 f"{source}: the tokenizer has no post-processor adding special tokens to a pair; the "
                 "classifier pools token 0, so the pair template (<s> q </s></s> d </s>) is required"
             )
+        check_pair_truncation(self._copies, self.num_special_tokens, source)
         if model_max_length <= self.num_special_tokens:
             # tokenizers subtracts the special tokens from the limit in unsigned arithmetic: a limit
             # at or below their count wraps around and silently turns truncation off.

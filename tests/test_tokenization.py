@@ -648,3 +648,41 @@ def test_max_document_tokens_then_the_pair_limit(tok):
     for bad in (0, -1, 1.5, True, "8"):
         with pytest.raises(ValueError, match="max_document_tokens must be a positive integer"):
             tok.encode_pairs(pairs, 32, max_document_tokens=bad)
+
+
+def test_a_tokenizers_release_that_truncates_pairs_otherwise_is_refused(tok):
+    """tokenizers 0.22 and later (checked with 0.23.2) keep only the first overflow window of a pair
+    cut with a stride, and give an odd budget's spare token to the second text: a document scored
+    as windows lost all but two of them, silently. A release that behaves so is refused, naming
+    what to install; the installed one passes (every PairTokenizer checks it at load)."""
+    import types
+
+    from turborank.truncation_check import REQUIREMENT, check_pair_truncation
+
+    check_pair_truncation(tok._copies, tok.num_special_tokens, "tokenizer.json")
+
+    class Later:  # what 0.23.2 returns: one overflow window, the spare token to the second text
+        def __init__(self, real):
+            self.real = real
+
+        def encode(self, first, second):
+            encoding = self.real.encode(first, second)
+            half = (len([s for s in encoding.sequence_ids if s is not None]) - 1) // 2
+            return types.SimpleNamespace(
+                overflowing=encoding.overflowing[:1], sequence_ids=[0] * half + [1] * (half + 1)
+            )
+
+    class Copies:
+        def plain(self):
+            return tok._copies.plain()
+
+        @contextlib.contextmanager
+        def truncating(self, *args):
+            with tok._copies.truncating(*args) as real:
+                yield Later(real)
+
+    with pytest.raises(ValueError) as refused:
+        check_pair_truncation(Copies(), tok.num_special_tokens, "tokenizer.json")
+    message = str(refused.value)
+    assert "truncates pairs differently" in message and "windows, not" in message
+    assert "spare token went to the shorter text" in message and message.endswith(f"install {REQUIREMENT!r}")
