@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.gpu.targets import exp_bound_ms, judge, main
+from benchmarks.gpu.targets import DEFAULT_GEGLU, FUSED_GEGLU, exp_bound_ms, judge, main
 
 
 def _kernels(flex_ms: float, sdpa_ms: float) -> list[dict]:
@@ -16,8 +16,8 @@ def _kernels(flex_ms: float, sdpa_ms: float) -> list[dict]:
             {"op": "alibi_attention", "shape": shape, "engine": "sdpa + materialised bias", "ms": sdpa_ms},
         ]
     rows += [
-        {"op": "gelu_glu_linear", "engine": "turborank fused", "ms": 2.0},
-        {"op": "gelu_glu_linear", "engine": "cuBLAS + gelu_glu (default)", "ms": 1.0},
+        {"op": "gelu_glu_linear", "engine": FUSED_GEGLU, "ms": 2.0},
+        {"op": "gelu_glu_linear", "engine": DEFAULT_GEGLU, "ms": 1.0},
     ]
     return rows
 

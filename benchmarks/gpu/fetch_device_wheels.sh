@@ -7,6 +7,9 @@
 #   Python 3.12 on x86-64;
 # - setuptools >= 77 (pure Python), which builds turborank's pyproject (an SPDX license string)
 #   offline when the image's own setuptools is older;
+# - tokenizers in pyproject's range (the image's 0.23 truncates pairs otherwise, and turborank
+#   refuses it at load);
+# - commit.txt: the commit of this checkout (the device gets the working tree without .git);
 # - with REFERENCE_CODE_DIR (a folder holding the JinaBERT `modeling_bert.py` and
 #   `configuration_bert.py`): a copy of that code and the transformers 4.46 stack it runs on
 #   (transformers, tokenizers 0.20, huggingface_hub < 1; the image's transformers 5 cannot load it)
@@ -22,6 +25,9 @@ rm -rf .device-wheels  # one version of each package: two stop an offline instal
 mkdir -p .device-wheels
 download --dest .device-wheels fastapi "uvicorn[standard]" orjson ir-measures bm25s
 download --dest .device-wheels "setuptools>=77"
+tokenizers=$(python3 -c 'import re; print(re.search(r"\"(tokenizers[^\"]*)\"", open("pyproject.toml").read()).group(1))')
+download --no-deps --dest .device-wheels "$tokenizers"
+echo "$(git rev-parse HEAD)$(git diff --quiet || echo ' (+ uncommitted changes)')" > .device-wheels/commit.txt
 # The image has NumPy and SciPy (bm25s needs them); they would take most of the 64 MiB that travels.
 rm -f .device-wheels/numpy-*.whl .device-wheels/scipy-*.whl
 if [ -n "${1:-}" ]; then

@@ -56,6 +56,11 @@ install_route() {
 
 has_module() { $py -c "import $1" 2>/dev/null; }
 
+# pyproject.toml's tokenizers requirement (one source for this script and fetch_device_wheels.sh).
+tokenizers_requirement() {
+  $py -c 'import re; print(re.search(r"\"(tokenizers[^\"]*)\"", open("pyproject.toml").read()).group(1))'
+}
+
 # A command of the running step, with what is left of that step's limit.
 within() {
   local left=$((deadline - $(date +%s)))
@@ -72,6 +77,13 @@ step_install() {
     carried-setuptools*) within $py -m pip install --no-deps --no-index --find-links .device-wheels -e . ;;
     *) return 1 ;;
   esac || return 1
+  # The image's tokenizers (0.23) truncates pairs otherwise than the releases turborank reproduces,
+  # and turborank refuses it at load: the carried one (pyproject's range) goes in its place.
+  if compgen -G ".device-wheels/tokenizers-*.whl" > /dev/null; then
+    within $py -m pip install --no-deps --no-index --find-links .device-wheels "$(tokenizers_requirement)" \
+      || echo "tokenizers: install from .device-wheels failed"
+  fi
+  $py -c "import tokenizers; print('tokenizers', tokenizers.__version__)"
   if [ -d .device-wheels ]; then
     # The serve and eval extras are not on the image (fetch_device_wheels.sh packs them).
     # uvicorn[standard] for httptools, which the server's connection layer is built on.
@@ -101,7 +113,8 @@ step_suite() {
       printf '#!/bin/sh\nPYTHONPATH=/tmp/hfsite${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$(command -v $py)" \
         > /tmp/hfpython
       chmod +x /tmp/hfpython
-      args=(--reference-code .device-wheels/hf/code --hf-python /tmp/hfpython)
+      # The public JinaBERT code's slope scheme, as every CPU run against it (README: --slopes).
+      args=(--reference-code .device-wheels/hf/code --hf-python /tmp/hfpython --slopes standard)
     else
       echo "HF reference: install from .device-wheels/hf failed"
     fi
@@ -181,11 +194,50 @@ deadline=0
 
 {
   date -u +%FT%TZ
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  $py -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+  timeout -k 5 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  timeout -k 5 60 $py -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  # The device gets the working tree without .git: fetch_device_wheels.sh records the commit.
+  if git rev-parse HEAD > /dev/null 2>&1; then
+    echo "commit $(git rev-parse HEAD)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+  else
+    echo "commit $(cat .device-wheels/commit.txt 2>/dev/null || echo unknown)"
+  fi
 } > "$WORK/machine.txt" 2>&1
 cat "$WORK/machine.txt"
+
+# $OUT/summary.md and the packed work folder, written again after every step (well under a second:
+# no Python) so that a device call stopped at its own limit still brings back every step that
+# finished; the verdicts against the targets and the tests by file once all steps ran ("final").
+write_out() {
+  if [ "${1:-}" = final ]; then
+    timeout -k 5 20 $py -m benchmarks.gpu.targets "$WORK" > /dev/null 2>&1 \
+      || echo "targets: could not judge (see the reports)" > "$WORK/targets.md"
+    if [ -f "$WORK/gpu_tests.xml" ]; then
+      timeout -k 5 20 $py -m benchmarks.report junit "$WORK/gpu_tests.xml" > "$WORK/gpu_tests.md" 2>&1 \
+        || tail -8 "$WORK/gpu_tests.log" > "$WORK/gpu_tests.md"
+    fi
+  fi
+  summarise > "$OUT/summary.md.part" && mv "$OUT/summary.md.part" "$OUT/summary.md"
+  tar czf "$OUT/gpu_check.tar.gz.part" -C "$(dirname "$WORK")" gpu_check \
+    && mv "$OUT/gpu_check.tar.gz.part" "$OUT/gpu_check.tar.gz"
+}
+
+summarise() {
+  echo "# gpu_check $(head -1 "$WORK/machine.txt")"
+  echo
+  sed 1d "$WORK/machine.txt"
+  echo
+  cat "$WORK/steps.txt"
+  echo
+  cat "$WORK/targets.md" 2>/dev/null
+  echo
+  echo '## GPU tests by file'
+  echo
+  cat "$WORK/gpu_tests.md" 2>/dev/null || tail -8 "$WORK/gpu_tests.log" 2>/dev/null
+  for f in "$WORK"/*_20*.md; do
+    [ -e "$f" ] && { echo; cat "$f"; }
+  done
+}
 
 start=$(date +%s)
 for entry in "${STEPS[@]}"; do
@@ -197,25 +249,8 @@ for entry in "${STEPS[@]}"; do
   [ $rc -ne 0 ] && status=1
   echo "== $name: rc=$rc in $(($(date +%s) - t0))s (limit ${limit}s)" | tee -a "$WORK/steps.txt"
   tail -25 "$WORK/$name.log"
+  write_out
 done
-
-$py -m benchmarks.gpu.targets "$WORK" > /dev/null 2>&1 || echo "targets: could not judge (see the reports)"
-{
-  echo "# gpu_check $(head -1 "$WORK/machine.txt")"
-  echo
-  sed 1d "$WORK/machine.txt"
-  echo
-  cat "$WORK/steps.txt"
-  echo
-  cat "$WORK/targets.md" 2>/dev/null
-  echo
-  echo '## GPU tests by file'
-  echo
-  $py -m benchmarks.report junit "$WORK/gpu_tests.xml" 2>&1 || tail -8 "$WORK/gpu_tests.log"
-  for f in "$WORK"/*_20*.md; do
-    [ -e "$f" ] && { echo; cat "$f"; }
-  done
-} > "$OUT/summary.md"
-tar czf "$OUT/gpu_check.tar.gz" -C "$(dirname "$WORK")" gpu_check
+write_out final
 echo "== total $(($(date +%s) - start))s, status $status"
 exit $status

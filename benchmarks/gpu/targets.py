@@ -32,6 +32,9 @@ ATTENTION_SHAPES = {"8x1024": [1024] * 8, "1x8192": [8192]}
 # the turbo forward's FLOPs at half an H200's measured dense bf16 rate, plus a fixed cost per forward
 # for its launches and the device-to-host copy of the logits (one CUDA-graph replay: tens of us).
 H200_BF16_TFLOPS = 790.0  # dense bf16 GEMM, measured on the lent H200 (device notes)
+# The engine names of the fused GEGLU GEMM and of the default it must beat, as gpu_kernels writes them.
+FUSED_GEGLU = "turborank fused"
+DEFAULT_GEGLU = "cuBLAS + gelu_glu_triton (default)"
 PROJECTED_EFFICIENCY = 0.5
 PROJECTED_FIXED_S = 50e-6
 
@@ -84,8 +87,8 @@ def _field(rows, field: str, **match: str) -> float | None:
 
 def judge(kernels: list[dict], model: list[dict]) -> list[dict]:
     """[{target, measured, goal, verdict}] for each GPU target of the kernels and the Triton model."""
-    fused = _find(kernels, op="gelu_glu_linear", engine="turborank fused")
-    default = _find(kernels, op="gelu_glu_linear", engine="cuBLAS + gelu_glu (default)")
+    fused = _find(kernels, op="gelu_glu_linear", engine=FUSED_GEGLU)
+    default = _find(kernels, op="gelu_glu_linear", engine=DEFAULT_GEGLU)
     # (target, measured value, goal, higher is better, unit)
     checks: list[tuple[str, Callable[[], float | None], float, bool, str]] = [
         (
