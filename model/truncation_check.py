@@ -2,9 +2,9 @@
 
 turborank's exact shortcuts (clipping over-long texts before tokenising, cutting a pair of two long
 texts in one pass, Cohere's per-document cap) and its long-document windows reproduce the pair
-truncation of the tokenizers releases the reference's transformers runs on (0.19 to 0.21):
+truncation of the tokenizers releases from 0.19 to 0.22 (the reference's transformers runs on 0.21):
 "longest_first" gives the spare token of an odd budget to the longer text, and a pair truncated
-with a stride keeps every window of the cut text as overflow. tokenizers 0.22 and later give the
+with a stride keeps every window of the cut text as overflow. tokenizers 0.23 gives the
 spare token to the second text and keep only the first overflow window of a pair: a document
 scored as windows would lose all but its first two, silently. So the behaviour is checked once per
 tokenizer, on small pairs, and a release that behaves otherwise is refused with what to install.
@@ -16,7 +16,7 @@ import tokenizers
 
 from turborank.tokenizer_copies import TokenizerCopies
 
-REQUIREMENT = "tokenizers>=0.19,<0.22"
+REQUIREMENT = "tokenizers>=0.19,<0.23"
 
 
 def check_pair_truncation(copies: TokenizerCopies, num_special_tokens: int, source: str) -> None:
