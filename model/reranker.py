@@ -422,15 +422,15 @@ class Reranker:
         max_batch_tokens: int,
         show_progress_bar: bool | None,
     ) -> torch.Tensor:
-        """predict's logits [n], ``chunk`` pairs at a time, the next chunk tokenised while this
-        one is scored if ``ahead``: the same scores, errors and one TruncationWarning as scoring
-        the pairs at once."""
+        """predict's logits [n], ``chunk`` pairs at a time (the next one tokenised while this one is
+        scored if ``ahead``): the scores, errors and one TruncationWarning of the pairs at once."""
+        limit = self.check_max_length(max_length)
+        self._tokenizer.check_pairs(pairs, limit, truncation, long_doc, chunk_overlap)  # before any forward
         progress = progress_bar(len(pairs), show_progress_bar)
         pairs_left = len(pairs)
 
         def score(encoded: EncodedPairs) -> torch.Tensor:
-            # The bar counts pairs, a chunk at a time: a chunk of long documents holds more
-            # sequences (windows) than pairs.
+            # The bar counts pairs a chunk at a time (a chunk of long documents holds more windows).
             nonlocal pairs_left
             logits = self._score_encoded(encoded, batch_size, max_batch_tokens)
             if progress is not None:
@@ -449,7 +449,6 @@ class Reranker:
         finally:  # an interrupt too: a bar left open pushes every later one down a line
             close_bar(progress)
         if truncated:
-            limit = self.check_max_length(max_length)
             warn_truncated(truncated, len(pairs), limit, truncation, stacklevel=3)  # at predict, as encode's
         return pair_logits(logits, owners, len(pairs), chunk_aggregate)
 

@@ -69,9 +69,7 @@ def score_in_chunks(
         for start in starts:
             try:
                 item = encode(list(pairs[start : start + chunk_pairs]))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # pyo3's PanicException derives from BaseException
+            except Exception as exc:  # an interrupt or a termination goes on at once
                 _raise_as_the_whole_list(encode, pairs, exc)
             scored.add(start, item, score)
         return scored.result()
@@ -109,8 +107,10 @@ def score_in_chunks(
 def _raise_as_the_whole_list(encode: Encode, pairs: Sequence[Pair], error: BaseException) -> NoReturn:
     """Tokenised whole, the list raises the error that names the pair by its index in the list
     (tokenizers refuses a text it cannot take before encoding any); should it not fail that way,
-    the chunk's own ``error`` stands."""
-    encode(list(pairs))
+    the chunk's own ``error`` stands. Only for an Exception: an interrupt, a termination or a
+    tokenizers panic is raised as it came, not after tokenising the whole list again."""
+    if isinstance(error, Exception):
+        encode(list(pairs))
     raise error
 
 

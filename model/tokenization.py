@@ -330,17 +330,21 @@ class PairTokenizer:
                 over_length.append(tokens > max_length)
         return encodings, cut, over_length
 
-    def encode_chunked(
-        self, pairs: list[tuple[str, str]], max_length: int | None = None, overlap: int = 128
-    ) -> tuple[EncodedPairs, list[int]]:
-        """Every pair as one or more windows of at most ``max_length`` tokens: the query whole in
-        each, the document cut into consecutive pieces that share ``overlap`` tokens. Nothing is
-        lost. Returns the windows and, per window, the index of its pair."""
-        max_length = self.check_max_length(max_length)
-        number = as_integer(overlap)
-        if number is None or number < 0:
-            raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
-        overlap = number
+    def check_pairs(
+        self, pairs: list[tuple[str, str]], max_length: int, truncation: str, long_doc: str, overlap: int
+    ) -> None:
+        """The errors tokenising ``pairs`` would raise for a text no tokenizer takes (a lone
+        surrogate) or a query the settings leave no room, found without tokenising a document: a
+        long list scored in chunks then fails before its first chunk is scored, as a list
+        tokenised whole does."""
+        if long_doc == "chunk":
+            self._check_chunk_queries(pairs, max_length, overlap)
+            return
+        _raise_if_not_unicode(pairs)
+        if truncation == "only_second":
+            self._raise_query_too_long(pairs, max_length)
+
+    def _check_chunk_queries(self, pairs: list[tuple[str, str]], max_length: int, overlap: int) -> None:
         _raise_if_not_unicode(pairs)
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
@@ -362,6 +366,19 @@ class PairTokenizer:
                     f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "
                     f"max_length={max_length} leaves beside this query"
                 )
+
+    def encode_chunked(
+        self, pairs: list[tuple[str, str]], max_length: int | None = None, overlap: int = 128
+    ) -> tuple[EncodedPairs, list[int]]:
+        """Every pair as one or more windows of at most ``max_length`` tokens: the query whole in
+        each, the document cut into consecutive pieces that share ``overlap`` tokens. Nothing is
+        lost. Returns the windows and, per window, the index of its pair."""
+        max_length = self.check_max_length(max_length)
+        number = as_integer(overlap)
+        if number is None or number < 0:
+            raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
+        overlap = number
+        self._check_chunk_queries(pairs, max_length, overlap)
         with self._copies.truncating(max_length, "only_second", "right", overlap) as tokenizer:
             encodings = encode_batch(tokenizer, pairs)
         windows, types, owners = [], [], []

@@ -204,6 +204,26 @@ def test_verify_checks_its_inputs_before_the_reference(small_ckpt, tmp_path, cap
     assert code == 1 and "max_length=-1 is outside the model's range" in err
 
 
+def test_verify_lets_a_termination_during_the_reference_load_through(tmp_path, monkeypatch):
+    """A snapshot whose code does not load is one line naming it; a SIGTERM landing meanwhile (the
+    CLI's Terminated, a BaseException) was turned into that error and status 1 instead of 143."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from turborank.cli import Terminated
+    from turborank.eval import verify
+
+    (tmp_path / "modeling_bert.py").write_text("")
+    for raised, expected in ((SyntaxError("invalid syntax"), ValueError), (Terminated(), Terminated)):
+
+        def load(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", load)
+        with pytest.raises(expected):
+            verify._load_reference(tmp_path, torch.device("cpu"))
+
+
 def test_verify_scores_the_reference_on_the_ids_it_compares(reranker, monkeypatch):
     """The reference was scored on the tokenizer called with one pair, which drops an empty
     document's segment where the batch call (the ids compared) keeps it: an empty document failed

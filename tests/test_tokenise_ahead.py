@@ -5,6 +5,7 @@ pairs at once."""
 from __future__ import annotations
 
 import threading
+import types
 import warnings
 
 import pytest
@@ -214,3 +215,52 @@ def test_an_interrupted_predict_closes_its_bar(ahead, monkeypatch, bars, ahead_o
         reranker.predict([("q", "word " * 20)] * 300, show_progress_bar=True)
     shown = [bar for bar in bars if bar is not None]
     assert shown and all(bar.disable for bar in shown)  # tqdm's mark of a closed bar
+
+
+@pytest.mark.parametrize(
+    ("options", "bad_pair", "message"),
+    [
+        ({}, ("q", "broken \ud800 text"), "pair 17: the document contains a lone surrogate"),
+        ({"max_length": 16, "truncation": "only_second"}, ("a long query " * 10, "d"), "shorten the query"),
+        (
+            {"max_length": 16, "long_doc": "chunk", "chunk_overlap": 2},
+            ("a long query " * 10, "d"),
+            "leaves no room for the document",
+        ),
+    ],
+)
+def test_a_bad_pair_fails_the_list_before_any_chunk_is_scored(ahead, monkeypatch, options, bad_pair, message):
+    """A list tokenised whole failed before its first forward; in chunks, the chunks before the bad
+    pair were scored first (minutes of a long list on a CPU), then the whole list was tokenised
+    again to name it. Texts no tokenizer takes and queries the settings leave no room are found
+    before the first chunk."""
+    reranker, _ = ahead
+    pairs = [("q", f"doc {i}") for i in range(20)]
+    pairs[17] = bad_pair
+    scored = []
+    real = reranker._score_encoded
+    monkeypatch.setattr(reranker, "_score_encoded", lambda e, *a, **k: scored.append(e) or real(e, *a, **k))
+    with pytest.raises(ValueError, match=message):
+        reranker.predict(pairs, **options)
+    assert scored == []
+
+
+def test_a_termination_while_a_chunk_is_tokenised_is_raised_as_it_came():
+    """Only an Exception is tokenised again as the whole list (to name its pair): a SIGTERM raised
+    in the calling thread (the CLI's Terminated) or a MemoryError went through a whole-list
+    tokenisation first."""
+
+    class Terminated(BaseException):
+        pass
+
+    calls = []
+
+    def encode(part):
+        calls.append(len(part))
+        if len(calls) == 2:
+            raise Terminated
+        return types.SimpleNamespace(truncated=0), None
+
+    with pytest.raises(Terminated):
+        tokenise_ahead_module.score_in_chunks([("q", "d")] * 10, encode, lambda e: torch.zeros(1), 3, False)
+    assert calls == [3, 3]
