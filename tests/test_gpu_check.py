@@ -90,3 +90,21 @@ def test_install_route_without_new_setuptools_uses_a_carried_wheel(tmp_path):
         assert "install route: carried-setuptools (image has 69.5.1)" in done.stdout
     else:
         assert "install route: none: the image has setuptools 69.5.1 (< 77)" in done.stdout
+
+
+def test_the_summary_is_written_after_a_step_that_left_no_report(tmp_path):
+    """summary.md is rewritten after every step so that a device call stopped early brings back what
+    finished; after install and the GPU tests no report exists yet, and the summary's last command
+    (a loop over the reports) failed, so only summary.md.part was left."""
+    functions = re.search(r"^summarise\(\) \{\n.*?^\}\n", SCRIPT.read_text(), re.M | re.S).group(0)
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (work / "machine.txt").write_text("2026-01-01T00:00:00Z\nNVIDIA H100\n")
+    (work / "steps.txt").write_text("== install: rc=0 in 5s (limit 20s)\n")
+    part, summary = out / "summary.md.part", out / "summary.md"
+    script = f"{functions}\nWORK={work}\nsummarise > {part} && mv {part} {summary}\n"
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]
+    assert "== install: rc=0" in summary.read_text()
