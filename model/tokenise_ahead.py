@@ -12,8 +12,10 @@ thread: what that buys is memory. A list tokenised whole holds every pair's ids 
 chunk's, and the chunks are large enough to sort by length as well as the whole list does.
 
 The result is what scoring the whole list at once gives: the window logits in order, the owners
-over the whole list, the pairs truncated; a tokenising error is raised as the whole list's
-tokenising raises it (naming the pair by its index in the list, not in its chunk).
+over the whole list, the pairs truncated. The errors that name a pair (a text no tokenizer takes, a
+query the settings leave no room) are the caller's to raise before the first chunk
+(``PairTokenizer.check_pairs``), by the pair's index in the whole list; a chunk's own error is
+raised as it came.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 import torch
 
@@ -67,11 +68,7 @@ def score_in_chunks(
     scored = _Scored()
     if not ahead:
         for start in starts:
-            try:
-                item = encode(list(pairs[start : start + chunk_pairs]))
-            except Exception as exc:  # an interrupt or a termination goes on at once
-                _raise_as_the_whole_list(encode, pairs, exc)
-            scored.add(start, item, score)
+            scored.add(start, encode(list(pairs[start : start + chunk_pairs])), score)
         return scored.result()
     ready: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -94,7 +91,7 @@ def score_in_chunks(
         for _ in starts:
             start, item = ready.get()
             if isinstance(item, BaseException):
-                _raise_as_the_whole_list(encode, pairs, item)
+                raise item
             scored.add(start, item, score)
     finally:
         stop.set()
@@ -102,16 +99,6 @@ def score_in_chunks(
             with contextlib.suppress(queue.Empty):
                 ready.get(timeout=0.05)
     return scored.result()
-
-
-def _raise_as_the_whole_list(encode: Encode, pairs: Sequence[Pair], error: BaseException) -> NoReturn:
-    """Tokenised whole, the list raises the error that names the pair by its index in the list
-    (tokenizers refuses a text it cannot take before encoding any); should it not fail that way,
-    the chunk's own ``error`` stands. Only for an Exception: an interrupt, a termination or a
-    tokenizers panic is raised as it came, not after tokenising the whole list again."""
-    if isinstance(error, Exception):
-        encode(list(pairs))
-    raise error
 
 
 class _Scored:

@@ -245,22 +245,26 @@ def test_a_bad_pair_fails_the_list_before_any_chunk_is_scored(ahead, monkeypatch
     assert scored == []
 
 
-def test_a_termination_while_a_chunk_is_tokenised_is_raised_as_it_came():
-    """Only an Exception is tokenised again as the whole list (to name its pair): a SIGTERM raised
-    in the calling thread (the CLI's Terminated) or a MemoryError went through a whole-list
-    tokenisation first."""
+class _Terminated(BaseException):  # as the CLI's SIGTERM exception
+    pass
 
-    class Terminated(BaseException):
-        pass
 
+@pytest.mark.parametrize("tokenised_ahead", [True, False])
+@pytest.mark.parametrize("error", [_Terminated, MemoryError, ValueError])
+def test_a_chunk_that_fails_to_tokenise_raises_as_it_came(tokenised_ahead, error):
+    """A chunk's error went through a tokenisation of the whole list first (to name its pair by
+    its index there), a SIGTERM or a MemoryError too: a million pairs tokenised at once, the memory
+    chunking saves. The pairs are checked before the first chunk instead (above)."""
     calls = []
 
     def encode(part):
         calls.append(len(part))
         if len(calls) == 2:
-            raise Terminated
+            raise error
         return types.SimpleNamespace(truncated=0), None
 
-    with pytest.raises(Terminated):
-        tokenise_ahead_module.score_in_chunks([("q", "d")] * 10, encode, lambda e: torch.zeros(1), 3, False)
+    with pytest.raises(error):
+        tokenise_ahead_module.score_in_chunks(
+            [("q", "d")] * 10, encode, lambda e: torch.zeros(1), 3, tokenised_ahead
+        )
     assert calls == [3, 3]
