@@ -2,12 +2,14 @@
 
 turborank's exact shortcuts (clipping over-long texts before tokenising, cutting a pair of two long
 texts in one pass, Cohere's per-document cap) and its long-document windows reproduce the pair
-truncation of the tokenizers releases from 0.19 to 0.22 (the reference's transformers runs on 0.21):
-"longest_first" gives the spare token of an odd budget to the longer text, and a pair truncated
-with a stride keeps every window of the cut text as overflow. tokenizers 0.23 gives the
-spare token to the second text and keep only the first overflow window of a pair: a document
+truncation of tokenizers 0.19 to 0.22 and 0.23.3 (the reference's transformers 4.4x runs on 0.21,
+transformers 5 on 0.23): "longest_first" gives the spare token of an odd budget to the longer
+text, and a pair truncated with a stride keeps every window of the cut text as overflow.
+tokenizers 0.23.1 and 0.23.2 stop tokenising a text at the length it is truncated to, so they give
+the spare token to the second text and keep only the first overflow window of a pair: a document
 scored as windows would lose all but its first two, silently. So the behaviour is checked once per
 tokenizer, on small pairs, and a release that behaves otherwise is refused with what to install.
+Everything else about tokenising turborank shares with the reference through the same library.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tokenizers
 
 from turborank.tokenizer_copies import TokenizerCopies
 
-REQUIREMENT = "tokenizers>=0.19,<0.23"
+REQUIREMENT = "tokenizers>=0.19,!=0.23.1,!=0.23.2"  # as pyproject.toml
 
 
 def check_pair_truncation(copies: TokenizerCopies, num_special_tokens: int, source: str) -> None:

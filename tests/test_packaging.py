@@ -85,3 +85,12 @@ def test_the_check_names_a_folder_missing_from_the_list(tmp_path):
     problem = package_list_mismatch(["turborank", "turborank.kernels", "turborank.gone"], on_disk)
     assert "turborank.newpkg (model/newpkg/)" in problem
     assert "no folder with a .py file: turborank.gone" in problem
+
+
+def test_the_tokenizers_release_refused_at_load_is_told_to_install_what_pyproject_requires():
+    """truncation_check's error says what to install: the same requirement pip resolves, or a user
+    refused at load would be sent to a range pyproject itself rules out (or the reverse)."""
+    from turborank.truncation_check import REQUIREMENT
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d for d in declared if d.startswith("tokenizers")] == [REQUIREMENT]

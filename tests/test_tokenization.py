@@ -651,7 +651,7 @@ def test_max_document_tokens_then_the_pair_limit(tok):
 
 
 def test_a_tokenizers_release_that_truncates_pairs_otherwise_is_refused(tok):
-    """tokenizers 0.23 (checked with 0.23.2; 0.22.1 and 0.22.2 truncate as 0.21 does) keeps only the
+    """tokenizers 0.23.1 and 0.23.2 (0.22.2 and 0.23.3 truncate as 0.21 does) keep only the
     first overflow window of a pair cut with a stride, and gives an odd budget's spare token to the
     second text: a document scored as windows lost all but two of them, silently. A release that
     behaves so is refused, naming what to install; the installed one passes (every PairTokenizer

@@ -7,7 +7,7 @@
 #   Python 3.12 on x86-64;
 # - setuptools >= 77 (pure Python), which builds turborank's pyproject (an SPDX license string)
 #   offline when the image's own setuptools is older;
-# - tokenizers in pyproject's range (the image's 0.23 truncates pairs otherwise, and turborank
+# - tokenizers in pyproject's range (the image's 0.23.2 truncates pairs otherwise, and turborank
 #   refuses it at load);
 # - commit.txt: the commit of this checkout (the device gets the working tree without .git);
 # - with REFERENCE_CODE_DIR (a folder holding the JinaBERT `modeling_bert.py` and

@@ -77,7 +77,7 @@ step_install() {
     carried-setuptools*) within $py -m pip install --no-deps --no-index --find-links .device-wheels -e . ;;
     *) return 1 ;;
   esac || return 1
-  # The image's tokenizers (0.23) truncates pairs otherwise than the releases turborank reproduces,
+  # The image's tokenizers (0.23.2) truncates pairs otherwise than the releases turborank reproduces,
   # and turborank refuses it at load: the carried one (pyproject's range) goes in its place.
   if compgen -G ".device-wheels/tokenizers-*.whl" > /dev/null; then
     within $py -m pip install --no-deps --no-index --find-links .device-wheels "$(tokenizers_requirement)" \
