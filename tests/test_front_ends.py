@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import sys
 import time
 import weakref
 
@@ -457,7 +458,7 @@ def test_a_front_end_that_dies_later_is_started_again_and_all_leave_with_the_mod
 def test_front_ends_with_ray_is_refused(small_ckpt):
     done = subprocess.run(
         [
-            *("python", "-m", "turborank.cli", "serve", "--model", str(small_ckpt)),
+            *(sys.executable, "-m", "turborank.cli", "serve", "--model", str(small_ckpt)),
             *("--front-ends", "2", "--ray", "local"),
         ],
         capture_output=True,
