@@ -26,8 +26,9 @@ CHUNK_AGGREGATES = ("max", "mean")
 
 def as_integer(value: object) -> int | None:
     """``value`` as a Python int when it is an integer (NumPy's and torch's integer scalars too, as
-    sentence-transformers takes them), else None; a bool is not an integer here."""
-    if isinstance(value, bool):
+    sentence-transformers takes them), else None; a bool is not an integer here, nor NumPy's or
+    torch's (NumPy before 2.3 still lets ``operator.index`` take its bool scalars)."""
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
         return None
     try:
         return operator.index(value)  # type: ignore[arg-type]

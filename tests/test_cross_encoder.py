@@ -148,7 +148,7 @@ def test_numpy_and_torch_integers_are_integers(small_ckpt, encoder):
         )
         == 16
     )
-    for bad in (np.bool_(True), np.float64(2.0)):
+    for bad in (np.bool_(True), np.float64(2.0), torch.tensor(True)):
         with pytest.raises(ValueError, match="top_k must be"):
             encoder.rank("q", ["a"], top_k=bad)
 
