@@ -97,12 +97,15 @@ def attention_gpu_launch_config(
     and keeps its registers: a tile that spills to the stack reads and writes local memory in the
     key loop. fp32's products run on FMAs, not tensor cores, and hold many more values per thread
     than half precision's: its tiles are smaller (a 128 x 64 fp32 tile at head_dim 32 spilled 7 KiB
-    per thread)."""
+    per thread; at head_dim 64, 64 x 32 spilled 8 bytes under Triton 3.7.1, the release torch 2.13's
+    CUDA build installs, where 64 x 16 spills nothing under 3.6, 3.7.1 and 3.9, band on or off)."""
     block_d = attention_block_d(head_dim)
     if dtype == torch.float32:
         if max_seqlen_q <= 16:
             return _FP32_SHORT_QUERY_TILES[block_d]
-        return (64, 32, 8, 2) if block_d <= 64 else (32, 32, 8, 2)
+        if block_d <= 32:
+            return 64, 32, 8, 2
+        return (64, 16, 8, 2) if block_d == 64 else (32, 32, 8, 2)
     if max_seqlen_q <= 16:
         # The token-0 queries of the last layer: one tile of rows, a long key sweep.
         if block_d <= 64:
