@@ -24,6 +24,13 @@ def _has_nvidia_backend() -> bool:
     return (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists()
 
 
+def _triton_version() -> tuple[int, int]:
+    import triton
+
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="needs triton with its NVIDIA backend (ptxas)")
 def test_kernels_compile_for_sm90(tmp_path):
@@ -56,12 +63,14 @@ def test_kernels_compile_for_sm90(tmp_path):
         assert 0 < row["registers"] <= 255, row
         assert row["shared_bytes"] <= 227 * 1024, row
         # No tile spills kilobytes (a 128 x 64 fp32 attention tile once spilled 7 KiB per thread,
-        # with 32 registers used); the rerankers' head dims (32; 64 for a base-sized model) and the
-        # other kernels at the model's shapes spill nothing.
+        # with 32 registers used); from triton 3.5 on (checked 3.5.1, 3.6, 3.7.1, 3.9) the
+        # rerankers' head dims (32; 64 for a base-sized model) and the other kernels at the model's
+        # shapes spill nothing. The tiles were chosen there: 3.3 and 3.4 spill 8-112 bytes in a few
+        # half-precision tiles at 32 and 64, which costs speed, not correctness.
         assert row["stack_bytes"] <= 1024, row
         head_dims = {int(d) for d in re.findall(r"\bd=(\d+)", " ".join(row["problems"]))}
         if not head_dims or head_dims <= {32, 64}:
-            assert row["stack_bytes"] == 0, row
+            assert row["stack_bytes"] <= (0 if _triton_version() >= (3, 5) else 128), row
     # Hopper's tensor-core path for the half-precision attention tiles of long sequences.
     for problem in ("bf16 d=32 L=8192", "gelu_glu_linear bf16"):
         assert any(row["wgmma"] for row in rows if problem in " ".join(row["problems"])), problem
