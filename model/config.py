@@ -103,9 +103,9 @@ class JinaBertConfig:
             )
         if self.alibi_scheme not in SLOPE_SCHEMES:
             raise ValueError(f"ALiBi slope scheme {self.alibi_scheme!r} is not one of {SLOPE_SCHEMES}")
-        if self.num_labels != 1:
+        if type(self.num_labels) is not int or self.num_labels != 1:  # not "1", not True
             raise ValueError(
-                f"'num_labels' (or the length of 'id2label') is {self.num_labels}; a reranker has a "
+                f"'num_labels' (or the length of 'id2label') is {self.num_labels!r}; a reranker has a "
                 "single-logit classifier"
             )
         eps = self.layer_norm_eps

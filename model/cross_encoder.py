@@ -346,8 +346,10 @@ class CrossEncoder(torch.nn.Module):
             raise TypeError("predict takes its pairs once: as the first argument (inputs=) or sentences=")
         inputs = _listed(sentences if inputs is None else inputs)
         single = isinstance(inputs, (list, tuple)) and len(inputs) == 2 and isinstance(inputs[0], str)
-        # A string item is left as it is, for as_pairs to refuse: tuple("ab") would score ("a", "b").
-        pairs = [inputs] if single else [pair if isinstance(pair, str) else tuple(pair) for pair in inputs]
+        # Lists, tuples and NumPy rows become tuples; anything else is left for as_pairs to refuse:
+        # tuple() would score a string's characters, a dict's keys, a set's items in hash order.
+        rows = [] if single else map(_listed, inputs)
+        pairs = [inputs] if single else [tuple(p) if isinstance(p, (list, tuple)) else p for p in rows]
         logits = self.reranker.predict(
             pairs,
             activation=False,

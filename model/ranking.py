@@ -16,9 +16,9 @@ def best_first(scores: Sequence[float]) -> list[int]:
 
 def check_rank_arguments(documents: Sequence[str], top_k: int | None, smallest_top_k: int) -> None:
     """``rank``'s ValueErrors: ``documents`` a sequence of strings (a bare string is one text, not
-    a list of them), ``top_k`` None or an integer of at least ``smallest_top_k`` (0 where the API
-    being mirrored answers an empty list for it)."""
-    if isinstance(documents, str) or not isinstance(documents, Sequence):
+    a list of them; bytes are not text), ``top_k`` None or an integer of at least
+    ``smallest_top_k`` (0 where the API being mirrored answers an empty list for it)."""
+    if isinstance(documents, (str, bytes, bytearray)) or not isinstance(documents, Sequence):
         raise ValueError("documents must be a list of strings")
     number = as_integer(top_k)
     if top_k is not None and (number is None or number < smallest_top_k):

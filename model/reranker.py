@@ -29,6 +29,7 @@ from turborank.packing import (
 from turborank.ranking import check_rank_arguments, ranked_results
 from turborank.scoring_options import (
     as_pairs,
+    check_logits_options,
     check_long_doc_options,
     check_options,
     check_pair_options,
@@ -379,7 +380,7 @@ class Reranker:
 
         A non-finite logit (NaN or inf: a checkpoint with bad weights, or an overflow in fp16) is a
         ``NonFiniteScoreError`` naming the pairs, never a score: a ranking over NaN is no ranking."""
-        check_long_doc_options("truncate", chunk_aggregate)
+        check_logits_options(chunk_aggregate, n_pairs, show_progress_bar, batch_size, max_batch_tokens)
         logits = self._score_encoded(
             encoded,
             batch_size=batch_size,

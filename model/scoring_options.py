@@ -66,8 +66,29 @@ def check_pair_options(truncation: object, chunk_overlap: object, show_progress_
     overlap = as_integer(chunk_overlap)
     if overlap is None or overlap < 0:
         raise ValueError(f"chunk overlap must be a non-negative integer, got {chunk_overlap!r}")
+    check_progress_bar(show_progress_bar)
+
+
+def check_progress_bar(show_progress_bar: object) -> None:
     if show_progress_bar is not None and not isinstance(show_progress_bar, bool):
         raise ValueError(f"show_progress_bar must be True, False or None, got {show_progress_bar!r}")
+
+
+def check_logits_options(
+    chunk_aggregate: object,
+    n_pairs: object,
+    show_progress_bar: object,
+    batch_size: object,
+    max_batch_tokens: object,
+) -> None:
+    """``Reranker.logits``' options, checked as ``predict`` checks its own: ``logits`` is public,
+    called with what ``encode`` returned, so "8" or 1.5 for a size must not reach the batching."""
+    check_long_doc_options("truncate", chunk_aggregate)  # type: ignore[arg-type]
+    check_options(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    check_progress_bar(show_progress_bar)
+    number = as_integer(n_pairs)
+    if n_pairs is not None and (number is None or number < 0):
+        raise ValueError(f"n_pairs must be a non-negative integer or None, got {n_pairs!r}")
 
 
 def check_options(**options: object) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +340,8 @@ class PairTokenizer:
         long list scored in chunks then fails before its first chunk is scored, as a list
         tokenised whole does."""
         if long_doc == "chunk":
-            self._check_chunk_queries(pairs, max_length, overlap)
+            with _tokenizer_errors_as_value_errors():
+                self._check_chunk_queries(pairs, max_length, overlap)
             return
         _raise_if_not_unicode(pairs)
         if truncation == "only_second":
@@ -349,6 +352,7 @@ class PairTokenizer:
         # Checked here: tokenizers panics (an uncatchable-by-Exception PanicException) when the
         # overlap does not fit the document part of a window.
         plain = self._copies.plain()
+        tight = {}  # query -> the document tokens a window leaves it, where the overlap does not fit
         for query in dict.fromkeys(q for q, _ in pairs):
             query_tokens = len(plain.encode(query, add_special_tokens=False).ids)
             room = max_length - self.num_special_tokens - query_tokens
@@ -362,9 +366,21 @@ class PairTokenizer:
                     f"shorten the query{advice}"
                 )
             if overlap >= room:
+                tight[query] = room
+        widest = max_length - self.num_special_tokens - 1  # a window's document part beside a 1-token query
+        if overlap >= widest:
+            raise ValueError(
+                f"chunk overlap {overlap} must be smaller than {widest}, the most document tokens a "
+                f"window of max_length={max_length} holds"
+            )
+        # The overlap is used only where a document needs a second window: one that fits whole
+        # beside its query scores as with long_doc="truncate", however long the query.
+        for query, document in pairs:
+            room = tight.get(query)
+            if room is not None and len(plain.encode(document, add_special_tokens=False).ids) > room:
                 raise ValueError(
                     f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "
-                    f"max_length={max_length} leaves beside this query"
+                    f"max_length={max_length} leaves beside this query (its document needs more than one)"
                 )
 
     def encode_chunked(
@@ -378,9 +394,10 @@ class PairTokenizer:
         if number is None or number < 0:
             raise ValueError(f"chunk overlap must be a non-negative integer, got {overlap!r}")
         overlap = number
-        self._check_chunk_queries(pairs, max_length, overlap)
-        with self._copies.truncating(max_length, "only_second", "right", overlap) as tokenizer:
-            encodings = encode_batch(tokenizer, pairs)
+        with _tokenizer_errors_as_value_errors():
+            self._check_chunk_queries(pairs, max_length, overlap)
+            with self._copies.truncating(max_length, "only_second", "right", overlap) as tokenizer:
+                encodings = encode_batch(tokenizer, pairs)
         windows, types, owners = [], [], []
         for index, enc in enumerate(encodings):
             pieces = (enc, *enc.overflowing)
@@ -431,6 +448,18 @@ class PairTokenizer:
                     f"(at most {room} query tokens leave room for the document); shorten the query or use "
                     "truncation='longest_first'"
                 )
+
+
+@contextlib.contextmanager
+def _tokenizer_errors_as_value_errors() -> Iterator[None]:
+    """tokenizers raises a bare Exception for a text it cannot tokenise (a WordLevel vocabulary
+    without its unknown token): a ValueError here, as for any bad input; other exceptions pass."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        raise ValueError(f"tokenisation failed: {exc}") from None
 
 
 def _raise_if_not_unicode(pairs: list[tuple[str, str]], longer_than: int = -1) -> None:

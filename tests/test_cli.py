@@ -246,10 +246,18 @@ def test_verify_scores_the_reference_on_the_ids_it_compares(reranker, monkeypatc
         logits = reranker.module(ids, cu_seqlens, max_seqlen)
         return types.SimpleNamespace(logits=logits[:, None])
 
-    monkeypatch.setattr(verify, "_load_reference", lambda directory, device: ("4.49", Tokenizer(), model))
+    loaded_from = []
+    monkeypatch.setattr(
+        verify,
+        "_load_reference",
+        lambda directory, device: loaded_from.append(directory) or ("4.49", Tokenizer(), model),
+    )
     monkeypatch.setattr(verify.Reranker, "from_pretrained", lambda *a, **k: reranker)
-    report = verify.verify_against_reference("unused", pairs=[("q", ""), ("q", "d")], max_length=64)
+    report = verify.verify_against_reference("org/name", pairs=[("q", ""), ("q", "d")], max_length=64)
     assert report["token_ids_equal"] and report["max_abs_logit_diff"] < 1e-5
+    # The reference is looked for where turborank's model came from (a hub id's snapshot, a "~"
+    # path expanded), not in a directory named "org/name".
+    assert loaded_from == [reranker.checkpoint_directory]
 
 
 def test_console_script_installed(small_ckpt):

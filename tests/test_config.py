@@ -79,6 +79,9 @@ def test_unknown_auto_map_warns(caplog):
         ({"num_hidden_layers": 0}, "'num_hidden_layers' must be a positive integer, got 0"),
         ({"vocab_size": "61056"}, "'vocab_size' must be a positive integer"),
         ({"num_labels": 2}, "'num_labels' \\(or the length of 'id2label'\\) is 2"),
+        # A string was refused as "is 1", and true taken as one label.
+        ({"num_labels": "1"}, "'num_labels' \\(or the length of 'id2label'\\) is '1'"),
+        ({"num_labels": True}, "'num_labels' \\(or the length of 'id2label'\\) is True"),
         ({"id2label": {"0": "a", "1": "b"}}, "'num_labels' \\(or the length of 'id2label'\\) is 2"),
         ({"layer_norm_eps": -1}, "'layer_norm_eps' must be a float"),
     ],

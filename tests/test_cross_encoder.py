@@ -177,6 +177,21 @@ def test_a_list_of_two_character_strings_is_not_read_as_pairs(encoder):
         encoder.predict(["ab", "cd", "ef"])
 
 
+def test_a_dict_or_set_item_is_not_read_as_a_pair(encoder):
+    """tuple() of a dataset row {"query": ..., "document": ...} is its keys: every row scored as
+    ("query", "document"); a set's items come in hash order, query and document swapped in some
+    processes. sentence-transformers refuses both; lists, tuples and NumPy rows are pairs."""
+    row = {"query": "what is alibi", "document": "a linear bias"}
+    for item in (row, {"what is alibi", "a linear bias"}, row.keys()):
+        with pytest.raises(ValueError, match="pair 0 is not a \\(query, document\\) pair"):
+            encoder.predict([item])
+    pairs = [("what is alibi", "a linear bias"), ("dog food", "pasta")]
+    want = encoder.predict(pairs)
+    np.testing.assert_array_equal(encoder.predict([list(p) for p in pairs]), want)
+    np.testing.assert_array_equal(encoder.predict([np.array(p) for p in pairs]), want)
+    np.testing.assert_array_equal(encoder.predict(np.array(pairs)), want)
+
+
 def test_sentence_transformers_only_keywords_warn_misspelt_ones_raise(small_ckpt, encoder):
     with pytest.warns(UserWarning, match="ignoring config_kwargs, model_card_data"):
         CrossEncoder(str(small_ckpt), device="cpu", config_kwargs={}, model_card_data=None)

@@ -324,6 +324,10 @@ def test_eval_chunk_mode_reports_windows(dataset, small_ckpt, tmp_path, capsys):
         # Read as the id "True", and a judgment silently dropped, before.
         ("corpus.jsonl", '{"_id": true, "text": "a"}\n', 'corpus.jsonl:1: expected an object with an "_id"'),
         ("qrels/test.tsv", "q1\td1\t1\n \td2\t1\n", "test.tsv:2: empty query-id"),
+        # pytrec_eval took 8 GB for this grade, and printed zeros for every metric under a memory cap.
+        ("qrels/test.tsv", "q1\td1\t1000000000\n", "test.tsv:1: score 1000000000 is outside -1000..1000"),
+        # The last judgment won silently (q1 left with nothing relevant).
+        ("qrels/test.tsv", "q1\td1\t1\nq1\td1\t0\n", "test.tsv:2: q1 d1 is judged 0 here and 1 on line 1"),
     ],
 )
 def test_malformed_files_name_file_and_line(dataset, small_ckpt, tmp_path, capsys, target, content, message):
@@ -333,6 +337,36 @@ def test_malformed_files_name_file_and_line(dataset, small_ckpt, tmp_path, capsy
     (data / target).write_text(content)
     code, _, err = run_cli([*eval_args(small_ckpt, data), "--bm25"], capsys)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_qrels_header_after_blank_lines_and_a_judgment_repeated_alike(tmp_path):
+    """The header was taken on line 1 only (after a blank line: "score 'score' is not an
+    integer"); a judgment repeated with the same grade is the same judgment."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text(
+        "\n\nquery-id\tcorpus-id\tscore\nq1\td1\t2\n\nq1\td1\t2\nq2\td1\t-1\n"
+    )
+    assert load_qrels(tmp_path) == {"q1": {"d1": 2}, "q2": {"d1": -1}}
+
+
+def test_chunking_names_a_query_too_long_for_its_windows_before_scoring_any(reranker, monkeypatch):
+    """The query was found too long when its group came, after the groups before it were scored,
+    and the error did not say which query it was."""
+    import io
+
+    from turborank.eval.rerank_run import RerankJob, RerankOptions, rerank_run
+
+    queries = {f"q{i}": f"query {i}" for i in range(40)}
+    queries["q39"] = "word " * 80
+    first_stage = {q: [("d1", 1.0), ("d2", 0.5)] for q in queries}
+    options = RerankOptions(top_k=2, max_length=64, long_doc="chunk", chunk_overlap=8, pairs_per_group=4)
+    job = RerankJob(queries, {"d1": "a text", "d2": "another"}, first_stage, sorted(queries), options)
+    scored = []
+    monkeypatch.setattr(reranker, "logits", lambda *a, **k: scored.append(a))
+    out = io.StringIO()
+    with pytest.raises(ValueError, match="^query 'q39': query of [0-9]+ tokens leaves no room"):
+        rerank_run(reranker, job, out)
+    assert scored == [] and out.getvalue() == ""
 
 
 def test_bad_run_file_and_options(dataset, small_ckpt, tmp_path, capsys):
@@ -666,6 +700,27 @@ def test_merge_runs_reads_its_judgments_before_it_writes_and_never_writes_part(
     code, _, _ = run_cli(args, capsys)
     assert code == 130 and merged.read_text() == "earlier\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.trec", "shard.trec"]
+
+
+def test_eval_refuses_to_write_over_the_checkpoint_it_scores_with(dataset, small_ckpt, tmp_path, capsys):
+    """--output <model>/model.safetensors replaced the weights with the run (exit 0), and a link
+    into a hub cache's snapshot would have replaced the cached blob."""
+    import argparse
+
+    from turborank.cli.eval import _inputs_of
+
+    model = shutil.copytree(small_ckpt, tmp_path / "model")
+    weights = model / "model.safetensors"
+    before = weights.read_bytes()
+    link = tmp_path / "run.trec"
+    link.symlink_to(weights)
+    for output in (weights, link):
+        code, _, err = run_cli([*eval_args(model, dataset), "--bm25", "--output", str(output)], capsys)
+        assert code == 1 and "is also an input" in err and "model.safetensors" in err
+        assert weights.read_bytes() == before
+    # A hub id is checked against the snapshot it loaded, once loaded.
+    args = argparse.Namespace(model="org/name", data=dataset, split="test", run=None)
+    assert weights in _inputs_of(args, model) and weights not in _inputs_of(args)
 
 
 def test_merge_runs_refuses_to_write_over_the_judgments_it_reads(short_dataset, tmp_path, capsys):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,7 +93,7 @@ def test_rank_empty_documents(reranker):
         (lambda r: r.predict([("q", "d")], long_doc="split"), "long_doc='split'"),
         (lambda r: r.predict([("q", "d")], long_doc="chunk", chunk_aggregate="sum"), "chunk_aggregate='sum'"),
         (
-            lambda r: r.predict([("q", "d")], long_doc="chunk", max_length=16, chunk_overlap=12),
+            lambda r: r.predict([("q", "d " * 20)], long_doc="chunk", max_length=16, chunk_overlap=12),
             "chunk overlap 12",
         ),
         # Checked whatever reaches the tokenizer: an empty list, or long_doc="chunk".
@@ -106,6 +107,10 @@ def test_rank_empty_documents(reranker):
         (lambda r: r.encode([("q", None)]), "pair 0: document must be a string, got NoneType"),
         (lambda r: r.encode([("q", "d", "x")]), "pair 0 is not a \\(query, document\\) pair"),
         (lambda r: r.encode("qd"), "pairs must be a list"),
+        # Bytes are no list of texts (they were read as a list of ints, or b"" as no documents).
+        (lambda r: r.rank("q", b"a document"), "documents must be a list of strings"),
+        (lambda r: r.rank("q", b""), "documents must be a list of strings"),
+        (lambda r: r.rank("q", bytearray(b"d")), "documents must be a list of strings"),
     ],
 )
 def test_bad_input_is_rejected_clearly(reranker, call, message):
@@ -275,6 +280,30 @@ def test_encode_and_logits_check_their_options_as_predict_does(reranker):
     with pytest.raises(ValueError, match="n_pairs=5 but 1 sequences were scored without owners"):
         reranker.logits(encoded, owners, n_pairs=5)
     assert reranker.logits(encoded, owners, n_pairs=1).shape == (1,)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"batch_size": "8"}, "batch_size must be a positive integer, got '8'"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+        ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ({"max_batch_tokens": None}, "max_batch_tokens must be a positive integer, got None"),
+        ({"max_batch_tokens": 1.5}, "max_batch_tokens must be a positive integer, got 1.5"),
+        ({"show_progress_bar": "no"}, "show_progress_bar must be True, False or None"),
+        ({"n_pairs": 3.0}, "n_pairs must be a non-negative integer or None, got 3.0"),
+        ({"chunk_aggregate": "sum"}, "chunk_aggregate='sum'"),
+    ],
+)
+def test_logits_checks_its_options_as_predict_does(reranker, options, message):
+    """logits is public (what encode returned goes in): a float batch size ran batches of 3, "no"
+    showed a bar, "8" was a TypeError from inside the batching."""
+    encoded, owners = reranker.encode(
+        [("q", "ka lo mi"), ("q", "ne"), ("q", "ru sa ti vo")], long_doc="chunk"
+    )
+    with pytest.raises(ValueError, match=message):
+        reranker.logits(encoded, owners, **options)
+    assert reranker.logits(encoded, owners, n_pairs=np.int64(3), batch_size=np.int32(2)).shape == (3,)
 
 
 _FORKED: dict = {}

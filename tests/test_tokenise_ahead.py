@@ -227,6 +227,11 @@ def test_an_interrupted_predict_closes_its_bar(ahead, monkeypatch, bars, ahead_o
             ("a long query " * 10, "d"),
             "leaves no room for the document",
         ),
+        (
+            {"max_length": 16, "long_doc": "chunk", "chunk_overlap": 9},
+            ("a long query", "d " * 30),
+            "chunk overlap 9 must be smaller than the [1-8] document tokens",
+        ),
     ],
 )
 def test_a_bad_pair_fails_the_list_before_any_chunk_is_scored(ahead, monkeypatch, options, bad_pair, message):

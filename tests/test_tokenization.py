@@ -290,6 +290,49 @@ def test_chunked_windows_cover_the_document_with_overlap(tok):
     assert rebuilt == whole[prefix:-1]
 
 
+def test_an_overlap_wider_than_the_windows_room_matters_only_for_a_document_needing_two(tok):
+    """A long query leaves a window few document tokens: chunking refused every pair of it, a
+    short document's too, which fits one window whole (no overlap used) and scores as truncating
+    would; only a document that needs a second window cannot have that overlap."""
+    query = "a query here " * 3
+    room = 40 - len(tok.encode_pairs([(query, "")]).input_ids[0])  # <s> query </s></s> </s>
+    assert room > 1
+    short, long = " ".join(["the"] * room), " ".join(["the"] * (room + 1))  # a token a word
+    windows, owners = tok.encode_chunked([(query, short), ("q", long)], max_length=40, overlap=room)
+    assert owners == [0, 1]
+    assert windows.input_ids[0] == tok.encode_pairs([(query, short)], max_length=40).input_ids[0]
+    assert len(windows.input_ids[0]) == 40
+    with pytest.raises(ValueError, match=f"chunk overlap {room} must be smaller than the {room} document"):
+        tok.encode_chunked([(query, short), (query, long)], max_length=40, overlap=room)
+    # Wider than any window's document part (tokenizers refuses such a stride in its own words).
+    with pytest.raises(ValueError, match="chunk overlap 35 must be smaller than 35, the most document"):
+        tok.encode_chunked([("q", "d")], max_length=40, overlap=35)
+
+
+def test_a_text_the_tokenizer_cannot_take_is_a_value_error_when_chunking_too(small_ckpt, tmp_path):
+    """A WordLevel vocabulary without its unknown token takes the load probe ("a", "b") and raises
+    a bare Exception on any other word: a one-line error when truncating, a traceback (the CLI's
+    eval --long-doc chunk) when chunking."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    target = shutil.copytree(small_ckpt, tmp_path / "c")
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", "a", "b", "c"])}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    words.save(str(target / "tokenizer.json"))
+    tok = PairTokenizer.from_directory(target, 64)
+    assert tok.encode_chunked([("a", "b c")], overlap=8)[1] == [0]
+    for call in (
+        lambda: tok.encode_pairs([("hello", "c")]),
+        lambda: tok.encode_chunked([("hello", "c")], overlap=8),
+        lambda: tok.encode_chunked([("a", "hello")], overlap=8),
+        lambda: tok.check_pairs([("hello", "c")], 64, "longest_first", "chunk", 8),
+    ):
+        with pytest.raises(ValueError, match="tokenisation failed: .*Missing \\[UNK\\] token"):
+            call()
+
+
 def test_every_chunked_window_carries_the_pair_templates_token_types(small_ckpt, tmp_path):
     """tokenizers applies a pair template's token types to the first window of an overflowing pair
     only; under a BERT template (document ``$B:1``) the later windows came back with type 0 on the

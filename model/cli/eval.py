@@ -147,10 +147,17 @@ def _eval_inputs(args: argparse.Namespace, shard: tuple[int, int] | None) -> _Ev
     return _EvalInputs(corpus, queries, qrels, first_stage, qids)
 
 
-def _inputs_of(args: argparse.Namespace) -> list[Path]:
+def _inputs_of(args: argparse.Namespace, model_directory: Path | None = None) -> list[Path]:
+    """What eval reads, which its output must never replace: the dataset's files, ``--run``, and
+    the checkpoint's files (``--output <model>/model.safetensors`` replaced the weights): those of
+    ``model_directory`` once the model is loaded (a hub id's snapshot), before that of ``--model``
+    where it is a directory here."""
     from turborank.eval.beir import dataset_files
 
-    return dataset_files(args.data, args.split) + ([args.run] if args.run is not None else [])
+    if model_directory is None and Path(args.model).expanduser().is_dir():
+        model_directory = Path(args.model).expanduser()
+    model_files = [p for p in model_directory.iterdir() if p.is_file()] if model_directory else []
+    return dataset_files(args.data, args.split) + ([args.run] if args.run is not None else []) + model_files
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     interrupted = kept = False
     try:
-        with replace_when_done(args.output, args.parents, _inputs_of(args)) as out:
+        with replace_when_done(
+            args.output, args.parents, _inputs_of(args, reranker.checkpoint_directory)
+        ) as out:
             try:
                 reranked, stats = rerank_run(reranker, inputs.job(options), out, on_progress=progress.update)
             except KeyboardInterrupt:
@@ -265,7 +274,11 @@ def _eval_on_ray(args: argparse.Namespace, options: RerankOptions, inputs: _Eval
     start = time.perf_counter()
     try:
         reranked, stats = rerank_run_on_ray(
-            spec, plan, inputs.job(options), output_target(args.output, args.parents), progress.update
+            spec,
+            plan,
+            inputs.job(options),
+            output_target(args.output, args.parents, _inputs_of(args)),
+            progress.update,
         )
     except KeyboardInterrupt:
         progress.close()

@@ -55,18 +55,26 @@ def load_queries(directory: str | Path) -> dict[str, str]:
     return {key: r.get("text", "") for key, r in records.items()}
 
 
+# Graded relevance is a few levels (BEIR's run 0-2, TREC's to 4); pytrec_eval allots 8 bytes a grade
+# up to the largest, so a stray 10**9 took 8 GB and came out as zeros once memory ran short.
+MAX_RELEVANCE = 1000
+
+
 def load_qrels(directory: str | Path, split: str = "test") -> dict[str, dict[str, int]]:
     """query id -> {doc id: relevance} from qrels/<split>.tsv (query-id, corpus-id, score; a header
-    line is allowed)."""
+    line is allowed). A pair judged twice must be judged the same; scores lie in +-MAX_RELEVANCE."""
     path = Path(directory) / "qrels" / f"{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (is --split right?)")
     qrels: dict[str, dict[str, int]] = {}
+    judged_at: dict[tuple[str, str], int] = {}
+    first = True
     for number, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
-        if number == 1 and fields[0].strip().lower() in ("query-id", "query_id", "qid"):
+        header, first = first and fields[0].strip().lower() in ("query-id", "query_id", "qid"), False
+        if header:
             continue
         if len(fields) != 3:
             raise ValueError(f"{path}:{number}: expected 3 tab-separated fields (query-id, corpus-id, score)")
@@ -74,10 +82,23 @@ def load_qrels(directory: str | Path, split: str = "test") -> dict[str, dict[str
             relevance = int(fields[2])
         except ValueError:
             raise ValueError(f"{path}:{number}: score {fields[2].strip()!r} is not an integer") from None
+        if not -MAX_RELEVANCE <= relevance <= MAX_RELEVANCE:
+            raise ValueError(
+                f"{path}:{number}: score {relevance} is outside -{MAX_RELEVANCE}..{MAX_RELEVANCE} (graded "
+                "relevance; pytrec_eval sets memory aside for every grade up to the largest)"
+            )
         query_id, document_id = fields[0].strip(), fields[1].strip()
         if not query_id or not document_id:
             raise ValueError(f"{path}:{number}: empty {'query-id' if not query_id else 'corpus-id'}")
-        qrels.setdefault(query_id, {})[document_id] = relevance
+        judged = qrels.setdefault(query_id, {})
+        if judged.get(document_id, relevance) != relevance:
+            earlier = judged_at[query_id, document_id]
+            raise ValueError(
+                f"{path}:{number}: {query_id} {document_id} is judged {relevance} here and "
+                f"{judged[document_id]} on line {earlier}"
+            )
+        judged[document_id] = relevance
+        judged_at.setdefault((query_id, document_id), number)
     return qrels
 
 

@@ -101,6 +101,25 @@ def check_first_stage(corpus: dict[str, str], first_stage: Run, qids: list[str],
                 raise ValueError(f"first-stage run: document {docid!r} of query {qid!r} is not in the corpus")
 
 
+def check_queries_fit(reranker: Reranker, job: RerankJob) -> None:
+    """ValueError naming the first query a window cannot hold beside any document (long_doc="chunk"
+    keeps the whole query in every window), before anything is scored: found when its group came,
+    it was an error without the query's id after the groups before it were scored."""
+    if job.options.long_doc != "chunk":
+        return
+    for qid in job.qids:
+        try:
+            reranker.encode(
+                [(job.queries[qid], "")],
+                job.options.max_length,
+                long_doc="chunk",
+                chunk_overlap=job.options.chunk_overlap,
+                warn=False,
+            )
+        except ValueError as exc:
+            raise ValueError(f"query {qid!r}: {exc}") from None
+
+
 def rerank_run(
     reranker: Reranker,
     job: RerankJob,
@@ -111,9 +130,11 @@ def rerank_run(
     per group of queries); ``on_progress`` gets the pairs of each group scored.
 
     Raises ValueError, before anything is written, when the run names a document missing from the
-    corpus (``RerankJob.check``). On KeyboardInterrupt the queries written so far form a valid run.
+    corpus (``RerankJob.check``) or a query too long for chunking (``check_queries_fit``). On
+    KeyboardInterrupt the queries written so far form a valid run.
     """
     job.check()
+    check_queries_fit(reranker, job)
     queries, corpus, first_stage, options = job.queries, job.corpus, job.first_stage, job.options
     ready: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()

@@ -92,6 +92,8 @@ def verify_against_reference(
     )
     device = ours.device
     max_length = ours.check_max_length(max_length)
+    # The directory loaded from: a hub id's snapshot in the cache, a "~" path expanded.
+    directory = ours.checkpoint_directory or directory
     hf_version, hf_tokenizer, hf_model = _load_reference(directory, device)
 
     queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
