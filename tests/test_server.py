@@ -248,6 +248,29 @@ def test_client_disconnect_drops_its_queued_work(reranker, monkeypatch):
         assert httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=30).status_code == 200
 
 
+def test_a_client_that_pipelined_a_request_and_left_has_its_queued_work_dropped(reranker, monkeypatch):
+    """uvicorn marks only its newest request of a connection as disconnected: with a GET
+    pipelined behind it, a request whose client had left was scored to the end, and its answer
+    then written into the closed socket (a traceback in the log, 200 in the access log)."""
+    import socket
+
+    with running_server(reranker, max_batch_tokens=64) as (url, state):
+        monkeypatch.setattr(state.scheduler, "_score", slowed(reranker, 0.3))
+        docs = [f"document number {i} with a few words" for i in range(16)]  # ~1 pair per forward
+        body = json.dumps({"query": "q", "texts": docs}).encode()
+        head = f"POST /rerank HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        sock.sendall(head.encode() + body + b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.5)
+        sock.close()
+        deadline = time.monotonic() + 3  # the whole request takes about 5 s of forwards
+        while metric(url, "turborank_dropped_pairs_total") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(url, "turborank_dropped_pairs_total") > 0
+        assert state.scheduler.drain(timeout=10)
+        assert httpx.post(url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=30).status_code == 200
+
+
 def test_small_request_is_not_starved_by_a_huge_one(reranker, monkeypatch):
     """Counted in forwards, not seconds: the one-pair request is answered within a couple of
     forwards while the huge one needs dozens (round-robin filling)."""

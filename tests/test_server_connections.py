@@ -125,6 +125,36 @@ def test_headers_that_never_finish_get_408_and_the_connection_closes(small_ckpt,
     assert said.count("turborank.access: - - 408 closed=header_timeout") == 3, said
 
 
+def test_clients_that_never_read_their_answers_do_not_hold_the_connections(small_ckpt, tmp_path):
+    """Pipelined requests whose answers are never read: once the socket's buffers fill, uvicorn
+    waits to write for ever, so each such connection carried a request for as long as its client
+    stayed, and with --max-connections of them every newcomer (probes included) got 503."""
+    options = ("--max-connections", "3", "--header-timeout", "1", "--write-timeout", "3")
+    with serve_process(small_ckpt, tmp_path / "server.log", *options) as (_, url):
+        unread = []
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n" * 2000)
+            unread.append(sock)
+        time.sleep(1.5)  # past --header-timeout: a connection not reading may be closed for room
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        deadline = time.monotonic() + 10
+        closed = 0.0
+        while closed < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            closed = sum(
+                metric(url, f'turborank_closed_connections_total{{reason="{reason}"}}')
+                for reason in ("evicted", "write_timeout")
+            )
+        assert closed == 3
+        assert metric(url, 'turborank_closed_connections_total{reason="write_timeout"}') >= 1
+        for sock in unread:
+            sock.close()
+    assert "its client read none of its answer for 3 s" in (tmp_path / "server.log").read_text()
+
+
 def test_an_endless_header_gets_431_and_a_bare_line_break_does_not_hold_a_connection(small_ckpt, tmp_path):
     """A header that never ends is refused at MAX_HEADER_BYTES, and meanwhile another client is
     answered at once (httptools would grow it by copying it whole for every part, on the event
@@ -169,9 +199,17 @@ def test_an_offer_to_switch_protocols_is_ignored_and_the_request_served(small_ck
     )
     sized = head + f"Content-Length: {len(body)}\r\n\r\n".encode()
     chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body):x}\r\n".encode() + body
+    # Two offers: only the first was taken out, and the body read as "malformed JSON".
+    twice = head + f"Upgrade: h2c\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     with serve_process(small_ckpt, tmp_path / "server.log") as (_, url):
         expected = httpx.post(url + "/v1/rerank", content=body).json()["results"]
-        for parts in ([sized + body], [sized, body], [chunked, b"\r\n0\r\n\r\n"]):
+        for parts in (
+            [sized + body],
+            [sized, body],
+            [chunked, b"\r\n0\r\n\r\n"],
+            [twice + body],
+            [twice, body],
+        ):
             sock = connect(url)
             for part in parts:
                 sock.sendall(part)

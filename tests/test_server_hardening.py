@@ -185,6 +185,43 @@ def test_client_mistakes_are_4xx_naming_the_field(server, path, body, status, fi
     assert response.headers["x-request-id"]
 
 
+def test_a_document_object_of_millions_of_values_is_walked_without_a_copy_of_it():
+    """The check of what an answer can echo built a path string per value: 16 MiB of "[]," (5.6
+    million lists, inside --max-body-bytes) cost a gigabyte and seconds per request. Counted in
+    bytes allocated, not seconds."""
+    import tracemalloc
+
+    from turborank.serving.schemas import _unechoable
+
+    padded = {"text": "a", "pad": [[] for _ in range(200_000)], "more": [{"k": [1, "x"]}] * 50_000}
+    tracemalloc.start()
+    try:
+        assert _unechoable(padded) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+    padded["more"].append({"k": [1, float("nan")]})
+    assert _unechoable(padded) == "nan (not a JSON number) in more.50000.k.1"
+
+
+def test_a_compressed_body_is_415_naming_the_header(server):
+    """A gzip body was read as text: 400 "not UTF-8 text: it holds NUL bytes (UTF-16 or UTF-32?)"."""
+    import gzip
+
+    url, _ = server
+    body = gzip.compress(b'{"query": "q", "documents": ["a"]}')
+    for path in ("/v1/rerank", "/rerank"):
+        response = httpx.post(url + path, content=body, headers={"content-encoding": "gzip"})
+        assert response.status_code == 415, response.text
+        assert "Content-Encoding 'gzip' is not supported" in response.json()["error"]
+        assert response.headers["x-request-id"]
+    identity = httpx.post(
+        url + "/v1/rerank", json={"query": "q", "documents": ["a"]}, headers={"content-encoding": "identity"}
+    )
+    assert identity.status_code == 200
+
+
 def test_long_document_is_cut_to_the_same_scores_as_the_library(server, small_ckpt):
     from turborank import Reranker
 

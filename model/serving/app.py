@@ -185,6 +185,10 @@ def create_app(reranker: Reranker, settings: ServeSettings, *, warm_before_servi
         try:
             if settings.api_key is not None and not authorized(request.headers, settings.api_key):
                 raise unauthorized()
+            encoding = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):  # before the body is read, which is not worth reading
+                message = f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
+                raise APIError(415, errors.VALIDATION, message, CLOSE)
             if state.draining:
                 raise APIError(503, errors.UNHEALTHY, "the server is draining", {"Retry-After": "5", **CLOSE})
             if not state.warmed:

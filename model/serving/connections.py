@@ -13,6 +13,10 @@ open-file limit ``accept`` fails with EMFILE and every client, probes included, 
 - an offer to switch protocols (``Upgrade: h2c``, which Java's HttpClient sends with a plain
   ``http://`` request) is ignored, as HTTP lets a server do: the request is served over HTTP/1.1
   with its body (httptools would take the body for the other protocol's and drop it);
+- an answer its client does not read (the socket's buffer full, nothing taken from it) for
+  ``write_timeout_s`` closes the connection, and after ``header_timeout_s`` the connection may
+  be closed to make room as an idle one: uvicorn sets no limit, so clients that pipelined
+  requests and never read held connections for as long as they stayed;
 - at most ``max_connections`` are open (by default the open-file limit less a reserve for the
   model's files, logs and threads). One more closes a connection that is idle or still sending
   headers (doing nothing for a request): of the client address with the most connections, the
@@ -88,10 +92,13 @@ class ConnectionGuard:
     """What the connections of one server share: the open ones by client address, each client's
     least recently active first, and the limits. ``closed(reason)`` is told of every connection
     this closes (``header_timeout``, ``headers_too_large``, ``bad_request``, ``evicted``,
-    ``refused``)."""
+    ``refused``, ``write_timeout``)."""
 
-    def __init__(self, header_timeout_s: float, limit: int, closed: Callable[[str], None]) -> None:
-        self.header_timeout_s, self.limit, self.closed = header_timeout_s, limit, closed
+    def __init__(
+        self, header_timeout_s: float, write_timeout_s: float, limit: int, closed: Callable[[str], None]
+    ) -> None:
+        self.header_timeout_s, self.write_timeout_s = header_timeout_s, write_timeout_s
+        self.limit, self.closed = limit, closed
         self.by_client: dict[str, dict[GuardedHttpToolsProtocol, None]] = {}
         self.count = 0
 
@@ -105,7 +112,7 @@ class ConnectionGuard:
             return True
         for client in sorted(self.by_client.values(), key=len, reverse=True):
             for other in client:
-                if other is not connection and other.between_requests():
+                if other is not connection and other.may_close_for_room():
                     other.close_for_room()
                     return True
         return False
@@ -139,6 +146,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_message = False
         self._in_headers = False
         self._header_bytes = 0  # of a head fed in parts within a message (pipelined)
+        # Requests of this connection whose answers are not complete: the one being answered and
+        # any pipelined behind it (uvicorn's ``cycle`` is only the newest).
+        self._cycles: list[Any] = []
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_paused_at: float | None = None
         # The peer's address: a proxy's X-Forwarded-For is not known before a request's headers.
         self.address = self.client[0] if self.client else "-"
         if not self.guard.admit(self):
@@ -166,8 +178,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._disarm_write_timer()
         self.guard.forget(self)
+        # uvicorn tells only its newest cycle: a request answered ahead of a pipelined one would go
+        # on being scored, and then write into the closed socket.
+        for cycle in self._cycles:
+            if cycle is not self.cycle and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._cycles = []
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: the client is not reading its answer. It has
+        ``write_timeout_s`` to start again before the connection closes."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_paused_at = self.loop.time()
+            self._write_timer = self.loop.call_later(self.guard.write_timeout_s, self._answer_unread)
+
+    def resume_writing(self) -> None:
+        self._disarm_write_timer()
+        super().resume_writing()
+
+    def _disarm_write_timer(self) -> None:
+        self._write_paused_at = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _answer_unread(self) -> None:
+        self._write_timer = None
+        logger.warning(
+            "connection from %s closed: its client read none of its answer for %g s",
+            self.address,
+            self.guard.write_timeout_s,
+        )
+        self.guard.forget(self)
+        self.transport.abort()  # close() would wait for the unread bytes to be sent
+        self.guard.closed("write_timeout")
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
@@ -205,9 +254,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm_header_timer()
             return
         self._head = None
-        offer = _UPGRADE_HEADER.search(head, 0, end + 2)
-        if offer is not None:
+        # Every Upgrade line: with one left, httptools still takes the body for the other protocol.
+        while (offer := _UPGRADE_HEADER.search(head, 0, end + 2)) is not None:
             del head[offer.start() : offer.end()]
+            end -= offer.end() - offer.start()
         super().data_received(bytes(head))
 
     def on_message_begin(self) -> None:
@@ -229,19 +279,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not before:
             self.cycle.transport = HeadHeldTransport(self.transport, self.loop)
+            self._cycles.append(self.cycle)
 
     def on_response_complete(self) -> None:
         self.guard.touch(self)
+        self._cycles = [cycle for cycle in self._cycles if not cycle.response_complete]
         super().on_response_complete()
 
     def between_requests(self) -> bool:
         """Idle, or receiving a request's headers: no request of this connection is with the app."""
         return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
 
+    def may_close_for_room(self) -> bool:
+        """Doing nothing for a request (``between_requests``), or its client has read none of its
+        answer for ``header_timeout_s``: it holds a connection only by not reading."""
+        paused = self._write_paused_at
+        stalled = paused is not None and self.loop.time() - paused >= self.guard.header_timeout_s
+        return stalled or self.between_requests()
+
     def close_for_room(self) -> None:
         self._disarm_header_timer()
         self.guard.forget(self)
-        if not self.transport.is_closing():
+        if self._write_paused_at is not None:
+            self.transport.abort()  # close() would hold the socket until its client read the rest
+        elif not self.transport.is_closing():
             self.transport.close()
         self.guard.closed("evicted")
 
@@ -373,7 +434,9 @@ def protocol_class(guard: ConnectionGuard) -> type[GuardedHttpToolsProtocol]:
 
 def uvicorn_options(settings: ServeSettings, closed: Callable[[str], None]) -> dict[str, Any]:
     """The uvicorn.Config arguments that put a server's connections under these limits."""
-    guard = ConnectionGuard(settings.header_timeout_s, connection_limit(settings), closed)
+    guard = ConnectionGuard(
+        settings.header_timeout_s, settings.write_timeout_s, connection_limit(settings), closed
+    )
     options: dict[str, Any] = {"http": protocol_class(guard)}
     if settings.forwarded_allow_ips is not None:
         options["forwarded_allow_ips"] = settings.forwarded_allow_ips

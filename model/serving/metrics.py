@@ -77,8 +77,9 @@ class ServerMetrics:
         self.closed_connections = Counter(
             "turborank_closed_connections",
             "Connections the server closed: header_timeout (408), headers_too_large (431), bad_request "
-            "(400: not HTTP), evicted (idle or half-sent, to make room for a new one), refused (503: "
-            "every connection carried a request)",
+            "(400: not HTTP), evicted (idle, half-sent or not reading its answer, to make room for a new "
+            "one), refused (503: every connection carried a request), write_timeout (its answer unread "
+            "for --write-timeout)",
             ["reason"],
             registry=r,
         )

@@ -112,6 +112,12 @@ class ServeSettings:
         "then 408 and the connection closes",
         POSITIVE_SECONDS,
     )
+    write_timeout_s: float = _setting(
+        30.0,
+        "seconds an answer may wait for its client to read any of it (the socket's buffer full); "
+        "then the connection closes",
+        POSITIVE_SECONDS,
+    )
     max_connections: int | None = _setting(
         None,
         "open connections; a new one beyond it closes the oldest one that is idle or still sending "
