@@ -348,8 +348,11 @@ class CrossEncoder(torch.nn.Module):
         single = isinstance(inputs, (list, tuple)) and len(inputs) == 2 and isinstance(inputs[0], str)
         # Lists, tuples and NumPy rows become tuples; anything else is left for as_pairs to refuse:
         # tuple() would score a string's characters, a dict's keys, a set's items in hash order.
-        rows = [] if single else map(_listed, inputs)
-        pairs = [inputs] if single else [tuple(p) if isinstance(p, (list, tuple)) else p for p in rows]
+        pairs = (
+            [inputs]
+            if single
+            else [tuple(p) if isinstance(p, (list, tuple)) else p for p in map(_listed, inputs)]
+        )
         logits = self.reranker.predict(
             pairs,
             activation=False,

@@ -375,9 +375,11 @@ class PairTokenizer:
             )
         # The overlap is used only where a document needs a second window: one that fits whole
         # beside its query scores as with long_doc="truncate", however long the query.
-        for query, document in pairs:
-            room = tight.get(query)
-            if room is not None and len(plain.encode(document, add_special_tokens=False).ids) > room:
+        beside_tight = [(query, document) for query, document in pairs if query in tight]
+        documents = encode_batch(plain, [d for _, d in beside_tight], add_special_tokens=False)
+        for (query, _), document in zip(beside_tight, documents, strict=True):
+            room = tight[query]
+            if len(document.ids) > room:
                 raise ValueError(
                     f"chunk overlap {overlap} must be smaller than the {room} document tokens a window of "
                     f"max_length={max_length} leaves beside this query (its document needs more than one)"
